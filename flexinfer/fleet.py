@@ -1,0 +1,207 @@
+"""Fleet files: simulated nodes and GPUs for the fake readers, the demo, preflight and benchmarks.
+
+Format (YAML; MiB, watts, celsius, percent carry their unit in the key):
+
+    apiVersion: flexinfer.ai/v1
+    kind: Fleet
+    nodes:
+      - name: cblevins-7900xtx
+        labels: {topology.kubernetes.io/zone: homelab}   # extra Node labels
+        taints: [{key: dedicated, value: gpu, effect: NoSchedule}]
+        driverVersion: "6.10.5"                            # optional
+        faults: [{type: library-missing}]                  # node-level faults
+        gpus:
+          - vendor: amd                 # nvidia | amd | intel
+            arch: gfx1100               # sm_XY or gfxNNN
+            product: AMD Radeon RX 7900 XTX
+            totalMiB: 24560
+            usedMiB: 900
+            powerW: 38
+            powerCapW: 327
+            temperatureC: 41
+            utilizationPct: 0
+            pcie: {gen: 4, width: 16, maxGen: 4, maxWidth: 16}
+            unifiedMemory: false        # APUs (Strix Halo): VRAM carved from system RAM
+            healthy: true
+            faults:
+              - {type: noise, mib: 100}             # +/- jitter on used memory every sample
+              - {type: xid, xid: 79, atSample: 3}   # NVIDIA Xid event at the 3rd sample
+              - {type: ecc, uncorrectable: 1, atSample: 2}   # AMD RAS event
+              - {type: lost, atSample: 5}           # GPU falls off the bus
+              - {type: not-supported, metric: power}   # NVML/amdsmi NotSupported forever
+
+GPU faults: noise, xid, ecc, lost, not-supported, throttle (reasons list). Node faults:
+library-missing (the vendor library cannot be loaded), driver-mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import yaml
+
+from flexinfer.arch import arch_info
+from flexinfer.errors import ParseError
+
+FaultType = Literal["noise", "xid", "ecc", "lost", "not-supported", "throttle", "library-missing",
+                    "driver-mismatch"]
+METRICS = ("power", "temperature", "utilization", "clocks", "pcie", "ecc", "memory_v2", "throttle", "events")
+
+
+class Fault(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    type: FaultType
+    at_sample: int = 0  # 0 = from the start
+    mib: int = 0
+    xid: int = 0
+    uncorrectable: int = 0
+    correctable: int = 0
+    metric: str = ""
+    reasons: list[str] = []
+
+
+class Pcie(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    gen: int = 4
+    width: int = 16
+    max_gen: int = 4
+    max_width: int = 16
+
+
+class FleetGpu(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    vendor: str
+    arch: str
+    total_mi_b: int = msgspec.field(name="totalMiB")
+    product: str = ""
+    used_mi_b: int = msgspec.field(default=0, name="usedMiB")
+    uuid: str = ""
+    power_w: float = 50.0
+    power_cap_w: float = 250.0
+    temperature_c: float = 40.0
+    utilization_pct: float = 0.0
+    sm_clock_mhz: int = 1500
+    mem_clock_mhz: int = 7000
+    pcie: Pcie = msgspec.field(default_factory=Pcie)
+    unified_memory: bool = False
+    healthy: bool = True
+    faults: list[Fault] = []
+
+    @property
+    def total_mib(self) -> int:
+        return self.total_mi_b
+
+    @property
+    def used_mib(self) -> int:
+        return self.used_mi_b
+
+
+class FleetNode(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    name: str
+    gpus: list[FleetGpu] = []
+    labels: dict[str, str] = {}
+    taints: list[dict[str, str]] = []
+    driver_version: str = ""
+    cpu: str = "16"
+    memory: str = "64Gi"
+    faults: list[Fault] = []
+
+
+class Fleet(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    nodes: list[FleetNode]
+    api_version: str = "flexinfer.ai/v1"
+    kind: str = "Fleet"
+    description: str = ""
+
+    def node(self, name: str) -> FleetNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"node {name!r} is not in the fleet (nodes: {', '.join(n.name for n in self.nodes)})")
+
+
+def gpu_uuid(node: str, index: int, gpu: FleetGpu) -> str:
+    if gpu.uuid:
+        return gpu.uuid
+    digest = hashlib.sha256(f"{node}/{index}".encode()).hexdigest()
+    if gpu.vendor.lower() == "nvidia":
+        return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def parse_fleet(data: object, source: str = "fleet") -> Fleet:
+    """Validate a fleet document. Errors name the path: `fleet: nodes[2].gpus[0].arch: ...`."""
+    if not isinstance(data, dict):
+        raise ParseError(source, data, "a mapping with a 'nodes' list")
+    try:
+        fleet = msgspec.convert(data, Fleet, str_keys=True)
+    except msgspec.ValidationError as e:
+        raise ParseError(source, str(e), "a valid fleet document (see flexinfer.fleet)") from None
+    seen: set[str] = set()
+    for i, node in enumerate(fleet.nodes):
+        if not node.name or node.name in seen:
+            raise ParseError(f"{source}: nodes[{i}].name", node.name, "a unique non-empty node name")
+        seen.add(node.name)
+        for j, g in enumerate(node.gpus):
+            where = f"{source}: nodes[{i}].gpus[{j}]"
+            try:
+                arch_info(g.vendor, g.arch)
+            except ParseError as e:
+                raise ParseError(where, f"{g.vendor}/{g.arch}", str(e)) from None
+            if g.total_mi_b <= 0 or not 0 <= g.used_mi_b <= g.total_mi_b:
+                raise ParseError(where, (g.total_mi_b, g.used_mi_b), "totalMiB > 0 and 0 <= usedMiB <= totalMiB")
+    return fleet
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ParseError("fleet file", str(p), f"a readable file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParseError(f"fleet file {p}", text[:60], f"valid YAML ({e})") from None
+    return parse_fleet(data, f"fleet file {p}")
+
+
+def default_fleet_path() -> Path:
+    """The embedded homelab fleet (hack/fleets/homelab.yaml links to this packaged file)."""
+    return Path(str(resources.files("flexinfer") / "data" / "homelab.yaml"))
+
+
+_GENERATED_SHAPES = (
+    ("nvidia", "sm_90", "NVIDIA H100 80GB HBM3", 81559, 8, 700),
+    ("nvidia", "sm_89", "NVIDIA L40S", 46068, 4, 350),
+    ("nvidia", "sm_86", "NVIDIA A10", 23028, 1, 150),
+    ("nvidia", "sm_75", "Tesla T4", 15360, 2, 70),
+    ("nvidia", "sm_52", "NVIDIA GeForce GTX 980 Ti", 6144, 1, 250),
+    ("nvidia", "sm_120", "NVIDIA RTX PRO 4000 Blackwell", 24467, 1, 70),
+    ("amd", "gfx942", "AMD Instinct MI300X OAM", 196592, 8, 750),
+    ("amd", "gfx1100", "AMD Radeon RX 7900 XTX", 24560, 1, 327),
+    ("amd", "gfx906", "AMD Radeon VII", 16368, 1, 250),
+    ("none", "", "", 0, 0, 0),
+)
+
+
+def generate_fleet(n: int, seed: int = 42) -> Fleet:
+    """A deterministic large fleet (mixed datacenter + consumer GPUs) for benchmarks."""
+    rng = random.Random(seed)
+    nodes: list[FleetNode] = []
+    for i in range(n):
+        vendor, arch, product, total, count, cap = _GENERATED_SHAPES[i % len(_GENERATED_SHAPES)]
+        gpus = []
+        for _ in range(count):
+            used = int(total * rng.choice((0.02, 0.1, 0.35, 0.6, 0.9)))
+            gpus.append(FleetGpu(vendor=vendor, arch=arch, total_mi_b=total, product=product, used_mi_b=used,
+                                 power_cap_w=cap, power_w=cap * 0.2))
+        nodes.append(FleetNode(name=f"node-{i:05d}", gpus=gpus,
+                               labels={"topology.kubernetes.io/zone": f"zone-{i % 3}"}))
+    return Fleet(nodes=nodes, description=f"generated: {n} nodes, seed {seed}")
+
+
+def dump_fleet(fleet: Fleet) -> str:
+    return yaml.safe_dump(msgspec.to_builtins(fleet), sort_keys=False)

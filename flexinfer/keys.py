@@ -1,0 +1,64 @@
+"""Every label, annotation and resource name FlexInfer reads or writes: the contract.
+
+Node labels are slow-changing facts written by the agent; node annotations are fast-changing
+state; pod annotations are set by the controller (or by hand) and read by the extender. The
+pod keys match the Go FlexInfer so its users' pods keep working.
+"""
+
+from __future__ import annotations
+
+PREFIX = "flexinfer.ai/"
+
+# --- Node labels (agent) --------------------------------------------------------------------
+LABEL_VENDOR = PREFIX + "gpu.vendor"  # nvidia | amd | intel | none | mixed
+LABEL_ARCH = PREFIX + "gpu.arch"  # sm_52, gfx1100, or "mixed"
+LABEL_FAMILY = PREFIX + "gpu.family"  # maxwell, rdna3, ... or "mixed"
+LABEL_COMPUTE = PREFIX + "gpu.compute"  # NVIDIA compute capability "5.2" (omitted on AMD/mixed)
+LABEL_VRAM = PREFIX + "gpu.vram"  # smallest card's total, e.g. "24Gi"
+LABEL_COUNT = PREFIX + "gpu.count"  # number of GPUs the agent sees
+LABEL_PRODUCT = PREFIX + "gpu.product"  # label-safe product name (<= 63 chars) or "mixed"
+LABEL_UNIFIED_MEMORY = PREFIX + "gpu.unified-memory"  # "true" on APUs sharing system RAM
+# Per-architecture counts on nodes with mixed GPUs: flexinfer.ai/gpu.arch.<arch> = "<count>"
+LABEL_ARCH_COUNT_PREFIX = PREFIX + "gpu.arch."
+
+NODE_LABEL_KEYS = (
+    LABEL_VENDOR, LABEL_ARCH, LABEL_FAMILY, LABEL_COMPUTE, LABEL_VRAM, LABEL_COUNT, LABEL_PRODUCT,
+    LABEL_UNIFIED_MEMORY,
+)
+
+MIXED = "mixed"
+
+# --- Node annotations (agent) ---------------------------------------------------------------
+ANN_FREE_MEMORY = PREFIX + "gpu-free-memory"  # free MiB over healthy GPUs (Go FlexInfer compatible)
+ANN_GPU_STATE = PREFIX + "gpu-state"  # compact per-GPU JSON, see flexinfer.state
+ANN_OBSERVED_AT = PREFIX + "gpu-observed-at"  # RFC 3339 UTC time of the sample
+ANN_AGENT_STATUS = PREFIX + "agent-status"  # "ok" or a one-line reason (library missing, ...)
+
+NODE_ANNOTATION_KEYS = (ANN_FREE_MEMORY, ANN_GPU_STATE, ANN_OBSERVED_AT, ANN_AGENT_STATUS)
+
+# --- Pod contract (controller writes, extender reads) ---------------------------------------
+POD_MODEL = PREFIX + "model"
+POD_BACKEND = PREFIX + "backend"
+POD_VRAM_ESTIMATE_MB = PREFIX + "gpu.vram-estimate-mb"  # MiB needed on each GPU
+POD_VENDOR = PREFIX + "gpu.vendor"  # optional; read case-insensitively
+POD_JIT_POLICY = PREFIX + "jit-policy"  # READONLY = precompiled library (mlc-llm on Maxwell)
+POD_PREFERRED_ARCHS = PREFIX + "preferred-archs"  # comma list: archs with a compiled cache / last run
+POD_GROUP = PREFIX + "gpu.shared"  # shared GPU group, informational
+
+# --- Model / controller -------------------------------------------------------------------
+MODEL_ACTIVATE = PREFIX + "activate"  # annotation on a Model: request activation (any value = time)
+LABEL_MODEL = PREFIX + "model"  # label on Deployments/Services/Pods the controller owns
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "flexinfer-controller"
+
+# --- Extended resources ---------------------------------------------------------------------
+RESOURCE_NVIDIA = "nvidia.com/gpu"
+RESOURCE_AMD = "amd.com/gpu"
+GPU_RESOURCES = {RESOURCE_NVIDIA: "nvidia", RESOURCE_AMD: "amd"}
+
+# --- Model API ------------------------------------------------------------------------------
+MODEL_GROUP = "ai.flexinfer"
+MODEL_VERSION = "v1alpha2"
+MODEL_API_VERSION = f"{MODEL_GROUP}/{MODEL_VERSION}"
+MODEL_KIND = "Model"
+MODEL_PLURAL = "models"

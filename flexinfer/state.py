@@ -1,0 +1,256 @@
+"""Per-GPU state and its two wire forms: Node labels (static facts) and annotations (live state).
+
+Annotation `flexinfer.ai/gpu-state` is compact JSON so a 5000-node cache stays small:
+
+    {"v":1,"t":1764000000.0,"g":[{"i":0,"u":"GPU-..","a":"sm_52","t":6144,"f":5800,"h":1,
+                                   "e":0,"le":0}]}
+
+v = format version, t = observation time (unix seconds, UTC), g = GPUs with i = index,
+u = uuid, a = arch, t = total MiB, f = free MiB, h = healthy (1/0), e = Xid/RAS error events
+since the agent started, le = unix time of the last error (0 = none), r = reason when unhealthy.
+
+Mixed-GPU rule for labels: a label carries a single value only when every GPU on the node agrees.
+Otherwise vendor/arch/family/product/compute get the value `mixed` (compute is omitted), and one
+`flexinfer.ai/gpu.arch.<arch>=<count>` label per architecture tells what is there. `gpu.vram` is
+always the smallest card's total, so a nodeSelector on it never over-promises; `gpu.count` counts
+all GPUs. Per-GPU truth lives in the annotation, which the extender uses for fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import msgspec
+
+from flexinfer import keys
+from flexinfer.arch import ArchInfo, arch_info, normalize_vendor
+from flexinfer.errors import ParseError
+from flexinfer.units import mib_to_label, parse_mib
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    index: int
+    uuid: str
+    vendor: str
+    arch: str
+    total_mib: int
+    free_mib: int
+    healthy: bool = True
+    product: str = ""
+    reason: str = ""  # why unhealthy, one line
+    error_events: int = 0  # Xid (NVIDIA) / uncorrectable+deferred RAS (AMD) since agent start
+    last_error_unix: float = 0.0
+    unified_memory: bool = False  # APU: VRAM is carved out of system RAM
+
+    @property
+    def info(self) -> ArchInfo:
+        return arch_info(self.vendor, self.arch)
+
+    @property
+    def used_mib(self) -> int:
+        return max(0, self.total_mib - self.free_mib)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGpuState:
+    node: str
+    gpus: tuple[GpuState, ...] = ()
+    observed_unix: float = 0.0
+    agent_status: str = "ok"
+
+    @property
+    def healthy_free_mib(self) -> int:
+        return sum(g.free_mib for g in self.gpus if g.healthy)
+
+    def with_gpus(self, gpus: list[GpuState]) -> NodeGpuState:
+        return replace(self, gpus=tuple(gpus))
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def label_safe(value: str, limit: int = 63) -> str:
+    """Sanitise a free-text value (a product name) into a valid label value of at most 63 chars.
+
+    Like GFD: characters outside [A-Za-z0-9-_. ] go, runs of spaces become '-'. Values that are too
+    long are truncated and suffixed with 8 hex chars of a hash so two long names stay distinct.
+    """
+    s = value.replace("(", "").replace(")", "").strip()
+    s = re.sub(r"\s+", "-", s)
+    s = _LABEL_VALUE_BAD.sub("", s)
+    s = s.strip("-_.")
+    if len(s) > limit:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+        s = s[: limit - 9].rstrip("-_.") + "-" + digest
+    return s
+
+
+def node_labels(gpus: list[GpuState] | tuple[GpuState, ...]) -> dict[str, str]:
+    """The labels the agent owns for a node with these GPUs (see module doc for the mixed rule)."""
+    if not gpus:
+        return {keys.LABEL_VENDOR: "none", keys.LABEL_COUNT: "0"}
+    infos = [g.info for g in gpus]
+    vendors = {i.vendor for i in infos}
+    archs = Counter(i.arch for i in infos)
+    families = {i.family for i in infos}
+    products = {label_safe(g.product) for g in gpus if g.product}
+    labels: dict[str, str] = {
+        keys.LABEL_VENDOR: vendors.pop() if len(vendors) == 1 else keys.MIXED,
+        keys.LABEL_COUNT: str(len(gpus)),
+        keys.LABEL_VRAM: mib_to_label(min(g.total_mib for g in gpus)),
+    }
+    if len(archs) == 1:
+        only = infos[0]
+        labels[keys.LABEL_ARCH] = only.arch
+        if only.compute:
+            labels[keys.LABEL_COMPUTE] = only.compute
+    else:
+        labels[keys.LABEL_ARCH] = keys.MIXED
+        for arch, count in archs.items():
+            labels[keys.LABEL_ARCH_COUNT_PREFIX + arch] = str(count)
+    labels[keys.LABEL_FAMILY] = families.pop() if len(families) == 1 else keys.MIXED
+    if len(products) == 1:
+        labels[keys.LABEL_PRODUCT] = products.pop() or "unknown"
+    elif products:
+        labels[keys.LABEL_PRODUCT] = keys.MIXED
+    if any(g.unified_memory for g in gpus):
+        labels[keys.LABEL_UNIFIED_MEMORY] = "true"
+    return labels
+
+
+def is_owned_label(key: str) -> bool:
+    return key in keys.NODE_LABEL_KEYS or key.startswith(keys.LABEL_ARCH_COUNT_PREFIX)
+
+
+# --- annotations ----------------------------------------------------------------------------
+
+class _WireGpu(msgspec.Struct, omit_defaults=True):
+    i: int
+    u: str
+    a: str
+    t: int
+    f: int
+    h: int = 1
+    e: int = 0
+    le: float = 0.0
+    r: str = ""
+    v: str = ""  # vendor; omitted when it equals the node-level vendor hint
+    m: int = 0  # unified memory
+
+
+class _WireState(msgspec.Struct):
+    v: int
+    t: float
+    g: list[_WireGpu]
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_WireState)
+
+
+def rfc3339(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_state(state: NodeGpuState) -> str:
+    wire = _WireState(
+        v=STATE_VERSION,
+        t=round(state.observed_unix, 3),
+        g=[
+            _WireGpu(
+                i=g.index, u=g.uuid, a=g.arch, t=g.total_mib, f=g.free_mib, h=int(g.healthy),
+                e=g.error_events, le=round(g.last_error_unix, 3), r=g.reason, v=g.vendor,
+                m=int(g.unified_memory),
+            )
+            for g in state.gpus
+        ],
+    )
+    return _encoder.encode(wire).decode()
+
+
+def node_annotations(state: NodeGpuState) -> dict[str, str]:
+    """The annotations the agent owns, computed from one observation."""
+    return {
+        keys.ANN_FREE_MEMORY: str(state.healthy_free_mib),
+        keys.ANN_GPU_STATE: encode_state(state),
+        keys.ANN_OBSERVED_AT: rfc3339(state.observed_unix),
+        keys.ANN_AGENT_STATUS: state.agent_status or "ok",
+    }
+
+
+def decode_state(node: str, raw: str, vendor_hint: str = "") -> NodeGpuState:
+    """Parse `flexinfer.ai/gpu-state`. Any junk raises ParseError naming the annotation."""
+    what = f"annotation {keys.ANN_GPU_STATE}"
+    if not isinstance(raw, str) or len(raw) > 256 * 1024:
+        raise ParseError(what, raw, "compact JSON written by flexinfer-agent (at most 256 KiB)")
+    try:
+        wire = _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ParseError(what, raw, f"compact JSON written by flexinfer-agent ({e})") from None
+    if wire.v != STATE_VERSION:
+        raise ParseError(what, raw, f"format version {STATE_VERSION}")
+    gpus = []
+    for w in wire.g:
+        vendor = w.v or vendor_hint
+        try:
+            info = arch_info(vendor, w.a)
+            total = parse_mib(w.t, f"{what} gpu {w.i} total")
+            free = parse_mib(w.f, f"{what} gpu {w.i} free")
+        except ParseError as e:
+            raise ParseError(what, raw, f"valid per-GPU fields ({e})") from None
+        if free > total:
+            raise ParseError(what, raw, f"free <= total on gpu {w.i}")
+        gpus.append(
+            GpuState(
+                index=w.i, uuid=w.u, vendor=info.vendor, arch=info.arch, total_mib=total, free_mib=free,
+                healthy=bool(w.h), reason=w.r, error_events=max(0, w.e), last_error_unix=w.le,
+                unified_memory=bool(w.m),
+            )
+        )
+    return NodeGpuState(node=node, gpus=tuple(gpus), observed_unix=wire.t)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What the extender knows about one Node, parsed once when the Node object changes."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    vendor: str = "none"
+    state: NodeGpuState | None = None
+    error: str = ""  # non-empty: annotations were unparseable; the node is rejected with this text
+    agent_status: str = ""
+
+    @property
+    def has_agent_data(self) -> bool:
+        return self.state is not None
+
+
+def node_view(name: str, labels: dict[str, str] | None, annotations: dict[str, str] | None) -> NodeView:
+    """Build a NodeView from a Node's labels and annotations, never raising."""
+    labels = dict(labels or {})
+    annotations = annotations or {}
+    raw_vendor = labels.get(keys.LABEL_VENDOR, "none")
+    try:
+        vendor = keys.MIXED if raw_vendor == keys.MIXED else normalize_vendor(raw_vendor)
+    except ParseError as e:
+        return NodeView(name, labels, "none", None, error=str(e))
+    raw_state = annotations.get(keys.ANN_GPU_STATE)
+    status = annotations.get(keys.ANN_AGENT_STATUS, "")
+    if raw_state is None:
+        return NodeView(name, labels, vendor, None, agent_status=status)
+    hint = vendor if vendor not in (keys.MIXED, "none") else ""
+    try:
+        state = decode_state(name, raw_state, hint)
+    except ParseError as e:
+        return NodeView(name, labels, vendor, None, error=str(e), agent_status=status)
+    return NodeView(name, labels, vendor, replace(state, agent_status=status or "ok"), agent_status=status)
