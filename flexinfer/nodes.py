@@ -1,0 +1,108 @@
+"""Node objects and views from the three offline sources: a fleet file, a NodeList dump
+(`kubectl get nodes -o json`, JSON or YAML), or live Node dicts from the API server.
+
+`fleet_node_objects` builds the Node JSON the API server would hold once each node's agent has
+published (labels + annotations computed by the same functions the agent uses), so offline tools
+and the demo see exactly what the extender sees in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flexinfer import keys
+from flexinfer.errors import ParseError
+from flexinfer.fleet import Fleet, FleetNode, gpu_uuid, parse_fleet
+from flexinfer.state import GpuState, NodeGpuState, NodeView, node_annotations, node_labels, node_view
+
+
+def fleet_gpu_states(node: FleetNode) -> list[GpuState]:
+    """The GPU states an agent would report for a fleet node at its first sample (no faults applied
+    except a GPU marked unhealthy in the file)."""
+    out = []
+    for i, g in enumerate(node.gpus):
+        out.append(
+            GpuState(
+                index=i, uuid=gpu_uuid(node.name, i, g), vendor=g.vendor.lower(), arch=g.arch.lower(),
+                total_mib=g.total_mib, free_mib=g.total_mib - g.used_mib, healthy=g.healthy,
+                product=g.product, reason="" if g.healthy else "marked unhealthy in fleet file",
+                unified_memory=g.unified_memory,
+            )
+        )
+    return out
+
+
+def node_object(name: str, labels: dict[str, str], annotations: dict[str, str], *,
+                gpu_resources: dict[str, int] | None = None, taints: list[dict[str, str]] | None = None,
+                cpu: str = "16", memory: str = "64Gi") -> dict[str, Any]:
+    capacity = {"cpu": cpu, "memory": memory, "pods": "110"}
+    for res, n in (gpu_resources or {}).items():
+        capacity[res] = str(n)
+    all_labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **labels}
+    obj: dict[str, Any] = {
+        "metadata": {"name": name, "labels": all_labels, "annotations": dict(annotations)},
+        "spec": {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        },
+    }
+    if taints:
+        obj["spec"]["taints"] = [dict(t) for t in taints]
+    return obj
+
+
+def fleet_node_objects(fleet: Fleet, now: float | None = None, *, published: bool = True) -> list[dict[str, Any]]:
+    """Node JSON objects for a fleet; with published=False only the kubelet's view (no FlexInfer keys)."""
+    now = time.time() if now is None else now
+    objs = []
+    for n in fleet.nodes:
+        gpus = fleet_gpu_states(n)
+        resources: dict[str, int] = {}
+        for g in gpus:
+            res = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}.get(g.vendor)
+            if res:
+                resources[res] = resources.get(res, 0) + 1
+        labels = {**n.labels}
+        annotations: dict[str, str] = {}
+        if published:
+            labels.update(node_labels(gpus))
+            annotations = node_annotations(NodeGpuState(node=n.name, gpus=tuple(gpus), observed_unix=now))
+        objs.append(node_object(n.name, labels, annotations, gpu_resources=resources, taints=n.taints,
+                                cpu=n.cpu, memory=n.memory))
+    return objs
+
+
+def view_of(obj: dict[str, Any]) -> NodeView:
+    meta = obj.get("metadata") or {}
+    return node_view(str(meta.get("name", "")), meta.get("labels") or {}, meta.get("annotations") or {})
+
+
+def load_node_objects(path: str | Path, now: float | None = None) -> list[dict[str, Any]]:
+    """Read a NodeList (JSON/YAML, `kubectl get nodes -o json`), a single Node, or a fleet file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ParseError("nodes file", str(p), f"a readable file ({e.strerror})") from None
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ParseError(f"nodes file {p}", text[:60], f"JSON or YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ParseError(f"nodes file {p}", data, "a NodeList, a Node or a Fleet document")
+    kind = data.get("kind")
+    if kind == "Fleet" or ("nodes" in data and "items" not in data):
+        return fleet_node_objects(parse_fleet(data, f"fleet file {p}"), now)
+    if kind == "Node":
+        return [data]
+    items = data.get("items")
+    if isinstance(items, list) and all(isinstance(i, dict) for i in items):
+        return items
+    raise ParseError(f"nodes file {p}", kind, "kind NodeList (items), Node, or Fleet")
