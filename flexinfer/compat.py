@@ -93,7 +93,7 @@ _VLLM = BackendRule(
         min_cc=(7, 5), supported_cc=(7, 5),
         explicit_no={"maxwell": "vllm does not run on maxwell {arch}",
                      "pascal": "vllm needs compute capability >= 7.5; pascal {arch} is {cc}",
-                     "volta": "vllm needs compute capability >= 7.5; volta {arch} is {cc} (dropped from current wheels)"},
+                     "volta": "vllm needs compute capability >= 7.5; volta {arch} is {cc} (dropped from wheels)"},
     ),
     amd=AmdRule(supported=_VLLM_AMD, degraded=frozenset(), explicit_no={
         g: f"vllm does not list {g} for ROCm (it only compiles from source)" for g in _VLLM_AMD_BUILD}),

@@ -202,7 +202,7 @@ def validate(model: Model) -> None:
     try:
         canonical_backend(spec.backend)
     except ParseError as e:
-        raise ValidationError("spec.backend", e.expected and f"unknown backend {spec.backend!r}; {e.expected}") from None
+        raise ValidationError("spec.backend", f"unknown backend {spec.backend!r}; {e.expected}") from None
     scheme = next((s for s in SOURCE_SCHEMES if spec.source.startswith(s)), None)
     if scheme is None or not spec.source[len(scheme):].strip("/"):
         raise ValidationError("spec.source", "must start with HF://, ollama://, file:/// or pvc:// and name a model")

@@ -1,0 +1,118 @@
+"""`flexinfer`: the operator's CLI — demo, preflight, explain, nodes, activate."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from flexinfer import logs
+from flexinfer.cli.output import OUTPUT_OPTION, console, emit, table
+from flexinfer.cli.sources import node_views, source_options
+from flexinfer.errors import ValidationError
+from flexinfer.model import Model, parse_model
+
+
+def load_models(path: str) -> list[Model]:
+    """Read one or more Models from a YAML file (multi-document allowed)."""
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (OSError, yaml.YAMLError) as e:
+        raise click.ClickException(f"{path}: {e}") from None
+    models = []
+    for d in docs:
+        try:
+            models.append(parse_model(d))
+        except ValidationError as e:
+            raise click.ClickException(f"{path}: {e}") from None
+    if not models:
+        raise click.ClickException(f"{path}: no Model found")
+    return models
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="warning", show_default=True, help="Log level for background components.")
+def cli(log_level: str) -> None:
+    """FlexInfer: GPU-aware placement for LLM serving on heterogeneous Kubernetes clusters."""
+    logs.configure(level=log_level)
+
+
+@cli.command()
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@source_options
+@click.option("--node", help="Check only this node.")
+@click.option("--max-state-age-seconds", default=600.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def preflight(model_file: str, fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
+              kubeconfig: str | None, node: str | None, max_state_age_seconds: float, as_json: bool) -> None:
+    """Fit check before scaling anything down. Exit 0 PASS, 10 WARN, 20 BLOCK."""
+    from flexinfer import preflight as pf
+
+    now = time.time()
+    views = node_views(fleet, nodes_from, cluster, kube_server, kubeconfig, now)
+    reports = [pf.run(m, views, now, node=node, max_state_age_seconds=max_state_age_seconds)
+               for m in load_models(model_file)]
+    if as_json:
+        emit([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict(), "json")
+    else:
+        for r in reports:
+            click.echo(f"GPU fit preflight: {r.decision.name} {r.model}")
+            click.echo(f"backend: {r.backend}" + (f", target: {r.target_node} gpu "
+                       + ",".join(map(str, r.target_gpus)) if r.target_node else ""))
+            click.echo("checks:")
+            for c in r.checks:
+                click.echo(f"[{c.level.name}] {c.name}: {c.message}")
+            tail = {"PASS": "", "WARN": "; review before scaling the GPU lane",
+                    "BLOCK": "; do not scale the GPU lane"}[r.decision.name]
+            click.echo(f"decision: {r.decision.name}{tail}")
+    sys.exit(max(r.exit_code for r in reports))
+
+
+@cli.command()
+@source_options
+@click.option("--max-state-age-seconds", default=180.0, show_default=True)
+@OUTPUT_OPTION
+def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
+          kubeconfig: str | None, max_state_age_seconds: float, output: str) -> None:
+    """Nodes x GPUs: arch, free/total VRAM, health, age of the agent's data."""
+    now = time.time()
+    views = node_views(fleet, nodes_from, cluster, kube_server, kubeconfig, now)
+    rows: list[dict] = []
+    for v in views:
+        if v.error:
+            rows.append({"node": v.name, "gpu": "-", "vendor": v.vendor, "arch": "-", "freeMiB": None,
+                         "totalMiB": None, "health": "unreadable: " + v.error, "ageSeconds": None})
+            continue
+        if v.state is None or not v.state.gpus:
+            age = round(now - v.state.observed_unix) if v.state else None
+            health = "no GPUs" if v.state else "no agent data"
+            rows.append({"node": v.name, "gpu": "-", "vendor": v.vendor, "arch": "-", "freeMiB": None,
+                         "totalMiB": None, "health": health, "ageSeconds": age})
+            continue
+        age = round(now - v.state.observed_unix)
+        for g in v.state.gpus:
+            health = "healthy" if g.healthy else f"unhealthy: {g.reason}"
+            if age > max_state_age_seconds:
+                health += " (stale)"
+            rows.append({"node": v.name, "gpu": g.index, "vendor": g.vendor, "arch": g.arch,
+                         "family": g.info.family, "freeMiB": g.free_mib, "totalMiB": g.total_mib,
+                         "health": health, "ageSeconds": age})
+    if output != "table":
+        emit(rows, output)
+        return
+    console().print(table(
+        ["NODE", "GPU", "VENDOR", "ARCH", "FREE MiB", "TOTAL MiB", "HEALTH", "AGE s"],
+        [[r["node"], r["gpu"], r["vendor"], r["arch"], "-" if r["freeMiB"] is None else r["freeMiB"],
+          "-" if r["totalMiB"] is None else r["totalMiB"], r["health"],
+          "-" if r["ageSeconds"] is None else r["ageSeconds"]] for r in rows]))
+
+
+def main() -> None:
+    cli(prog_name="flexinfer")
+
+
+if __name__ == "__main__":
+    main()
