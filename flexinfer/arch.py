@@ -152,7 +152,7 @@ def decode_gfx_target_version(value: int | str) -> str:
         raise ParseError("gfx_target_version", value, "a positive value (0 means a CPU node)")
     major, rest = divmod(v, 10000)
     minor, stepping = divmod(rest, 100)
-    if major == 0 or minor > 15 or stepping > 15:
+    if major == 0 or major > 99 or minor > 15 or stepping > 15:
         raise ParseError("gfx_target_version", value, "major*10000 + minor*100 + stepping, minor/stepping < 16")
     return f"gfx{major}{minor:x}{stepping:x}"
 
@@ -161,6 +161,8 @@ def encode_gfx_target_version(gfx: str) -> int:
     """Inverse of decode_gfx_target_version (for fakes and tests)."""
     target = amd_arch(gfx).arch
     digits = target[3:]
+    if not digits[:-2].isdigit():
+        raise ParseError("gfx target", gfx, "gfx + decimal major + hex minor + hex stepping, e.g. gfx90a")
     major, minor, stepping = int(digits[:-2]), int(digits[-2], 16), int(digits[-1], 16)
     return major * 10000 + minor * 100 + stepping
 

@@ -138,7 +138,10 @@ def parse_fleet(data: object, source: str = "fleet") -> Fleet:
     try:
         fleet = msgspec.convert(data, Fleet, str_keys=True)
     except msgspec.ValidationError as e:
-        raise ParseError(source, str(e), "a valid fleet document (see flexinfer.fleet)") from None
+        # Put the path (`$.nodes[0].gpus[1].totalMiB`) in `what` so truncating the value never hides it.
+        text, _, path = str(e).rpartition(" - at `$")
+        where = f"{source}: {path.rstrip('`')}" if text else source
+        raise ParseError(where, text or str(e), "a valid fleet document (see flexinfer.fleet)") from None
     seen: set[str] = set()
     for i, node in enumerate(fleet.nodes):
         if not node.name or node.name in seen:

@@ -6,6 +6,7 @@ daemonset/ enforces the same rules in the API server (CEL); tests check that bot
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -18,9 +19,9 @@ from flexinfer.errors import ParseError, ValidationError
 
 SOURCE_SCHEMES = ("HF://", "ollama://", "file:///", "pvc://")
 MAX_SERVICE_LABELS = 10
-_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
-_SERVICE_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?\Z", re.ASCII)
+_SERVICE_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?\Z")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
 def parse_duration_seconds(value: str | int | float, what: str) -> float:
@@ -28,13 +29,18 @@ def parse_duration_seconds(value: str | int | float, what: str) -> float:
     if isinstance(value, bool):
         raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h")
         if value < 0:
             raise ValidationError(what, "must not be negative")
         return float(value)
     m = _DURATION_RE.match(str(value).strip())
     if not m or not any(m.groups()):
         raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h")
-    h, mi, s = (int(x) if x else 0 for x in m.groups())
+    try:
+        h, mi, s = (int(x) if x else 0 for x in m.groups())
+    except ValueError:  # more digits than int() accepts
+        raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h") from None
     return float(h * 3600 + mi * 60 + s)
 
 
@@ -181,6 +187,11 @@ def parse_model(obj: object) -> Model:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValidationError("metadata.name", "must be a DNS-1123 label (lowercase, digits, '-', <= 63)")
     spec = parse_spec(obj.get("spec"))
+    generation = meta.get("generation") or 0
+    if isinstance(generation, str) and generation.isascii() and generation.isdigit() and len(generation) < 19:
+        generation = int(generation)
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise ValidationError("metadata.generation", f"must be an integer, got {generation!r}")
     ann = meta.get("annotations") or {}
     status = obj.get("status") or {}
     model = Model(
@@ -188,7 +199,7 @@ def parse_model(obj: object) -> Model:
         namespace=str(meta.get("namespace") or "default"),
         spec=spec,
         uid=str(meta.get("uid") or ""),
-        generation=int(meta.get("generation") or 0),
+        generation=generation,
         annotations={str(k): str(v) for k, v in ann.items()} if isinstance(ann, dict) else {},
         status=status if isinstance(status, dict) else {},
     )
@@ -248,8 +259,12 @@ def _validate_maxwell(model: Model) -> None:
     arch = sel.get(keys.LABEL_ARCH, "")
     if family != "maxwell" and not arch.startswith("sm_5"):
         return
-    info = arch_info("nvidia", arch) if arch.startswith("sm_5") else arch_info("nvidia", "sm_52")
-    assert nvidia_family(*(info.cc or (5, 2))) == "maxwell"
+    try:
+        info = arch_info("nvidia", arch) if arch.startswith("sm_5") else arch_info("nvidia", "sm_52")
+    except ParseError as e:
+        raise ValidationError(f"spec.nodeSelector.{keys.LABEL_ARCH}", str(e)) from None
+    if nvidia_family(*(info.cc or (5, 2))) != "maxwell":  # e.g. sm_520: not a Maxwell pin
+        return
     verdict = check(model.backend, info, jit_policy=model.jit_policy)
     if verdict.verdict is Verdict.UNSUPPORTED:
         raise ValidationError("spec.backend", f"{verdict.reason} (spec.nodeSelector pins maxwell)")

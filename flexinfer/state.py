@@ -207,6 +207,8 @@ def decode_state(node: str, raw: str, vendor_hint: str = "") -> NodeGpuState:
             free = parse_mib(w.f, f"{what} gpu {w.i} free")
         except ParseError as e:
             raise ParseError(what, raw, f"valid per-GPU fields ({e})") from None
+        if w.i < 0:
+            raise ParseError(what, raw, f"a non-negative GPU index (got {w.i})")
         if free > total:
             raise ParseError(what, raw, f"free <= total on gpu {w.i}")
         gpus.append(
@@ -237,6 +239,8 @@ class NodeView:
 
 def node_view(name: str, labels: dict[str, str] | None, annotations: dict[str, str] | None) -> NodeView:
     """Build a NodeView from a Node's labels and annotations, never raising."""
+    if not isinstance(labels, dict | None) or not isinstance(annotations, dict | None):
+        return NodeView(name, {}, "none", None, error="node labels and annotations must be mappings")
     labels = dict(labels or {})
     annotations = annotations or {}
     raw_vendor = labels.get(keys.LABEL_VENDOR, "none")

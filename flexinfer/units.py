@@ -9,7 +9,7 @@ from flexinfer.errors import ParseError
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
-_QTY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
+_QTY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T|k)?$", re.ASCII)
 _FACTORS = {
     None: 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
@@ -21,7 +21,10 @@ def parse_quantity_bytes(value: str) -> int:
     m = _QTY_RE.match(str(value).strip())
     if not m:
         raise ParseError("memory quantity", value, "a number with an optional suffix Ki/Mi/Gi/Ti/K/M/G/T")
-    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+    try:
+        return int(float(m.group(1)) * _FACTORS[m.group(2)])
+    except (OverflowError, ValueError):  # absurdly long digit strings
+        raise ParseError("memory quantity", value, "a number small enough to be a memory size") from None
 
 
 def mib_to_label(mib: int) -> str:
@@ -40,7 +43,7 @@ def parse_mib(value: object, what: str) -> int:
         n = value
     else:
         s = str(value).strip()
-        if not s.isdigit():
+        if not (s.isascii() and s.isdigit()) or len(s) > 16:
             raise ParseError(what, value, "a non-negative integer number of MiB")
         n = int(s)
     if n < 0 or n > 1 << 40:
