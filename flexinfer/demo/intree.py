@@ -1,0 +1,67 @@
+"""The part of kube-scheduler the demo must imitate before it calls the extender: the in-tree
+filters that matter for GPU pods (node readiness, nodeSelector, taints/tolerations, extended
+resource fit) and binding bookkeeping. Pure functions over plain Pod/Node dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flexinfer import keys
+
+
+def pod_gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
+    """Extended GPU resources a pod asks for (max of requests/limits per container, summed)."""
+    out: dict[str, int] = {}
+    spec = pod.get("spec") or {}
+    for c in spec.get("containers") or []:
+        res = c.get("resources") or {}
+        for name in keys.GPU_RESOURCES:
+            vals = [int(str(d.get(name))) for d in (res.get("requests") or {}, res.get("limits") or {})
+                    if str(d.get(name, "")).isdigit()]
+            if vals:
+                out[name] = out.get(name, 0) + max(vals)
+    return out
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    for t in tolerations:
+        if t.get("effect") and t.get("effect") != taint.get("effect"):
+            continue
+        op = t.get("operator", "Equal")
+        if op == "Exists" and (not t.get("key") or t.get("key") == taint.get("key")):
+            return True
+        if op == "Equal" and t.get("key") == taint.get("key") and t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def intree_reject(pod: dict[str, Any], node: dict[str, Any], bound: list[dict[str, Any]]) -> str | None:
+    """Why kube-scheduler's own plugins would reject `node` for `pod` (None = feasible).
+
+    `bound` are the pods already bound to this node (for extended-resource accounting).
+    """
+    spec = pod.get("spec") or {}
+    meta = node.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    nspec = node.get("spec") or {}
+    if nspec.get("unschedulable"):
+        return "node is unschedulable"
+    ready = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
+    if ready and ready[0].get("status") != "True":
+        return "node is not Ready"
+    for k, v in (spec.get("nodeSelector") or {}).items():
+        if labels.get(k) != v:
+            return f"node(s) didn't match Pod's node selector ({k}={v})"
+    tolerations = spec.get("tolerations") or []
+    for taint in nspec.get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(tolerations, taint):
+            return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
+    want = pod_gpu_requests(pod)
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    for res, n in want.items():
+        used = sum(pod_gpu_requests(p).get(res, 0) for p in bound)
+        have = int(str(alloc.get(res, "0"))) if str(alloc.get(res, "0")).isdigit() else 0
+        if have - used < n:
+            return f"Insufficient {res}"
+    return None
