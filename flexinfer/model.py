@@ -148,10 +148,11 @@ class Model(msgspec.Struct, omit_defaults=True):
 def _msgspec_error(e: msgspec.ValidationError) -> ValidationError:
     text = str(e)
     path = "spec"
-    m = re.search(r" - at `\$(.*)`$", text)
+    m = re.search(r" - at `(key` in `)?\$(.*)`$", text)
     if m:
-        path = "spec" + m.group(1).replace("[", ".").replace("]", "")
-        text = text[: m.start()]
+        # `$.gpu.count`, `$.serviceLabels[0]`, `$.nodeSelector[...]` (a map value), `key` in `$.config`
+        path = "spec" + m.group(2).replace("[...]", "").replace("[", ".").replace("]", "")
+        text = text[: m.start()] + (" (in an object key)" if m.group(1) else "")
     if text.startswith("Object contains unknown field"):
         field = text.split("`")[1]
         return ValidationError(f"{path}.{field}", "unknown field")
