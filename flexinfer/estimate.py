@@ -125,6 +125,10 @@ def estimate(inp: EstimateInput) -> Estimate:
         raise ParseError("context length", inp.context_tokens, "1 to 10,000,000 tokens")
     if not (1 <= inp.gpu_count <= 64) or not (1 <= inp.parallel <= 1024):
         raise ParseError("gpu count / parallel", (inp.gpu_count, inp.parallel), "1-64 GPUs, 1-1024 sequences")
+    hints = (inp.layers, inp.attention_layers, inp.kv_heads, inp.head_dim, inp.weights_bytes)
+    if any(h is not None and not h >= 0 for h in hints) or (inp.active_params_b is not None
+                                                             and not inp.active_params_b >= 0):
+        raise ParseError("model architecture hints", hints, "non-negative layers, KV heads, head dim, file size")
     notes: list[str] = []
     bpw = BITS_PER_WEIGHT[normalize_quant(inp.quant)]
     if inp.weights_bytes:
@@ -153,7 +157,7 @@ def estimate(inp: EstimateInput) -> Estimate:
 
 def parse_params_from_name(text: str) -> tuple[float, float | None] | None:
     """'Qwen3.6-35B-A3B-UD-Q4_K_M' -> (35.0, 3.0); 'llama3:8b' -> (8.0, None); no size -> None."""
-    s = text.replace("_", "-")
+    s = str(text).replace("_", "-")
     active = _ACTIVE_RE.search(s)
     cleaned = _ACTIVE_RE.sub("", s)
     best: float | None = None
@@ -167,7 +171,7 @@ def parse_params_from_name(text: str) -> tuple[float, float | None] | None:
 
 def guess_quant(text: str, backend: str) -> str:
     """Find a quantization tag in a model source/name, else the backend's usual default."""
-    s = text.lower().replace("-", "_")
+    s = str(text).lower().replace("-", "_")
     for q in sorted(BITS_PER_WEIGHT, key=len, reverse=True):
         if re.search(rf"(?<![a-z0-9]){re.escape(q)}(?![a-z0-9])", s):
             return q
