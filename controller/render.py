@@ -1,0 +1,223 @@
+"""Model -> Deployment, Service and cache PVC (pure: plain JSON dicts, no I/O).
+
+GPU vendor ``auto``: Kubernetes cannot request "one GPU of either vendor", and requesting no GPU
+resource at all would run the pod without device isolation. So ``auto`` resolves to one vendor:
+``spec.nodeSelector[flexinfer.ai/gpu.vendor]`` if set, else ``auto_vendor`` (the controller passes the
+vendor with the most GPU nodes in the cluster, from the agent's node labels; ``nvidia`` when unknown).
+The extended resource then restricts the pod to that vendor's nodes, and the extender chooses among
+them. No ``flexinfer.ai/gpu.vendor`` pod annotation is written for ``auto`` (the resource decides).
+
+Deployments of GPU models use strategy Recreate (the old pod must free the GPU before the new one
+starts) and at most one replica (a model is served by one pod; shared groups time-share a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flexinfer import keys
+from flexinfer.model import Model
+from flexinfer.requirements import vram_need
+
+from .backends import MODELS_DIR, container_for, pvc_of_source
+
+JSON = dict[str, Any]
+VENDOR_RESOURCE = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}
+DEFAULT_CACHE_SIZE = "50Gi"
+PROBE_PERIOD_S = 10
+
+
+def model_ref(model: Model) -> JSON:
+    return {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
+            "metadata": {"name": model.name, "uid": model.uid}}
+
+
+def owner_refs(model: Model) -> list[JSON]:
+    return [{"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND, "name": model.name,
+             "uid": model.uid, "controller": True, "blockOwnerDeletion": True}]
+
+
+def effective_vendor(model: Model, auto_vendor: str = "nvidia") -> str:
+    """nvidia | amd | cpu: the vendor whose GPU resource the pod requests."""
+    v = model.vendor
+    if v in ("nvidia", "amd", "cpu"):
+        return v
+    sel = str(model.spec.node_selector.get(keys.LABEL_VENDOR, "")).lower()
+    if sel in VENDOR_RESOURCE:
+        return sel
+    return auto_vendor if auto_vendor in VENDOR_RESOURCE else "nvidia"
+
+
+def service_label_labels(model: Model) -> dict[str, str]:
+    out = {}
+    for lab in model.spec.service_labels:
+        key = keys.LABEL_SERVICE_LABEL_PREFIX + lab
+        if len(key.split("/", 1)[1]) <= 63:
+            out[key] = "true"
+    return out
+
+
+def common_labels(model: Model) -> dict[str, str]:
+    return {keys.LABEL_MODEL: model.name, keys.LABEL_MANAGED_BY: keys.MANAGED_BY, **service_label_labels(model)}
+
+
+def cache_pvc_name(model: Model) -> str | None:
+    """The PVC mounted at /models, or None for emptyDir/Memory."""
+    src = pvc_of_source(model.spec.source)
+    if src:
+        return src
+    if model.spec.cache.strategy == "SharedPVC":
+        return model.spec.cache.pvc_name or f"{model.name}-cache"
+    return None
+
+
+def render_pvc(model: Model) -> JSON | None:
+    """The auto-created cache PVC (SharedPVC without pvcName), else None."""
+    c = model.spec.cache
+    if pvc_of_source(model.spec.source) or c.strategy != "SharedPVC" or c.pvc_name:
+        return None
+    size = c.size or DEFAULT_CACHE_SIZE
+    spec: JSON = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if c.storage_class:
+        spec["storageClassName"] = c.storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": f"{model.name}-cache", "namespace": model.namespace,
+                         "labels": {keys.LABEL_MODEL: model.name, keys.LABEL_MANAGED_BY: keys.MANAGED_BY},
+                         "ownerReferences": owner_refs(model)},
+            "spec": spec}
+
+
+def _volume(model: Model) -> JSON:
+    pvc = cache_pvc_name(model)
+    if pvc:
+        return {"name": "models", "persistentVolumeClaim": {"claimName": pvc}}
+    if model.spec.cache.strategy == "Memory":
+        ed: JSON = {"medium": "Memory"}
+        if model.spec.cache.size:
+            ed["sizeLimit"] = model.spec.cache.size
+        return {"name": "models", "emptyDir": ed}
+    return {"name": "models", "emptyDir": {}}
+
+
+def pod_annotations(model: Model, vendor: str) -> dict[str, str]:
+    ann = {keys.POD_MODEL: model.name, keys.POD_BACKEND: model.backend}
+    if model.needs_gpu:
+        need = vram_need(model)
+        if need.per_gpu_mib:
+            ann[keys.POD_VRAM_ESTIMATE_MB] = str(need.per_gpu_mib)
+        if model.vendor in VENDOR_RESOURCE:
+            ann[keys.POD_VENDOR] = model.vendor
+        if model.group:
+            ann[keys.POD_GROUP] = model.group
+    if model.jit_policy:
+        ann[keys.POD_JIT_POLICY] = model.jit_policy
+    return ann
+
+
+def _resources(model: Model, vendor: str) -> JSON:
+    res = {k: dict(v) for k, v in (model.spec.resources or {}).items() if isinstance(v, dict)}
+    if model.needs_gpu and vendor in VENDOR_RESOURCE:
+        n = str(model.gpu_count)
+        res.setdefault("limits", {})[VENDOR_RESOURCE[vendor]] = n
+        res.setdefault("requests", {})[VENDOR_RESOURCE[vendor]] = n
+    return res
+
+
+def gpu_tolerations(model: Model) -> list[JSON]:
+    tol = [dict(t) for t in model.spec.tolerations]
+    if model.needs_gpu:
+        for r in (keys.RESOURCE_NVIDIA, keys.RESOURCE_AMD):
+            t = {"key": r, "operator": "Exists", "effect": "NoSchedule"}
+            if t not in tol:
+                tol.append(t)
+    return tol
+
+
+def startup_failure_threshold(cold_start_timeout_s: float, period_s: int = PROBE_PERIOD_S) -> int:
+    """failureThreshold so that failureThreshold * period >= the cold start timeout."""
+    return max(1, math.ceil(cold_start_timeout_s / period_s))
+
+
+def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") -> JSON:
+    vendor = effective_vendor(model, auto_vendor)
+    c = container_for(model, vendor)
+    probe = {"httpGet": {"path": c.health_path, "port": "http"}, "periodSeconds": PROBE_PERIOD_S}
+    container: JSON = {
+        "name": "server",
+        "image": c.image,
+        "ports": [{"name": "http", "containerPort": c.port, "protocol": "TCP"}],
+        "env": [{"name": k, "value": v} for k, v in sorted(c.env.items())],
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+        "startupProbe": {**probe, "timeoutSeconds": 5,
+                         "failureThreshold": startup_failure_threshold(model.cold_start_timeout_seconds)},
+        "readinessProbe": {**probe, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+    if c.command:
+        container["command"] = c.command
+    if c.args:
+        container["args"] = c.args
+    res = _resources(model, vendor)
+    if res:
+        container["resources"] = res
+    pod_spec: JSON = {"containers": [container], "volumes": [_volume(model)]}
+    if model.spec.node_selector:
+        pod_spec["nodeSelector"] = dict(model.spec.node_selector)
+    tol = gpu_tolerations(model)
+    if tol:
+        pod_spec["tolerations"] = tol
+    labels = common_labels(model)
+    spec: JSON = {
+        "replicas": max(0, min(1, int(replicas))),
+        "selector": {"matchLabels": {keys.LABEL_MODEL: model.name}},
+        "template": {"metadata": {"labels": labels, "annotations": pod_annotations(model, vendor)},
+                     "spec": pod_spec},
+    }
+    if model.needs_gpu:
+        spec["strategy"] = {"type": "Recreate"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": model.name, "namespace": model.namespace, "labels": labels,
+                         "annotations": {keys.POD_BACKEND: model.backend},
+                         "ownerReferences": owner_refs(model)},
+            "spec": spec}
+
+
+def service_port(model: Model) -> int:
+    return container_for(model, "cpu" if not model.needs_gpu else "nvidia").port
+
+
+def endpoint(model: Model) -> str:
+    return f"http://{model.name}.{model.namespace}.svc:{service_port(model)}"
+
+
+def service_annotations(model: Model) -> dict[str, str]:
+    ann: dict[str, str] = {}
+    if model.spec.service_labels:
+        ann[keys.ANN_SERVICE_LABELS] = ",".join(model.spec.service_labels)
+    ll = model.spec.litellm
+    if ll is not None and ll.enabled:
+        p = keys.LITELLM_PREFIX
+        ann[p + "enabled"] = "true"
+        ann[p + "model-name"] = ll.model_name or model.name
+        if ll.aliases:
+            ann[p + "aliases"] = ",".join(ll.aliases)
+        ann[p + "api-base"] = endpoint(model) + "/v1"
+    return ann
+
+
+def render_service(model: Model) -> JSON:
+    port = service_port(model)
+    meta: JSON = {"name": model.name, "namespace": model.namespace, "labels": common_labels(model),
+                  "ownerReferences": owner_refs(model)}
+    ann = service_annotations(model)
+    if ann:
+        meta["annotations"] = ann
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"selector": {keys.LABEL_MODEL: model.name},
+                     "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def render_all(model: Model, replicas: int, auto_vendor: str = "nvidia") -> list[JSON]:
+    """Everything the controller owns for `model`: [PVC?], Deployment, Service."""
+    out = [o for o in (render_pvc(model),) if o is not None]
+    return [*out, render_deployment(model, replicas, auto_vendor), render_service(model)]

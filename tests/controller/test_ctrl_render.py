@@ -1,0 +1,159 @@
+"""Rendered Deployment / Service / PVC for Models (controller.render, controller.backends)."""
+
+from __future__ import annotations
+
+import pytest
+from flexinfer.controller.backends import BACKENDS, container_for, source_ref
+from flexinfer.controller.render import (
+    effective_vendor,
+    endpoint,
+    render_all,
+    render_deployment,
+    render_pvc,
+    render_service,
+    startup_failure_threshold,
+)
+
+from flexinfer import keys
+from flexinfer.model import parse_model
+
+
+def mk(spec, name="qwen3-14b", ns="ai"):
+    return parse_model({"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
+                        "metadata": {"name": name, "namespace": ns, "uid": "u-1"}, "spec": spec})
+
+
+GPU_MODEL = mk({"backend": "llamacpp", "source": "HF://Qwen/Qwen3-14B-GGUF",
+                "gpu": {"vendor": "amd", "shared": "quality", "priority": 100, "vramEstimateMB": 12000},
+                "serverless": {"coldStartTimeout": "5m", "minReplicas": 1},
+                "config": {"ggufFile": "Qwen3-14B-Q4_K_M.gguf", "ctxSize": 8192},
+                "cache": {"strategy": "SharedPVC", "size": "40Gi", "storageClass": "local"},
+                "serviceLabels": ["fast-chat", "gpt-4"],
+                "litellm": {"aliases": ["gpt-4"]}})
+
+
+def test_gpu_deployment_full():
+    d = render_deployment(GPU_MODEL, 1)
+    pod = d["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    assert d["spec"]["strategy"] == {"type": "Recreate"}
+    assert d["spec"]["replicas"] == 1
+    assert d["metadata"]["ownerReferences"] == [{"apiVersion": keys.MODEL_API_VERSION, "kind": "Model",
+                                                 "name": "qwen3-14b", "uid": "u-1", "controller": True,
+                                                 "blockOwnerDeletion": True}]
+    assert d["spec"]["selector"] == {"matchLabels": {keys.LABEL_MODEL: "qwen3-14b"}}
+    assert pod["metadata"]["labels"][keys.LABEL_MODEL] == "qwen3-14b"
+    assert pod["metadata"]["labels"][keys.LABEL_SERVICE_LABEL_PREFIX + "gpt-4"] == "true"
+    assert pod["metadata"]["annotations"] == {
+        keys.POD_MODEL: "qwen3-14b", keys.POD_BACKEND: "llamacpp", keys.POD_VRAM_ESTIMATE_MB: "12000",
+        keys.POD_VENDOR: "amd", keys.POD_GROUP: "quality"}
+    assert c["resources"] == {"limits": {"amd.com/gpu": "1"}, "requests": {"amd.com/gpu": "1"}}
+    assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server-rocm"
+    assert c["args"][c["args"].index("--hf-repo") + 1] == "Qwen/Qwen3-14B-GGUF"
+    assert c["args"][c["args"].index("--hf-file") + 1] == "Qwen3-14B-Q4_K_M.gguf"
+    assert c["args"][c["args"].index("-c") + 1] == "8192"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    sp = c["startupProbe"]
+    assert sp["failureThreshold"] * sp["periodSeconds"] >= 300
+    assert pod["spec"]["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "qwen3-14b-cache"}}]
+    assert c["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+    tol = pod["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol
+    assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol
+
+
+def test_pvc_and_service():
+    pvc = render_pvc(GPU_MODEL)
+    assert pvc["metadata"]["name"] == "qwen3-14b-cache"
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "40Gi"}},
+                           "storageClassName": "local"}
+    assert pvc["metadata"]["ownerReferences"][0]["controller"] is True
+    svc = render_service(GPU_MODEL)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == {keys.LABEL_MODEL: "qwen3-14b"}
+    ann = svc["metadata"]["annotations"]
+    assert ann["litellm.flexinfer.ai/aliases"] == "gpt-4"
+    assert ann["litellm.flexinfer.ai/api-base"] == "http://qwen3-14b.ai.svc:8080/v1"
+    assert ann[keys.ANN_SERVICE_LABELS] == "fast-chat,gpt-4"
+    assert svc["metadata"]["labels"][keys.LABEL_SERVICE_LABEL_PREFIX + "fast-chat"] == "true"
+    assert endpoint(GPU_MODEL) == "http://qwen3-14b.ai.svc:8080"
+    assert [o["kind"] for o in render_all(GPU_MODEL, 0)] == ["PersistentVolumeClaim", "Deployment", "Service"]
+
+
+def test_pvc_source_mounted_and_no_cache_pvc():
+    m = mk({"backend": "vllm", "source": "pvc://models-nvme/qwen3-8b", "gpu": {"vendor": "nvidia", "count": 2},
+            "cache": {"strategy": "SharedPVC"}})
+    assert render_pvc(m) is None
+    d = render_deployment(m, 1)
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    assert d["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models-nvme"}
+    assert c["args"][0] == "/models/qwen3-8b"
+    assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+
+
+def test_memory_cache_cpu_model_and_estimate():
+    m = mk({"backend": "ollama", "source": "ollama://llama3:8b", "cache": {"strategy": "Memory", "size": "8Gi"}})
+    d = render_deployment(m, 1)
+    pod = d["spec"]["template"]
+    assert pod["spec"]["volumes"] == [{"name": "models", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+    assert "strategy" not in d["spec"]
+    assert "resources" not in pod["spec"]["containers"][0]
+    assert "tolerations" not in pod["spec"]
+    assert keys.POD_VRAM_ESTIMATE_MB not in pod["metadata"]["annotations"]
+    g = mk({"backend": "ollama", "source": "ollama://llama3:8b", "gpu": {},
+            "config": {"contextLength": 8192, "kvCacheType": "q8_0"}})
+    ann = render_deployment(g, 1)["spec"]["template"]["metadata"]["annotations"]
+    assert int(ann[keys.POD_VRAM_ESTIMATE_MB]) > 4000
+    assert keys.POD_VENDOR not in ann  # auto: the resource decides
+    env = {e["name"]: e["value"] for e in render_deployment(g, 1)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OLLAMA_CONTEXT_LENGTH"] == "8192" and env["OLLAMA_KV_CACHE_TYPE"] == "q8_0"
+
+
+@pytest.mark.parametrize(
+    ("spec_gpu", "selector", "auto", "vendor"),
+    [
+        ({}, {}, "nvidia", "nvidia"),
+        ({}, {}, "amd", "amd"),
+        ({}, {keys.LABEL_VENDOR: "amd"}, "nvidia", "amd"),
+        ({"vendor": "NVIDIA"}, {}, "amd", "nvidia"),
+        ({"vendor": "cpu"}, {}, "amd", "cpu"),
+        ({}, {}, "bogus", "nvidia"),
+    ],
+)
+def test_effective_vendor(spec_gpu, selector, auto, vendor):
+    m = mk({"backend": "llamacpp", "source": "HF://a/b", "gpu": spec_gpu, "nodeSelector": selector})
+    assert effective_vendor(m, auto) == vendor
+
+
+def test_image_override_jit_policy_and_replicas_clamped():
+    m = mk({"backend": "mlc", "source": "HF://mlc-ai/Qwen3-8B-q4f32_1-MLC", "image": "me/mlc:1",
+            "gpu": {"vendor": "nvidia"}, "config": {"jitPolicy": "readonly", "modelLibPath": "/models/x.so"}})
+    d = render_deployment(m, 5)
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "me/mlc:1" and d["spec"]["replicas"] == 1
+    assert c["args"][:2] == ["serve", "HF://mlc-ai/Qwen3-8B-q4f32_1-MLC"]
+    assert "--model-lib" in c["args"]
+    assert d["spec"]["template"]["metadata"]["annotations"][keys.POD_JIT_POLICY] == "READONLY"
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_backend_renders(backend):
+    m = mk({"backend": backend, "source": "HF://org/model-7b", "gpu": {"vendor": "nvidia"}})
+    c = container_for(m, "nvidia")
+    assert c.image and c.port > 0 and c.health_path.startswith("/")
+    d = render_deployment(m, 1)
+    assert d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] == c.port
+
+
+@pytest.mark.parametrize(("src", "ref"), [
+    ("HF://org/m", ("hf", "org/m")), ("ollama://llama3:8b", ("ollama", "llama3:8b")),
+    ("file:///data/m.gguf", ("file", "/data/m.gguf")), ("pvc://p/dir/m", ("pvc", "/models/dir/m")),
+])
+def test_source_ref(src, ref):
+    assert source_ref(src) == ref
+
+
+@pytest.mark.parametrize(("timeout", "threshold"), [(300, 30), (301, 31), (0, 1), (5, 1)])
+def test_startup_threshold(timeout, threshold):
+    assert startup_failure_threshold(timeout) == threshold
