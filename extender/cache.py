@@ -1,0 +1,154 @@
+"""NodeCache: NodeViews by node name, parsed once per Node change (never on the request path).
+
+Sources:
+* a `flexinfer.kube.Informer` on nodes: `on_event` is `NodeCache.on_event` ("SYNC" rebuilds the whole
+  cache from the list, ADDED/MODIFIED upsert, DELETED removes);
+* static: `--nodes-from FILE` (a NodeList / Node JSON or YAML, or a fleet file turned into the Node
+  objects the agents would publish, via flexinfer.nodes);
+* embedders (the demo) call `upsert(obj)` / `remove(name)` directly.
+
+Readiness: ready only after the first full sync (or static load). When the API server goes away
+the cache keeps serving what it has; `readiness()` stays ready while the last successful sync or
+event is younger than `stale_after_seconds`, and says why in its text either way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from flexinfer import logs
+from flexinfer.nodes import load_node_objects, view_of
+from flexinfer.state import NodeView
+
+log = logs.get("flexinfer.extender.cache")
+
+
+class NodeCache:
+    def __init__(self, *, stale_after_seconds: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._views: dict[str, NodeView] = {}
+        self._rv: dict[str, str] = {}
+        self.synced = False
+        self.static = False
+        self.last_update_unix = 0.0
+        self.stale_after_seconds = stale_after_seconds
+        self.source_healthy: Callable[[], bool] | None = None  # e.g. lambda: informer.healthy
+        self.clock = clock
+        self.events = 0
+
+    # --- reads ---------------------------------------------------------------------------
+    def get(self, name: str) -> NodeView | None:
+        return self._views.get(name)  # dict reads are atomic; views are immutable
+
+    def get_if_current(self, name: str, resource_version: str) -> NodeView | None:
+        """The cached view when it was built from this exact resourceVersion, else None."""
+        if resource_version and self._rv.get(name) == resource_version:
+            return self._views.get(name)
+        return None
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._views)
+
+    def views(self) -> list[NodeView]:
+        with self._lock:
+            return list(self._views.values())
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._views
+
+    def age_seconds(self) -> float:
+        if not self.last_update_unix:
+            return float("inf")
+        return max(0.0, self.clock() - self.last_update_unix)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) for /readyz."""
+        if not self.synced:
+            return False, "node cache has not synced yet"
+        n = len(self._views)
+        if self.static:
+            return True, f"static node list: {n} nodes"
+        healthy = self.source_healthy() if self.source_healthy else True
+        age = self.age_seconds()
+        if healthy:
+            return True, f"node cache synced: {n} nodes, last update {age:.0f} s ago"
+        if age < self.stale_after_seconds:
+            return True, (f"API server watch failing; serving {n} cached nodes, last update {age:.0f} s ago "
+                          f"(unready after {self.stale_after_seconds:.0f} s)")
+        return False, f"API server watch failing; node cache is {age:.0f} s old"
+
+    # --- writes --------------------------------------------------------------------------
+    @staticmethod
+    def _name_rv(obj: dict[str, Any]) -> tuple[str, str]:
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            return "", ""
+        return str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
+
+    def upsert(self, obj: dict[str, Any]) -> NodeView | None:
+        if not isinstance(obj, dict):
+            return None
+        name, rv = self._name_rv(obj)
+        if not name:
+            return None
+        with self._lock:
+            if rv and self._rv.get(name) == rv and name in self._views:
+                return self._views[name]
+        view = view_of(obj)
+        with self._lock:
+            self._views[name] = view
+            self._rv[name] = rv
+            self.last_update_unix = self.clock()
+        return view
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._views.pop(name, None)
+            self._rv.pop(name, None)
+            self.last_update_unix = self.clock()
+
+    def replace_all(self, objs: Iterable[dict[str, Any]]) -> None:
+        views: dict[str, NodeView] = {}
+        rvs: dict[str, str] = {}
+        for obj in objs:
+            if not isinstance(obj, dict):
+                continue
+            name, rv = self._name_rv(obj)
+            if name:
+                old = self._views.get(name)
+                views[name] = old if (old is not None and rv and self._rv.get(name) == rv) else view_of(obj)
+                rvs[name] = rv
+        with self._lock:
+            self._views = views
+            self._rv = rvs
+            self.last_update_unix = self.clock()
+            self.synced = True
+
+    def on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """Informer callback (called from the informer thread)."""
+        self.events += 1
+        if kind == "SYNC":
+            self.replace_all((obj or {}).get("items") or [])
+            log.info("node_cache_synced", nodes=len(self._views))
+        elif kind in ("ADDED", "MODIFIED"):
+            self.upsert(obj)
+        elif kind == "DELETED":
+            name, _ = self._name_rv(obj)
+            if name:
+                self.remove(name)
+
+    def load_static(self, path: str | Path, now: float | None = None) -> int:
+        """Static mode from a NodeList/Node/fleet file. Raises ParseError on junk files."""
+        objs = load_node_objects(path, now)
+        self.replace_all(objs)
+        self.static = True
+        log.info("node_cache_static", path=str(path), nodes=len(self._views))
+        return len(self._views)

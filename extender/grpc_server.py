@@ -1,0 +1,165 @@
+"""gRPC `flexinfer.api.v1.SchedulerExtender` (Filter, Prioritize, Explain) over the same Extender core.
+
+A malformed request (no pod, pod_json that is not a Pod, junk requirements) is answered with
+the `error` field set (status OK), mirroring the HTTP `Error` field; a junk *annotation* in a
+well-formed pod behaves exactly as over HTTP (every node unresolvable, reason names it).
+Empty `node_names` means every node in the extender's cache.
+The standard gRPC health service reports SERVING once the node cache is ready.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from flexinfer import keys, logs
+from flexinfer.api.v1 import scheduler_extender_pb2 as pb
+from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
+from flexinfer.errors import ParseError
+
+from .pod import VENDOR_AUTO, PodRequirements, requirements_from_dict, requirements_from_json
+from .policy import NodeVerdict
+from .service import Extender
+
+log = logs.get("flexinfer.extender.grpc")
+SERVICE_NAME = "flexinfer.api.v1.SchedulerExtender"
+
+
+def requirements_from_proto(m: pb.PodRequirements) -> PodRequirements:
+    """Run proto requirements through the same parser as pod annotations (same validation)."""
+    from dataclasses import replace
+
+    ann: dict[str, str] = {keys.POD_VENDOR: m.vendor or VENDOR_AUTO}
+    if m.vram_estimate_mib:
+        ann[keys.POD_VRAM_ESTIMATE_MB] = str(m.vram_estimate_mib)
+    if m.backend:
+        ann[keys.POD_BACKEND] = m.backend
+    if m.model:
+        ann[keys.POD_MODEL] = m.model
+    if m.jit_policy:
+        ann[keys.POD_JIT_POLICY] = m.jit_policy
+    if m.preferred_archs:
+        ann[keys.POD_PREFERRED_ARCHS] = ",".join(m.preferred_archs)
+    vendor = (m.vendor or "").strip().lower()
+    resource = {v: r for r, v in keys.GPU_RESOURCES.items()}.get(vendor)
+    containers = []
+    if resource and m.gpu_count > 0:
+        containers.append({"name": "model", "resources": {"limits": {resource: str(m.gpu_count)}}})
+    pod = {"metadata": {"name": m.name, "namespace": m.namespace, "uid": m.uid, "annotations": ann},
+           "spec": {"containers": containers}}
+    req = requirements_from_dict(pod)
+    if not req.error and req.vendor == VENDOR_AUTO and m.gpu_count > 0:
+        req = replace(req, gpu_count=m.gpu_count)
+    return req
+
+
+def requirements_to_proto(r: PodRequirements) -> pb.PodRequirements:
+    return pb.PodRequirements(
+        namespace=r.namespace, name=r.name, uid=r.uid, model=r.model, backend=r.backend, vendor=r.vendor,
+        vram_estimate_mib=r.vram_estimate_mib, gpu_count=r.gpu_count, jit_policy=r.jit_policy,
+        preferred_archs=list(r.preferred_archs),
+    )
+
+
+def requirements_from_source(src: pb.PodSource) -> PodRequirements:
+    """Raises ParseError when the source is missing or malformed."""
+    which = src.WhichOneof("source")
+    if which == "pod_json":
+        return requirements_from_json(src.pod_json)
+    if which == "requirements":
+        return requirements_from_proto(src.requirements)
+    raise ParseError("pod", None, "pod.pod_json (a v1.Pod as JSON) or pod.requirements")
+
+
+def verdict_to_proto(v: NodeVerdict) -> pb.NodeVerdict:
+    return pb.NodeVerdict(node=v.node, feasible=v.feasible, unresolvable=v.unresolvable, reason=v.reason,
+                          detail=v.detail, score=v.score, gpu=v.gpu_text)
+
+
+class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
+    def __init__(self, extender: Extender) -> None:
+        self.extender = extender
+
+    def _names(self, names: list[str]) -> list[str]:
+        return list(names) if names else sorted(self.extender.cache.names())
+
+    def Filter(self, request: pb.FilterRequest, context: grpc.ServicerContext) -> pb.FilterResponse:
+        try:
+            req = requirements_from_source(request.pod)
+        except ParseError as e:
+            self.extender.metrics.bad_requests.labels("filter", "grpc").inc()
+            return pb.FilterResponse(error=str(e))
+        out = self.extender.filter(req, self._names(request.node_names))
+        return pb.FilterResponse(node_names=out.passed, failed_nodes=out.failed,
+                                 failed_and_unresolvable_nodes=out.unresolvable)
+
+    def Prioritize(self, request: pb.PrioritizeRequest, context: grpc.ServicerContext) -> pb.PrioritizeResponse:
+        try:
+            req = requirements_from_source(request.pod)
+        except ParseError as e:
+            self.extender.metrics.bad_requests.labels("prioritize", "grpc").inc()
+            return pb.PrioritizeResponse(error=str(e))
+        verdicts = self.extender.prioritize(req, self._names(request.node_names))
+        return pb.PrioritizeResponse(priorities=[pb.HostPriority(host=v.node, score=v.score) for v in verdicts])
+
+    def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
+        try:
+            req = requirements_from_source(request.pod)
+        except ParseError as e:
+            self.extender.metrics.bad_requests.labels("explain", "grpc").inc()
+            return pb.ExplainResponse(error=str(e))
+        verdicts = self.extender.explain(req, list(request.node_names) or None)
+        return pb.ExplainResponse(requirements=requirements_to_proto(req),
+                                  verdicts=[verdict_to_proto(v) for v in verdicts])
+
+
+class GrpcServer:
+    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
+                 stop_event: threading.Event) -> None:
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self._stop_event = stop_event
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self._stop_event.set()
+        self.server.stop(grace).wait()
+
+
+def serve_grpc(extender: Extender, host: str = "127.0.0.1", port: int = 0, *, tls_cert: str | None = None,
+               tls_key: str | None = None, max_workers: int = 8, health_interval_s: float = 1.0) -> GrpcServer:
+    """Start the gRPC server (port 0 = pick a free one; see .port)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="extender-grpc"),
+                         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    pb_grpc.add_SchedulerExtenderServicer_to_server(SchedulerExtenderServicer(extender), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    addr = f"{host}:{port}"
+    if tls_cert and tls_key:
+        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        bound = server.add_secure_port(addr, creds)
+    else:
+        bound = server.add_insecure_port(addr)
+    if not bound:
+        raise OSError(f"cannot bind gRPC port {addr}")
+    stop_event = threading.Event()
+
+    def set_health() -> None:
+        ready, _ = extender.cache.readiness()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        health_servicer.set("", status)
+        health_servicer.set(SERVICE_NAME, status)
+
+    def update_health() -> None:
+        while not stop_event.wait(health_interval_s):
+            set_health()
+
+    set_health()
+    server.start()
+    threading.Thread(target=update_health, name="extender-grpc-health", daemon=True).start()
+    log.info("extender_grpc_started", address=f"{host}:{bound}", tls=bool(tls_cert))
+    return GrpcServer(server, bound, health_servicer, stop_event)

@@ -1,0 +1,142 @@
+"""`flexinfer-extender`: the kube-scheduler extender (HTTP) plus the SchedulerExtender gRPC service.
+
+Node sources: `--nodes-from FILE` (static: NodeList/Node JSON or YAML, or a fleet file) or the API
+server (`--kube-server URL` > in-cluster > `--kubeconfig`), watched by flexinfer.kube.Informer.
+With the API server, pods are watched too, to confirm and release VRAM reservations.
+
+In static mode GPU state never refreshes, so staleness is not checked unless
+`--max-state-age-seconds` is given explicitly.
+
+Programmatic use (demo, bench): `build(...)` returns a `Running` with the Extender and the app;
+`flexinfer.extender.http.serve_in_thread(app, host, port)` runs it on a thread.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from flexinfer import logs
+from flexinfer.errors import ParseError
+
+from .cache import NodeCache
+from .http import DEFAULT_MAX_BODY_BYTES, ExtenderApp, serve_in_thread, uvicorn_config
+from .policy import STRATEGIES, PolicyConfig
+from .service import Extender
+
+log = logs.get("flexinfer.extender.main")
+
+
+@dataclass
+class Running:
+    extender: Extender
+    web: ExtenderApp
+    informers: list[Any] = field(default_factory=list)
+
+    @property
+    def app(self) -> Any:
+        return self.web.app
+
+    def stop(self) -> None:
+        for inf in self.informers:
+            inf.stop()
+
+
+def build(
+    *,
+    nodes_from: str | None = None,
+    kube_server: str | None = None,
+    kubeconfig: str | None = None,
+    strategy: str = "binpack",
+    max_state_age_seconds: float | None = None,
+    filter_path: str = "/filter",
+    prioritize_path: str = "/prioritize",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    cache: NodeCache | None = None,
+    watch: bool = True,
+) -> Running:
+    """Build the extender. With `cache` given (embedders), no source is started."""
+    own_cache = cache is None
+    if cache is None:
+        cache = NodeCache()
+        if nodes_from:
+            cache.load_static(nodes_from)
+    if max_state_age_seconds is None:
+        max_state_age_seconds = float("inf") if cache.static else 180.0
+    extender = Extender(cache, PolicyConfig(strategy=strategy, max_state_age_seconds=max_state_age_seconds))
+    web = ExtenderApp(extender, filter_path=filter_path, prioritize_path=prioritize_path,
+                      max_body_bytes=max_body_bytes)
+    running = Running(extender, web)
+    if watch and own_cache and not cache.static:
+        from flexinfer import kube
+
+        api = kube.api_client(kube_server, kubeconfig)
+        nodes = kube.Informer(api, "nodes", cache.on_event)
+        cache.source_healthy = lambda: bool(nodes.healthy)
+        # Bound, unfinished pods (pods leaving this selection arrive as DELETED).
+        pods = kube.Informer(api, "pods", extender.on_pod_event,
+                             field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")
+        running.informers = [nodes.start(), pods.start()]
+    return running
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--host", default="0.0.0.0", help="HTTP bind address")
+@click.option("--port", default=8888, type=int, help="HTTP port (kube-scheduler urlPrefix)")
+@click.option("--grpc-port", default=0, type=int, help="gRPC SchedulerExtender port (0 = off)")
+@click.option("--nodes-from", type=click.Path(exists=True, dir_okay=False), help="static NodeList/fleet file")
+@click.option("--kube-server", help="API server URL (default: in-cluster, then kubeconfig)")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig file")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="binpack")
+@click.option("--max-state-age-seconds", type=float, default=None,
+              help="reject nodes whose GPU state is older [default: 180; off with --nodes-from]")
+@click.option("--filter-path", default="/filter")
+@click.option("--prioritize-path", default="/prioritize")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="serve HTTPS with this cert")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="private key for --tls-cert")
+@click.option("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="413 above this")
+@click.option("--log-level", default="info")
+@click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
+def main(host: str, port: int, grpc_port: int, nodes_from: str | None, kube_server: str | None,
+         kubeconfig: str | None, strategy: str, max_state_age_seconds: float | None, filter_path: str,
+         prioritize_path: str, tls_cert: str | None, tls_key: str | None, max_body_bytes: int,
+         log_level: str, log_format: str | None) -> None:
+    """Scheduler extender: filter and score pods by per-GPU VRAM and backend/architecture compatibility."""
+    logs.configure(log_level, log_format)
+    try:
+        running = build(nodes_from=nodes_from, kube_server=kube_server, kubeconfig=kubeconfig, strategy=strategy,
+                        max_state_age_seconds=max_state_age_seconds, filter_path=filter_path,
+                        prioritize_path=prioritize_path, max_body_bytes=max_body_bytes)
+        config = uvicorn_config(running.app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level="warning")
+    except (ParseError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    grpc_server = None
+    if grpc_port:
+        from .grpc_server import serve_grpc
+
+        grpc_server = serve_grpc(running.extender, host, grpc_port, tls_cert=tls_cert, tls_key=tls_key)
+    handle = serve_in_thread(config)
+    log.info("extender_started", url=handle.url, grpc_port=grpc_port or None, strategy=strategy,
+             source=nodes_from or kube_server or "cluster", filter_path=running.web.filter_path,
+             prioritize_path=running.web.prioritize_path)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        if not handle.thread.is_alive():
+            log.error("extender_http_stopped")
+            break
+    handle.stop()
+    if grpc_server is not None:
+        grpc_server.stop(grace=2)
+    running.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

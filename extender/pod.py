@@ -1,0 +1,199 @@
+"""What the extender needs from a v1.Pod: the pod contract annotations and the GPU requests.
+
+A pod is *managed* when it carries at least one of `flexinfer.ai/gpu.vram-estimate-mb`,
+`flexinfer.ai/backend` or `flexinfer.ai/gpu.vendor`. Other pods pass through (every node passes,
+neutral score). A managed pod with a junk annotation value does not raise: `PodRequirements.error`
+names the annotation, and the policy rejects every node as FailedAndUnresolvable with that text,
+so the user sees it in the pod's FailedScheduling event (an `Error` in the response would only
+show up as a generic SchedulerError and be retried forever).
+
+GPU count: for each extended resource in `flexinfer.keys.GPU_RESOURCES`, the effective pod
+request as kube-scheduler computes it: max(sum over containers, max over init containers), where a
+container's value is its limit if set, else its request (extended resources require them equal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from flexinfer import keys
+from flexinfer.compat import canonical_backend
+from flexinfer.errors import ParseError
+from flexinfer.units import parse_mib
+
+VENDOR_CPU = "cpu"
+VENDOR_AUTO = "auto"
+_POD_VENDORS = {"nvidia": "nvidia", "amd": "amd", "rocm": "amd", "cpu": VENDOR_CPU, "none": VENDOR_CPU,
+                "auto": VENDOR_AUTO, "": VENDOR_AUTO}
+MANAGED_KEYS = (keys.POD_VRAM_ESTIMATE_MB, keys.POD_BACKEND, keys.POD_VENDOR)
+
+
+# --- wire structs (decode only what we read; msgspec skips the rest of the Pod quickly) ----------
+
+class _Resources(msgspec.Struct):
+    requests: dict[str, str | int | float] | None = None
+    limits: dict[str, str | int | float] | None = None
+
+
+class _Container(msgspec.Struct):
+    name: str = ""
+    resources: _Resources | None = None
+
+
+class _PodSpec(msgspec.Struct, rename="camel"):
+    containers: list[_Container] | None = None
+    init_containers: list[_Container] | None = None
+    node_name: str | None = None
+
+
+class _Meta(msgspec.Struct, rename="camel"):
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    annotations: dict[str, str] | None = None
+    labels: dict[str, str] | None = None
+
+
+class PodWire(msgspec.Struct):
+    metadata: _Meta | None = None
+    spec: _PodSpec | None = None
+
+
+_pod_decoder = msgspec.json.Decoder(PodWire)
+
+
+@dataclass(frozen=True, slots=True)
+class PodRequirements:
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    managed: bool = False  # carries our annotations; False = passthrough
+    model: str = ""
+    backend: str = ""  # canonical backend, "" = not given (no compatibility check)
+    vendor: str = VENDOR_AUTO  # nvidia | amd | cpu | auto
+    vram_estimate_mib: int = 0  # needed on EACH GPU
+    gpu_count: int = 0
+    jit_policy: str = ""
+    preferred_archs: tuple[str, ...] = ()
+    error: str = ""  # non-empty: a pod annotation/request could not be parsed (names it)
+    error_key: str = ""  # the annotation or resource that was junk
+
+    @property
+    def key(self) -> str:
+        """Identity for reservations: the UID, else namespace/name."""
+        return self.uid or f"{self.namespace}/{self.name}"
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.managed and not self.error and self.vendor != VENDOR_CPU and self.gpu_count > 0
+
+
+def _quantity_int(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise ParseError(what, value, "a whole number of devices")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    else:
+        s = str(value).strip()
+        if not s.isdigit():
+            raise ParseError(what, value, "a whole number of devices, e.g. \"1\"")
+        n = int(s)
+    if n < 0 or n > 1024:
+        raise ParseError(what, value, "a whole number of devices between 0 and 1024")
+    return n
+
+
+def _container_gpus(c: _Container, resource: str) -> int:
+    r = c.resources
+    if r is None:
+        return 0
+    what = f"container {c.name!r} resource {resource}"
+    if r.limits and resource in r.limits:
+        return _quantity_int(r.limits[resource], what)
+    if r.requests and resource in r.requests:
+        return _quantity_int(r.requests[resource], what)
+    return 0
+
+
+def gpu_requests(spec: _PodSpec | None) -> dict[str, int]:
+    """Effective GPU requests per vendor ({"nvidia": 2}); raises ParseError naming the resource."""
+    out: dict[str, int] = {}
+    if spec is None:
+        return out
+    for resource, vendor in keys.GPU_RESOURCES.items():
+        regular = sum(_container_gpus(c, resource) for c in spec.containers or ())
+        init = max((_container_gpus(c, resource) for c in spec.init_containers or ()), default=0)
+        n = max(regular, init)
+        if n:
+            out[vendor] = n
+    return out
+
+
+def requirements_from_wire(pod: PodWire) -> PodRequirements:
+    """PodRequirements from a decoded pod. Never raises: junk goes to `.error`."""
+    meta = pod.metadata or _Meta()
+    ann = meta.annotations or {}
+    base = dict(namespace=meta.namespace, name=meta.name, uid=meta.uid)
+    managed = any(k in ann for k in MANAGED_KEYS)
+    if not managed:
+        return PodRequirements(**base)
+    key = ""
+    try:
+        key = keys.POD_VRAM_ESTIMATE_MB
+        raw_est = ann.get(key, "0")
+        est = parse_mib(raw_est, f"pod annotation {key}")
+        key = keys.POD_BACKEND
+        backend = canonical_backend(ann[key]) if ann.get(key, "").strip() else ""
+        key = keys.POD_VENDOR
+        raw_vendor = ann.get(key, "")
+        vendor = _POD_VENDORS.get(raw_vendor.strip().lower())
+        if vendor is None:
+            raise ParseError(f"pod annotation {key}", raw_vendor, "one of nvidia, amd, cpu, auto")
+        key = "resources"
+        requests = gpu_requests(pod.spec)
+        if len(requests) > 1:
+            raise ParseError("GPU requests", requests, "GPUs of one vendor only (nvidia.com/gpu or amd.com/gpu)")
+        req_vendor, count = next(iter(requests.items())) if requests else ("", 0)
+        if req_vendor and vendor not in (VENDOR_AUTO, req_vendor):
+            key = keys.POD_VENDOR
+            raise ParseError(f"pod annotation {key}", raw_vendor,
+                             f"a vendor matching the pod's GPU request ({req_vendor})")
+        if vendor == VENDOR_AUTO and req_vendor:
+            vendor = req_vendor
+        if vendor == VENDOR_CPU:
+            count = 0
+        elif count == 0:
+            # Hand-annotated pod without a GPU request (e.g. the extender is not restricted by
+            # managedResources): it still needs one GPU to hold the model.
+            count = 1
+        key = keys.POD_PREFERRED_ARCHS
+        archs = tuple(a.strip().lower() for a in ann.get(key, "").split(",") if a.strip())
+        jit = ann.get(keys.POD_JIT_POLICY, "").strip()
+    except ParseError as e:
+        return PodRequirements(**base, managed=True, error=str(e), error_key=key)
+    return PodRequirements(
+        **base, managed=True, model=ann.get(keys.POD_MODEL, ""), backend=backend, vendor=vendor,
+        vram_estimate_mib=est, gpu_count=count, jit_policy=jit, preferred_archs=archs,
+    )
+
+
+def requirements_from_dict(pod: object) -> PodRequirements:
+    """PodRequirements from a v1.Pod as a JSON dict. Raises ParseError when it is not a Pod shape."""
+    try:
+        wire = msgspec.convert(pod, PodWire)
+    except msgspec.ValidationError as e:
+        raise ParseError("pod", str(e), "a v1.Pod object") from None
+    return requirements_from_wire(wire)
+
+
+def requirements_from_json(raw: bytes | str) -> PodRequirements:
+    """PodRequirements from v1.Pod JSON bytes. Raises ParseError on malformed JSON or shape."""
+    try:
+        wire = _pod_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ParseError("pod", str(e), "a v1.Pod object as JSON") from None
+    return requirements_from_wire(wire)

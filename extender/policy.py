@@ -1,0 +1,242 @@
+"""Placement policy: one pure function per node, no I/O.
+
+`evaluate(req, view, now_unix, config, reserved)` answers whether a pod fits a node and how well.
+
+Reasons are SHORT and node-independent, because kube-scheduler groups the FailedScheduling event
+by identical text ("0/40 nodes are available: 12 Insufficient free GPU memory, ..."). Per-node
+numbers go to `detail` (logs, metrics, the Explain API, `flexinfer explain`).
+
+Where a rejection goes (kube-scheduler preempts only on FailedNodes):
+* FailedNodes (`unresolvable=False`): the GPUs are big enough and compatible but full right now,
+  counting reservations; preemption can help.
+* FailedAndUnresolvableNodes (`unresolvable=True`): wrong vendor, no GPU, too few GPUs, backend
+  incompatible with the architecture, total VRAM below the estimate, unparseable annotations,
+  stale GPU state, the agent reporting a problem, a junk pod annotation. Evicting pods cannot fix
+  any of these, and kube-scheduler's default preemption does not re-ask the extender, so putting
+  them in FailedNodes would evict pods for nothing.
+
+Check order: static facts first (vendor, count, compatibility, size), then the live state
+(staleness, free memory), so a node that can never run the pod says why, even if its agent is down.
+
+Scoring (feasible nodes only, 1..10; 0 = not feasible / passthrough neutral):
+  base 0..8: binpack = utilisation of the chosen GPUs after placement (tightest fit first),
+             spread = 1 - that (most free first);
+  +2 if a chosen GPU's arch is in the pod's preferred archs (compiled cache / ran there before);
+  -3 if a chosen GPU had an Xid/RAS error within `error_window_seconds`;
+  -2 if the backend is only DEGRADED on that architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flexinfer import keys
+from flexinfer.arch import AMD, NVIDIA
+from flexinfer.compat import Verdict, check
+from flexinfer.errors import ParseError
+from flexinfer.state import GpuState, NodeView
+
+from .pod import VENDOR_CPU, PodRequirements
+
+STRATEGIES = ("binpack", "spread")
+MAX_SCORE = 10
+PREFERRED_BONUS = 2
+ERROR_PENALTY = 3
+DEGRADED_PENALTY = 2
+BASE_MAX = 8
+
+# Short reasons (also metric label values: a closed set plus compat texts / pod errors).
+R_NOT_IN_CACHE = "node not in extender cache"
+R_NO_GPU = "node has no GPU"
+R_NO_VENDOR_GPU = "node has no {vendor} GPU"
+R_TOO_FEW_GPUS = "node has fewer GPUs than requested"
+R_UNHEALTHY = "not enough healthy GPUs"
+R_TOO_SMALL = "GPU memory too small for model"
+R_INSUFFICIENT = "Insufficient free GPU memory"
+R_STALE = "GPU state is stale"
+R_NO_STATE = "no GPU state from flexinfer-agent"
+R_AGENT = "flexinfer-agent reports a problem"
+R_BAD_NODE = "cannot parse {what} on node"
+R_BAD_POD = "invalid pod {key}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    strategy: str = "binpack"
+    max_state_age_seconds: float = 180.0
+    error_window_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ParseError("strategy", self.strategy, " or ".join(STRATEGIES))
+        if self.max_state_age_seconds <= 0:
+            raise ParseError("max state age", self.max_state_age_seconds, "a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeVerdict:
+    node: str
+    feasible: bool
+    unresolvable: bool = False
+    reason: str = ""  # short, node-independent
+    detail: str = ""  # with this node's numbers
+    score: int = 0  # 0..10
+    gpus: tuple[int, ...] = ()  # chosen GPU indices
+    degraded: str = ""  # compat caveat when DEGRADED
+
+    @property
+    def result(self) -> str:
+        if self.feasible:
+            return "pass"
+        return "unresolvable" if self.unresolvable else "failed"
+
+    @property
+    def gpu_text(self) -> str:
+        return ",".join(str(i) for i in self.gpus)
+
+
+def _reject(node: str, reason: str, detail: str = "", *, unresolvable: bool = True) -> NodeVerdict:
+    return NodeVerdict(node, False, unresolvable, reason, detail or reason)
+
+
+def node_parse_reason(error: str) -> str:
+    """Short reason for NodeView.error, naming the annotation or label but not the value."""
+    what = error.split(": cannot parse", 1)[0].strip()
+    if what.startswith("GPU vendor"):
+        what = f"label {keys.LABEL_VENDOR}"
+    if not what.startswith(("annotation", "label")):
+        what = f"annotation {keys.ANN_GPU_STATE}"
+    return R_BAD_NODE.format(what=what)
+
+
+def _ordinal(n: int) -> str:
+    return {1: "best", 2: "2nd best", 3: "3rd best"}.get(n, f"{n}th best")
+
+
+def evaluate(
+    req: PodRequirements,
+    view: NodeView | None,
+    now_unix: float,
+    config: PolicyConfig = PolicyConfig(),
+    reserved: Mapping[int, int] | None = None,
+    *,
+    node: str = "",
+) -> NodeVerdict:
+    """Verdict for one pod on one node. `reserved`: GPU index -> MiB held for other pods."""
+    name = view.name if view is not None else node
+    if not req.managed:
+        return NodeVerdict(name, True)
+    if req.error:
+        return _reject(name, R_BAD_POD.format(key=_pod_key_text(req)), req.error)
+    if view is None:
+        return _reject(name, R_NOT_IN_CACHE, unresolvable=False)
+    if req.vendor == VENDOR_CPU:
+        return NodeVerdict(name, True)
+    if view.error:
+        return _reject(name, node_parse_reason(view.error), view.error)
+    state = view.state
+    if state is None or not state.gpus:
+        if view.vendor in ("none", "") and state is None and not view.agent_status:
+            return _reject(name, R_NO_GPU, "node has no GPU labels or GPU state annotation")
+        if view.agent_status and view.agent_status != "ok":
+            return _reject(name, R_AGENT, f"flexinfer-agent: {view.agent_status}")
+        if state is None:
+            return _reject(name, R_NO_STATE, f"annotation {keys.ANN_GPU_STATE} is missing")
+        return _reject(name, R_NO_GPU, "flexinfer-agent reports 0 GPUs")
+
+    # Vendor match: nvidia/amd pods never fall back to the other vendor.
+    if req.vendor in (NVIDIA, AMD):
+        vendor_gpus = [g for g in state.gpus if g.vendor == req.vendor]
+        if not vendor_gpus:
+            have = ",".join(sorted({g.vendor for g in state.gpus}))
+            return _reject(name, R_NO_VENDOR_GPU.format(vendor=req.vendor),
+                           f"pod needs {req.vendor}; node has {have} GPUs")
+    else:  # auto: any accelerator vendor
+        vendor_gpus = [g for g in state.gpus if g.vendor in (NVIDIA, AMD)] or list(state.gpus)
+    count = max(1, req.gpu_count)
+    if len(vendor_gpus) < count:
+        return _reject(name, R_TOO_FEW_GPUS, f"needs {count} GPUs; node has {len(vendor_gpus)}")
+    healthy = [g for g in vendor_gpus if g.healthy]
+    if len(healthy) < count:
+        sick = "; ".join(f"GPU {g.index}: {g.reason or 'unhealthy'}" for g in vendor_gpus if not g.healthy)
+        return _reject(name, R_UNHEALTHY, f"needs {count} healthy GPUs; node has {len(healthy)} ({sick})")
+
+    # Backend x architecture compatibility, per GPU (mixed nodes keep only the usable cards).
+    usable: list[tuple[GpuState, str]] = []  # (gpu, degraded reason)
+    first_no = ""
+    if req.backend:
+        for g in healthy:
+            c = check(req.backend, g.info, jit_policy=req.jit_policy)
+            if c.verdict is Verdict.UNSUPPORTED:
+                first_no = first_no or c.reason
+            else:
+                usable.append((g, c.reason if c.verdict is Verdict.DEGRADED else ""))
+        if len(usable) < count:
+            return _reject(name, first_no, f"{first_no} ({len(usable)} of {count} GPUs usable)")
+    else:
+        usable = [(g, "") for g in healthy]
+
+    est = req.vram_estimate_mib
+    big = [(g, d) for g, d in usable if g.total_mib >= est]
+    if len(big) < count:
+        largest = max(g.total_mib for g, _ in usable)
+        per = "per GPU" if count > 1 else "on one GPU"
+        return _reject(name, R_TOO_SMALL,
+                       f"needs {est} MiB {per}; largest GPU has {largest} MiB total")
+
+    age = now_unix - state.observed_unix
+    if age > config.max_state_age_seconds:
+        return _reject(name, R_STALE,
+                       f"GPU state observed {age:.0f} s ago (max {config.max_state_age_seconds:.0f} s)")
+
+    reserved = reserved or {}
+    avail = sorted(((max(0, g.free_mib - reserved.get(g.index, 0)), g, d) for g, d in big),
+                   key=lambda t: (-t[0], t[1].index))
+    fitting = [t for t in avail if t[0] >= est]
+    if len(fitting) < count:
+        nth = avail[count - 1][0]
+        held = sum(reserved.get(g.index, 0) for _, g, _ in avail)
+        held_text = f" ({held} MiB reserved for pods being placed)" if held else ""
+        if count == 1:
+            detail = f"needs {est} MiB on one GPU; best GPU has {nth} MiB free{held_text}"
+        else:
+            detail = f"needs {est} MiB on each of {count} GPUs; {_ordinal(count)} GPU has {nth} MiB free{held_text}"
+        return _reject(name, R_INSUFFICIENT, detail, unresolvable=False)
+
+    # Choose GPUs: binpack = tightest (least free that still fits), spread = most free.
+    if config.strategy == "binpack":
+        chosen = sorted(fitting, key=lambda t: (t[0], t[1].index))[:count]
+    else:
+        chosen = fitting[:count]
+    total = sum(t[1].total_mib for t in chosen)
+    free_after = sum(t[0] - est for t in chosen)
+    util_after = 1.0 - (free_after / total if total else 0.0)
+    base = BASE_MAX * (util_after if config.strategy == "binpack" else 1.0 - util_after)
+    score = base
+    notes = [f"{config.strategy} base {base:.1f}"]
+    pref = set(req.preferred_archs)
+    if pref and any(t[1].arch in pref for t in chosen):
+        score += PREFERRED_BONUS
+        notes.append(f"+{PREFERRED_BONUS} preferred arch")
+    recent = [t[1] for t in chosen
+              if t[1].last_error_unix and now_unix - t[1].last_error_unix <= config.error_window_seconds]
+    if recent:
+        score -= ERROR_PENALTY
+        notes.append(f"-{ERROR_PENALTY} recent Xid/RAS error on GPU {recent[0].index}")
+    degraded = next((t[2] for t in chosen if t[2]), "")
+    if degraded:
+        score -= DEGRADED_PENALTY
+        notes.append(f"-{DEGRADED_PENALTY} degraded: {degraded}")
+    final = max(1, min(MAX_SCORE, round(score)))
+    gpus = tuple(sorted(t[1].index for t in chosen))
+    free_text = ", ".join(f"GPU {t[1].index} {t[0]} MiB free" for t in sorted(chosen, key=lambda t: t[1].index))
+    detail = f"fits: needs {est} MiB on {count} GPU{'s' if count > 1 else ''}; {free_text}; " + ", ".join(notes)
+    return NodeVerdict(name, True, False, "", detail, final, gpus, degraded)
+
+
+def _pod_key_text(req: PodRequirements) -> str:
+    k = req.error_key
+    if k == "resources":
+        return "GPU resource request"
+    return f"annotation {k}"
