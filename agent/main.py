@@ -1,0 +1,170 @@
+"""`flexinfer-agent`: the per-node DaemonSet process (and a dry-run/debug CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from flexinfer import logs
+from flexinfer.errors import ParseError
+
+from .agent import Agent
+from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, Publisher, desired_metadata
+from .readers.base import GpuReader, MultiReader, NullReader
+
+log = logs.get("flexinfer.agent.main")
+
+
+def build_real_reader(vendor: str = "auto", sys_root: str = "/sys") -> GpuReader:
+    """NVML and/or amdsmi readers for this host; a vendor whose library is missing is dropped with a reason."""
+    readers: list[GpuReader] = []
+    reasons: list[str] = []
+    if vendor in ("auto", "nvidia"):
+        import pynvml
+
+        from .readers.nvml import NvmlReader
+
+        nv = NvmlReader(pynvml)
+        nv.open()
+        library_missing = isinstance(getattr(nv, "_initialised", False), bool) and not nv._initialised and (
+            "Library Not Found" in nv.status or "Driver Not Loaded" in nv.status)
+        if vendor == "nvidia" or not library_missing:
+            readers.append(nv)
+        else:
+            reasons.append(nv.status.split(" (retry")[0])
+    if vendor in ("auto", "amd"):
+        from .readers.amd import AmdSmiReader, import_amdsmi
+        from .readers.kfd import KfdReader, read_kfd_nodes
+
+        mod, why = import_amdsmi()
+        if mod is not None:
+            amd = AmdSmiReader(mod, sys_root=sys_root)
+            amd.open()
+            readers.append(amd)
+        elif read_kfd_nodes(sys_root):
+            readers.append(KfdReader(sys_root, reason=why))
+        elif vendor == "amd":
+            readers.append(NullReader(why))
+        else:
+            reasons.append(why)
+    if not readers:
+        return NullReader("no GPU library usable: " + "; ".join(reasons) if reasons else "ok")
+    return readers[0] if len(readers) == 1 else MultiReader(readers)
+
+
+def build_fake_reader(path: str, node: str) -> GpuReader:
+    from flexinfer.fleet import load_fleet
+
+    from .readers.fake import fleet_reader
+
+    return fleet_reader(load_fleet(path).node(node))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLEXINFER_AGENT"})
+@click.option("--node", envvar="NODE_NAME", default=None, help="Node name (default: $NODE_NAME, downward API).")
+@click.option("--fake-gpus", "fake_gpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Simulate the GPUs of --node from this fleet file instead of NVML/amdsmi.")
+@click.option("--once", is_flag=True, help="Take one sample (publish it unless --dry-run) and exit.")
+@click.option("--dry-run", is_flag=True, help="Print the labels and annotations that would be written, as JSON.")
+@click.option("--interval-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--threshold-mib", type=click.IntRange(min=0), default=DEFAULT_THRESHOLD_MIB, show_default=True,
+              help="Write when a GPU's free memory moved by more than this.")
+@click.option("--heartbeat-seconds", type=click.FloatRange(min=1), default=DEFAULT_HEARTBEAT_SECONDS,
+              show_default=True, help="Write at least this often.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=9400, show_default=True,
+              help="/metrics, /healthz, /readyz (0 = disabled).")
+@click.option("--grpc-port", type=click.IntRange(min=0, max=65535), default=9401, show_default=True,
+              help="gRPC NodeAgent + health (0 = disabled).")
+@click.option("--listen-address", default=None,
+              help="Bind address for both ports (default: 0.0.0.0 in a cluster, else 127.0.0.1).")
+@click.option("--kube-server", default=None, help="API server URL (tests/demo); default in-cluster or kubeconfig.")
+@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False))
+@click.option("--vendor", type=click.Choice(["auto", "nvidia", "amd"]), default="auto", show_default=True)
+@click.option("--sys-root", default="/sys", show_default=True, help="sysfs root (KFD topology).")
+@click.option("--log-level", default=None)
+def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, interval_seconds: float,
+         threshold_mib: int, heartbeat_seconds: float, metrics_port: int, grpc_port: int,
+         listen_address: str | None, kube_server: str | None, kubeconfig: str | None, vendor: str,
+         sys_root: str, log_level: str | None) -> None:
+    """Read this node's GPUs and publish labels, annotations, metrics and gRPC state."""
+    logs.configure(log_level)
+    if not node:
+        raise click.UsageError("--node is required (or set NODE_NAME via the downward API)")
+    try:
+        reader = build_fake_reader(fake_gpus, node) if fake_gpus else build_real_reader(vendor, sys_root)
+    except (ParseError, KeyError) as e:
+        raise click.ClickException(str(e).strip('"')) from None
+
+    if dry_run:
+        agent = Agent(node, reader, None, threshold_mib=threshold_mib, heartbeat_seconds=heartbeat_seconds)
+        result = agent.step()
+        labels, annotations = desired_metadata(result.state)
+        click.echo(json.dumps({"node": node, "labels": labels, "annotations": annotations}, indent=2,
+                              sort_keys=True))
+        agent.stop()
+        if once:
+            return
+        _run_forever(agent, None, None, dry_run=True)
+        return
+
+    from flexinfer.kube import api_client
+
+    try:
+        api = api_client(server=kube_server, kubeconfig=kubeconfig)
+    except Exception as e:
+        raise click.ClickException(f"cannot configure the Kubernetes client: {e}") from None
+    publisher = Publisher(api, node, threshold_mib=threshold_mib, heartbeat_seconds=heartbeat_seconds)
+    agent = Agent(node, reader, publisher, interval_seconds=interval_seconds, threshold_mib=threshold_mib,
+                  heartbeat_seconds=heartbeat_seconds)
+    if once:
+        result = agent.step()
+        agent.stop()
+        pub = result.publish
+        if pub is None or not pub.written:
+            raise click.ClickException(f"node {node} not updated: {pub.error if pub else 'no publisher'}")
+        return
+
+    host = listen_address or ("0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1")
+    http = grpc_srv = None
+    if metrics_port:
+        from .metrics import HealthServer
+
+        http = HealthServer(agent.metrics, host, metrics_port, agent.healthy, agent.ready)
+        http.start()
+    if grpc_port:
+        from .grpc_server import GrpcServer
+
+        grpc_srv = GrpcServer(agent, host, grpc_port)
+        grpc_srv.start()
+    log.info("agent_started", node=node, reader=type(reader).__name__, metrics_port=metrics_port,
+             grpc_port=grpc_port, interval_seconds=interval_seconds, threshold_mib=threshold_mib)
+    _run_forever(agent, http, grpc_srv)
+
+
+def _run_forever(agent: Agent, http: Any, grpc_srv: Any, dry_run: bool = False) -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("agent_stopping", signal=signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    agent.start()
+    stop.wait()
+    agent.stop()
+    if grpc_srv is not None:
+        grpc_srv.stop()
+    if http is not None:
+        http.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

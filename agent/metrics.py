@@ -1,0 +1,187 @@
+"""Prometheus metrics for the agent: vendor-neutral names, base units, per-process registry.
+
+GPU series are rebuilt from the latest samples at scrape time (a custom collector), so a metric a
+device does not support is simply absent and a vanished GPU's series disappear. Labels on every
+GPU series: node, gpu (index), uuid, vendor, arch, model (product name).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as _Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .readers.base import GpuSample
+
+GPU_LABELS = ("node", "gpu", "uuid", "vendor", "arch", "model")
+
+
+class _GpuCollector(Collector):
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Any]:
+        m = self.m
+        with m.lock:
+            samples = list(m.samples)
+            xids = dict(m.xid_counts)
+            last_xid = dict(m.last_xid)
+
+        def g(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=(*GPU_LABELS, *extra))
+
+        def c(name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=(*GPU_LABELS, *extra))
+
+        mem = {k: g(f"flexinfer_gpu_memory_{k}_bytes", f"GPU memory {k} in bytes")
+               for k in ("total", "used", "free", "reserved")}
+        power = g("flexinfer_gpu_power_usage_watts", "GPU power draw in watts")
+        limit = g("flexinfer_gpu_power_limit_watts", "Enforced GPU power limit in watts")
+        temp = g("flexinfer_gpu_temperature_celsius", "GPU temperature (NVIDIA core, AMD hotspot/edge) in celsius")
+        util = g("flexinfer_gpu_utilization_ratio", "GPU busy ratio 0..1")
+        clock = g("flexinfer_gpu_clock_hertz", "Current GPU clock in hertz", ("clock",))
+        gen = g("flexinfer_gpu_pcie_link_generation", "PCIe link generation", ("state",))
+        width = g("flexinfer_gpu_pcie_link_width", "PCIe link width in lanes", ("state",))
+        replay = c("flexinfer_gpu_pcie_replay", "PCIe replay counter")
+        xid = c("flexinfer_gpu_xid_errors", "Xid events seen since the agent started", ("xid",))
+        lxid = g("flexinfer_gpu_last_xid", "Most recent Xid number")
+        lxid_t = g("flexinfer_gpu_last_xid_timestamp_seconds", "Unix time of the most recent Xid")
+        throttle = g("flexinfer_gpu_throttle_reason", "Clock throttle / event reason active (1) or not (0)",
+                     ("reason",))
+        ecc = c("flexinfer_gpu_ecc_errors", "ECC error count (volatile on NVIDIA, total on AMD)", ("type",))
+        healthy = g("flexinfer_gpu_healthy", "1 when the GPU is healthy, 0 otherwise")
+        for s in samples:
+            lv = [m.node, str(s.index), s.uuid, s.vendor, s.arch, s.product]
+            mem["total"].add_metric(lv, s.memory_total_bytes)
+            mem["used"].add_metric(lv, s.memory_used_bytes)
+            mem["free"].add_metric(lv, max(0, s.memory_total_bytes - s.memory_used_bytes
+                                          - (s.memory_reserved_bytes or 0)))
+            if s.memory_reserved_bytes is not None:
+                mem["reserved"].add_metric(lv, s.memory_reserved_bytes)
+            for fam, v in ((power, s.power_usage_watts), (limit, s.power_limit_watts),
+                           (temp, s.temperature_celsius), (util, s.utilization_ratio)):
+                if v is not None:
+                    fam.add_metric(lv, v)
+            for name, v in (("sm", s.sm_clock_hertz), ("memory", s.memory_clock_hertz)):
+                if v is not None:
+                    clock.add_metric([*lv, name], v)
+            for fam, cur, mx in ((gen, s.pcie_gen_current, s.pcie_gen_max),
+                                 (width, s.pcie_width_current, s.pcie_width_max)):
+                if cur is not None:
+                    fam.add_metric([*lv, "current"], cur)
+                if mx is not None:
+                    fam.add_metric([*lv, "max"], mx)
+            if s.pcie_replay_total is not None:
+                replay.add_metric(lv, s.pcie_replay_total)
+            for (uuid, code), n in xids.items():
+                if uuid == s.uuid:
+                    xid.add_metric([*lv, str(code)], n)
+            if s.uuid in last_xid:
+                code, t = last_xid[s.uuid]
+                lxid.add_metric(lv, code)
+                lxid_t.add_metric(lv, t)
+            for reason, active in sorted((s.throttle_reasons or {}).items()):
+                throttle.add_metric([*lv, reason], 1.0 if active else 0.0)
+            for kind, v in (("correctable", s.ecc_correctable_total), ("uncorrectable", s.ecc_uncorrectable_total),
+                            ("deferred", s.ecc_deferred_total)):
+                if v is not None:
+                    ecc.add_metric([*lv, kind], v)
+            healthy.add_metric(lv, 1.0 if s.healthy else 0.0)
+        yield from mem.values()
+        yield from (power, limit, temp, util, clock, gen, width, replay, xid, lxid, lxid_t, throttle, ecc, healthy)
+
+
+class AgentMetrics:
+    """All metrics of one agent in its own registry (tests and the demo run many agents)."""
+
+    def __init__(self, node: str, version: str = "0.1.0") -> None:
+        self.node = node
+        self.lock = threading.Lock()
+        self.samples: list[GpuSample] = []
+        self.xid_counts: _Counter[tuple[str, int]] = _Counter()
+        self.last_xid: dict[str, tuple[int, float]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_GpuCollector(self))
+        self.sample_duration = Histogram(
+            "flexinfer_agent_sample_duration_seconds", "Time to read all GPUs once", ["node"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry)
+        self.node_writes = Counter("flexinfer_agent_node_writes", "Node label/annotation patches by result",
+                                   ["node", "result"], registry=self.registry)
+        self.info = Gauge("flexinfer_agent_info", "Agent build and environment (value is always 1)",
+                          ["node", "version", "reader", "status"], registry=self.registry)
+        self._info_labels: tuple[str, ...] | None = None
+        self.version = version
+
+    def observe(self, samples: list[GpuSample], duration_seconds: float, reader: str, status: str) -> None:
+        with self.lock:
+            self.samples = list(samples)
+            for s in samples:
+                for ev in s.xid_events:
+                    self.xid_counts[(s.uuid, ev.xid)] += 1
+                    self.last_xid[s.uuid] = (ev.xid, ev.unix)
+        self.sample_duration.labels(self.node).observe(duration_seconds)
+        labels = (self.node, self.version, reader, status[:120])
+        if labels != self._info_labels:
+            if self._info_labels is not None:
+                self.info.remove(*self._info_labels)
+            self.info.labels(*labels).set(1)
+            self._info_labels = labels
+
+    def wrote(self, result: str) -> None:
+        self.node_writes.labels(self.node, result).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """/metrics, /healthz (process alive and sampling), /readyz (first sample taken)."""
+
+    def __init__(self, metrics: AgentMetrics, host: str, port: int, is_healthy: Any, is_ready: Any) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    self._send(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = bool(outer.is_healthy())
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"sampling loop stalled\n")
+                elif path == "/readyz":
+                    ok = bool(outer.is_ready())
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"no sample yet\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.metrics = metrics
+        self.is_healthy = is_healthy
+        self.is_ready = is_ready
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="agent-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

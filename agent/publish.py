@@ -1,0 +1,136 @@
+"""Publishing a node's GPU state to its Node object, with hysteresis.
+
+`should_publish` is the pure policy; `Publisher` is the thin adapter around
+flexinfer.kube.patch_node_metadata (one JSON merge patch touching only our keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flexinfer import logs
+from flexinfer.state import NodeGpuState, is_owned_label, node_annotations, node_labels
+
+log = logs.get("flexinfer.agent.publish")
+
+DEFAULT_THRESHOLD_MIB = 1024
+DEFAULT_HEARTBEAT_SECONDS = 300.0
+
+
+def should_publish(
+    previous_published: NodeGpuState | None,
+    current: NodeGpuState,
+    now: float,
+    threshold_mib: int = DEFAULT_THRESHOLD_MIB,
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+) -> tuple[bool, str]:
+    """Whether to write `current`, compared with what was last written. Pure.
+
+    Writes when: nothing was written yet; the agent status changed; the set of GPUs (UUIDs)
+    changed; any GPU's health or error count changed; the labels would change; any GPU's free
+    memory moved by MORE than threshold_mib since the last write (drift accumulates, so a slow
+    leak is written once it crosses the threshold); or heartbeat_seconds passed since the last write.
+    """
+    if previous_published is None:
+        return True, "first"
+    prev, cur = previous_published, current
+    if prev.agent_status != cur.agent_status:
+        return True, "agent-status"
+    prev_by = {g.uuid: g for g in prev.gpus}
+    cur_by = {g.uuid: g for g in cur.gpus}
+    if prev_by.keys() != cur_by.keys():
+        return True, "gpu-set"
+    for uuid, g in cur_by.items():
+        p = prev_by[uuid]
+        if (p.healthy, p.reason) != (g.healthy, g.reason):
+            return True, "health"
+        if p.error_events != g.error_events:
+            return True, "errors"
+    if node_labels(prev.gpus) != node_labels(cur.gpus):
+        return True, "labels"
+    for uuid, g in cur_by.items():
+        if abs(g.free_mib - prev_by[uuid].free_mib) > threshold_mib:
+            return True, "memory"
+    if now - prev.observed_unix >= heartbeat_seconds:
+        return True, "heartbeat"
+    return False, ""
+
+
+def desired_metadata(
+    state: NodeGpuState, current_labels: Mapping[str, str] | None = None
+) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """(labels, annotations) to patch: ours for this state, plus None for our stale label keys."""
+    labels: dict[str, str | None] = dict(node_labels(state.gpus))
+    for key in current_labels or {}:
+        if is_owned_label(key) and key not in labels:
+            labels[key] = None
+    annotations: dict[str, str | None] = dict(node_annotations(state))
+    return labels, annotations
+
+
+@dataclass
+class PublishResult:
+    written: bool
+    reason: str
+    error: str = ""
+    labels: dict[str, str | None] = field(default_factory=dict)
+    annotations: dict[str, str | None] = field(default_factory=dict)
+
+
+class Publisher:
+    """Writes labels+annotations to one Node. Never raises: errors are logged and retried next cycle."""
+
+    def __init__(self, api: Any, node: str, threshold_mib: int = DEFAULT_THRESHOLD_MIB,
+                 heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS) -> None:
+        self.api = api
+        self.node = node
+        self.threshold_mib = threshold_mib
+        self.heartbeat_seconds = heartbeat_seconds
+        self.last_published: NodeGpuState | None = None
+        self.node_labels: dict[str, str] | None = None  # current labels on the Node (ours and others)
+        self.writes_ok = 0
+        self.writes_failed = 0
+
+    def _fetch_labels(self) -> None:
+        from kubernetes import client
+
+        try:
+            node = client.CoreV1Api(self.api).read_node(self.node)
+            self.node_labels = dict(node.metadata.labels or {})
+        except Exception as e:  # 404, network, ...: publish anyway, learn stale keys next time
+            log.warning("node_read_failed", node=self.node, error=str(e)[:300])
+
+    def publish(self, state: NodeGpuState, now: float, force: bool = False) -> PublishResult:
+        due, reason = should_publish(self.last_published, state, now, self.threshold_mib, self.heartbeat_seconds)
+        if not (due or force):
+            return PublishResult(False, "")
+        reason = reason or "forced"
+        if self.node_labels is None:
+            self._fetch_labels()
+        labels, annotations = desired_metadata(state, self.node_labels)
+        from flexinfer.kube import KubeError, patch_node_metadata
+
+        try:
+            patch_node_metadata(self.api, self.node, labels, annotations)
+        except KubeError as e:
+            self.writes_failed += 1
+            log.warning("node_patch_failed", node=self.node, reason=reason, error=str(e)[:300])
+            return PublishResult(False, reason, error=str(e), labels=labels, annotations=annotations)
+        except Exception as e:  # never crash the sampling loop
+            self.writes_failed += 1
+            log.error("node_patch_error", node=self.node, reason=reason, error=repr(e)[:300])
+            return PublishResult(False, reason, error=repr(e), labels=labels, annotations=annotations)
+        self.writes_ok += 1
+        merged = dict(self.node_labels or {})
+        for k, v in labels.items():
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        self.node_labels = merged
+        self.last_published = state
+        log.info("node_published", node=self.node, reason=reason, free_mib=state.healthy_free_mib,
+                 gpus=len(state.gpus), status=state.agent_status)
+        return PublishResult(True, reason, labels=labels, annotations=annotations)

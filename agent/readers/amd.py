@@ -1,0 +1,367 @@
+"""AMD reader on the `amdsmi` Python package (reference.md 4.2, 3.3).
+
+`import amdsmi` raises KeyError (not ImportError) without libamd_smi.so, so `import_amdsmi()`
+guards it with `except Exception` and returns the reason. The module object is injected into
+`AmdSmiReader` (tests pass a fake whose functions raise the real `AmdSmiLibraryException`).
+
+* VRAM from `amdsmi_get_gpu_vram_usage` (MiB) -> bytes; power from `amdsmi_get_power_info`
+  (socket/current/average, "N/A" skipped), cap from `amdsmi_get_power_cap_info` (microwatts);
+  temperature hotspot (junction) then edge; `gfx_activity`; PCIe; total ECC counts.
+* Health: AMD has no Xid. Uncorrectable and deferred ECC deltas are error events; an
+  uncorrectable delta makes the GPU unhealthy.
+* gfx target from `asic_info["target_graphics_version"]`, cross-checked with KFD sysfs (KFD wins
+  when they disagree: early ROCm builds formatted the value wrongly).
+* NOT_SUPPORTED / NOT_YET_IMPLEMENTED / AttributeError (older library) mark a metric unsupported
+  once. NOT_FOUND / IO / DRIVER_NOT_LOADED / NOT_INIT / FILE_ERROR => unhealthy + re-init with backoff.
+* Unified memory: APUs (gfx1151 Strix Halo, gfx1150/1152/1103/1035/1036/90c) carve VRAM from
+  system RAM; reported as unified_memory=True so the labels say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flexinfer import logs
+from flexinfer.arch import AMD
+
+from .base import Backoff, GpuSample
+from .kfd import KfdNode, read_kfd_nodes
+
+log = logs.get("flexinfer.agent.amd")
+
+MIB = 1024 * 1024
+STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED = 2, 3
+UNSUPPORTED_CODES = {STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, 10}  # 10 = NO_PERM
+FATAL_CODES = {12, 14, 31, 32, 34}  # IO, FILE_ERROR, NOT_FOUND, NOT_INIT, DRIVER_NOT_LOADED
+APU_TARGETS = frozenset({"gfx1151", "gfx1150", "gfx1152", "gfx1153", "gfx1103", "gfx1035", "gfx1036", "gfx90c",
+                         "gfx1037", "gfx1013"})
+
+
+def import_amdsmi() -> tuple[Any | None, str]:
+    """(module, "") or (None, reason). Never raises (KeyError without ROCm, AttributeError on a mismatch)."""
+    import contextlib
+    import io
+
+    chatter = io.StringIO()  # the wrapper prints its search failures to stdout; keep stdout clean
+    try:
+        with contextlib.redirect_stdout(chatter):
+            import amdsmi
+    except Exception as e:  # KeyError: 'libamd_smi.so', OSError, AttributeError (version mismatch)
+        said = chatter.getvalue().strip().splitlines()
+        hint = f" ({said[-1][:160]})" if said else ""
+        return None, f"cannot load amdsmi: {type(e).__name__}: {e}{hint}"
+    return amdsmi, ""
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int | float):
+        return None if v in (0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) else float(v)
+    try:
+        return float(str(v).split()[0])
+    except (ValueError, IndexError):
+        return None  # "N/A"
+
+
+@dataclass
+class _Dev:
+    index: int
+    handle: Any
+    uuid: str
+    bdf: str = ""
+    product: str = ""
+    arch: str = ""
+    unified: bool = False
+    unsupported: set[str] = field(default_factory=set)
+    healthy: bool = True
+    reason: str = ""
+    sticky_reason: str = ""
+    error_events: int = 0
+    last_error_unix: float = 0.0
+    last_ecc: tuple[int, int] | None = None  # (uncorrectable, deferred) baseline
+    last: GpuSample | None = None
+
+
+class AmdSmiReader:
+    vendor = AMD
+
+    def __init__(self, amdsmi: Any, *, sys_root: str | Path = "/sys", backoff: Backoff | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.smi = amdsmi
+        self.sys_root = sys_root
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self._devs: dict[str, _Dev] = {}
+        self._initialised = False
+        self._status = "not opened"
+        self.driver_version = ""
+        self.rocm_version = ""
+        self.init_attempts = 0
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def _code(self, e: BaseException) -> int:
+        get = getattr(e, "get_error_code", None)
+        try:
+            return int(get()) if callable(get) else int(getattr(e, "err_code", -1))
+        except Exception:
+            return -1
+
+    def _lib_exc(self) -> type[BaseException]:
+        return getattr(self.smi, "AmdSmiLibraryException", None) or getattr(self.smi, "AmdSmiException", Exception)
+
+    def _exc(self) -> tuple[type[BaseException], ...]:
+        base = getattr(self.smi, "AmdSmiException", None)
+        return (base,) if isinstance(base, type) else (Exception,)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open(self) -> None:
+        self._try_init()
+
+    def _try_init(self) -> bool:
+        self.init_attempts += 1
+        smi = self.smi
+        try:
+            flags = getattr(getattr(smi, "AmdSmiInitFlags", None), "INIT_AMD_GPUS", None)
+            smi.amdsmi_init(flags) if flags is not None else smi.amdsmi_init()
+            handles = list(smi.amdsmi_get_processor_handles())
+        except Exception as e:
+            delay = self.backoff.failed()
+            self._status = f"amdsmi unavailable: {self._describe(e)} (retry in {delay:.0f}s)"
+            log.warning("amdsmi_init_failed", error=self._describe(e), retry_seconds=delay)
+            return False
+        kfd = read_kfd_nodes(self.sys_root)
+        lib = self._opt(smi.amdsmi_get_lib_version) if hasattr(smi, "amdsmi_get_lib_version") else None
+        if isinstance(lib, dict):
+            self.rocm_version = ".".join(str(lib.get(k, "")) for k in ("major", "minor", "release") if k in lib)
+        found: dict[str, _Dev] = {}
+        for i, h in enumerate(handles):
+            try:
+                dev = self._discover(i, h, kfd)
+            except Exception as e:
+                log.warning("amdsmi_device_unavailable", index=i, error=self._describe(e))
+                continue
+            old = self._devs.get(dev.uuid)
+            if old is not None:
+                dev.unsupported, dev.error_events = old.unsupported, old.error_events
+                dev.last_error_unix, dev.last_ecc = old.last_error_unix, old.last_ecc
+                dev.sticky_reason = old.sticky_reason
+                if dev.sticky_reason:
+                    dev.healthy, dev.reason = False, dev.sticky_reason
+            found[dev.uuid] = dev
+        for uuid, old in self._devs.items():  # vanished since the last init: keep reporting it, unhealthy
+            if uuid not in found:
+                old.healthy, old.reason, old.handle = False, old.reason or "GPU is lost", None
+                found[uuid] = old
+        self._devs = found
+        self._initialised = True
+        self._status = "ok"
+        log.info("amdsmi_ready", gpus=len(found), rocm=self.rocm_version)
+        return True
+
+    def _describe(self, e: BaseException) -> str:
+        info = getattr(e, "get_error_info", None)
+        try:
+            return str(info()) if callable(info) else (str(e).strip().replace("\n", " ") or type(e).__name__)
+        except Exception:
+            return type(e).__name__
+
+    def _opt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:
+            return None
+
+    def _discover(self, i: int, h: Any, kfd: list[KfdNode]) -> _Dev:
+        smi = self.smi
+        uuid = str(smi.amdsmi_get_gpu_device_uuid(h))
+        dev = _Dev(index=i, handle=h, uuid=uuid)
+        dev.bdf = str(self._opt(smi.amdsmi_get_gpu_device_bdf, h) or "")
+        asic = self._opt(smi.amdsmi_get_gpu_asic_info, h) or {}
+        board = self._opt(smi.amdsmi_get_gpu_board_info, h) or {}
+        product = board.get("product_name") or asic.get("market_name") or ""
+        dev.product = "" if product == "N/A" else str(product)
+        lib_gfx = str(asic.get("target_graphics_version", "") or "")
+        lib_gfx = lib_gfx if lib_gfx.startswith("gfx") and lib_gfx != "gfx" else ""
+        k = self._match_kfd(dev, kfd, h)
+        kfd_gfx = k.gfx if k is not None else ""
+        if lib_gfx and kfd_gfx and lib_gfx != kfd_gfx:
+            log.warning("amd_gfx_mismatch", uuid=uuid, amdsmi=lib_gfx, kfd=kfd_gfx, using=kfd_gfx)
+        dev.arch = kfd_gfx or lib_gfx
+        drv = self._opt(smi.amdsmi_get_gpu_driver_info, h) if hasattr(smi, "amdsmi_get_gpu_driver_info") else None
+        if isinstance(drv, dict) and not self.driver_version:
+            self.driver_version = str(drv.get("driver_version", ""))
+        dev.unified = dev.arch in APU_TARGETS or (k is not None and k.cpu_cores_count > 0)
+        if not dev.arch:
+            dev.healthy, dev.reason = False, "gfx target unknown (amdsmi and KFD)"
+        return dev
+
+    def _match_kfd(self, dev: _Dev, kfd: list[KfdNode], h: Any) -> KfdNode | None:
+        if not kfd:
+            return None
+        info = self._opt(self.smi.amdsmi_get_gpu_kfd_info, h) if hasattr(self.smi, "amdsmi_get_gpu_kfd_info") else None
+        if isinstance(info, dict):
+            for n in kfd:
+                if n.node_id == info.get("node_id"):
+                    return n
+        for n in kfd:
+            if dev.bdf and n.pci_bus_id.lower() == dev.bdf.lower():
+                return n
+        return kfd[dev.index] if dev.index < len(kfd) else None
+
+    def _shutdown(self) -> None:
+        if self._initialised:
+            with contextlib.suppress(Exception):
+                self.smi.amdsmi_shut_down()
+        self._initialised = False
+
+    def close(self) -> None:
+        self._shutdown()
+        self._status = "closed"
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _metric(self, dev: _Dev, metric: str, name: str, *args: Any) -> Any:
+        if metric in dev.unsupported:
+            return None
+        fn = getattr(self.smi, name, None)
+        if fn is None:
+            dev.unsupported.add(metric)
+            log.info("amdsmi_metric_unsupported", uuid=dev.uuid, metric=metric, error=f"{name} missing")
+            return None
+        try:
+            return fn(dev.handle, *args)
+        except self._exc() as e:
+            code = self._code(e)
+            if code in FATAL_CODES:
+                raise
+            if code in UNSUPPORTED_CODES or not isinstance(e, self._lib_exc()):
+                dev.unsupported.add(metric)
+                log.info("amdsmi_metric_unsupported", uuid=dev.uuid, metric=metric, error=self._describe(e))
+            return None
+        except AttributeError as e:  # symbol missing in an older libamd_smi
+            dev.unsupported.add(metric)
+            log.info("amdsmi_metric_unsupported", uuid=dev.uuid, metric=metric, error=str(e))
+            return None
+
+    def sample(self) -> list[GpuSample]:
+        if not self._initialised and self.backoff.ready():
+            self._try_init()
+        if not self._initialised:
+            return [self._stale(d) for d in self._devs.values()]
+        out = []
+        for dev in sorted(self._devs.values(), key=lambda d: d.index):
+            if dev.handle is None:
+                out.append(self._stale(dev))
+                continue
+            try:
+                out.append(self._sample_device(dev))
+            except Exception as e:
+                dev.healthy, dev.reason = False, f"amdsmi: {self._describe(e)}"
+                self._shutdown()
+                delay = self.backoff.failed()
+                self._status = f"amdsmi failed (gpu {dev.index}: {self._describe(e)}); re-initialising in {delay:.0f}s"
+                log.warning("amdsmi_reinit_scheduled", uuid=dev.uuid, error=self._describe(e), retry_seconds=delay)
+                return [self._stale(d) for d in self._devs.values()]
+        self.backoff.reset()
+        return out
+
+    def _stale(self, dev: _Dev) -> GpuSample:
+        if dev.last is not None:
+            return replace(dev.last, healthy=False, reason=dev.reason or "GPU unavailable",
+                           error_events=dev.error_events, last_error_unix=dev.last_error_unix)
+        return GpuSample(index=dev.index, uuid=dev.uuid, vendor=AMD, arch=dev.arch, product=dev.product,
+                         healthy=False, reason=dev.reason or "GPU unavailable", unified_memory=dev.unified)
+
+    def _sample_device(self, dev: _Dev) -> GpuSample:
+        smi = self.smi
+        vram = smi.amdsmi_get_gpu_vram_usage(dev.handle)  # fatal if this fails: no memory, no fit
+        total = int(_num(vram.get("vram_total")) or 0) * MIB
+        used = int(_num(vram.get("vram_used")) or 0) * MIB
+        s = GpuSample(
+            index=dev.index, uuid=dev.uuid, vendor=AMD, arch=dev.arch, product=dev.product, pci_bus_id=dev.bdf,
+            memory_total_bytes=total, memory_used_bytes=used, memory_free_bytes=max(0, total - used),
+            unified_memory=dev.unified, driver_version=self.driver_version, rocm_version=self.rocm_version,
+        )
+        p = self._metric(dev, "power", "amdsmi_get_power_info")
+        if isinstance(p, dict):
+            for k in ("socket_power", "current_socket_power", "average_socket_power"):
+                if (w := _num(p.get(k))) is not None:
+                    s.power_usage_watts = w
+                    break
+        cap = self._metric(dev, "power_limit", "amdsmi_get_power_cap_info")
+        if isinstance(cap, dict) and (uw := _num(cap.get("power_cap"))) is not None:
+            s.power_limit_watts = uw / 1e6
+        temp_type = getattr(smi, "AmdSmiTemperatureType", None)
+        temp_metric = getattr(getattr(smi, "AmdSmiTemperatureMetric", None), "CURRENT", 0)
+        if temp_type is not None:
+            for sensor in ("HOTSPOT", "EDGE"):
+                if (sid := getattr(temp_type, sensor, None)) is None:
+                    continue
+                t = self._metric(dev, f"temperature_{sensor.lower()}", "amdsmi_get_temp_metric", sid, temp_metric)
+                if (c := _num(t)) is not None:
+                    s.temperature_celsius = c
+                    break
+        act = self._metric(dev, "utilization", "amdsmi_get_gpu_activity")
+        if isinstance(act, dict) and (a := _num(act.get("gfx_activity"))) is not None:
+            s.utilization_ratio = a / 100.0
+        pcie = self._metric(dev, "pcie", "amdsmi_get_pcie_info")
+        if isinstance(pcie, dict):
+            st, mt = pcie.get("pcie_static", {}) or {}, pcie.get("pcie_metric", {}) or {}
+            s.pcie_gen_max = _int(st.get("pcie_interface_version"))
+            s.pcie_width_max = _int(st.get("max_pcie_width"))
+            s.pcie_width_current = _int(mt.get("pcie_width"))
+            s.pcie_gen_current = _gen_from_speed(mt.get("pcie_speed"))
+            s.pcie_replay_total = _int(mt.get("pcie_replay_count"))
+        ecc = self._metric(dev, "ecc", "amdsmi_get_gpu_total_ecc_count")
+        if isinstance(ecc, dict):
+            s.ecc_correctable_total = _int(ecc.get("correctable_count"))
+            s.ecc_uncorrectable_total = _int(ecc.get("uncorrectable_count"))
+            s.ecc_deferred_total = _int(ecc.get("deferred_count"))
+            self._ecc_health(dev, s.ecc_uncorrectable_total or 0, s.ecc_deferred_total or 0)
+        s.error_events, s.last_error_unix = dev.error_events, dev.last_error_unix
+        s.healthy, s.reason = dev.healthy, dev.reason
+        s.unsupported = frozenset(dev.unsupported)
+        dev.last = s
+        return s
+
+    def _ecc_health(self, dev: _Dev, unc: int, deferred: int) -> None:
+        if dev.last_ecc is None:  # baseline at start: history before the agent is not an event
+            dev.last_ecc = (unc, deferred)
+            return
+        d_unc, d_def = max(0, unc - dev.last_ecc[0]), max(0, deferred - dev.last_ecc[1])
+        dev.last_ecc = (unc, deferred)
+        if d_unc or d_def:
+            dev.error_events += d_unc + d_def
+            dev.last_error_unix = self.clock()
+            log.warning("amd_ras_errors", uuid=dev.uuid, uncorrectable=d_unc, deferred=d_def)
+        if d_unc:
+            dev.healthy = False
+            dev.reason = dev.sticky_reason = f"uncorrectable ECC errors (+{d_unc})"
+
+
+def _int(v: Any) -> int | None:
+    n = _num(v)
+    return None if n is None else int(n)
+
+
+_SPEED_TO_GEN = {2500: 1, 5000: 2, 8000: 3, 16000: 4, 32000: 5, 64000: 6}
+
+
+def _gen_from_speed(v: Any) -> int | None:
+    """amdsmi reports the current link speed in MT/s (some builds: GT/s x10)."""
+    n = _int(v)
+    if n is None:
+        return None
+    if n in _SPEED_TO_GEN:
+        return _SPEED_TO_GEN[n]
+    if n * 100 in _SPEED_TO_GEN:
+        return _SPEED_TO_GEN[n * 100]
+    return None

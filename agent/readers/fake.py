@@ -1,0 +1,376 @@
+"""Fake GPUs from a fleet file, served through the REAL readers.
+
+`FakeNvml` and `FakeAmdSmi` are stand-ins for the `pynvml` / `amdsmi` modules built from one
+`flexinfer.fleet.FleetNode`; `NvmlReader` / `AmdSmiReader` run unchanged on top of them, so the demo
+exercises the same code paths (v2->v1 fallback, NotSupported bookkeeping, Xid events, lost GPUs,
+re-init with backoff) as a real node. Faults apply by sample number (1-based; 0 = from the start):
+
+  noise {mib}            used memory jitters by +/-mib, deterministic (seeded per node/gpu/sample)
+  xid {xid, atSample}    one Xid event delivered at that sample (NVIDIA)
+  ecc {uncorrectable, correctable, atSample}  RAS counters step up at that sample
+  lost {atSample}        GpuIsLost (NVIDIA) / NOT_FOUND (AMD) from that sample on
+  not-supported {metric} that metric group raises NotSupported forever
+  throttle {reasons}     clock-event reasons active (NVIDIA names, e.g. sw_power_cap)
+  node library-missing   the vendor library cannot be loaded: no GPUs, agent-status says why
+  node driver-mismatch   NVML init fails with LibRmVersionMismatch
+The FakeNvml raises the real pynvml.NVMLError_* classes. FakeAmdSmi raises the real
+amdsmi.AmdSmiLibraryException when an amdsmi module is passed in, else a look-alike class
+(importing amdsmi without ROCm prints to stdout and raises KeyError).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+
+from flexinfer.fleet import Fault, FleetGpu, FleetNode, gpu_uuid
+
+from .amd import AmdSmiReader
+from .base import Backoff, GpuReader, GpuSample, MultiReader, NullReader
+from .nvml import THROTTLE_REASONS, NvmlReader
+
+_THROTTLE_BITS = {name: bit for bit, name in THROTTLE_REASONS}
+
+
+class _FleetGpus:
+    """Fault bookkeeping shared by both fakes."""
+
+    def __init__(self, node: FleetNode, vendor: str) -> None:
+        self.node = node
+        self.sample_no = 0
+        self.gpus: list[tuple[int, FleetGpu, str]] = [
+            (i, g, gpu_uuid(node.name, i, g)) for i, g in enumerate(node.gpus) if g.vendor.lower() == vendor
+        ]
+
+    def node_fault(self, kind: str) -> Fault | None:
+        return next((f for f in self.node.faults if f.type == kind and self.sample_no >= f.at_sample), None)
+
+    def faults(self, h: int, kind: str) -> list[Fault]:
+        return [f for f in self.gpus[h][1].faults if f.type == kind]
+
+    def lost(self, h: int) -> bool:
+        g = self.gpus[h][1]
+        return not g.healthy or any(self.sample_no >= f.at_sample for f in self.faults(h, "lost"))
+
+    def unsupported(self, h: int, metric: str) -> bool:
+        return any(f.metric == metric for f in self.faults(h, "not-supported"))
+
+    def used_mib(self, h: int) -> int:
+        _, g, _ = self.gpus[h]
+        used = g.used_mib
+        for f in self.faults(h, "noise"):
+            rng = random.Random(f"{self.node.name}/{self.gpus[h][0]}/{self.sample_no}")
+            used += rng.randint(-f.mib, f.mib)
+        return max(0, min(g.total_mib, used))
+
+    def ecc(self, h: int) -> tuple[int, int]:
+        corr = unc = 0
+        for f in self.faults(h, "ecc"):
+            if self.sample_no >= f.at_sample:
+                corr += f.correctable
+                unc += f.uncorrectable
+        return corr, unc
+
+
+class FakeNvml(_FleetGpus):
+    """A pynvml stand-in. Functions it does not define raise NVMLError_FunctionNotFound."""
+
+    def __init__(self, node: FleetNode) -> None:
+        super().__init__(node, "nvidia")
+        self.delivered: set[tuple[int, int]] = set()  # (handle, fault number) xids already sent
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(pynvml, name)
+        if inspect.isfunction(real):
+            def missing(*_a: Any, **_k: Any) -> Any:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+            return missing
+        return real  # constants, structs and the real NVMLError classes
+
+    def _dev(self, h: int, metric: str = "") -> FleetGpu:
+        self.calls[metric or "device"] = self.calls.get(metric or "device", 0) + 1
+        if self.lost(h):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if metric and self.unsupported(h, metric):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self.gpus[h][1]
+
+    # library
+    def nvmlInit(self) -> None:
+        if self.node_fault("library-missing"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        if self.node_fault("driver-mismatch"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.node.driver_version or "580.95.05"
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return 13000
+
+    # identity
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        if not 0 <= i < len(self.gpus):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._dev(i)
+        return i
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        self._dev(h)
+        return self.gpus[h][2]
+
+    def nvmlDeviceGetName(self, h: int) -> str:
+        return self._dev(h).product
+
+    def nvmlDeviceGetPciInfo_v3(self, h: int) -> Any:
+        self._dev(h)
+        return SimpleNamespace(busId=f"00000000:{self.gpus[h][0] + 1:02X}:00.0")
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
+        digits = self._dev(h).arch.removeprefix("sm_")
+        return int(digits[:-1]), int(digits[-1])
+
+    # metrics
+    def nvmlDeviceGetMemoryInfo(self, h: int, version: int | None = None) -> Any:
+        g = self._dev(h, "memory_v2" if version else "")
+        mib = 1024 * 1024
+        used = self.used_mib(h) * mib
+        total = g.total_mib * mib
+        if version:
+            return SimpleNamespace(version=version, total=total, reserved=0, used=used, free=total - used)
+        return SimpleNamespace(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return int(self._dev(h, "power").power_w * 1000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
+        return int(self._dev(h, "power").power_cap_w * 1000)
+
+    def nvmlDeviceGetTemperatureV(self, h: int, sensor: int) -> int:
+        return int(self._dev(h, "temperature").temperature_c)
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        g = self._dev(h, "utilization")
+        return SimpleNamespace(gpu=int(g.utilization_pct), memory=0)
+
+    def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:
+        g = self._dev(h, "clocks")
+        return g.sm_clock_mhz if clock == pynvml.NVML_CLOCK_SM else g.mem_clock_mhz
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h: int) -> int:
+        return self._dev(h, "pcie").pcie.gen
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: int) -> int:
+        return self._dev(h, "pcie").pcie.width
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: int) -> int:
+        return self._dev(h, "pcie").pcie.max_gen
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: int) -> int:
+        return self._dev(h, "pcie").pcie.max_width
+
+    def nvmlDeviceGetPcieReplayCounter(self, h: int) -> int:
+        self._dev(h, "pcie")
+        return 0
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
+        self._dev(h, "throttle")
+        mask = 0
+        for f in self.faults(h, "throttle"):
+            if self.sample_no >= f.at_sample:
+                for r in f.reasons:
+                    mask |= _THROTTLE_BITS.get(r, 0)
+        return mask or 0x1  # idle
+
+    def nvmlDeviceGetTotalEccErrors(self, h: int, error_type: int, counter_type: int) -> int:
+        self._dev(h, "ecc")
+        corr, unc = self.ecc(h)
+        return unc if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED else corr
+
+    # events
+    def nvmlEventSetCreate(self) -> object:
+        return object()
+
+    def nvmlEventSetFree(self, es: object) -> None:
+        pass
+
+    def nvmlDeviceGetSupportedEventTypes(self, h: int) -> int:
+        self._dev(h, "events")
+        return pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
+
+    def nvmlDeviceRegisterEvents(self, h: int, mask: int, es: object) -> None:
+        self._dev(h, "events")
+
+    def nvmlEventSetWait_v2(self, es: object, timeout_ms: int) -> Any:
+        for h in range(len(self.gpus)):
+            if self.unsupported(h, "events"):
+                continue
+            for n, f in enumerate(self.faults(h, "xid")):
+                if self.sample_no >= f.at_sample and (h, n) not in self.delivered:
+                    self.delivered.add((h, n))
+                    return SimpleNamespace(device=h, eventType=pynvml.nvmlEventTypeXidCriticalError,
+                                           eventData=f.xid, gpuInstanceId=0xFFFFFFFF,
+                                           computeInstanceId=0xFFFFFFFF)
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+
+
+class _AmdSmiException(Exception):
+    pass
+
+
+class _AmdSmiLibraryException(_AmdSmiException):
+    """Look-alike of amdsmi.AmdSmiLibraryException (err_code, get_error_code, get_error_info)."""
+
+    def __init__(self, err_code: int) -> None:
+        self.err_code = err_code
+        self.err_info = {2: "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported",
+                         31: "AMDSMI_STATUS_NOT_FOUND - Device Not found",
+                         34: "AMDSMI_STATUS_DRIVER_NOT_LOADED - Driver not loaded"}.get(err_code, "AMDSMI_STATUS")
+        super().__init__(f"Error code:\n\t{err_code} | {self.err_info}")
+
+    def get_error_code(self) -> int:
+        return self.err_code
+
+    def get_error_info(self) -> str:
+        return self.err_info
+
+
+class FakeAmdSmi(_FleetGpus):
+    """An amdsmi stand-in (dict-returning functions, MiB VRAM, microwatt caps)."""
+
+    AmdSmiInitFlags = SimpleNamespace(INIT_AMD_GPUS=2)
+    AmdSmiTemperatureType = SimpleNamespace(EDGE=0, HOTSPOT=1, JUNCTION=1, VRAM=2)
+    AmdSmiTemperatureMetric = SimpleNamespace(CURRENT=0)
+
+    def __init__(self, node: FleetNode, amdsmi_module: Any = None) -> None:
+        super().__init__(node, "amd")
+        self.AmdSmiException = getattr(amdsmi_module, "AmdSmiException", _AmdSmiException)
+        self.AmdSmiLibraryException = getattr(amdsmi_module, "AmdSmiLibraryException", _AmdSmiLibraryException)
+        self.calls: dict[str, int] = {}
+
+    def _dev(self, h: int, metric: str = "") -> FleetGpu:
+        self.calls[metric or "device"] = self.calls.get(metric or "device", 0) + 1
+        if self.lost(h):
+            raise self.AmdSmiLibraryException(31)
+        if metric and self.unsupported(h, metric):
+            raise self.AmdSmiLibraryException(2)
+        return self.gpus[h][1]
+
+    def amdsmi_init(self, flags: int = 2) -> None:
+        if self.node_fault("library-missing") or self.node_fault("driver-mismatch"):
+            raise self.AmdSmiLibraryException(34)
+
+    def amdsmi_shut_down(self) -> None:
+        pass
+
+    def amdsmi_get_processor_handles(self) -> list[int]:
+        return [h for h in range(len(self.gpus)) if not self.lost(h)]
+
+    def amdsmi_get_lib_version(self) -> dict[str, int]:
+        return {"major": 7, "minor": 0, "release": 2, "build": 0}
+
+    def amdsmi_get_gpu_device_uuid(self, h: int) -> str:
+        self._dev(h)
+        return self.gpus[h][2]
+
+    def amdsmi_get_gpu_device_bdf(self, h: int) -> str:
+        self._dev(h)
+        return f"0000:{self.gpus[h][0] + 3:02x}:00.0"
+
+    def amdsmi_get_gpu_asic_info(self, h: int) -> dict[str, Any]:
+        g = self._dev(h)
+        return {"market_name": g.product or "N/A", "vendor_id": "0x1002", "target_graphics_version": g.arch}
+
+    def amdsmi_get_gpu_board_info(self, h: int) -> dict[str, Any]:
+        return {"product_name": self._dev(h).product or "N/A"}
+
+    def amdsmi_get_gpu_driver_info(self, h: int) -> dict[str, str]:
+        self._dev(h)
+        return {"driver_name": "amdgpu", "driver_version": self.node.driver_version or "6.12.12"}
+
+    def amdsmi_get_gpu_vram_usage(self, h: int) -> dict[str, int]:
+        g = self._dev(h)
+        return {"vram_total": g.total_mib, "vram_used": self.used_mib(h)}
+
+    def amdsmi_get_power_info(self, h: int) -> dict[str, Any]:
+        g = self._dev(h, "power")
+        return {"socket_power": int(g.power_w), "current_socket_power": "N/A", "average_socket_power": "N/A"}
+
+    def amdsmi_get_power_cap_info(self, h: int) -> dict[str, int]:
+        g = self._dev(h, "power")
+        return {"power_cap": int(g.power_cap_w * 1e6), "default_power_cap": int(g.power_cap_w * 1e6)}
+
+    def amdsmi_get_temp_metric(self, h: int, sensor: int, metric: int) -> int:
+        return int(self._dev(h, "temperature").temperature_c) + (3 if sensor == 1 else 0)
+
+    def amdsmi_get_gpu_activity(self, h: int) -> dict[str, Any]:
+        g = self._dev(h, "utilization")
+        return {"gfx_activity": int(g.utilization_pct), "umc_activity": 0, "mm_activity": "N/A"}
+
+    def amdsmi_get_pcie_info(self, h: int) -> dict[str, Any]:
+        p = self._dev(h, "pcie").pcie
+        speeds = {1: 2500, 2: 5000, 3: 8000, 4: 16000, 5: 32000, 6: 64000}
+        return {"pcie_static": {"max_pcie_width": p.max_width, "pcie_interface_version": p.max_gen},
+                "pcie_metric": {"pcie_width": p.width, "pcie_speed": speeds.get(p.gen, 0), "pcie_replay_count": 0}}
+
+    def amdsmi_get_gpu_total_ecc_count(self, h: int) -> dict[str, int]:
+        self._dev(h, "ecc")
+        corr, unc = self.ecc(h)
+        return {"correctable_count": corr, "uncorrectable_count": unc, "deferred_count": 0}
+
+
+class FleetReader:
+    """A real reader over a fake library; advances the fakes' sample counter before each sample."""
+
+    def __init__(self, inner: GpuReader, fakes: list[_FleetGpus]) -> None:
+        self.inner = inner
+        self.fakes = fakes
+        self.vendor = inner.vendor
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def sample(self) -> list[GpuSample]:
+        for f in self.fakes:
+            f.sample_no += 1
+        return self.inner.sample()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def status(self) -> str:
+        return self.inner.status
+
+
+def fleet_reader(node: FleetNode, amdsmi_module: Any = None, backoff: Backoff | None = None,
+                 clock: Any = None) -> GpuReader:
+    """The reader a fleet node's agent uses: NVML and/or amdsmi readers on fakes (events polled)."""
+    vendors = {g.vendor.lower() for g in node.gpus}
+    readers: list[GpuReader] = []
+    kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    if "nvidia" in vendors:
+        fake = FakeNvml(node)
+        readers.append(FleetReader(NvmlReader(fake, events="poll", backoff=backoff, **kw), [fake]))
+    if "amd" in vendors:
+        if any(f.type == "library-missing" for f in node.faults):
+            readers.append(NullReader("cannot load amdsmi: KeyError: 'libamd_smi.so'"))
+        else:
+            famd = FakeAmdSmi(node, amdsmi_module)
+            readers.append(FleetReader(AmdSmiReader(famd, sys_root="/nonexistent", backoff=backoff, **kw), [famd]))
+    if not readers:
+        if any(f.type == "library-missing" for f in node.faults):
+            return NullReader("no GPU library found")
+        return NullReader("ok")
+    return readers[0] if len(readers) == 1 else MultiReader(readers)
