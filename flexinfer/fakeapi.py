@@ -219,7 +219,7 @@ def parse_path(path: str) -> ParsedPath | None:
     else:
         return None
     namespace = ""
-    if len(rest) >= 3 and rest[0] == "namespaces":
+    if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 3:
         return None
@@ -378,9 +378,8 @@ class FakeApiServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        if self._runner.addresses:
+            self.port = self._runner.addresses[0][1]
         self._started.set()
         await self._shutdown.wait()
         for w in list(self._watchers):

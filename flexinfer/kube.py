@@ -19,9 +19,10 @@ API (others code against this):
 - ``patch_model_annotations(api, namespace, name, annotations, *, retry=...) -> dict``.
 - ``merge_patch(api, kind, name, patch, namespace=None, subresource=None, *, retry=...) -> dict``.
 - ``scale_deployment(api, namespace, name, replicas, *, retry=...) -> dict``.
-- ``apply_object(api, obj, *, retry=...) -> dict``: create; on 409 fetch and replace (keeping
-  ``resourceVersion``, and for Services ``spec.clusterIP``); idempotent. Deployment, Service, PVC, Model,
-  or any kind in ``RESOURCES``. Set owner references in ``obj`` yourself (see ``owner_reference``).
+- ``apply_object(api, obj, *, retry=...) -> dict``: create; if it exists, fetch and (only when a field
+  we set differs) replace it, keeping what the server or others own (see ``prepare_replace``);
+  idempotent, conflicts retried. Deployment, Service, PVC, Model or any kind in ``RESOURCES``. Put owner
+  references in ``obj`` yourself (``owner_reference(model)``) so deleting the Model cascades.
 - ``get_object(api, kind, name, namespace=None) -> dict | None`` (None on 404),
   ``list_objects(api, kind, namespace=None, label_selector=None, field_selector=None) -> list[dict]``,
   ``delete_object(api, kind, name, namespace=None) -> bool`` (False when already gone),
@@ -480,30 +481,43 @@ def _identify(obj: JSON) -> tuple[Resource, str | None, str]:
 
 
 def prepare_replace(desired: JSON, current: JSON) -> JSON:
-    """The PUT body that replaces ``current`` with ``desired``: keeps resourceVersion, immutable and
-    server-assigned fields (Service clusterIP(s), PVC volumeName), and the current status. Pure."""
+    """The PUT body that replaces ``current`` with ``desired``. Pure. Kept from ``current``:
+    resourceVersion (optimistic concurrency), status, finalizers, annotations we do not set (others'
+    bookkeeping such as deployment.kubernetes.io/revision; ours win on clashes), Service clusterIP(s),
+    the immutable PVC spec (only a storage request change is applied), and a Deployment's
+    spec.replicas when ``desired`` leaves it unset (so scale_deployment and apply do not fight)."""
     out = dict(desired)
     cur_meta = current.get("metadata") or {}
     meta = dict(out.get("metadata") or {})
     meta["resourceVersion"] = cur_meta.get("resourceVersion")
+    if cur_meta.get("annotations"):
+        meta["annotations"] = {**cur_meta["annotations"], **(meta.get("annotations") or {})}
+    if cur_meta.get("finalizers") and "finalizers" not in meta:
+        meta["finalizers"] = cur_meta["finalizers"]
     out["metadata"] = meta
     kind = (desired.get("kind") or "").lower()
     cur_spec = current.get("spec") or {}
+    spec = dict(out.get("spec") or {})
     if kind == "service":
-        spec = dict(out.get("spec") or {})
         for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
             if k in cur_spec and k not in spec:
                 spec[k] = cur_spec[k]
         out["spec"] = spec
+    elif kind == "deployment":
+        if "replicas" not in spec and "replicas" in cur_spec:
+            spec["replicas"] = cur_spec["replicas"]
+        out["spec"] = spec
     elif kind == "persistentvolumeclaim":
         # PVC spec is immutable except resources.requests: keep the current spec, grow storage only.
-        spec = dict(cur_spec)
-        want = ((desired.get("spec") or {}).get("resources") or {}).get("requests")
+        pvc_spec = dict(cur_spec)
+        want = (spec.get("resources") or {}).get("requests")
         if want:
-            spec["resources"] = {**(cur_spec.get("resources") or {}), "requests": want}
-        out["spec"] = spec
+            pvc_spec["resources"] = {**(cur_spec.get("resources") or {}), "requests": want}
+        out["spec"] = pvc_spec
     if "status" in current:
         out["status"] = current["status"]
+    else:
+        out.pop("status", None)
     return out
 
 
@@ -513,12 +527,14 @@ def _needs_update(desired: JSON, current: JSON) -> bool:
 
 
 def _subset(want: Any, have: Any) -> bool:
+    if have is None and want in ({}, [], ""):
+        return True  # the server drops empty values
     if isinstance(want, dict):
         return isinstance(have, dict) and all(_subset(v, have.get(k)) for k, v in want.items())
     if isinstance(want, list):
         return (isinstance(have, list) and len(want) == len(have)
                 and all(_subset(a, b) for a, b in zip(want, have, strict=True)))
-    return want == have or (want in ({}, [], "") and have is None)
+    return want == have
 
 
 def apply_object(api: kubernetes.client.ApiClient, obj: JSON, *, retry: RetryPolicy = DEFAULT_RETRY) -> JSON:
@@ -545,7 +561,9 @@ def apply_object(api: kubernetes.client.ApiClient, obj: JSON, *, retry: RetryPol
 def _comparable(body: JSON, res: Resource) -> JSON:
     out = dict(body)
     if res.plural == "persistentvolumeclaims":
-        out.pop("spec", None)  # immutable after creation; only labels/annotations are reconciled
+        # The spec is immutable after creation except the storage request.
+        requests = ((out.get("spec") or {}).get("resources") or {}).get("requests")
+        out["spec"] = {"resources": {"requests": requests}} if requests else {}
     return out
 
 
