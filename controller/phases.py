@@ -1,7 +1,8 @@
 """Model phase, message and conditions from what the cluster shows (pure; no I/O).
 
 Phases: Idle (scaled to zero, nobody asked), Pending (wants to run, no pod running yet: creating,
-unschedulable, waiting for the cache), Loading (pod running, not ready: weights loading),
+unschedulable, waiting for the cache, or waiting for its busy GPU group), Loading (pod running, not
+ready: weights loading),
 Ready (serving), Preempted (scaled to zero because another member of its GPU group holds the GPU),
 Failed (crash loop, image pull failure, device admission error, progress deadline exceeded).
 
@@ -87,6 +88,7 @@ def derive_phase(
     cache_ready: bool | None = None,
     preempted: bool = False,
     decision_reason: str = "",
+    waiting: bool = False,
 ) -> PhaseResult:
     """Phase + human message. `deployment` is the Deployment object (or None if not created yet)."""
     pods = pods or PodInfo()
@@ -99,6 +101,8 @@ def derive_phase(
         if preempted:
             return PhaseResult(PREEMPTED, f"scaled to zero: {decision_reason or 'preempted'}{draining}",
                                "Preempted")
+        if waiting:  # wants to run, its GPU group is busy
+            return PhaseResult(PENDING, f"{decision_reason or 'waiting for the GPU'}{draining}", "WaitingForGroup")
         return PhaseResult(IDLE, f"scaled to zero{why}; activate it to start{draining}", "ScaledToZero")
     for w in pods.waiting_reasons:
         if w in FATAL_WAITING:

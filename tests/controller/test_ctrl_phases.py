@@ -90,3 +90,8 @@ def test_conditions_for_ready_and_scheduled():
     r3 = derive_phase(0, dep(), preempted=True)
     conds3 = {c["type"]: c for c in conditions_for(r3, [], "t")}
     assert conds3["Ready"]["reason"] == "Preempted" and conds3["Scheduled"]["reason"] == "ScaledToZero"
+
+
+def test_waiting_for_group_is_pending_with_reason():
+    r = derive_phase(0, None, decision_reason="waiting for the GPU held by q32 (priority 80)", waiting=True)
+    assert r.phase == PENDING and r.message == "waiting for the GPU held by q32 (priority 80)"

@@ -1,0 +1,376 @@
+"""Reconcile Models into Deployments/Services/PVCs, scale per the group decision, write status.
+
+Flow (one pass over a set of keys): snapshot (Models, Deployments, Services, PVCs, pods) -> per model
+the observed phase -> per group ``(namespace, spec.gpu.shared)`` the pure decision
+(:mod:`flexinfer.controller.groups`; non-group models: serverless) -> render (pure) -> apply only what
+differs -> status patch only when it changed. ``reconcile_once()`` lists everything from the API and
+runs one pass synchronously (the demo and tests use it); :class:`ControllerLoop` in ``main`` keeps
+informer caches, a work queue of keys and a periodic resync (idle timeouts are time-based).
+
+State kept in memory (and why it is safe to lose): the time of the last swap per group (recovered on
+start from the members' ``Ready`` conditions with reason ``Preempted``; losing it at worst allows one
+early equal-priority swap), and preemption start times for the swap-duration histogram.
+
+Invalid Models never crash the loop: their status gets phase Failed and the validation message, and
+their existing objects are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes.client
+
+from flexinfer import keys, kube, logs
+from flexinfer.errors import ValidationError
+from flexinfer.model import Model, parse_model
+
+from . import groups, phases, render
+from .metrics import ControllerMetrics
+
+log = logs.get("flexinfer.controller")
+JSON = dict[str, Any]
+Key = tuple[str, str]  # (namespace, "group:<name>" | "model:<name>")
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> float | None:
+    """RFC 3339 (or Unix seconds) -> Unix seconds; None if absent or unparsable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    s = str(value).strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _meta(obj: JSON) -> JSON:
+    return obj.get("metadata") or {}
+
+
+def _nsname(obj: JSON) -> tuple[str, str]:
+    m = _meta(obj)
+    return str(m.get("namespace") or "default"), str(m.get("name") or "")
+
+
+@dataclass
+class Snapshot:
+    models: list[JSON]
+    deployments: list[JSON] = field(default_factory=list)
+    services: list[JSON] = field(default_factory=list)
+    pvcs: list[JSON] = field(default_factory=list)
+    pods: list[JSON] = field(default_factory=list)
+    nodes: list[JSON] | None = None
+
+
+def model_key(model_obj: JSON) -> Key:
+    ns, name = _nsname(model_obj)
+    spec = model_obj.get("spec") or {}
+    gpu = spec.get("gpu") if isinstance(spec, dict) else None
+    shared = gpu.get("shared") if isinstance(gpu, dict) else None
+    if isinstance(shared, str) and shared and str((gpu or {}).get("vendor", "auto")).lower() != "cpu":
+        return ns, f"group:{shared}"
+    return ns, f"model:{name}"
+
+
+def auto_vendor_from_nodes(nodes: Iterable[JSON] | None) -> str:
+    """The vendor with the most GPU nodes (agent labels); nvidia when unknown or tied."""
+    count = {"nvidia": 0, "amd": 0}
+    for n in nodes or []:
+        v = str((_meta(n).get("labels") or {}).get(keys.LABEL_VENDOR, "")).lower()
+        if v in count:
+            count[v] += 1
+    return "amd" if count["amd"] > count["nvidia"] else "nvidia"
+
+
+def _subset(want: Any, have: Any) -> bool:
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_subset(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, list):
+        return (isinstance(have, list) and len(want) == len(have)
+                and all(_subset(a, b) for a, b in zip(want, have, strict=True)))
+    return want == have or (want in ({}, [], "") and have is None)
+
+
+def _status_view(status: JSON) -> JSON:
+    return {k: status.get(k) for k in ("phase", "endpoint", "message", "observedGeneration", "conditions")}
+
+
+@dataclass
+class PassResult:
+    """What one pass did (tests and the demo read it)."""
+
+    decisions: dict[Key, groups.GroupDecision | groups.MemberDecision] = field(default_factory=dict)
+    phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    writes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Controller:
+    """Programmatic controller: ``reconcile_once()`` for a synchronous pass; ``reconcile(snapshot, keys)``
+    for the informer-driven loop."""
+
+    def __init__(
+        self,
+        api: kubernetes.client.ApiClient,
+        namespace: str | None = None,
+        cooldown_seconds: float = 60.0,
+        metrics: ControllerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        auto_vendor: str | None = None,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace or None
+        self.cooldown_seconds = float(cooldown_seconds)
+        self.metrics = metrics or ControllerMetrics()
+        self.clock = clock
+        self.auto_vendor = auto_vendor
+        self._last_swap: dict[Key, float] = {}
+        self._swap_started: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, winner) -> (t, group)
+        self._activate_seen: dict[tuple[str, str, str], float] = {}
+
+    # -- snapshot ------------------------------------------------------------------------------
+    def list_snapshot(self) -> Snapshot:
+        ns = self.namespace
+        managed = f"{keys.LABEL_MANAGED_BY}={keys.MANAGED_BY}"
+        snap = Snapshot(
+            models=kube.list_objects(self.api, keys.MODEL_PLURAL, ns),
+            deployments=kube.list_objects(self.api, "deployments", ns, label_selector=managed),
+            services=kube.list_objects(self.api, "services", ns, label_selector=managed),
+            pvcs=kube.list_objects(self.api, "persistentvolumeclaims", ns, label_selector=managed),
+            pods=kube.list_objects(self.api, "pods", ns, label_selector=keys.LABEL_MODEL),
+        )
+        if self.auto_vendor is None:
+            try:
+                snap.nodes = kube.list_objects(self.api, "nodes")
+            except kube.KubeError as e:  # namespaced RBAC: no node access; fall back to nvidia
+                log.debug("nodes not listable", error=str(e))
+        return snap
+
+    def reconcile_once(self) -> PassResult:
+        """List everything, decide, apply, write status. Synchronous."""
+        return self.reconcile(self.list_snapshot(), None)
+
+    # -- one pass ------------------------------------------------------------------------------
+    def reconcile(self, snap: Snapshot, only: set[Key] | None) -> PassResult:
+        now = self.clock()
+        result = PassResult()
+        vendor = self.auto_vendor or auto_vendor_from_nodes(snap.nodes)
+        deps = {_nsname(d): d for d in snap.deployments}
+        svcs = {_nsname(s): s for s in snap.services}
+        pvcs = {_nsname(p): p for p in snap.pvcs}
+        pods: dict[tuple[str, str], list[JSON]] = defaultdict(list)
+        for p in snap.pods:
+            ns, _ = _nsname(p)
+            owner = (_meta(p).get("labels") or {}).get(keys.LABEL_MODEL)
+            if owner:
+                pods[(ns, owner)].append(p)
+        by_key: dict[Key, list[JSON]] = defaultdict(list)
+        for obj in snap.models:
+            if self.namespace and _nsname(obj)[0] != self.namespace:
+                continue
+            by_key[model_key(obj)].append(obj)
+        for key in sorted(by_key):
+            if only is not None and key not in only:
+                continue
+            try:
+                self._reconcile_key(key, by_key[key], deps, svcs, pvcs, pods, now, vendor, result)
+            except kube.KubeError as e:
+                self.metrics.reconcile_errors.labels(kind="api").inc()
+                result.errors.append(f"{key[0]}/{key[1]}: {e}")
+                log.warning("reconcile failed; will retry", key=f"{key[0]}/{key[1]}", error=str(e))
+        return result
+
+    def _reconcile_key(self, key: Key, objs: list[JSON], deps: dict, svcs: dict, pvcs: dict,
+                       pods: dict, now: float, vendor: str, result: PassResult) -> None:
+        ns = key[0]
+        valid: list[tuple[JSON, Model]] = []
+        for obj in objs:
+            try:
+                valid.append((obj, parse_model(obj)))
+            except ValidationError as e:
+                self.metrics.reconcile_errors.labels(kind="invalid").inc()
+                self._write_invalid(obj, str(e), now, result)
+        if not valid:
+            return
+        members: list[groups.Member] = []
+        observed: dict[str, phases.PhaseResult] = {}
+        infos: dict[str, phases.PodInfo] = {}
+        for _obj, m in valid:
+            dep = deps.get((ns, m.name))
+            cur_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0) if dep else 0
+            info = phases.pod_info(pods.get((ns, m.name), []))
+            infos[m.name] = info
+            prev_phase = m.status.get("phase")
+            obs = phases.derive_phase(cur_replicas, dep, info, self._cache_ready(m),
+                                      preempted=prev_phase == phases.PREEMPTED)
+            observed[m.name] = obs
+            members.append(groups.Member(
+                name=m.name, priority=m.priority, phase=obs.phase, running=cur_replicas >= 1,
+                min_replicas=m.min_replicas, idle_timeout_seconds=m.idle_timeout_seconds,
+                last_active_unix=parse_time(m.status.get("lastActiveTime")),
+                activate_unix=self._activate_time(m, now),
+                ready_since_unix=self._ready_since(m, now) if obs.phase == phases.READY else None,
+            ))
+        decisions: dict[str, groups.MemberDecision]
+        if key[1].startswith("group:"):
+            gkey = key
+            if gkey not in self._last_swap:
+                recovered = self._recover_last_swap([m for _, m in valid])
+                if recovered is not None:
+                    self._last_swap[gkey] = recovered
+            gd = groups.decide_group(members, now, self.cooldown_seconds, self._last_swap.get(gkey))
+            result.decisions[key] = gd
+            decisions = gd.members
+            if gd.preempted:
+                self._last_swap[gkey] = now
+                group = key[1].removeprefix("group:")
+                self.metrics.preemptions.labels(namespace=ns, group=group).inc(len(gd.preempted))
+                if gd.active:
+                    self._swap_started[(ns, gd.active)] = (now, group)
+                log.info("group swap", namespace=ns, group=group, active=gd.active,
+                         preempted=list(gd.preempted), reason=gd.reason)
+        else:
+            md = groups.decide_single(members[0], now)
+            result.decisions[key] = md
+            decisions = {md.name: md}
+        for obj, m in valid:
+            d = decisions[m.name]
+            dep = self._apply_model(m, d, deps.get((ns, m.name)), svcs, pvcs, vendor, result)
+            waiting = d.replicas == 0 and not d.preempted and d.demand > groups.NONE
+            ph = phases.derive_phase(d.replicas, dep, infos[m.name], self._cache_ready(m), d.preempted, d.reason,
+                                     waiting)
+            result.phases[(ns, m.name)] = ph.phase
+            self._write_status(obj, m, ph, infos[m.name], now, result)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    @staticmethod
+    def _cache_ready(m: Model) -> bool | None:
+        cache = m.status.get("cache")
+        if isinstance(cache, dict) and "ready" in cache:
+            return bool(cache["ready"]) if cache.get("ready") is not None else None
+        return None
+
+    def _activate_time(self, m: Model, now: float) -> float | None:
+        raw = m.annotations.get(keys.MODEL_ACTIVATE)
+        if raw is None:
+            return None
+        t = parse_time(raw)
+        if t is not None:
+            return min(t, now)
+        # "any value = time": an unparsable value counts from when this controller first saw it
+        return self._activate_seen.setdefault((m.namespace, m.name, raw), now)
+
+    @staticmethod
+    def _ready_since(m: Model, now: float) -> float:
+        for c in m.status.get("conditions") or []:
+            if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True":
+                t = parse_time(c.get("lastTransitionTime"))
+                if t is not None:
+                    return t
+        return now
+
+    @staticmethod
+    def _recover_last_swap(models: list[Model]) -> float | None:
+        times = []
+        for m in models:
+            for c in m.status.get("conditions") or []:
+                if isinstance(c, dict) and c.get("type") == "Ready" and c.get("reason") == "Preempted":
+                    t = parse_time(c.get("lastTransitionTime"))
+                    if t is not None:
+                        times.append(t)
+        return max(times) if times else None
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _apply_model(self, m: Model, d: groups.MemberDecision, dep: JSON | None, svcs: dict, pvcs: dict,
+                     vendor: str, result: PassResult) -> JSON | None:
+        """Make the owned objects match; returns the Deployment as it now stands."""
+        ns = m.namespace
+        pvc = render.render_pvc(m)
+        if pvc is not None and (ns, pvc["metadata"]["name"]) not in pvcs:
+            kube.apply_object(self.api, pvc)
+            result.writes.append(f"apply PersistentVolumeClaim {ns}/{pvc['metadata']['name']}")
+        want = render.render_deployment(m, d.replicas, vendor)
+        if dep is None:
+            dep = kube.apply_object(self.api, want)
+            result.writes.append(f"create Deployment {ns}/{m.name} replicas={d.replicas}")
+        else:
+            cur_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
+            rest = {**want, "spec": {k: v for k, v in want["spec"].items() if k != "replicas"}}
+            if not _subset(rest, dep):
+                dep = kube.apply_object(self.api, want)
+                result.writes.append(f"update Deployment {ns}/{m.name} replicas={d.replicas}")
+            elif cur_replicas != d.replicas:
+                dep = kube.scale_deployment(self.api, ns, m.name, d.replicas)
+                result.writes.append(f"scale Deployment {ns}/{m.name} {cur_replicas}->{d.replicas}")
+        svc = render.render_service(m)
+        cur_svc = svcs.get((ns, m.name))
+        if cur_svc is None or not _subset(svc, cur_svc):
+            kube.apply_object(self.api, svc)
+            result.writes.append(f"apply Service {ns}/{m.name}")
+        return dep
+
+    def _write_status(self, obj: JSON, m: Model, ph: phases.PhaseResult, info: phases.PodInfo, now: float,
+                      result: PassResult) -> None:
+        prev = m.status
+        conds = phases.conditions_for(ph, prev.get("conditions") or [], rfc3339(now), m.generation, info)
+        new = {"phase": ph.phase, "endpoint": render.endpoint(m), "message": ph.message,
+               "observedGeneration": m.generation, "conditions": conds}
+        prev_phase = prev.get("phase")
+        self.metrics.set_phase(m.namespace, m.name, ph.phase, prev_phase)
+        if ph.phase == phases.READY and (m.namespace, m.name) in self._swap_started:
+            t0, group = self._swap_started.pop((m.namespace, m.name))
+            self.metrics.swap_duration.labels(namespace=m.namespace, group=group).observe(max(0.0, now - t0))
+        if _status_view(new) == _status_view(prev):
+            return
+        kube.patch_model_status(self.api, m.namespace, m.name, new)
+        result.writes.append(f"status {m.namespace}/{m.name} {prev_phase}->{ph.phase}")
+        log.info("model status", namespace=m.namespace, model=m.name, phase=ph.phase, message=ph.message)
+
+    def _write_invalid(self, obj: JSON, message: str, now: float, result: PassResult) -> None:
+        ns, name = _nsname(obj)
+        prev = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+        gen = _meta(obj).get("generation")
+        gen = gen if isinstance(gen, int) and not isinstance(gen, bool) else 0
+        ph = phases.PhaseResult(phases.FAILED, f"invalid Model: {message}", "InvalidSpec")
+        conds = phases.conditions_for(ph, prev.get("conditions") or [], rfc3339(now), gen)
+        new = {"phase": ph.phase, "message": ph.message, "observedGeneration": gen, "conditions": conds}
+        result.phases[(ns, name)] = ph.phase
+        if _status_view({**new, "endpoint": prev.get("endpoint")}) == _status_view(prev):
+            return
+        try:
+            kube.patch_model_status(self.api, ns, name, new)
+            result.writes.append(f"status {ns}/{name} invalid")
+        except kube.KubeError as e:
+            result.errors.append(f"{ns}/{name}: {e}")
+        log.warning("invalid Model", namespace=ns, model=name, error=message)
+
+
+def activate(api: kubernetes.client.ApiClient, namespace: str, name: str, now: float | None = None) -> JSON:
+    """Request activation of a Model: set the activate annotation to the current RFC 3339 time.
+    The controller counts it as traffic (scales up, preempting per group rules). Returns the Model."""
+    return kube.patch_model_annotations(api, namespace, name, {keys.MODEL_ACTIVATE: rfc3339(now or time.time())})
+
+
+def dumps(result: PassResult) -> str:  # pragma: no cover - debugging aid
+    return json.dumps({"writes": result.writes, "errors": result.errors,
+                       "phases": {f"{k[0]}/{k[1]}": v for k, v in result.phases.items()}}, indent=2)
