@@ -83,8 +83,9 @@ class Publisher:
     """Writes labels+annotations to one Node. Never raises: errors are logged and retried next cycle."""
 
     def __init__(self, api: Any, node: str, threshold_mib: int = DEFAULT_THRESHOLD_MIB,
-                 heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS) -> None:
+                 heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS, retry: Any = None) -> None:
         self.api = api
+        self.retry = retry  # flexinfer.kube.RetryPolicy; None = the kube module's default
         self.node = node
         self.threshold_mib = threshold_mib
         self.heartbeat_seconds = heartbeat_seconds
@@ -113,7 +114,10 @@ class Publisher:
         from flexinfer.kube import KubeError, patch_node_metadata
 
         try:
-            patch_node_metadata(self.api, self.node, labels, annotations)
+            if self.retry is not None:
+                patch_node_metadata(self.api, self.node, labels, annotations, retry=self.retry)
+            else:
+                patch_node_metadata(self.api, self.node, labels, annotations)
         except KubeError as e:
             self.writes_failed += 1
             log.warning("node_patch_failed", node=self.node, reason=reason, error=str(e)[:300])
@@ -123,13 +127,14 @@ class Publisher:
             log.error("node_patch_error", node=self.node, reason=reason, error=repr(e)[:300])
             return PublishResult(False, reason, error=repr(e), labels=labels, annotations=annotations)
         self.writes_ok += 1
-        merged = dict(self.node_labels or {})
-        for k, v in labels.items():
-            if v is None:
-                merged.pop(k, None)
-            else:
-                merged[k] = v
-        self.node_labels = merged
+        if self.node_labels is not None:  # unknown until a read succeeds: stale keys are learned then
+            merged = dict(self.node_labels)
+            for k, v in labels.items():
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+            self.node_labels = merged
         self.last_published = state
         log.info("node_published", node=self.node, reason=reason, free_mib=state.healthy_free_mib,
                  gpus=len(state.gpus), status=state.agent_status)
