@@ -314,7 +314,8 @@ class FakeApiServer:
         self._objects: dict[OKey, JSON] = {}
         self._rv = 0
         self._compacted_rv = 0  # watches from a resourceVersion below this get 410
-        self._history: collections.deque[tuple[int, RKey, str, JSON]] = collections.deque()
+        # (resourceVersion, resource, event type, object, encoded watch line)
+        self._history: collections.deque[tuple[int, RKey, str, JSON, bytes]] = collections.deque()
         self._history_limit = history_limit
         self._watchers: list[_Watcher] = []
         self._rules: list[FailureRule] = []
@@ -537,13 +538,14 @@ class FakeApiServer:
         return obj
 
     def _publish(self, rv: int, rkey: RKey, event: str, obj: JSON) -> None:
-        self._history.append((rv, rkey, event, obj))
+        line = _enc.encode({"type": event, "object": obj}) + b"\n"  # encoded once for all watchers
+        self._history.append((rv, rkey, event, obj, line))
         while len(self._history) > self._history_limit:
             old_rv, *_ = self._history.popleft()
             self._compacted_rv = max(self._compacted_rv, old_rv)
         for w in self._watchers:
             if w.rkey == rkey and self._visible(w, obj):
-                w.queue.put_nowait((event, obj))
+                w.queue.put_nowait(line)
 
     @staticmethod
     def _visible(w: _Watcher, obj: JSON) -> bool:
@@ -822,10 +824,10 @@ class FakeApiServer:
         except ValueError:
             timeout_s = 1800.0
         # Synchronously (no await in between) compute the backlog and register for live events.
-        backlog: list[tuple[str, JSON]] = []
+        backlog: list[bytes] = []
         gone = False
         if rv_s in ("", "0"):
-            backlog = [("ADDED", o) for (rk, _, _), o in self._objects.items()
+            backlog = [_enc.encode({"type": "ADDED", "object": o}) + b"\n" for (rk, _, _), o in self._objects.items()
                        if rk == w.rkey and self._visible(w, o)]
         else:
             try:
@@ -835,7 +837,7 @@ class FakeApiServer:
             if rv < self._compacted_rv:
                 gone = True
             else:
-                backlog = [(ev, o) for (erv, rk, ev, o) in self._history
+                backlog = [line for (erv, rk, _, o, line) in self._history
                            if erv > rv and rk == w.rkey and self._visible(w, o)]
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
@@ -845,8 +847,8 @@ class FakeApiServer:
             return resp
         self._watchers.append(w)
         try:
-            for ev, o in backlog:
-                await resp.write(_enc.encode({"type": ev, "object": o}) + b"\n")
+            if backlog:
+                await resp.write(b"".join(backlog))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
             while True:
@@ -855,10 +857,13 @@ class FakeApiServer:
                     bookmark = {"kind": _KINDS.get(w.rkey, ""), "metadata": {"resourceVersion": str(self._rv)}}
                     await resp.write(_enc.encode({"type": "BOOKMARK", "object": bookmark}) + b"\n")
                     break
-                try:
-                    item = await asyncio.wait_for(w.queue.get(), left)
-                except TimeoutError:
-                    continue
+                if not w.queue.empty():
+                    item = w.queue.get_nowait()
+                else:
+                    try:
+                        item = await asyncio.wait_for(w.queue.get(), left)
+                    except TimeoutError:
+                        continue
                 if item is None:  # server shutdown
                     break
                 if item == "CUT":
@@ -868,8 +873,18 @@ class FakeApiServer:
                 if item == "GONE":
                     await self._send_gone(resp, rv_s)
                     break
-                ev, o = item
-                await resp.write(_enc.encode({"type": ev, "object": o}) + b"\n")
+                # Batch whatever else is already queued into one write (stop at control items).
+                lines = [item]
+                control: Any = False
+                while not w.queue.empty() and len(lines) < 256:
+                    nxt = w.queue.get_nowait()
+                    if not isinstance(nxt, bytes):
+                        control = nxt
+                        break
+                    lines.append(nxt)
+                await resp.write(b"".join(lines))
+                if control is not False:
+                    w.queue.put_nowait(control)  # nothing queued after it matters: it ends the stream
         except ConnectionResetError:
             pass
         finally:
