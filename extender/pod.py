@@ -174,7 +174,10 @@ def requirements_from_wire(pod: PodWire) -> PodRequirements:
         archs = tuple(a.strip().lower() for a in ann.get(key, "").split(",") if a.strip())
         jit = ann.get(keys.POD_JIT_POLICY, "").strip()
     except ParseError as e:
-        return PodRequirements(**base, managed=True, error=str(e), error_key=key)
+        msg = str(e)
+        if key != "resources" and key not in msg:
+            msg = f"pod annotation {key}: {msg}"
+        return PodRequirements(**base, managed=True, error=msg, error_key=key)
     return PodRequirements(
         **base, managed=True, model=ann.get(keys.POD_MODEL, ""), backend=backend, vendor=vendor,
         vram_estimate_mib=est, gpu_count=count, jit_policy=jit, preferred_archs=archs,
