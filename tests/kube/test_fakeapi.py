@@ -1,0 +1,161 @@
+"""The fake API server's semantics that FlexInfer relies on (through flexinfer.kube over HTTP)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flexinfer import keys, kube
+from flexinfer.fakeapi import FakeApiServer
+
+pytestmark = pytest.mark.integration
+
+NO = kube.NO_RETRY
+
+
+def pod(name: str, ns: str = "ai", node: str = "", phase: str = "Pending") -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}, "status": {"phase": phase}}
+
+
+def test_create_conflict_and_metadata(fake_api: FakeApiServer, kube_api) -> None:
+    created = kube.create_object(kube_api, pod("p1"), retry=NO)
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["generation"] == 1
+    assert int(meta["resourceVersion"]) == fake_api.resource_version
+    assert "status" not in created  # status is a subresource: dropped on create
+    with pytest.raises(kube.KubeError) as ei:
+        kube.create_object(kube_api, pod("p1"))
+    assert ei.value.conflict and ei.value.reason == "AlreadyExists"
+    assert len(fake_api.requests("POST")) == 2  # a create conflict is not retried
+
+
+def test_replace_with_stale_resource_version_conflicts(fake_api: FakeApiServer, kube_api) -> None:
+    created = kube.create_object(kube_api, pod("p1"), retry=NO)
+    kube.merge_patch(kube_api, "pods", "p1", {"metadata": {"labels": {"x": "1"}}}, "ai")
+    with pytest.raises(kube.KubeError) as ei:
+        kube.replace_object(kube_api, created, retry=NO)
+    assert ei.value.conflict
+
+
+def test_generation_bumps_on_spec_change_only(fake_api: FakeApiServer, kube_api) -> None:
+    kube.create_object(kube_api, pod("p1"), retry=NO)
+    out = kube.merge_patch(kube_api, "pods", "p1", {"metadata": {"labels": {"x": "1"}}}, "ai")
+    assert out["metadata"]["generation"] == 1
+    out = kube.merge_patch(kube_api, "pods", "p1", {"spec": {"nodeName": "n1"}}, "ai")
+    assert out["metadata"]["generation"] == 2
+
+
+def test_status_subresource_split(fake_api: FakeApiServer, kube_api) -> None:
+    kube.create_object(kube_api, pod("p1"), retry=NO)
+    kube.merge_patch(kube_api, "pods", "p1", {"status": {"phase": "Running"}}, "ai")  # main: ignored
+    assert "status" not in fake_api.get_object("pods", "p1", "ai")
+    out = kube.merge_patch(kube_api, "pods", "p1", {"status": {"phase": "Running"}, "spec": {"nodeName": "x"}},
+                           "ai", "status")
+    assert out["status"] == {"phase": "Running"} and out["spec"]["nodeName"] == ""
+
+
+def test_noop_patch_keeps_resource_version(fake_api: FakeApiServer, kube_api) -> None:
+    kube.create_object(kube_api, pod("p1"), retry=NO)
+    a = kube.merge_patch(kube_api, "pods", "p1", {"metadata": {"labels": {"x": "1"}}}, "ai")
+    b = kube.merge_patch(kube_api, "pods", "p1", {"metadata": {"labels": {"x": "1"}}}, "ai")
+    assert a["metadata"]["resourceVersion"] == b["metadata"]["resourceVersion"]
+
+
+def test_json_patch_and_unsupported_patch_types(fake_api: FakeApiServer, kube_api) -> None:
+    kube.create_object(kube_api, pod("p1"), retry=NO)
+    path = "/api/v1/namespaces/ai/pods/p1"
+    out = kube.request(kube_api, "PATCH", path, body=[{"op": "add", "path": "/metadata/labels/y", "value": "2"}],
+                       content_type="application/json-patch+json")
+    assert out["metadata"]["labels"] == {"app": "p1", "y": "2"}
+    with pytest.raises(kube.KubeError) as ei:
+        kube.request(kube_api, "PATCH", path, body={"a": 1}, content_type="application/apply-patch+yaml")
+    assert ei.value.status == 415
+
+
+def test_field_and_label_selectors_on_lists(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_objects([pod("a", node="n1", phase="Running"), pod("b", node="n2"), pod("c", ns="other", node="n1")])
+    names = lambda items: sorted(i["metadata"]["name"] for i in items)  # noqa: E731
+    assert names(kube.list_objects(kube_api, "pods", field_selector="spec.nodeName=n1")) == ["a", "c"]
+    assert names(kube.list_objects(kube_api, "pods", "ai", field_selector="spec.nodeName=n1")) == ["a"]
+    assert names(kube.list_objects(kube_api, "pods", field_selector="status.phase!=Running")) == ["b", "c"]
+    assert names(kube.list_objects(kube_api, "pods", label_selector="app in (a,b)")) == ["a", "b"]
+
+
+def test_unknown_paths_and_health(fake_api: FakeApiServer, kube_api) -> None:
+    assert kube.request(kube_api, "GET", "/version")["gitVersion"].startswith("v1.")
+    with pytest.raises(kube.KubeError) as ei:
+        kube.request(kube_api, "GET", "/nonsense")
+    assert ei.value.not_found
+
+
+def test_watch_timeout_rewatches_without_relist(fake_api: FakeApiServer, kube_api) -> None:
+    seen: list[str] = []
+    inf = kube.Informer(kube_api, "nodes", lambda t, o: seen.append(t), watch_timeout_s=1).start()
+    try:
+        assert inf.wait_synced(5)
+        deadline = time.monotonic() + 5
+        while len([r for r in fake_api.requests("GET") if r.query.get("watch")]) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        fake_api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "late"}})
+        while "ADDED" not in seen:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert inf.relists == 1
+        watches = [r for r in fake_api.requests("GET") if r.query.get("watch")]
+        assert watches[1].query["resourceVersion"] == watches[0].query["resourceVersion"]  # bookmark, no change
+    finally:
+        inf.stop()
+
+
+def test_many_writers_and_watchers_lose_nothing(fake_api: FakeApiServer) -> None:
+    """A demo-like load: concurrent writers, several informers; every informer converges."""
+    nodes = [f"n{i}" for i in range(10)]
+    for n in nodes:
+        fake_api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})
+    seen: list[dict[str, str]] = [{} for _ in range(4)]
+
+    def handler(idx: int):
+        def on_event(etype: str, obj: dict) -> None:
+            if etype in ("ADDED", "MODIFIED"):
+                seen[idx][obj["metadata"]["name"]] = (obj["metadata"].get("labels") or {}).get("n", "")
+        return on_event
+
+    infs = [kube.Informer(kube.api_client(server=fake_api.url), "nodes", handler(i)).start() for i in range(4)]
+    try:
+        assert all(i.wait_synced(5) for i in infs)
+        deadline = time.monotonic() + 5
+        while fake_api.watch_count("nodes") < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        def writer(k: int) -> None:
+            api = kube.api_client(server=fake_api.url)
+            for step in range(50):
+                kube.patch_node_metadata(api, nodes[(k + step) % len(nodes)], {"n": f"{k}-{step}"}, {})
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final = {n: fake_api.get_object("nodes", n)["metadata"]["labels"]["n"] for n in nodes}
+        while any(s != final for s in seen):
+            assert time.monotonic() < deadline + 5, "informers did not converge"
+            time.sleep(0.02)
+        assert all(i.relists == 1 for i in infs)
+    finally:
+        for i in infs:
+            i.stop()
+
+
+def test_model_resource_roundtrip(fake_api: FakeApiServer, kube_api) -> None:
+    m = {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
+         "metadata": {"name": "m", "namespace": "ai"}, "spec": {"backend": "vllm"}}
+    kube.apply_object(kube_api, m)
+    assert kube.list_objects(kube_api, "models")[0]["spec"] == {"backend": "vllm"}
+    fake_api.patch_object("models", "m", {"status": {"phase": "Idle"}}, "ai")  # helper writes status directly
+    assert kube.get_object(kube_api, "models", "m", "ai")["status"] == {"phase": "Idle"}
