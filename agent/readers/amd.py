@@ -38,6 +38,7 @@ MIB = 1024 * 1024
 STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED = 2, 3
 UNSUPPORTED_CODES = {STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, 10}  # 10 = NO_PERM
 FATAL_CODES = {12, 14, 31, 32, 34}  # IO, FILE_ERROR, NOT_FOUND, NOT_INIT, DRIVER_NOT_LOADED
+LIBRARY_FATAL_CODES = {32, 34}  # NOT_INIT, DRIVER_NOT_LOADED: every GPU is affected
 APU_TARGETS = frozenset({"gfx1151", "gfx1150", "gfx1152", "gfx1153", "gfx1103", "gfx1035", "gfx1036", "gfx90c",
                          "gfx1037", "gfx1013"})
 
@@ -265,6 +266,9 @@ class AmdSmiReader:
                 out.append(self._sample_device(dev))
             except Exception as e:
                 dev.healthy, dev.reason = False, f"amdsmi: {self._describe(e)}"
+                if self._code(e) in LIBRARY_FATAL_CODES or not isinstance(e, self._exc()):
+                    for d in self._devs.values():  # the library, not one GPU, is broken
+                        d.healthy, d.reason = False, d.reason or f"amdsmi: {self._describe(e)}"
                 self._shutdown()
                 delay = self.backoff.failed()
                 self._status = f"amdsmi failed (gpu {dev.index}: {self._describe(e)}); re-initialising in {delay:.0f}s"
@@ -275,7 +279,7 @@ class AmdSmiReader:
 
     def _stale(self, dev: _Dev) -> GpuSample:
         if dev.last is not None:
-            return replace(dev.last, healthy=False, reason=dev.reason or "GPU unavailable",
+            return replace(dev.last, healthy=dev.healthy, reason=dev.reason,
                            error_events=dev.error_events, last_error_unix=dev.last_error_unix)
         return GpuSample(index=dev.index, uuid=dev.uuid, vendor=AMD, arch=dev.arch, product=dev.product,
                          healthy=False, reason=dev.reason or "GPU unavailable", unified_memory=dev.unified)

@@ -212,10 +212,14 @@ class NvmlReader:
         self._status = "closed"
 
     def _library_failed(self, e: BaseException, where: str) -> None:
+        """Shut NVML down and schedule a re-init. A device error (GpuIsLost) only affects that GPU;
+        a library error (Unknown, version mismatch, driver gone) makes every GPU unhealthy."""
         self._shutdown()
         delay = self.backoff.failed()
         self._status = f"NVML failed ({where}: {e}); re-initialising in {delay:.0f}s"
         log.warning("nvml_reinit_scheduled", where=where, error=str(e), retry_seconds=delay)
+        if self._is(e, _DEVICE_FATAL_NAMES):
+            return
         with self._lock:
             for d in self._devices.values():
                 d.healthy = False
@@ -251,7 +255,7 @@ class NvmlReader:
 
     def _stale(self, dev: _Device) -> GpuSample:
         if dev.last is not None:
-            s = replace(dev.last, healthy=False, reason=dev.reason or "GPU unavailable",
+            s = replace(dev.last, healthy=dev.healthy, reason=dev.reason,
                         xid_events=self._take_xids(dev), error_events=dev.error_events,
                         last_error_unix=dev.last_error_unix)
             return s

@@ -122,6 +122,7 @@ def test_gpu_is_lost_marks_unhealthy_and_reinitialises_with_backoff(clock: Manua
     assert [s.healthy for s in r.sample()] == [True, True]
     third = r.sample()  # GpuIsLost: never raised, GPUs kept with reasons, library re-init scheduled
     assert len(third) == 2 and not third[1].healthy and third[1].reason == "GPU is lost"
+    assert third[0].healthy  # a device error does not taint the other GPU
     assert "re-initialising" in r.status
     attempts = inner.init_attempts
     r.sample()  # backoff (1 s) not elapsed: no re-init attempt
