@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+# One image for all four entry points: flexinfer (CLI), flexinfer-agent, flexinfer-extender,
+# flexinfer-controller. The manifests pick one with `command:`.
+#
+#   docker build -t ghcr.io/flexinfer/flexinfer:0.1.0 .
+#   docker build --build-arg BASE=rocm/dev-ubuntu-24.04:6.4.1 --build-arg ROCM=1 \
+#                -t ghcr.io/flexinfer/flexinfer:0.1.0-rocm6.4.1 .
+#
+# GPU libraries are NOT baked into the default image:
+# - NVIDIA: NVML (libnvidia-ml.so.1) comes from the host driver. The NVIDIA container toolkit injects it
+#   (and the /dev/nvidia* nodes) when the container has NVIDIA_VISIBLE_DEVICES set and runs with the
+#   nvidia runtime (daemonset/components/nvidia). nvidia-ml-py is a pure-Python binding that dlopens it,
+#   so the image always matches the node's driver.
+# - AMD: amdsmi's Python package loads libamd_smi.so, which must match the node's ROCm/amdgpu release.
+#   Build the ROCm variant (BASE = a ROCm image, ROCM=1): it installs the amdsmi wheel shipped in that
+#   image's /opt/rocm/share/amd_smi, so library and binding come from the same release. On the default
+#   image `import amdsmi` fails; the agent then reports "amdsmi unavailable" and falls back to sysfs.
+ARG BASE=python:3.11-slim
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY flexinfer/ flexinfer/
+COPY agent/ agent/
+COPY extender/ extender/
+COPY controller/ controller/
+# A wheel of the project only (pure Python, non-editable). Dependencies are resolved in the final stage
+# so compiled wheels (grpcio, msgspec, uvloop) match the final image's Python (3.12 on ROCm bases).
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+FROM ${BASE}
+ARG ROCM=0
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FLEXINFER_LOG_FORMAT=json
+# ROCm base images are Ubuntu without a python3.11 `python` on PATH; install pip there. On the default
+# python:3.11-slim base this is a no-op.
+RUN if ! command -v pip >/dev/null 2>&1; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+      && rm -rf /var/lib/apt/lists/* \
+      && python3 -m venv /opt/venv; \
+    fi
+ENV PATH=/opt/venv/bin:$PATH
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/flexinfer-*.whl \
+    && if [ "$ROCM" = "1" ]; then pip install /opt/rocm/share/amd_smi; fi \
+    && rm -rf /wheels
+# Non-root by default (uid/gid 10001, matching the manifests' runAsUser). The AMD agent adds the
+# node's video/render groups through supplementalGroups; nothing here needs root at run time.
+RUN groupadd --system --gid 10001 flexinfer \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin flexinfer
+USER 10001:10001
+WORKDIR /tmp
+# agent metrics/health, agent gRPC, extender HTTP, extender gRPC, controller metrics/health
+EXPOSE 9400 9401 8888 9090 8080
+ENTRYPOINT []
+CMD ["flexinfer", "--help"]
