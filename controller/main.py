@@ -1,0 +1,219 @@
+"""`flexinfer-controller`: informers + work queue + periodic resync around :class:`Controller`.
+
+Informers (list, then watch with relist on 410) keep caches of Models, owned Deployments, Services,
+PVCs, the models' pods and (for GPU vendor ``auto``) Nodes. Every event enqueues the key of the
+affected group ``(namespace, group)`` or lone model; a worker drains the queue (debounced), builds a
+snapshot from the caches and reconciles just those keys. A periodic resync enqueues everything:
+idle timeouts are time-based, no event announces them. Only the Lease holder reconciles (see
+``leader``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+import kubernetes.client
+
+from flexinfer import keys, kube, logs
+
+from .leader import LeaseLock
+from .metrics import ControllerMetrics
+from .reconcile import Controller, Key, Snapshot, model_key
+
+log = logs.get("flexinfer.controller.main")
+ALL = ("*", "*")
+
+
+class ControllerLoop:
+    """Threaded run loop. ``start()`` returns at once; ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        resync_seconds: float = 10.0,
+        debounce_seconds: float = 0.1,
+        lease: LeaseLock | None = None,
+        watch_nodes: bool = True,
+    ) -> None:
+        self.ctl = controller
+        self.resync_seconds = resync_seconds
+        self.debounce_seconds = debounce_seconds
+        self.lease = lease
+        self.queue: queue.Queue[Key] = queue.Queue()
+        self._stop = threading.Event()
+        self.passes = 0
+        self.last_pass_unix = 0.0
+        api, ns = controller.api, controller.namespace
+        managed = f"{keys.LABEL_MANAGED_BY}={keys.MANAGED_BY}"
+        mk = kube.Informer
+        self.informers: dict[str, kube.Informer] = {
+            "models": mk(api, keys.MODEL_PLURAL, self._handler("models"), namespace=ns),
+            "deployments": mk(api, "deployments", self._handler("deployments"), ns, managed),
+            "services": mk(api, "services", self._handler("services"), ns, managed),
+            "persistentvolumeclaims": mk(api, "persistentvolumeclaims", self._handler("pvcs"), ns, managed),
+            "pods": mk(api, "pods", self._handler("pods"), ns, keys.LABEL_MODEL),
+        }
+        if watch_nodes and controller.auto_vendor is None:
+            self.informers["nodes"] = mk(api, "nodes", self._handler("nodes"))
+        self._threads: list[threading.Thread] = []
+
+    # -- events ----------------------------------------------------------------------------------
+    def _handler(self, kind: str):
+        def on_event(etype: str, obj: dict[str, Any]) -> None:
+            if etype == "SYNC" or kind == "nodes":
+                self.queue.put(ALL)
+                return
+            if kind == "models":
+                self.queue.put(model_key(obj))
+                return
+            meta = obj.get("metadata") or {}
+            owner = (meta.get("labels") or {}).get(keys.LABEL_MODEL)
+            if not owner:
+                return
+            ns = meta.get("namespace") or "default"
+            for m in self.informers["models"].items():
+                mm = m.get("metadata") or {}
+                if mm.get("name") == owner and (mm.get("namespace") or "default") == ns:
+                    self.queue.put(model_key(m))
+                    return
+        return on_event
+
+    def snapshot(self) -> Snapshot:
+        inf = self.informers
+        return Snapshot(models=inf["models"].items(), deployments=inf["deployments"].items(),
+                        services=inf["services"].items(), pvcs=inf["persistentvolumeclaims"].items(),
+                        pods=inf["pods"].items(), nodes=inf["nodes"].items() if "nodes" in inf else None)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, sync_timeout_s: float = 30.0) -> ControllerLoop:
+        for inf in self.informers.values():
+            inf.start()
+        for name, inf in self.informers.items():
+            if not inf.wait_synced(sync_timeout_s):
+                log.warning("informer not synced yet; continuing", kind=name)
+        if self.lease is not None:
+            t = threading.Thread(target=self._lease_loop, name="controller-lease", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._work_loop, name="controller-worker", daemon=True)
+        t.start()
+        self._threads.append(t)
+        self.queue.put(ALL)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.put(ALL)
+        for t in self._threads:
+            t.join(5)
+        for inf in self.informers.values():
+            inf.stop()
+        if self.lease is not None:
+            self.lease.release()
+            self.ctl.metrics.is_leader.set(0)
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease is None or self.lease.is_leader
+
+    def _lease_loop(self) -> None:
+        assert self.lease is not None
+        period = max(1.0, self.lease.lease_duration_s / 3)
+        while not self._stop.is_set():
+            was = self.lease.is_leader
+            now_leader = self.lease.try_acquire_or_renew()
+            self.ctl.metrics.is_leader.set(1 if now_leader else 0)
+            if now_leader and not was:
+                self.queue.put(ALL)
+            self._stop.wait(period)
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.queue.get(timeout=self.resync_seconds)
+            except queue.Empty:
+                first = ALL
+            keys_: set[Key] = {first}
+            deadline = time.monotonic() + self.debounce_seconds
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    keys_.add(self.queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            if self._stop.is_set():
+                return
+            if not self.is_leader:
+                continue
+            try:
+                self.ctl.reconcile(self.snapshot(), None if ALL in keys_ else keys_)
+            except Exception as e:  # never let one bad pass kill the worker
+                self.ctl.metrics.reconcile_errors.labels(kind="internal").inc()
+                log.exception("reconcile pass failed", error=str(e))
+            self.passes += 1
+            self.last_pass_unix = time.time()
+
+
+def default_lease_namespace(namespace: str | None) -> str:
+    return os.environ.get("POD_NAMESPACE") or namespace or "flexinfer-system"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--kube-server", default=None, help="API server URL (tests/demo); default in-cluster or kubeconfig.")
+@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
+@click.option("--namespace", default="", help="Only this namespace (empty: all namespaces).")
+@click.option("--cooldown-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Minimum time between two swaps in a shared group (equal/lower priority).")
+@click.option("--resync-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.5),
+              help="Full reconcile period (idle timeouts are time-based).")
+@click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535),
+              help="Prometheus /metrics port (0 disables).")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Bind address for /metrics (0.0.0.0 in a cluster).")
+@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True,
+              help="Take a coordination.k8s.io Lease before reconciling (safe with >1 replica).")
+@click.option("--lease-namespace", default=None, help="Namespace of the Lease (default: $POD_NAMESPACE, "
+              "--namespace, or flexinfer-system).")
+@click.option("--auto-vendor", type=click.Choice(["", "nvidia", "amd"]), default="",
+              help="GPU vendor for spec.gpu.vendor auto (default: most common vendor among GPU nodes).")
+@click.option("--once", is_flag=True, help="Run one reconcile pass and exit.")
+@click.option("--log-level", default=None, help="debug|info|warning|error")
+def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldown_seconds: float,
+         resync_seconds: float, metrics_port: int, metrics_address: str, leader_elect: bool,
+         lease_namespace: str | None, auto_vendor: str, once: bool, log_level: str | None) -> None:
+    """Reconcile ai.flexinfer/v1alpha2 Models into Deployments and Services; shared GPU groups."""
+    logs.configure(log_level)
+    api: kubernetes.client.ApiClient = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
+    metrics = ControllerMetrics()
+    ctl = Controller(api, namespace=namespace or None, cooldown_seconds=cooldown_seconds, metrics=metrics,
+                     auto_vendor=auto_vendor or None)
+    if once:
+        result = ctl.reconcile_once()
+        for w in result.writes:
+            log.info("write", what=w)
+        for e in result.errors:
+            log.error("error", what=e)
+        raise SystemExit(1 if result.errors else 0)
+    if metrics_port:
+        from prometheus_client import start_http_server
+        start_http_server(metrics_port, addr=metrics_address, registry=metrics.registry)
+    lease = LeaseLock(api, lease_namespace or default_lease_namespace(namespace or None)) if leader_elect else None
+    loop = ControllerLoop(ctl, resync_seconds=resync_seconds, lease=lease).start()
+    log.info("controller running", namespace=namespace or "(all)", cooldown_seconds=cooldown_seconds,
+             leader_elect=leader_elect)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):
+            signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    loop.stop()
