@@ -1,0 +1,191 @@
+"""Reservations: a burst of pods must not overcommit one GPU (reference.md section A, the race)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from ext_fixtures import gpu, model_pod, node_obj
+from flexinfer.extender.cache import NodeCache
+from flexinfer.extender.http import build_app, serve_in_thread
+from flexinfer.extender.pod import requirements_from_dict
+from flexinfer.extender.policy import R_INSUFFICIENT, PolicyConfig
+from flexinfer.extender.reservations import Reservations
+from flexinfer.extender.service import Extender
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(nodes, clock=time.time, **res_kw) -> Extender:
+    cache = NodeCache(clock=clock)
+    cache.replace_all(nodes)
+    return Extender(cache, PolicyConfig(max_state_age_seconds=1e9), Reservations(**res_kw), clock=clock)
+
+
+def pod(i: int, est: int = 5000, **kw):
+    return model_pod(est, "vllm", 1, uid=f"uid-{i}", name=f"burst-{i}", **kw)
+
+
+# --- unit -------------------------------------------------------------------------------------
+
+def test_reservations_unit_lifecycle() -> None:
+    r = Reservations(tentative_ttl_seconds=30, bound_ttl_seconds=900)
+    r.reserve("a", "n1", (0,), 1000, 100.0)
+    r.reserve("b", "n1", (0, 1), 500, 100.0)
+    assert r.reserved_mib("n1", 101.0) == {0: 1500, 1: 500}
+    assert r.reserved_mib("n1", 101.0, exclude_pod="a") == {0: 500, 1: 500}
+    assert r.reserved_mib("n1", 131.0) == {}  # tentative TTL passed
+    assert len(r) == 0
+    r.reserve("a", "n1", (0,), 1000, 200.0)
+    got = r.confirm("a", "n1", 201.0, ready_unix=250.0)
+    assert got is not None and got.bound and got.expires_unix == 201.0 + 900
+    assert r.reserved_mib("n1", 260.0, observed_unix=240.0) == {0: 1000}  # agent sample predates Ready
+    assert r.reserved_mib("n1", 260.0, observed_unix=255.0) == {}  # agent now sees the pod's memory
+    r.reserve("c", "n1", (0,), 1000, 300.0)
+    moved = r.confirm("c", "n2", 301.0, pick=lambda node: ((1,), 1000))
+    assert moved is not None and (moved.node, moved.gpus) == ("n2", (1,))
+    assert r.reserved_mib("n1", 302.0) == {} and r.reserved_mib("n2", 302.0) == {1: 1000}
+    assert r.release("c") is not None and len(r) == 0
+    assert r.confirm("d", "n3", 400.0, pick=lambda node: None) is None
+
+
+def test_bound_reservation_is_not_replaced_by_a_retry() -> None:
+    r = Reservations()
+    r.reserve("a", "n1", (0,), 1000, 0.0)
+    r.confirm("a", "n1", 1.0)
+    assert r.reserve("a", "n2", (0,), 1000, 2.0).node == "n1"
+
+
+# --- the race: back-to-back scheduling cycles, nothing bound or observed yet ----------------
+
+def schedule(ext: Extender, p: dict, names: list[str]) -> str | None:
+    """What kube-scheduler does in one cycle (filter; prioritize only with >= 2 feasible)."""
+    req = requirements_from_dict(p)
+    out = ext.filter(req, names)
+    if not out.passed:
+        return None
+    if len(out.passed) == 1:
+        return out.passed[0]
+    scores = ext.prioritize(req, out.passed)
+    return max(scores, key=lambda v: v.score).node
+
+
+def test_back_to_back_burst_does_not_overcommit() -> None:
+    ext = make([node_obj("a", [gpu(0, total=24576, free=24000)]), node_obj("b", [gpu(0, total=24576, free=14000)])])
+    placed = [schedule(ext, pod(i), ["a", "b"]) for i in range(20)]
+    assert placed.count("a") == 4 and placed.count("b") == 2 and placed.count(None) == 14
+    out = ext.filter(requirements_from_dict(pod(99)), ["a", "b"])
+    assert out.failed == {"a": R_INSUFFICIENT, "b": R_INSUFFICIENT}
+    assert "reserved for pods being placed" in ext.explain(
+        requirements_from_dict(pod(99)), ["a"])[0].detail
+
+
+@pytest.mark.integration
+def test_20_concurrent_pods_over_http_do_not_overcommit_one_gpu() -> None:
+    ext = make([node_obj("gpu-a", [gpu(0, total=24576, free=24000)])])
+    with serve_in_thread(build_app(ext), "127.0.0.1", 0) as h:
+        barrier = threading.Barrier(20)
+
+        def one(i: int) -> bool:
+            with httpx.Client(base_url=h.url, timeout=30) as c:
+                barrier.wait()
+                body = c.post("/filter", json={"Pod": pod(i), "NodeNames": ["gpu-a"]}).json()
+                return body["NodeNames"] == ["gpu-a"]
+
+        with ThreadPoolExecutor(20) as pool:
+            passed = sum(pool.map(one, range(20)))
+    assert passed == 4  # 4 x 5000 MiB fit in 24000 MiB free; the 5th would need 25000
+    assert sum(r.mib_per_gpu for r in ext.reservations.all()) == 20000
+
+
+@pytest.mark.integration
+def test_20_concurrent_filter_prioritize_two_nodes() -> None:
+    ext = make([node_obj("a", [gpu(0, total=24576, free=24000)]), node_obj("b", [gpu(0, total=24576, free=24000)])])
+    with serve_in_thread(build_app(ext), "127.0.0.1", 0) as h:
+        barrier = threading.Barrier(20)
+
+        def one(i: int) -> str | None:
+            with httpx.Client(base_url=h.url, timeout=30) as c:
+                barrier.wait()
+                p = pod(i, est=10000)
+                passed = c.post("/filter", json={"Pod": p, "NodeNames": ["a", "b"]}).json()["NodeNames"]
+                if len(passed) == 1:
+                    return passed[0]
+                if not passed:
+                    return None
+                prio = c.post("/prioritize", json={"Pod": p, "NodeNames": passed}).json()
+                best = max(prio, key=lambda x: x["Score"])
+                return best["Host"] if best["Score"] > 0 else None
+
+        with ThreadPoolExecutor(20) as pool:
+            placed = list(pool.map(one, range(20)))
+    held: dict[str, int] = {}
+    for r in ext.reservations.all():
+        held[r.node] = held.get(r.node, 0) + r.mib_per_gpu
+    assert all(v <= 24000 for v in held.values()), held
+    for node in ("a", "b"):
+        assert placed.count(node) <= 2
+    assert sum(held.values()) == 40000  # all four slots taken, none twice
+
+
+# --- confirmation from the pod watch ---------------------------------------------------------
+
+def test_pod_watch_confirms_moves_and_releases() -> None:
+    clock = Clock(1000.0)
+    ext = make([node_obj("a", [gpu(0, free=24000)], 990.0), node_obj("b", [gpu(0, free=24000)], 990.0)],
+               clock=clock, tentative_ttl_seconds=30)
+    p = pod(1, est=10000)
+    assert schedule(ext, p, ["a", "b"]) in ("a", "b")
+    first = ext.reservations.get("uid-1")
+    assert first is not None and not first.bound
+    other = "b" if first.node == "a" else "a"
+    bound = {**p, "spec": {**p["spec"], "nodeName": other}, "status": {"phase": "Pending"}}
+    clock.t = 1001.0
+    ext.on_pod_event("MODIFIED", bound)
+    r = ext.reservations.get("uid-1")
+    assert r is not None and r.bound and r.node == other and r.gpus == (0,)
+    clock.t = 1100.0  # past the tentative TTL: bound reservations stay
+    assert ext.reservations.reserved_mib(other, clock.t) == {0: 10000}
+    ready = {**bound, "status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": "1970-01-01T00:18:20Z"}]}}  # 1100
+    ext.on_pod_event("MODIFIED", ready)
+    assert ext.reservations.get("uid-1").ready_unix == 1100.0
+    # the agent publishes a sample taken after the pod became Ready: its memory is in the numbers now
+    ext.cache.upsert(node_obj(other, [gpu(0, free=14000)], 1101.0, resource_version="2"))
+    ext.refresh_gauges()
+    assert ext.reservations.get("uid-1") is None
+    # deletion releases
+    p2 = pod(2, est=10000)
+    schedule(ext, p2, ["a", "b"])
+    assert ext.reservations.get("uid-2") is not None
+    ext.on_pod_event("DELETED", p2)
+    assert ext.reservations.get("uid-2") is None
+
+
+def test_tentative_reservation_expires_without_a_watch() -> None:
+    clock = Clock(1000.0)
+    ext = make([node_obj("a", [gpu(0, free=12000)], 999.0)], clock=clock, tentative_ttl_seconds=30)
+    assert ext.filter(requirements_from_dict(pod(1, est=10000)), ["a"]).passed == ["a"]
+    assert ext.filter(requirements_from_dict(pod(2, est=10000)), ["a"]).passed == []
+    # the same pod retried is not blocked by its own reservation
+    assert ext.filter(requirements_from_dict(pod(1, est=10000)), ["a"]).passed == ["a"]
+    clock.t = 1031.0
+    assert ext.filter(requirements_from_dict(pod(2, est=10000)), ["a"]).passed == ["a"]
+
+
+def test_pod_sync_drops_bound_reservations_of_vanished_pods() -> None:
+    ext = make([node_obj("a", [gpu(0, free=24000)])])
+    p = {**pod(1, est=1000), "spec": {**pod(1)["spec"], "nodeName": "a"}}
+    ext.on_pod_event("SYNC", {"items": [p]})
+    assert ext.reservations.get("uid-1").bound
+    ext.on_pod_event("SYNC", {"items": []})
+    assert ext.reservations.get("uid-1") is None
