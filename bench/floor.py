@@ -1,0 +1,60 @@
+"""The do-nothing floor: the extender's server stack (starlette on uvicorn) and its request decoding
+(`flexinfer.extender.wire.args_decoder`, msgspec) with no policy — every node passes.
+
+`policy latency / floor latency` is the policy's own cost over what any Python extender on this stack
+pays just to receive, decode and answer a request of that size.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from flexinfer.extender import wire
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+def _decode(body: bytes) -> wire.ExtenderArgs | None:
+    try:
+        return wire.args_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+async def _filter(request: Request) -> Response:
+    args = _decode(await request.body())
+    if args is None:
+        return Response(wire.encoder.encode(wire.ErrorBody(Error="bad request")), 400,
+                        media_type="application/json")
+    nodes = args.the_nodes
+    if nodes is not None:
+        out = wire.ExtenderFilterResult(Nodes=wire.NodeListOut(metadata={}, items=nodes.items or []), NodeNames=None,
+                                        FailedNodes={}, FailedAndUnresolvableNodes={}, Error="")
+    else:
+        out = wire.ExtenderFilterResult(Nodes=None, NodeNames=args.the_names or [], FailedNodes={},
+                                        FailedAndUnresolvableNodes={}, Error="")
+    return Response(wire.encoder.encode(out), media_type="application/json")
+
+
+async def _prioritize(request: Request) -> Response:
+    args = _decode(await request.body())
+    if args is None:
+        return Response(b"[]", 400, media_type="application/json")
+    nodes = args.the_nodes
+    if nodes is not None:
+        names = [(wire.node_item_decoder.decode(raw).metadata or wire._NodeMeta()).name for raw in nodes.items or []]
+    else:
+        names = args.the_names or []
+    return Response(wire.encoder.encode([wire.HostPriority(Host=n, Score=0) for n in names]),
+                    media_type="application/json")
+
+
+async def _healthz(request: Request) -> Response:
+    return Response(b"ok")
+
+
+def create_app() -> Starlette:
+    return Starlette(routes=[Route("/filter", _filter, methods=["POST"]),
+                             Route("/prioritize", _prioritize, methods=["POST"]),
+                             Route("/healthz", _healthz), Route("/readyz", _healthz)])
