@@ -32,15 +32,14 @@ from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
 
 from . import groups, phases, render
+from .activation import activate, rfc3339
 from .metrics import ControllerMetrics
+
+__all__ = ["Controller", "PassResult", "Snapshot", "activate", "model_key", "rfc3339"]
 
 log = logs.get("flexinfer.controller")
 JSON = dict[str, Any]
 Key = tuple[str, str]  # (namespace, "group:<name>" | "model:<name>")
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: Any) -> float | None:
@@ -147,6 +146,7 @@ class Controller:
         self._last_swap: dict[Key, float] = {}
         self._swap_started: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, winner) -> (t, group)
         self._activate_seen: dict[tuple[str, str, str], float] = {}
+        self._known: set[tuple[str, str]] = set()
 
     # -- snapshot ------------------------------------------------------------------------------
     def list_snapshot(self) -> Snapshot:
@@ -189,6 +189,12 @@ class Controller:
             if self.namespace and _nsname(obj)[0] != self.namespace:
                 continue
             by_key[model_key(obj)].append(obj)
+        if only is None:
+            present = {_nsname(o) for o in snap.models}
+            for ns_name in self._known - present:
+                self.metrics.forget(*ns_name)
+                self._swap_started.pop(ns_name, None)
+            self._known = present
         for key in sorted(by_key):
             if only is not None and key not in only:
                 continue
@@ -363,12 +369,6 @@ class Controller:
         except kube.KubeError as e:
             result.errors.append(f"{ns}/{name}: {e}")
         log.warning("invalid Model", namespace=ns, model=name, error=message)
-
-
-def activate(api: kubernetes.client.ApiClient, namespace: str, name: str, now: float | None = None) -> JSON:
-    """Request activation of a Model: set the activate annotation to the current RFC 3339 time.
-    The controller counts it as traffic (scales up, preempting per group rules). Returns the Model."""
-    return kube.patch_model_annotations(api, namespace, name, {keys.MODEL_ACTIVATE: rfc3339(now or time.time())})
 
 
 def dumps(result: PassResult) -> str:  # pragma: no cover - debugging aid

@@ -203,3 +203,46 @@ def test_api_errors_do_not_crash_the_pass(lane):
     fake.clear_failures()
     assert not ctl.reconcile_once().errors
     assert dep(fake, "qwen3-14b")["spec"]["replicas"] == 1
+
+
+def test_activate_unknown_model_is_a_clear_error(kube_api):
+    from flexinfer.kube import KubeError
+    with pytest.raises(KubeError, match="Model ai/nope not found"):
+        activate(kube_api, NS, "nope")
+
+
+def test_crashing_pod_fails_and_frees_the_group(lane):
+    fake, _api, ctl, clock = lane
+    ctl.reconcile_once()
+    fake.put_object({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "qwen3-14b-abc", "namespace": NS, "labels": {keys.LABEL_MODEL: "qwen3-14b"}},
+                     "status": {"phase": "Running",
+                                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                                "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
+    clock.t += 5
+    ctl.reconcile_once()
+    s14 = status(fake, "qwen3-14b")
+    assert s14["phase"] == "Failed" and "CrashLoopBackOff" in s14["message"]
+    # a Failed holder does not block a request for another member
+    activate(_api, NS, "deepseek-r1", now=clock.t)
+    ctl.reconcile_once()
+    assert dep(fake, "deepseek-r1")["spec"]["replicas"] == 1
+    assert dep(fake, "qwen3-14b")["spec"]["replicas"] == 0
+
+
+def test_unparsable_activation_counts_from_first_sight_and_deleted_models_leave_metrics(lane):
+    fake, _api, ctl, clock = lane
+    ctl.reconcile_once()
+    kubelet(fake, "qwen3-14b", ready=True)
+    ctl.reconcile_once()  # 14B Ready (busy for its idle timeout from now)
+    clock.t += 1000
+    fake.patch_object("models", "qwen3-32b", {"metadata": {"annotations": {keys.MODEL_ACTIVATE: "please"}}}, NS)
+    ctl.reconcile_once()
+    assert dep(fake, "qwen3-32b")["spec"]["replicas"] == 1
+    reg = ctl.metrics.registry
+    labels = {"model": "deepseek-r1", "namespace": NS, "phase": "Idle"}
+    assert reg.get_sample_value("flexinfer_model_phase", labels) == 1.0
+    fake.delete_object("models", "deepseek-r1", NS)
+    assert dep(fake, "deepseek-r1") is None  # owner references: deleting the Model cleans up
+    ctl.reconcile_once()
+    assert reg.get_sample_value("flexinfer_model_phase", labels) is None

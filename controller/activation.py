@@ -1,0 +1,31 @@
+"""Request activation of a Model (used by ``flexinfer activate MODEL`` and the demo).
+
+Sets the ``flexinfer.ai/activate`` annotation (keys.MODEL_ACTIVATE) to the current RFC 3339 UTC time.
+The controller counts it as traffic at that time: the model scales up (preempting per its shared-group
+rules) and stays up for its idle timeout unless newer traffic (status.lastActiveTime) extends it.
+Re-activating just moves the time forward; the annotation is never removed by the controller.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import kubernetes.client
+
+from flexinfer import keys, kube
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def activate(api: kubernetes.client.ApiClient, namespace: str, name: str, now: float | None = None) -> dict:
+    """Patch the annotation; returns the Model. Raises kube.KubeError (``.not_found`` if no such Model)."""
+    try:
+        return kube.patch_model_annotations(api, namespace, name,
+                                            {keys.MODEL_ACTIVATE: rfc3339(time.time() if now is None else now)})
+    except kube.KubeError as e:
+        if e.not_found:
+            raise kube.KubeError(f"Model {namespace}/{name} not found", e.status, e.reason) from None
+        raise
