@@ -12,6 +12,7 @@ replacing its request handler, storage and watch machinery, so this module imple
 of the API semantics FlexInfer relies on directly on aiohttp instead:
 
 - any resource path (/api/v1/..., /apis/<group>/<version>/...), namespaced or cluster-scoped;
+- pods/<name>/binding (what kube-scheduler posts: sets spec.nodeName, 409 if already bound);
 - GET (object, list with labelSelector/fieldSelector), POST (409 AlreadyExists), PUT (409 on stale
   ``metadata.resourceVersion``), PATCH (merge-patch; strategic-merge treated as merge-patch; JSON patch
   add/remove/replace/test), DELETE (cascades to objects whose ownerReferences point at the deleted uid);
@@ -677,6 +678,8 @@ class FakeApiServer:
             if m == "POST":
                 return self._create(parsed, body), 201
             raise ApiError(405, f"method {m} not allowed on a collection")
+        if parsed.subresource == "binding" and m == "POST" and parsed.rkey == ("", "v1", "pods"):
+            return self._bind(parsed, body), 201
         if parsed.subresource not in (None, "status"):
             raise ApiError(404, f"subresource {parsed.subresource!r} is not served by the fake")
         if m == "GET":
@@ -804,6 +807,23 @@ class FakeApiServer:
         else:
             raise ApiError(415, f"unsupported patch content type {content_type!r}")
         return self._write(p, cur, new)
+
+    def _bind(self, p: ParsedPath, body: Any) -> JSON:
+        """pods/<name>/binding: what kube-scheduler posts. Sets spec.nodeName once (409 if bound)."""
+        target = (body or {}).get("target") or {} if isinstance(body, dict) else {}
+        node = target.get("name")
+        if not node:
+            raise ApiError(400, "binding needs target.name")
+        cur = self._get(p)
+        if (cur.get("spec") or {}).get("nodeName"):
+            raise ApiError(409, f'pod {p.name} is already assigned to node "{cur["spec"]["nodeName"]}"')
+        conditions = [c for c in ((cur.get("status") or {}).get("conditions") or [])
+                      if c.get("type") != "PodScheduled"]
+        conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": _now_rfc3339()})
+        new = {**cur, "spec": {**(cur.get("spec") or {}), "nodeName": node},
+               "status": {**(cur.get("status") or {}), "conditions": conditions}}
+        self._store(self._key(p), new, "MODIFIED")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     def _delete_req(self, p: ParsedPath) -> JSON:
         gone = self._delete(self._key(p))

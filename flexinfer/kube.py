@@ -28,6 +28,9 @@ API (others code against this):
   ``delete_object(api, kind, name, namespace=None) -> bool`` (False when already gone),
   ``create_object(api, obj) -> dict``, ``replace_object(api, obj) -> dict``.
 - ``owner_reference(owner: dict, controller=True) -> dict`` for ``metadata.ownerReferences``.
+- ``bind_pod(api, namespace, name, node, *, retry=...)``: POST pods/<name>/binding (kube-scheduler's bind).
+- ``request(api, method, path, *, query=None, body=None, content_type=None, timeout_s=...) -> dict``:
+  escape hatch for anything else (raises KubeError on non-2xx); ``resource_path(resource_for(kind), ...)``.
 - ``Informer(api, kind, on_event, namespace=None, label_selector=None, field_selector=None)``:
   ``.start()`` (daemon thread), ``.stop(timeout_s=5)``, ``.wait_synced(timeout_s) -> bool``, ``.synced``,
   ``.last_sync_unix``, ``.healthy``, ``.resource_version``, ``.items() -> list[dict]`` (cache snapshot).
@@ -450,6 +453,27 @@ def scale_deployment(
     if replicas < 0:
         raise KubeError(f"scale {namespace}/{name}: replicas must be >= 0, got {replicas}")
     return merge_patch(api, "deployments", name, {"spec": {"replicas": int(replicas)}}, namespace, retry=retry)
+
+
+def bind_pod(
+    api: kubernetes.client.ApiClient,
+    namespace: str,
+    name: str,
+    node: str,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> None:
+    """Bind a pod to a node as kube-scheduler does (POST pods/<name>/binding). A 409 (already bound)
+    is raised at once, not retried."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    }
+    path = resource_path(RESOURCES["pods"], namespace, name, "binding")
+    _with_retry(f"bind {namespace}/{name} to {node}", retry, lambda: request(api, "POST", path, body=body),
+                retry_conflict=False)
 
 
 def owner_reference(owner: JSON, controller: bool = True) -> JSON:

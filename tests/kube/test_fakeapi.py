@@ -15,9 +15,10 @@ pytestmark = pytest.mark.integration
 NO = kube.NO_RETRY
 
 
-def pod(name: str, ns: str = "ai", node: str = "", phase: str = "Pending") -> dict:
+def pod(name: str, ns: str = "ai", node: str | None = None, phase: str = "Pending") -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}, "status": {"phase": phase}}
+            "spec": {"containers": [{"name": "c", "image": "i"}], **({"nodeName": node} if node else {})},
+            "status": {"phase": phase}}
 
 
 def test_create_conflict_and_metadata(fake_api: FakeApiServer, kube_api) -> None:
@@ -54,7 +55,7 @@ def test_status_subresource_split(fake_api: FakeApiServer, kube_api) -> None:
     assert "status" not in fake_api.get_object("pods", "p1", "ai")
     out = kube.merge_patch(kube_api, "pods", "p1", {"status": {"phase": "Running"}, "spec": {"nodeName": "x"}},
                            "ai", "status")
-    assert out["status"] == {"phase": "Running"} and out["spec"]["nodeName"] == ""
+    assert out["status"] == {"phase": "Running"} and "nodeName" not in out["spec"]
 
 
 def test_noop_patch_keeps_resource_version(fake_api: FakeApiServer, kube_api) -> None:
@@ -159,3 +160,17 @@ def test_model_resource_roundtrip(fake_api: FakeApiServer, kube_api) -> None:
     assert kube.list_objects(kube_api, "models")[0]["spec"] == {"backend": "vllm"}
     fake_api.patch_object("models", "m", {"status": {"phase": "Idle"}}, "ai")  # helper writes status directly
     assert kube.get_object(kube_api, "models", "m", "ai")["status"] == {"phase": "Idle"}
+
+
+def test_bind_pod(fake_api: FakeApiServer, kube_api) -> None:
+    kube.create_object(kube_api, pod("p1"), retry=NO)
+    kube.bind_pod(kube_api, "ai", "p1", "n1")
+    stored = fake_api.get_object("pods", "p1", "ai")
+    assert stored["spec"]["nodeName"] == "n1"
+    assert stored["status"]["conditions"][0]["type"] == "PodScheduled"
+    [req] = fake_api.requests("POST", r".*/binding")
+    assert req.path == "/api/v1/namespaces/ai/pods/p1/binding"
+    assert req.body["target"] == {"apiVersion": "v1", "kind": "Node", "name": "n1"}
+    with pytest.raises(kube.KubeError) as ei:
+        kube.bind_pod(kube_api, "ai", "p1", "n2")
+    assert ei.value.conflict
