@@ -1,8 +1,8 @@
 """Helpers for the deploy tests: load manifests, render kustomize trees, CRD schema -> JSON Schema, CEL.
 
 The kustomize renderer is deliberately tiny: it supports exactly what daemonset/ uses (resources that are
-files or directories with a kustomization.yaml, `namespace`, `commonLabels`-free trees, and strategic-merge
-`patches` given as files with an explicit `target` or matched by kind+name). Strategic merge is implemented
+files or directories with a kustomization.yaml, `components`, `namespace`, `nameSuffix`, and strategic-merge
+`patches` given as files with a `target` (kind, name, equality label selector) or matched by kind+name). Strategic merge is implemented
 for the list shapes our patches touch: lists of objects merged by `name` (containers, volumes,
 volumeMounts, env); all other lists are replaced, as strategic merge does for lists without a merge key.
 When `kubectl` is on PATH the tests also compare this rendering with `kubectl kustomize`.
@@ -59,38 +59,83 @@ def strategic_merge(base: Any, patch: Any) -> Any:
     return copy.deepcopy(patch)
 
 
-def _matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:
+def _selector_matches(labels: dict[str, str], selector: str) -> bool:
+    """Equality-based label selector ("a=b,c!=d", "k", "!k"): the forms kustomize targets use here."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k.strip()) == v.strip():
+                return False
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            if labels.get(k.strip()) != v.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _matches(obj: dict[str, Any], original_name: str, target: dict[str, Any]) -> bool:
     meta = obj.get("metadata", {})
-    return all(
-        [
-            "kind" not in target or obj.get("kind") == target["kind"],
-            "name" not in target or meta.get("name") == target["name"],
-        ]
-    )
+    if "kind" in target and obj.get("kind") != target["kind"]:
+        return False
+    # kustomize matches a target name against the current or the original (pre-suffix) name
+    if "name" in target and target["name"] not in (meta.get("name"), original_name):
+        return False
+    return "labelSelector" not in target or _selector_matches(meta.get("labels") or {}, target["labelSelector"])
+
+
+Tracked = list[tuple[str, dict[str, Any]]]  # (original name, object)
+
+
+def _apply_patches(directory: pathlib.Path, kust: dict[str, Any], objs: Tracked) -> None:
+    for patch in kust.get("patches", []):
+        for doc in load_docs((directory / patch["path"]).resolve()):
+            target = patch.get("target") or {"kind": doc["kind"], "name": doc["metadata"]["name"]}
+            hits = [i for i, (orig, o) in enumerate(objs) if _matches(o, orig, target)]
+            if not hits:
+                raise AssertionError(f"{directory}: patch {patch['path']} matches no resource ({target})")
+            for i in hits:
+                objs[i] = (objs[i][0], strategic_merge(objs[i][1], doc))
+
+
+def _render(directory: pathlib.Path) -> Tracked:
+    kust = load_kustomization(directory)
+    objs: Tracked = []
+    for res in kust.get("resources", []):
+        path = (directory / res).resolve()
+        if path.is_dir():
+            objs.extend(_render(path))
+        else:
+            objs.extend((d["metadata"]["name"], d) for d in load_docs(path))
+    for comp in kust.get("components", []):
+        comp_dir = (directory / comp).resolve()
+        _apply_patches(comp_dir, load_kustomization(comp_dir), objs)
+    _apply_patches(directory, kust, objs)
+    suffix = kust.get("nameSuffix", "")
+    ns = kust.get("namespace")
+    out: Tracked = []
+    for orig, obj in objs:
+        o = copy.deepcopy(obj)
+        meta = o.setdefault("metadata", {})
+        if suffix:
+            meta["name"] = meta["name"] + suffix
+        if ns and o.get("kind") not in CLUSTER_SCOPED:
+            meta["namespace"] = ns
+        if ns:
+            for subj in o.get("subjects", []):  # kustomize also moves ServiceAccount subjects
+                if subj.get("kind") == "ServiceAccount":
+                    subj["namespace"] = ns
+        out.append((orig, o))
+    return out
 
 
 def render(directory: pathlib.Path) -> list[dict[str, Any]]:
     """Render a kustomization directory (the subset described in the module docstring)."""
-    kust = load_kustomization(directory)
-    objs: list[dict[str, Any]] = []
-    for res in kust.get("resources", []):
-        path = (directory / res).resolve()
-        objs.extend(render(path) if path.is_dir() else load_docs(path))
-    for patch in kust.get("patches", []):
-        docs = load_docs((directory / patch["path"]).resolve())
-        for doc in docs:
-            target = patch.get("target") or {"kind": doc["kind"], "name": doc["metadata"]["name"]}
-            hits = [i for i, o in enumerate(objs) if _matches(o, target)]
-            if not hits:
-                raise AssertionError(f"{directory}: patch {patch['path']} matches no resource ({target})")
-            for i in hits:
-                objs[i] = strategic_merge(objs[i], doc)
-    ns = kust.get("namespace")
-    if ns:
-        for o in objs:
-            if o.get("kind") not in CLUSTER_SCOPED:
-                o.setdefault("metadata", {})["namespace"] = ns
-    return objs
+    return [o for _, o in _render(directory)]
 
 
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
