@@ -205,7 +205,10 @@ def api_client(server: str | None = None, kubeconfig: str | None = None) -> kube
     if server:
         cfg.host = server.rstrip("/")
     elif kubeconfig is None and _in_cluster():
-        kubernetes.config.load_incluster_config(client_configuration=cfg)
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=cfg)
+        except Exception as e:
+            raise KubeError(f"cannot load the in-cluster service account config: {e}") from e
     else:
         try:
             kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
@@ -604,7 +607,9 @@ def _obj_key(obj: JSON) -> tuple[str, str]:
 
 class Informer:
     """List, then watch from the list's resourceVersion; relist on 410 Gone; bounded exponential
-    backoff on errors. Runs in a daemon thread; see the module docstring for the event contract."""
+    backoff on errors. Runs in a daemon thread; see the module docstring for the event contract.
+    Single use: after stop(), make a new Informer. A clean watch end (server timeout) re-watches from
+    the last resourceVersion; a broken stream backs off, then re-watches (relisting only on 410)."""
 
     def __init__(
         self,

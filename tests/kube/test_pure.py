@@ -299,3 +299,18 @@ def test_owner_reference() -> None:
 def test_identify_rejects_bad_objects(obj: dict, message: str) -> None:
     with pytest.raises(kube.KubeError, match=message):
         kube._identify(obj)
+
+
+def test_api_client_with_bad_kubeconfig_is_a_kube_error(tmp_path) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("not: [a kubeconfig")
+    with pytest.raises(kube.KubeError, match="cannot load kubeconfig"):
+        kube.api_client(kubeconfig=str(bad))
+
+
+def test_api_client_explicit_server() -> None:
+    api = kube.api_client(server="http://127.0.0.1:1234/")
+    try:
+        assert api.configuration.host == "http://127.0.0.1:1234"
+    finally:
+        api.close()
