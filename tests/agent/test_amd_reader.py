@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from agent_helpers import ManualClock, amd_gpu, node_from
-
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.readers.amd import AmdSmiReader
 from flexinfer.agent.readers.base import Backoff

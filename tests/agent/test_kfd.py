@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from flexinfer.agent.readers.kfd import KfdReader, drm_vram_bytes, parse_properties, read_kfd_nodes
 
 

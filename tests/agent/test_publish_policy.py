@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from agent_helpers import nvidia_gpu, node_from
-
-from flexinfer import keys
+from agent_helpers import node_from, nvidia_gpu
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.publish import desired_metadata, should_publish
 from flexinfer.agent.readers.fake import FakeNvml, FleetReader
 from flexinfer.agent.readers.nvml import NvmlReader
+
+from flexinfer import keys
 from flexinfer.state import GpuState, NodeGpuState
 
 

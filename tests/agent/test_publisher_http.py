@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from agent_helpers import amd_gpu, node_from, nvidia_gpu
 from click.testing import CliRunner
-
-from flexinfer import keys
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.main import main
 from flexinfer.agent.publish import Publisher
 from flexinfer.agent.readers.fake import fleet_reader
+
+from flexinfer import keys
 from flexinfer.fakeapi import FakeApiServer
 from flexinfer.fleet import dump_fleet, parse_fleet
 from flexinfer.kube import RetryPolicy
