@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from flexinfer import keys
-from flexinfer.arch import AMD, NVIDIA
-from flexinfer.compat import Verdict, check
+from flexinfer.arch import AMD, NVIDIA, arch_info
+from flexinfer.compat import Compat, Verdict, check
 from flexinfer.errors import ParseError
 from flexinfer.state import GpuState, NodeView
 
@@ -110,6 +111,12 @@ def node_parse_reason(error: str) -> str:
     return R_BAD_NODE.format(what=what)
 
 
+@lru_cache(maxsize=4096)
+def compat_for(backend: str, vendor: str, arch: str, jit_policy: str) -> Compat:
+    """Memoised compat.check (pure): thousands of nodes share a few dozen architectures."""
+    return check(backend, arch_info(vendor, arch), jit_policy=jit_policy)
+
+
 def _ordinal(n: int) -> str:
     return {1: "best", 2: "2nd best", 3: "3rd best"}.get(n, f"{n}th best")
 
@@ -167,7 +174,7 @@ def evaluate(
     first_no = ""
     if req.backend:
         for g in healthy:
-            c = check(req.backend, g.info, jit_policy=req.jit_policy)
+            c = compat_for(req.backend, g.vendor, g.arch, req.jit_policy)
             if c.verdict is Verdict.UNSUPPORTED:
                 first_no = first_no or c.reason
             else:

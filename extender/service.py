@@ -5,6 +5,7 @@ No I/O here besides logging; in particular no API-server calls on the request pa
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter as TallyCounter
 from collections.abc import Callable, Mapping, Sequence
@@ -91,8 +92,11 @@ class Extender:
         reasons = {reason: n for (result, reason), n in tally.items() if result != "pass"}
         log.info(f"extender_{verb}", pod=f"{req.namespace}/{req.name}", managed=req.managed,
                  nodes=len(verdicts), feasible=feasible, rejected=reasons, ms=round(elapsed * 1000, 2))
+        bound = log.bind()
+        if hasattr(bound, "is_enabled_for") and not bound.is_enabled_for(logging.DEBUG):
+            return
         for v in verdicts:
-            log.debug("extender_node_verdict", verb=verb, pod=f"{req.namespace}/{req.name}", node=v.node,
+            bound.debug("extender_node_verdict", verb=verb, pod=f"{req.namespace}/{req.name}", node=v.node,
                       result=v.result, reason=v.reason, detail=v.detail, score=v.score)
 
     def filter(self, req: PodRequirements, names: Sequence[str],
