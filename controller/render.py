@@ -50,12 +50,7 @@ def effective_vendor(model: Model, auto_vendor: str = "nvidia") -> str:
 
 
 def service_label_labels(model: Model) -> dict[str, str]:
-    out = {}
-    for lab in model.spec.service_labels:
-        key = keys.LABEL_SERVICE_LABEL_PREFIX + lab
-        if len(key.split("/", 1)[1]) <= 63:
-            out[key] = "true"
-    return out
+    return {keys.SERVICE_LABEL_PREFIX + lab: "true" for lab in model.spec.service_labels}
 
 
 def common_labels(model: Model) -> dict[str, str]:
@@ -192,8 +187,6 @@ def endpoint(model: Model) -> str:
 
 def service_annotations(model: Model) -> dict[str, str]:
     ann: dict[str, str] = {}
-    if model.spec.service_labels:
-        ann[keys.ANN_SERVICE_LABELS] = ",".join(model.spec.service_labels)
     ll = model.spec.litellm
     if ll is not None and ll.enabled:
         p = keys.LITELLM_PREFIX

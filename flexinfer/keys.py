@@ -50,11 +50,9 @@ MODEL_ACTIVATE = PREFIX + "activate"  # annotation on a Model: request activatio
 LABEL_MODEL = PREFIX + "model"  # label on Deployments/Services/Pods the controller owns
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "flexinfer-controller"
-# serviceLabels projected for routing: label flexinfer.ai/service-label.<label>="true" on the Service,
-# Deployment and pods (labels too long for a key are only in the annotation), and the full list as a
-# comma-separated annotation.
-LABEL_SERVICE_LABEL_PREFIX = PREFIX + "service-label."
-ANN_SERVICE_LABELS = PREFIX + "service-labels"
+# spec.serviceLabels projected for routing: label service.flexinfer.ai/<label>="true" on the Service,
+# Deployment and pods (a valid serviceLabel is always a valid label name, so every one fits).
+SERVICE_LABEL_PREFIX = "service.flexinfer.ai/"
 # spec.litellm projected onto the Service for LiteLLM discovery: litellm.flexinfer.ai/{enabled,model-name,
 # aliases,api-base}
 LITELLM_PREFIX = "litellm.flexinfer.ai/"

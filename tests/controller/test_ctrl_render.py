@@ -43,7 +43,7 @@ def test_gpu_deployment_full():
                                                  "blockOwnerDeletion": True}]
     assert d["spec"]["selector"] == {"matchLabels": {keys.LABEL_MODEL: "qwen3-14b"}}
     assert pod["metadata"]["labels"][keys.LABEL_MODEL] == "qwen3-14b"
-    assert pod["metadata"]["labels"][keys.LABEL_SERVICE_LABEL_PREFIX + "gpt-4"] == "true"
+    assert pod["metadata"]["labels"][keys.SERVICE_LABEL_PREFIX + "gpt-4"] == "true"
     assert pod["metadata"]["annotations"] == {
         keys.POD_MODEL: "qwen3-14b", keys.POD_BACKEND: "llamacpp", keys.POD_VRAM_ESTIMATE_MB: "12000",
         keys.POD_VENDOR: "amd", keys.POD_GROUP: "quality"}
@@ -74,8 +74,7 @@ def test_pvc_and_service():
     ann = svc["metadata"]["annotations"]
     assert ann["litellm.flexinfer.ai/aliases"] == "gpt-4"
     assert ann["litellm.flexinfer.ai/api-base"] == "http://qwen3-14b.ai.svc:8080/v1"
-    assert ann[keys.ANN_SERVICE_LABELS] == "fast-chat,gpt-4"
-    assert svc["metadata"]["labels"][keys.LABEL_SERVICE_LABEL_PREFIX + "fast-chat"] == "true"
+    assert svc["metadata"]["labels"][keys.SERVICE_LABEL_PREFIX + "fast-chat"] == "true"
     assert endpoint(GPU_MODEL) == "http://qwen3-14b.ai.svc:8080"
     assert [o["kind"] for o in render_all(GPU_MODEL, 0)] == ["PersistentVolumeClaim", "Deployment", "Service"]
 
