@@ -1,6 +1,7 @@
 """HTTP face of the extender for kube-scheduler: starlette on uvicorn (httptools + uvloop).
 
-Routes: POST /filter, POST /prioritize (paths configurable), GET /healthz, /readyz, /metrics.
+Routes: POST /filter, POST /prioritize (paths configurable), GET /healthz, /readyz, /metrics, and
+POST /explain (not a kube-scheduler verb: every node's verdict with its detail, reserves nothing).
 
 Error policy (one rule, documented in the README):
 * The request itself is malformed (not JSON, wrong types, no Pod, neither NodeNames nor Nodes):
@@ -90,7 +91,7 @@ class Parsed:
     views: dict[str, NodeView] | None
 
 
-def parse_args(body: bytes, extender: Extender) -> Parsed:
+def parse_args(body: bytes, extender: Extender, *, names_optional: bool = False) -> Parsed:
     """Decode ExtenderArgs (either spelling). Raises BadRequest(400) with a clear message."""
     if not body:
         raise BadRequest(400, "empty request body; expected ExtenderArgs JSON {\"Pod\", \"NodeNames\"|\"Nodes\"}")
@@ -108,6 +109,8 @@ def parse_args(body: bytes, extender: Extender) -> Parsed:
     if names is not None:
         return Parsed(req, names, "names", [], None)
     nodes = args.the_nodes
+    if (nodes is None or nodes.items is None) and names_optional:
+        return Parsed(req, sorted(extender.cache.names()), "names", [], None)
     if nodes is None or nodes.items is None:
         raise BadRequest(400, "ExtenderArgs has neither NodeNames nor Nodes.items")
     views: dict[str, NodeView] = {}
@@ -138,6 +141,7 @@ class ExtenderApp:
         self.app = Starlette(routes=[
             Route(self.filter_path, self.filter, methods=["POST"]),
             Route(self.prioritize_path, self.prioritize, methods=["POST"]),
+            Route("/explain", self.explain, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
@@ -146,7 +150,7 @@ class ExtenderApp:
     async def _parse(self, request: Request, verb: str) -> Parsed:
         try:
             body = await _read_body(request, self.max_body_bytes)
-            return parse_args(body, self.extender)
+            return parse_args(body, self.extender, names_optional=(verb == "explain"))
         except BadRequest as e:
             self.extender.metrics.bad_requests.labels(verb, str(e.status)).inc()
             log.warning("extender_bad_request", verb=verb, status=e.status, error=e.message[:300])
@@ -176,6 +180,28 @@ class ExtenderApp:
             return _error(e.status, e.message)
         verdicts = self.extender.prioritize(p.req, p.names, p.views)
         return _json(wire.encoder.encode([wire.HostPriority(Host=v.node, Score=v.score) for v in verdicts]))
+
+    async def explain(self, request: Request) -> Response:
+        """Not a kube-scheduler verb: every node's verdict with details (for `flexinfer explain`).
+
+        Body: ExtenderArgs; without NodeNames/Nodes every cached node is judged. Reserves nothing.
+        """
+        try:
+            p = await self._parse(request, "explain")
+        except BadRequest as e:
+            return _error(e.status, e.message)
+        verdicts = self.extender.explain(p.req, p.names, p.views)
+        r = p.req
+        body = {
+            "Requirements": {"Namespace": r.namespace, "Name": r.name, "Managed": r.managed, "Model": r.model,
+                             "Backend": r.backend, "Vendor": r.vendor, "VramEstimateMiB": r.vram_estimate_mib,
+                             "GpuCount": r.gpu_count, "JitPolicy": r.jit_policy,
+                             "PreferredArchs": list(r.preferred_archs), "Error": r.error},
+            "Verdicts": [{"Node": v.node, "Feasible": v.feasible, "Unresolvable": v.unresolvable,
+                          "Reason": v.reason, "Detail": v.detail, "Score": v.score, "Gpus": list(v.gpus)}
+                         for v in verdicts],
+        }
+        return _json(wire.encoder.encode(body))
 
     async def healthz(self, request: Request) -> Response:
         return _json(b'{"status":"ok"}')

@@ -141,11 +141,12 @@ class Extender:
         self._record("prioritize", req, verdicts, time.perf_counter() - t0)
         return verdicts
 
-    def explain(self, req: PodRequirements, names: Sequence[str] | None = None) -> list[NodeVerdict]:
-        """Every node's verdict with details; reserves nothing."""
+    def explain(self, req: PodRequirements, names: Sequence[str] | None = None,
+                views: Mapping[str, NodeView] | None = None) -> list[NodeVerdict]:
+        """Every node's verdict with details; reserves nothing. No names: every cached node."""
         t0 = time.perf_counter()
         names = list(names) if names else sorted(self.cache.names())
-        verdicts = self._evaluate(req, names, None, self.clock())
+        verdicts = self._evaluate(req, names, views, self.clock())
         self._record("explain", req, verdicts, time.perf_counter() - t0)
         return verdicts
 

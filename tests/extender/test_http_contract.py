@@ -250,3 +250,47 @@ def test_tls(nodes, tls_pair) -> None:
             assert body["NodeNames"] == ["ada-24g"]
         with pytest.raises(httpx.TransportError), httpx.Client(base_url=h.url.replace("https", "http")) as plain:
             plain.get("/healthz")
+
+
+def test_explain_over_http(client) -> None:
+    body = client.post("/explain", json={"Pod": model_pod(20480)}).json()
+    assert body["Requirements"]["VramEstimateMiB"] == 20480 and body["Requirements"]["Backend"] == "vllm"
+    by = {v["Node"]: v for v in body["Verdicts"]}
+    assert sorted(by) == sorted(NAMES)
+    assert by["ada-full"]["Detail"] == "needs 20480 MiB on one GPU; best GPU has 2000 MiB free"
+    assert by["ada-24g"]["Feasible"] and by["ada-24g"]["Gpus"] == [0]
+    some = client.post("/explain", json={"Pod": model_pod(20480), "NodeNames": ["two-12g"]}).json()
+    assert [v["Reason"] for v in some["Verdicts"]] == ["GPU memory too small for model"]
+    assert client.post("/explain", content=b"nope").status_code == 400
+
+
+@pytest.mark.integration
+def test_cli_serves_and_stops_cleanly(tmp_path) -> None:
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fleet = Path(__file__).resolve().parents[2] / "hack" / "fleets" / "homelab.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "flexinfer.extender.main", "--host", "127.0.0.1", "--port",
+                             str(port), "--nodes-from", str(fleet), "--log-format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+                time.sleep(0.1)
+        assert r.status_code == 200
+        body = httpx.post(f"http://127.0.0.1:{port}/filter", json={
+            "Pod": model_pod(4000, "vllm", 1), "NodeNames": ["cblevins-gtx980ti", "rtxpro4000-worker"]}).json()
+        assert body["NodeNames"] == ["rtxpro4000-worker"]
+        assert body["FailedAndUnresolvableNodes"] == {"cblevins-gtx980ti": "vllm does not run on maxwell sm_52"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
