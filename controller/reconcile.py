@@ -204,6 +204,10 @@ class Controller:
                 self.metrics.reconcile_errors.labels(kind="api").inc()
                 result.errors.append(f"{key[0]}/{key[1]}: {e}")
                 log.warning("reconcile failed; will retry", key=f"{key[0]}/{key[1]}", error=str(e))
+            except Exception as e:  # a bug or odd input in one group must not stop the others
+                self.metrics.reconcile_errors.labels(kind="internal").inc()
+                result.errors.append(f"{key[0]}/{key[1]}: internal error: {e!r}")
+                log.exception("reconcile crashed for one key", key=f"{key[0]}/{key[1]}")
         return result
 
     def _reconcile_key(self, key: Key, objs: list[JSON], deps: dict, svcs: dict, pvcs: dict,
