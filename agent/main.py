@@ -15,7 +15,7 @@ from flexinfer import logs
 from flexinfer.errors import ParseError
 
 from .agent import Agent
-from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, Publisher, desired_metadata
+from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, DryRunPublisher, Publisher
 from .readers.base import GpuReader, MultiReader, NullReader
 
 log = logs.get("flexinfer.agent.main")
@@ -32,9 +32,7 @@ def build_real_reader(vendor: str = "auto", sys_root: str = "/sys") -> GpuReader
 
         nv = NvmlReader(pynvml)
         nv.open()
-        library_missing = isinstance(getattr(nv, "_initialised", False), bool) and not nv._initialised and (
-            "Library Not Found" in nv.status or "Driver Not Loaded" in nv.status)
-        if vendor == "nvidia" or not library_missing:
+        if vendor == "nvidia" or not nv.library_missing:
             readers.append(nv)
         else:
             reasons.append(nv.status.split(" (retry")[0])
@@ -102,15 +100,19 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
         raise click.ClickException(str(e).strip('"')) from None
 
     if dry_run:
-        agent = Agent(node, reader, None, threshold_mib=threshold_mib, heartbeat_seconds=heartbeat_seconds)
-        result = agent.step()
-        labels, annotations = desired_metadata(result.state)
-        click.echo(json.dumps({"node": node, "labels": labels, "annotations": annotations}, indent=2,
-                              sort_keys=True))
-        agent.stop()
+        # --once: one pretty JSON document; otherwise one JSON line per write the agent would make
+        def emit(name: str, labels: dict[str, str | None], annotations: dict[str, str | None]) -> None:
+            doc = {"node": name, "labels": labels, "annotations": annotations}
+            click.echo(json.dumps(doc, indent=2 if once else None, sort_keys=True))
+
+        agent = Agent(node, reader, DryRunPublisher(node, emit, threshold_mib, heartbeat_seconds),
+                      interval_seconds=interval_seconds, threshold_mib=threshold_mib,
+                      heartbeat_seconds=heartbeat_seconds)
         if once:
+            agent.step()
+            agent.stop()
             return
-        _run_forever(agent, None, None, dry_run=True)
+        _run_forever(agent, None, None)
         return
 
     from flexinfer.kube import api_client
@@ -147,7 +149,7 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
     _run_forever(agent, http, grpc_srv)
 
 
-def _run_forever(agent: Agent, http: Any, grpc_srv: Any, dry_run: bool = False) -> None:
+def _run_forever(agent: Agent, http: Any, grpc_srv: Any) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -94,7 +94,18 @@ class Publisher:
         self.writes_ok = 0
         self.writes_failed = 0
 
+    def _write(self, labels: dict[str, str | None], annotations: dict[str, str | None]) -> None:
+        from flexinfer.kube import patch_node_metadata
+
+        if self.retry is not None:
+            patch_node_metadata(self.api, self.node, labels, annotations, retry=self.retry)
+        else:
+            patch_node_metadata(self.api, self.node, labels, annotations)
+
     def _fetch_labels(self) -> None:
+        if self.api is None:
+            self.node_labels = {}
+            return
         from kubernetes import client
 
         try:
@@ -111,13 +122,10 @@ class Publisher:
         if self.node_labels is None:
             self._fetch_labels()
         labels, annotations = desired_metadata(state, self.node_labels)
-        from flexinfer.kube import KubeError, patch_node_metadata
+        from flexinfer.kube import KubeError
 
         try:
-            if self.retry is not None:
-                patch_node_metadata(self.api, self.node, labels, annotations, retry=self.retry)
-            else:
-                patch_node_metadata(self.api, self.node, labels, annotations)
+            self._write(labels, annotations)
         except KubeError as e:
             self.writes_failed += 1
             log.warning("node_patch_failed", node=self.node, reason=reason, error=str(e)[:300])
@@ -139,3 +147,15 @@ class Publisher:
         log.info("node_published", node=self.node, reason=reason, free_mib=state.healthy_free_mib,
                  gpus=len(state.gpus), status=state.agent_status)
         return PublishResult(True, reason, labels=labels, annotations=annotations)
+
+
+class DryRunPublisher(Publisher):
+    """Same policy, but each write is handed to `emit(node, labels, annotations)` instead of the API."""
+
+    def __init__(self, node: str, emit: Any, threshold_mib: int = DEFAULT_THRESHOLD_MIB,
+                 heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS) -> None:
+        super().__init__(None, node, threshold_mib, heartbeat_seconds)
+        self.emit = emit
+
+    def _write(self, labels: dict[str, str | None], annotations: dict[str, str | None]) -> None:
+        self.emit(self.node, labels, annotations)

@@ -104,7 +104,15 @@ class NvmlReader:
         self._event_set: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._reinit_requested = False  # set by the event thread on a fatal wait error
         self.init_attempts = 0
+        self.init_error: BaseException | None = None
+
+    @property
+    def library_missing(self) -> bool:
+        """NVML itself (or the kernel driver) is absent: not an NVIDIA node, rather than a broken one."""
+        return self.init_error is not None and self._is(
+            self.init_error, ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"))
 
     # -- error classification (by the real pynvml class hierarchy) -----------------------------
     def _is(self, e: BaseException, names: tuple[str, ...]) -> bool:
@@ -121,9 +129,12 @@ class NvmlReader:
     def _try_init(self) -> bool:
         self.init_attempts += 1
         nv = self.nv
+        self._reinit_requested = False
         try:
             nv.nvmlInit()
+            self.init_error = None
         except nv.NVMLError as e:
+            self.init_error = e
             delay = self.backoff.failed()
             self._status = f"NVML unavailable: {e} (retry in {delay:.0f}s)"
             log.warning("nvml_init_failed", error=str(e), retry_seconds=delay)
@@ -229,6 +240,8 @@ class NvmlReader:
     def sample(self) -> list[GpuSample]:
         if not self._initialised and self.backoff.ready():
             self._try_init()
+        if self._initialised and self._reinit_requested:
+            self._library_failed(RuntimeError("event wait failed"), "events")
         if not self._initialised:
             return self._stale_samples()
         if self.events == "poll":
@@ -421,6 +434,7 @@ class NvmlReader:
             if isinstance(e, nv.NVMLError_Timeout):
                 return not drain  # no event
             log.warning("nvml_event_wait_failed", error=str(e))
+            self._reinit_requested = True
             with self._lock:
                 for d in self._devices.values():
                     d.healthy = False
