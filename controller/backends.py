@@ -25,6 +25,9 @@ class Backend:
     port: int
     health_path: str
     build: Callable[[Model, str], tuple[list[str], list[str], dict[str, str]]] = field(repr=False)
+    # exec readiness instead of HTTP when the server answers before the model is usable (ollama pulls
+    # the model after the server starts)
+    ready_command: Callable[[Model], list[str]] | None = field(default=None, repr=False)
 
     def image_for(self, vendor: str) -> str:
         return self.images.get(vendor) or self.images["nvidia"]
@@ -149,7 +152,8 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("ollama", {"nvidia": "ollama/ollama:0.6.8", "amd": "ollama/ollama:0.6.8-rocm",
-                           "cpu": "ollama/ollama:0.6.8"}, 11434, "/api/version", _ollama),
+                           "cpu": "ollama/ollama:0.6.8"}, 11434, "/api/version", _ollama,
+                lambda m: ["ollama", "show", source_ref(m.spec.source)[1]]),
         Backend("vllm", {"nvidia": "vllm/vllm-openai:v0.8.5", "amd": "rocm/vllm:latest",
                          "cpu": "vllm/vllm-openai:v0.8.5"}, 8000, "/health", _vllm),
         Backend("vllm-omni", {"nvidia": "vllm/vllm-omni:latest", "amd": "vllm/vllm-omni:latest-rocm"},
@@ -175,6 +179,7 @@ class Container:
     env: dict[str, str]
     port: int
     health_path: str
+    ready_command: list[str] | None = None
 
 
 def container_for(model: Model, vendor: str) -> Container:
@@ -184,4 +189,5 @@ def container_for(model: Model, vendor: str) -> Container:
     env = dict(env)
     if model.spec.config:
         env["FLEXINFER_CONFIG"] = json.dumps(model.spec.config, sort_keys=True, separators=(",", ":"))
-    return Container(model.spec.image or b.image_for(vendor), command, args, env, b.port, b.health_path)
+    ready = b.ready_command(model) if b.ready_command else None
+    return Container(model.spec.image or b.image_for(vendor), command, args, env, b.port, b.health_path, ready)

@@ -20,7 +20,7 @@ from flexinfer import keys
 from flexinfer.model import Model
 from flexinfer.requirements import vram_need
 
-from .backends import MODELS_DIR, container_for, pvc_of_source
+from .backends import BACKENDS, MODELS_DIR, container_for, pvc_of_source
 
 JSON = dict[str, Any]
 VENDOR_RESOURCE = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}
@@ -137,7 +137,8 @@ def startup_failure_threshold(cold_start_timeout_s: float, period_s: int = PROBE
 def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") -> JSON:
     vendor = effective_vendor(model, auto_vendor)
     c = container_for(model, vendor)
-    probe = {"httpGet": {"path": c.health_path, "port": "http"}, "periodSeconds": PROBE_PERIOD_S}
+    http = {"httpGet": {"path": c.health_path, "port": "http"}, "periodSeconds": PROBE_PERIOD_S}
+    probe = {"exec": {"command": c.ready_command}, "periodSeconds": PROBE_PERIOD_S} if c.ready_command else http
     container: JSON = {
         "name": "server",
         "image": c.image,
@@ -147,6 +148,7 @@ def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") 
         "startupProbe": {**probe, "timeoutSeconds": 5,
                          "failureThreshold": startup_failure_threshold(model.cold_start_timeout_seconds)},
         "readinessProbe": {**probe, "timeoutSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**http, "timeoutSeconds": 5, "failureThreshold": 6},
     }
     if c.command:
         container["command"] = c.command
@@ -172,13 +174,12 @@ def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") 
         spec["strategy"] = {"type": "Recreate"}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": model.name, "namespace": model.namespace, "labels": labels,
-                         "annotations": {keys.POD_BACKEND: model.backend},
                          "ownerReferences": owner_refs(model)},
             "spec": spec}
 
 
 def service_port(model: Model) -> int:
-    return container_for(model, "cpu" if not model.needs_gpu else "nvidia").port
+    return BACKENDS[model.backend].port
 
 
 def endpoint(model: Model) -> str:

@@ -100,6 +100,9 @@ def test_memory_cache_cpu_model_and_estimate():
     assert "resources" not in pod["spec"]["containers"][0]
     assert "tolerations" not in pod["spec"]
     assert keys.POD_VRAM_ESTIMATE_MB not in pod["metadata"]["annotations"]
+    c = pod["spec"]["containers"][0]
+    assert c["readinessProbe"]["exec"] == {"command": ["ollama", "show", "llama3:8b"]}  # ready once pulled
+    assert c["livenessProbe"]["httpGet"]["path"] == "/api/version"
     g = mk({"backend": "ollama", "source": "ollama://llama3:8b", "gpu": {},
             "config": {"contextLength": 8192, "kvCacheType": "q8_0"}})
     ann = render_deployment(g, 1)["spec"]["template"]["metadata"]["annotations"]
