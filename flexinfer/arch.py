@@ -178,7 +178,7 @@ def arch_info(vendor: str, arch: str) -> ArchInfo:
     if vendor == AMD:
         return amd_arch(arch)
     if vendor == INTEL:
-        a = str(arch).strip().lower() or "unknown"
+        a = re.sub(r"[^a-z0-9_.-]+", "-", str(arch).strip().lower()).strip("-_.")[:63].strip("-_.") or "unknown"
         return ArchInfo(INTEL, a, "xe", known=False)
     return ArchInfo(NONE, "none", "none", known=False)
 

@@ -11,7 +11,10 @@ class ParseError(ValueError):
     """
 
     def __init__(self, what: str, value: object, expected: str) -> None:
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except ValueError:  # e.g. an int with more digits than Python will print
+            shown = f"<{type(value).__name__} too large to show>"
         if len(shown) > 80:
             shown = shown[:77] + "..."
         self.what = what

@@ -166,7 +166,7 @@ def load_fleet(path: str | Path) -> Fleet:
         raise ParseError("fleet file", str(p), f"a readable file ({e.strerror})") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. an integer with > 4300 digits
         raise ParseError(f"fleet file {p}", text[:60], f"valid YAML ({e})") from None
     return parse_fleet(data, f"fleet file {p}")
 

@@ -201,3 +201,15 @@ def test_arch_info_is_hashable_and_frozen() -> None:
     assert {info: 1}[arch_info("nvidia", "sm_52")] == 1
     with pytest.raises(AttributeError):
         info.family = "pascal"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "arch"), [("Xe-HPG", "xe-hpg"), ("Arc A770 (DG2)", "arc-a770-dg2"), ("!!!", "unknown"),
+                                           ("x" * 100, "x" * 63)])
+def test_intel_arch_is_label_safe(raw: str, arch: str) -> None:
+    info = arch_info("intel", raw)
+    assert info.arch == arch and len(info.arch) <= 63
+
+
+def test_huge_int_does_not_break_the_error_message() -> None:
+    with pytest.raises(ParseError, match="too large to show"):
+        decode_gfx_target_version(10**5000)

@@ -162,6 +162,10 @@ def test_load_fleet_errors(tmp_path: Path) -> None:
     junk.write_text(yaml.safe_dump({"nodes": [{"name": "a", "gpus": [gpu_doc(usedMiB=99999)]}]}))
     with pytest.raises(ParseError, match=r"junk\.yaml: nodes\[0\]\.gpus\[0\]"):
         load_fleet(junk)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("nodes: [{name: a, gpus: [{vendor: amd, arch: gfx1100, totalMiB: " + "9" * 5000 + "}]}]\n")
+    with pytest.raises(ParseError, match="valid YAML"):
+        load_fleet(huge)
     d = tmp_path / "dir"
     d.mkdir()
     with pytest.raises(ParseError, match="readable file"):

@@ -54,3 +54,8 @@ def test_parse_mib_junk_names_the_field(junk: object) -> None:
     with pytest.raises(ParseError, match="my field") as e:
         parse_mib(junk, "my field")
     assert "MiB" in str(e.value)
+
+
+def test_parse_mib_huge_int_message() -> None:
+    with pytest.raises(ParseError, match="too large to show"):
+        parse_mib(10**5000, "my field")
