@@ -21,7 +21,8 @@ of the API semantics FlexInfer relies on directly on aiohttp instead:
 - ``status`` subresource: writes to the main resource keep the stored status, writes to ``/status``
   change only the status;
 - watch with resourceVersion (replays retained history), ``timeoutSeconds``, ERROR 410 for compacted
-  versions, BOOKMARK on timeout;
+  versions, BOOKMARK on timeout; with selectors, objects moving out of the selection arrive as DELETED
+  and objects moving in as ADDED (like the real watch cache);
 - failure injection (``fail``), watch cutting (``cut_watches``), history compaction (``compact``), and a
   bounded request log (``requests``).
 
@@ -290,6 +291,23 @@ class RecordedRequest:
 
 
 @dataclass
+class _Event:
+    rv: int
+    rkey: RKey
+    type: str  # ADDED | MODIFIED | DELETED
+    obj: JSON
+    old: JSON | None = None  # the previous version, for MODIFIED
+    _lines: dict[str, bytes] = field(default_factory=dict)
+
+    def line(self, etype: str) -> bytes:
+        """The encoded watch line, encoded once per type for all watchers."""
+        got = self._lines.get(etype)
+        if got is None:
+            got = self._lines[etype] = _enc.encode({"type": etype, "object": self.obj}) + b"\n"
+        return got
+
+
+@dataclass
 class _Watcher:
     rkey: RKey
     namespace: str
@@ -315,8 +333,7 @@ class FakeApiServer:
         self._objects: dict[OKey, JSON] = {}
         self._rv = 0
         self._compacted_rv = 0  # watches from a resourceVersion below this get 410
-        # (resourceVersion, resource, event type, object, encoded watch line)
-        self._history: collections.deque[tuple[int, RKey, str, JSON, bytes]] = collections.deque()
+        self._history: collections.deque[_Event] = collections.deque()
         self._history_limit = history_limit
         self._watchers: list[_Watcher] = []
         self._rules: list[FailureRule] = []
@@ -534,19 +551,32 @@ class FakeApiServer:
         meta = dict(obj.get("metadata") or {})
         meta["resourceVersion"] = str(rv)
         obj = {**obj, "metadata": meta}
+        old = self._objects.get(key)
         self._objects[key] = obj
-        self._publish(rv, key[0], event, obj)
+        self._publish(_Event(rv, key[0], event, obj, old))
         return obj
 
-    def _publish(self, rv: int, rkey: RKey, event: str, obj: JSON) -> None:
-        line = _enc.encode({"type": event, "object": obj}) + b"\n"  # encoded once for all watchers
-        self._history.append((rv, rkey, event, obj, line))
+    def _publish(self, ev: _Event) -> None:
+        self._history.append(ev)
         while len(self._history) > self._history_limit:
-            old_rv, *_ = self._history.popleft()
-            self._compacted_rv = max(self._compacted_rv, old_rv)
+            self._compacted_rv = max(self._compacted_rv, self._history.popleft().rv)
         for w in self._watchers:
-            if w.rkey == rkey and self._visible(w, obj):
+            line = self._line_for(w, ev)
+            if line is not None:
                 w.queue.put_nowait(line)
+
+    def _line_for(self, w: _Watcher, ev: _Event) -> bytes | None:
+        """The watch line this watcher gets for ev, if any. Like the real watch cache, an object that
+        moves out of a watcher's selection arrives as DELETED, one that moves in as ADDED."""
+        if ev.rkey != w.rkey:
+            return None
+        now = self._visible(w, ev.obj)
+        if ev.type == "MODIFIED" and ev.old is not None:
+            before = self._visible(w, ev.old)
+            etype = "MODIFIED" if before and now else "DELETED" if before else "ADDED" if now else None
+        else:
+            etype = ev.type if now else None
+        return ev.line(etype) if etype else None
 
     @staticmethod
     def _visible(w: _Watcher, obj: JSON) -> bool:
@@ -593,7 +623,7 @@ class FakeApiServer:
             return None
         rv = self._next_rv()
         gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(rv)}}
-        self._publish(rv, key[0], "DELETED", gone)
+        self._publish(_Event(rv, key[0], "DELETED", gone))
         uid = obj["metadata"].get("uid")
         if uid:  # garbage collection of dependents (background propagation)
             for k, o in list(self._objects.items()):
@@ -857,8 +887,8 @@ class FakeApiServer:
             if rv < self._compacted_rv:
                 gone = True
             else:
-                backlog = [line for (erv, rk, _, o, line) in self._history
-                           if erv > rv and rk == w.rkey and self._visible(w, o)]
+                backlog = [line for ev in self._history if ev.rv > rv
+                           for line in [self._line_for(w, ev)] if line is not None]
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)

@@ -174,3 +174,32 @@ def test_bind_pod(fake_api: FakeApiServer, kube_api) -> None:
     with pytest.raises(kube.KubeError) as ei:
         kube.bind_pod(kube_api, "ai", "p1", "n2")
     assert ei.value.conflict
+
+
+def test_watch_reports_objects_leaving_and_entering_the_selection(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_objects([pod("a", node="n1", phase="Running"), pod("b")])
+    seen: list[tuple[str, str]] = []
+    sel = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"  # what the extender watches
+
+    def on_event(etype: str, obj: dict) -> None:
+        if etype != "SYNC":
+            seen.append((etype, obj["metadata"]["name"]))
+
+    inf = kube.Informer(kube_api, "pods", on_event, field_selector=sel).start()
+    try:
+        assert inf.wait_synced(5)
+        deadline = time.monotonic() + 5
+        while fake_api.watch_count("pods") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        kube.bind_pod(kube_api, "ai", "b", "n2")  # enters the selection
+        fake_api.patch_object("pods", "a", {"status": {"phase": "Succeeded"}}, "ai")  # leaves it
+        fake_api.patch_object("pods", "a", {"metadata": {"labels": {"x": "1"}}}, "ai")  # outside: nothing
+        fake_api.patch_object("pods", "b", {"metadata": {"labels": {"x": "1"}}}, "ai")  # inside: MODIFIED
+        while len(seen) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert seen == [("ADDED", "b"), ("DELETED", "a"), ("MODIFIED", "b")]
+        assert [i["metadata"]["name"] for i in inf.items()] == ["b"]
+    finally:
+        inf.stop()
