@@ -130,3 +130,34 @@ def test_lost_fault_from_fleet() -> None:
     st = agent.step(now=2.0).state
     assert not st.gpus[0].healthy and st.gpus[0].reason == "GPU is lost"
     assert st.healthy_free_mib == 0
+
+
+def test_real_reader_on_a_host_without_gpu_libraries(tmp_path: Path) -> None:
+    """No libnvidia-ml, no libamd_smi, no KFD: no GPUs and a reason naming both (in a clean subprocess)."""
+    code = ("from flexinfer.agent.main import build_real_reader; r = build_real_reader('auto', sys_root=%r); "
+            "print('RESULT', type(r).__name__, r.sample(), r.status)" % str(tmp_path))
+    env = {"PATH": "/usr/bin:/bin", "FLEXINFER_LOG_LEVEL": "error"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("RESULT NullReader []") and "NVML" in line and "amdsmi" in line
+
+
+def test_dry_run_streaming_mode_prints_json_lines_and_stops_on_sigterm() -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "flexinfer.agent.main", "--fake-gpus", HOMELAB, "--node",
+                             "cblevins-5930k", "--dry-run", "--interval-seconds", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["labels"][keys.LABEL_ARCH] == "gfx1100"
+        time.sleep(0.5)  # a few samples; nothing changes, so nothing more is printed
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and rest.strip() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -238,3 +238,25 @@ def test_event_registration_not_supported_is_tolerated() -> None:
     r.open()
     (s,) = r.sample()
     assert s.healthy and "events" in s.unsupported and s.error_events == 0
+
+
+def test_fatal_event_wait_error_marks_unhealthy_and_reinitialises(clock: ManualClock) -> None:
+    class WaitBroken(FakeNvml):
+        broken = True
+
+        def nvmlEventSetWait_v2(self, es: object, timeout_ms: int) -> Any:
+            if WaitBroken.broken:
+                WaitBroken.broken = False
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+
+    r = reader_for(WaitBroken(node_from([nvidia_gpu()])), clock)
+    inner: NvmlReader = r.inner  # type: ignore[assignment]
+    r.open()
+    (s,) = r.sample()  # the poll hits the Unknown error: GPU unhealthy, re-init requested
+    assert not s.healthy and "event wait failed" in s.reason
+    (s,) = r.sample()
+    assert "re-initialising" in r.status
+    clock.advance(1.5)
+    (s,) = r.sample()
+    assert s.healthy and r.status == "ok" and inner.init_attempts == 2
