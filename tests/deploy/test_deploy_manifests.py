@@ -432,3 +432,33 @@ def test_project_builds_as_a_wheel_with_the_entry_points(tmp_path: pathlib.Path)
         assert re.search(rf"^{script} = ", eps, re.M), script
     assert any(n.startswith("flexinfer/agent/") for n in names)
     assert any(n.startswith("flexinfer/data/") and n.endswith(".yaml") for n in names)
+
+
+@pytest.mark.parametrize("root", OVERLAYS, ids=lambda p: str(p.relative_to(DAEMONSET)))
+def test_container_args_are_accepted_by_the_real_clis(root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every flag and FLEXINFER_* env var in the manifests parses with the entry point's click command."""
+    import importlib
+    import tomllib
+
+    import click
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for w in _workloads(rendered(root)):
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            if c["command"][0] not in scripts:
+                continue  # e.g. kube-scheduler
+            module, func = scripts[c["command"][0]].split(":")
+            cmd: click.Command = getattr(importlib.import_module(module), func)
+            with monkeypatch.context() as m:
+                for e in c.get("env", []):
+                    if "value" in e:
+                        m.setenv(e["name"], e["value"])
+                    elif e["name"] == "NODE_NAME":
+                        m.setenv("NODE_NAME", "node-a")
+                ctx = cmd.make_context(c["command"][0], list(c.get("args", [])))
+            ports = {p["containerPort"] for p in c["ports"]}
+            for opt in ("metrics_port", "grpc_port", "port"):
+                if ctx.params.get(opt):
+                    assert ctx.params[opt] in ports, f"{_id(w)}: --{opt} {ctx.params[opt]} not a container port"
+            if "vendor" in ctx.params and c["command"][0] == "flexinfer-agent" and root.name != "mixed":
+                assert ctx.params["vendor"] == root.name.split("-")[0]
