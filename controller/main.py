@@ -16,10 +16,12 @@ import queue
 import signal
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import click
 import kubernetes.client
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flexinfer import keys, kube, logs
 
@@ -60,7 +62,7 @@ class ControllerLoop:
             "persistentvolumeclaims": mk(api, "persistentvolumeclaims", self._handler("pvcs"), ns, managed),
             "pods": mk(api, "pods", self._handler("pods"), ns, keys.LABEL_MODEL),
         }
-        if watch_nodes and controller.auto_vendor is None:
+        if watch_nodes and controller.auto_vendor is None and nodes_readable(api):
             self.informers["nodes"] = mk(api, "nodes", self._handler("nodes"))
         self._threads: list[threading.Thread] = []
 
@@ -123,6 +125,17 @@ class ControllerLoop:
         while not self._stop.wait(1.0):
             pass
 
+    def synced(self) -> bool:
+        return all(inf.synced for inf in self.informers.values())
+
+    def healthy(self) -> bool:
+        """The worker thread is alive and (when leader) passes keep happening."""
+        worker = self._threads[-1] if self._threads else None
+        if worker is None or not worker.is_alive():
+            return False
+        return not self.is_leader or self.last_pass_unix == 0.0 or \
+            time.time() - self.last_pass_unix < max(60.0, 6 * self.resync_seconds)
+
     @property
     def is_leader(self) -> bool:
         return self.lease is None or self.lease.is_leader
@@ -164,6 +177,53 @@ class ControllerLoop:
             self.last_pass_unix = time.time()
 
 
+def nodes_readable(api: kubernetes.client.ApiClient) -> bool:
+    """Whether this service account may list Nodes (needed only to resolve GPU vendor ``auto``)."""
+    try:
+        kube.list_raw(api, "nodes", retry=kube.NO_RETRY)
+        return True
+    except kube.KubeError as e:
+        log.warning("cannot list nodes; GPU vendor auto resolves to nvidia (grant nodes get/list/watch "
+                    "or pass --auto-vendor)", error=str(e))
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    loop: ControllerLoop | None = None
+    registry: Any = None
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        loop = self.loop
+        if path == "/metrics":
+            body, ctype, code = generate_latest(self.registry), CONTENT_TYPE_LATEST, 200
+        elif path == "/healthz":
+            ok = loop is None or loop.healthy()
+            body, ctype, code = (b"ok\n" if ok else b"worker stalled\n"), "text/plain", 200 if ok else 503
+        elif path == "/readyz":
+            ok = loop is None or loop.synced()
+            body, ctype, code = (b"ok\n" if ok else b"caches not synced\n"), "text/plain", 200 if ok else 503
+        else:
+            body, ctype, code = b"not found\n", "text/plain", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:  # quiet: probes every few seconds
+        return
+
+
+def serve_http(address: str, port: int, registry: Any, loop: ControllerLoop | None) -> ThreadingHTTPServer:
+    """/metrics, /healthz (worker alive), /readyz (caches synced) in a daemon thread."""
+    handler = type("Handler", (_Handler,), {"loop": loop, "registry": registry})
+    server = ThreadingHTTPServer((address, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="controller-http", daemon=True).start()
+    return server
+
+
 def default_lease_namespace(namespace: str | None) -> str:
     return os.environ.get("POD_NAMESPACE") or namespace or "flexinfer-system"
 
@@ -178,8 +238,8 @@ def default_lease_namespace(namespace: str | None) -> str:
               help="Full reconcile period (idle timeouts are time-based).")
 @click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535),
               help="Prometheus /metrics port (0 disables).")
-@click.option("--metrics-address", default="127.0.0.1", show_default=True,
-              help="Bind address for /metrics (0.0.0.0 in a cluster).")
+@click.option("--metrics-address", default=None,
+              help="Bind address for /metrics, /healthz, /readyz [default: 0.0.0.0 in a cluster, else 127.0.0.1].")
 @click.option("--leader-elect/--no-leader-elect", default=True, show_default=True,
               help="Take a coordination.k8s.io Lease before reconciling (safe with >1 replica).")
 @click.option("--lease-namespace", default=None, help="Namespace of the Lease (default: $POD_NAMESPACE, "
@@ -188,11 +248,13 @@ def default_lease_namespace(namespace: str | None) -> str:
               help="GPU vendor for spec.gpu.vendor auto (default: most common vendor among GPU nodes).")
 @click.option("--once", is_flag=True, help="Run one reconcile pass and exit.")
 @click.option("--log-level", default=None, help="debug|info|warning|error")
+@click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
 def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldown_seconds: float,
          resync_seconds: float, metrics_port: int, metrics_address: str, leader_elect: bool,
-         lease_namespace: str | None, auto_vendor: str, once: bool, log_level: str | None) -> None:
+         lease_namespace: str | None, auto_vendor: str, once: bool, log_level: str | None,
+         log_format: str | None) -> None:
     """Reconcile ai.flexinfer/v1alpha2 Models into Deployments and Services; shared GPU groups."""
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
     api: kubernetes.client.ApiClient = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
     metrics = ControllerMetrics()
     ctl = Controller(api, namespace=namespace or None, cooldown_seconds=cooldown_seconds, metrics=metrics,
@@ -204,11 +266,13 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
         for e in result.errors:
             log.error("error", what=e)
         raise SystemExit(1 if result.errors else 0)
-    if metrics_port:
-        from prometheus_client import start_http_server
-        start_http_server(metrics_port, addr=metrics_address, registry=metrics.registry)
     lease = LeaseLock(api, lease_namespace or default_lease_namespace(namespace or None)) if leader_elect else None
-    loop = ControllerLoop(ctl, resync_seconds=resync_seconds, lease=lease).start()
+    loop = ControllerLoop(ctl, resync_seconds=resync_seconds, lease=lease)
+    server = None
+    if metrics_port:
+        addr = metrics_address or ("0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1")
+        server = serve_http(addr, metrics_port, metrics.registry, loop)
+    loop.start()
     log.info("controller running", namespace=namespace or "(all)", cooldown_seconds=cooldown_seconds,
              leader_elect=leader_elect)
     stop = threading.Event()
@@ -217,3 +281,5 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
             signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     loop.stop()
+    if server is not None:
+        server.shutdown()

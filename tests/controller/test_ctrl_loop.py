@@ -105,7 +105,41 @@ def test_loop_reacts_to_events_and_follower_stays_passive(fake_api, kube_api):
 
 def test_cli_once(fake_api):
     fake_api.put_object(model("big", 100, min_replicas=1))
-    r = CliRunner().invoke(main, ["--kube-server", fake_api.url, "--namespace", NS, "--once", "--metrics-port", "0"])
+    r = CliRunner().invoke(main, ["--kube-server", fake_api.url, "--namespace", NS, "--once", "--metrics-port", "0", "--log-format", "json"])
     assert r.exit_code == 0, r.output
     assert fake_api.get_object("deployments", "big", NS)["spec"]["replicas"] == 1
     assert fake_api.get_object("models", "big", NS)["status"]["phase"] == "Loading"
+
+
+def test_http_health_metrics_and_nodes_forbidden(fake_api, kube_api):
+    import urllib.error
+    import urllib.request
+
+    from flexinfer.controller.main import serve_http
+
+    fake_api.put_object(model("big", 100, min_replicas=1))
+    fake_api.fail("GET", "/api/v1/nodes", status=403, times=1000)
+    ctl = Controller(kube_api, namespace=NS)
+    loop = ControllerLoop(ctl, resync_seconds=5, lease=None)
+    assert "nodes" not in loop.informers  # forbidden: auto vendor falls back, no failing informer
+    server = serve_http("127.0.0.1", 0, ctl.metrics.registry, loop)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+
+    try:
+        assert get("/readyz")[0] == 503
+        loop.start(sync_timeout_s=5)
+        wait_for(lambda: replicas(fake_api, "big") == 1)
+        assert get("/readyz")[0] == 200
+        assert get("/healthz")[0] == 200
+        wait_for(lambda: 'flexinfer_model_phase{model="big",namespace="ai",phase="Loading"} 1.0' in get("/metrics")[1])
+        assert get("/nope")[0] == 404
+    finally:
+        loop.stop()
+        server.shutdown()
