@@ -285,9 +285,21 @@ class NvmlReader:
             xids, dev.pending_xids = dev.pending_xids, []
         return xids
 
-    def _metric(self, dev: _Device, metric: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _fn(self, *names: str) -> Callable[..., Any] | None:
+        """The first binding this nvidia-ml-py version has (older releases lack newer calls)."""
+        for name in names:
+            fn = getattr(self.nv, name, None)
+            if callable(fn):
+                return fn
+        return None
+
+    def _metric(self, dev: _Device, metric: str, fn: Callable[..., Any] | None, *args: Any, **kw: Any) -> Any:
         """Call one metric getter: unsupported once => never again; fatal errors propagate."""
         if metric in dev.unsupported:
+            return None
+        if fn is None:  # binding absent in this nvidia-ml-py: same as FunctionNotFound
+            dev.unsupported.add(metric)
+            log.info("nvml_metric_unsupported", uuid=dev.uuid, metric=metric, error="binding missing")
             return None
         try:
             return fn(*args, **kw)
@@ -320,9 +332,12 @@ class NvmlReader:
         nv, h = self.nv, dev.handle
         if "temperature" in dev.unsupported:
             return None
-        if not dev.temperature_legacy:
+        temp_v = self._fn("nvmlDeviceGetTemperatureV")
+        if temp_v is None:
+            dev.temperature_legacy = True
+        if not dev.temperature_legacy and temp_v is not None:
             try:
-                return float(nv.nvmlDeviceGetTemperatureV(h, nv.NVML_TEMPERATURE_GPU))
+                return float(temp_v(h, nv.NVML_TEMPERATURE_GPU))
             except nv.NVMLError as e:
                 if not self._is(e, ("NVMLError_FunctionNotFound", "NVMLError_ArgumentVersionMismatch")):
                     if self._is(e, _DEVICE_FATAL_NAMES + _LIBRARY_FATAL_NAMES):
@@ -331,7 +346,7 @@ class NvmlReader:
                         dev.unsupported.add("temperature")
                     return None
                 dev.temperature_legacy = True
-        t = self._metric(dev, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
+        t = self._metric(dev, "temperature", self._fn("nvmlDeviceGetTemperature"), h, nv.NVML_TEMPERATURE_GPU)
         return None if t is None else float(t)
 
     def _sample_device(self, dev: _Device) -> GpuSample:
@@ -343,30 +358,31 @@ class NvmlReader:
             memory_total_bytes=total, memory_used_bytes=used, memory_free_bytes=free,
             memory_reserved_bytes=reserved, driver_version=self.driver_version, cuda_version=self.cuda_version,
         )
-        mw = self._metric(dev, "power", nv.nvmlDeviceGetPowerUsage, h)
+        mw = self._metric(dev, "power", self._fn("nvmlDeviceGetPowerUsage"), h)
         s.power_usage_watts = None if mw is None else mw / 1000.0
-        lim = self._metric(dev, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
+        lim = self._metric(dev, "power_limit", self._fn("nvmlDeviceGetEnforcedPowerLimit"), h)
         s.power_limit_watts = None if lim is None else lim / 1000.0
         s.temperature_celsius = self._temperature(dev)
-        util = self._metric(dev, "utilization", nv.nvmlDeviceGetUtilizationRates, h)
+        util = self._metric(dev, "utilization", self._fn("nvmlDeviceGetUtilizationRates"), h)
         s.utilization_ratio = None if util is None else float(util.gpu) / 100.0
-        sm = self._metric(dev, "clocks", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM)
-        mem = self._metric(dev, "clocks", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM)
+        sm = self._metric(dev, "clocks", self._fn("nvmlDeviceGetClockInfo"), h, nv.NVML_CLOCK_SM)
+        mem = self._metric(dev, "clocks", self._fn("nvmlDeviceGetClockInfo"), h, nv.NVML_CLOCK_MEM)
         s.sm_clock_hertz = None if sm is None else sm * 1e6
         s.memory_clock_hertz = None if mem is None else mem * 1e6
-        s.pcie_gen_current = self._metric(dev, "pcie", nv.nvmlDeviceGetCurrPcieLinkGeneration, h)
-        s.pcie_width_current = self._metric(dev, "pcie", nv.nvmlDeviceGetCurrPcieLinkWidth, h)
-        s.pcie_gen_max = self._metric(dev, "pcie", nv.nvmlDeviceGetMaxPcieLinkGeneration, h)
-        s.pcie_width_max = self._metric(dev, "pcie", nv.nvmlDeviceGetMaxPcieLinkWidth, h)
-        s.pcie_replay_total = self._metric(dev, "pcie_replay", nv.nvmlDeviceGetPcieReplayCounter, h)
-        mask = self._metric(dev, "throttle", nv.nvmlDeviceGetCurrentClocksEventReasons, h)
+        s.pcie_gen_current = self._metric(dev, "pcie", self._fn("nvmlDeviceGetCurrPcieLinkGeneration"), h)
+        s.pcie_width_current = self._metric(dev, "pcie", self._fn("nvmlDeviceGetCurrPcieLinkWidth"), h)
+        s.pcie_gen_max = self._metric(dev, "pcie", self._fn("nvmlDeviceGetMaxPcieLinkGeneration"), h)
+        s.pcie_width_max = self._metric(dev, "pcie", self._fn("nvmlDeviceGetMaxPcieLinkWidth"), h)
+        s.pcie_replay_total = self._metric(dev, "pcie_replay", self._fn("nvmlDeviceGetPcieReplayCounter"), h)
+        mask = self._metric(dev, "throttle", self._fn("nvmlDeviceGetCurrentClocksEventReasons",
+                                                       "nvmlDeviceGetCurrentClocksThrottleReasons"), h)
         if mask is not None:
             s.throttle_reasons = {name: bool(mask & bit) for bit, name in THROTTLE_REASONS}
         s.ecc_correctable_total = self._metric(
-            dev, "ecc", nv.nvmlDeviceGetTotalEccErrors, h, nv.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+            dev, "ecc", self._fn("nvmlDeviceGetTotalEccErrors"), h, nv.NVML_MEMORY_ERROR_TYPE_CORRECTED,
             nv.NVML_VOLATILE_ECC)
         s.ecc_uncorrectable_total = self._metric(
-            dev, "ecc", nv.nvmlDeviceGetTotalEccErrors, h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+            dev, "ecc", self._fn("nvmlDeviceGetTotalEccErrors"), h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
             nv.NVML_VOLATILE_ECC)
         s.xid_events = self._take_xids(dev)
         s.error_events, s.last_error_unix = dev.error_events, dev.last_error_unix

@@ -134,8 +134,9 @@ def test_lost_fault_from_fleet() -> None:
 
 def test_real_reader_on_a_host_without_gpu_libraries(tmp_path: Path) -> None:
     """No libnvidia-ml, no libamd_smi, no KFD: no GPUs and a reason naming both (in a clean subprocess)."""
-    code = ("from flexinfer.agent.main import build_real_reader; r = build_real_reader('auto', sys_root=%r); "
-            "print('RESULT', type(r).__name__, r.sample(), r.status)" % str(tmp_path))
+    code = ("from flexinfer.agent.main import build_real_reader; "
+            f"r = build_real_reader('auto', sys_root={str(tmp_path)!r}); "
+            "print('RESULT', type(r).__name__, r.sample(), r.status)")
     env = {"PATH": "/usr/bin:/bin", "FLEXINFER_LOG_LEVEL": "error"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr

@@ -260,3 +260,22 @@ def test_fatal_event_wait_error_marks_unhealthy_and_reinitialises(clock: ManualC
     clock.advance(1.5)
     (s,) = r.sample()
     assert s.healthy and r.status == "ok" and inner.init_attempts == 2
+
+
+def test_bindings_missing_from_an_older_nvidia_ml_py_are_unsupported_not_fatal() -> None:
+    class OldBindings(FakeNvml):
+        # module attributes absent in an older nvidia-ml-py (None: not callable, like a missing name)
+        nvmlDeviceGetTemperatureV = None
+        nvmlDeviceGetCurrentClocksEventReasons = None
+
+        def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+            return 61
+
+        def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: int) -> int:
+            return 0x4
+
+    r = reader_for(OldBindings(node_from([nvidia_gpu()])))
+    r.open()
+    (s,) = r.sample()
+    assert s.healthy and s.temperature_celsius == 61.0
+    assert s.throttle_reasons is not None and s.throttle_reasons["sw_power_cap"]
