@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -332,12 +333,29 @@ class Controller:
             elif cur_replicas != d.replicas:
                 dep = kube.scale_deployment(self.api, ns, m.name, d.replicas)
                 result.writes.append(f"scale Deployment {ns}/{m.name} {cur_replicas}->{d.replicas}")
+                reason = "ScaledUp" if d.replicas else ("Preempted" if d.preempted else "ScaledToZero")
+                self._event(m, reason, f"{cur_replicas} -> {d.replicas} replicas: {d.reason}")
         svc = render.render_service(m)
         cur_svc = svcs.get((ns, m.name))
         if cur_svc is None or not _subset(svc, cur_svc):
             kube.apply_object(self.api, svc)
             result.writes.append(f"apply Service {ns}/{m.name}")
         return dep
+
+    def _event(self, m: Model, reason: str, message: str) -> None:
+        """A Kubernetes Event on the Model (best effort: never fails the pass)."""
+        now = rfc3339(self.clock())
+        ev = {"apiVersion": "v1", "kind": "Event",
+              "metadata": {"name": f"{m.name}.{uuid.uuid4().hex[:16]}", "namespace": m.namespace},
+              "involvedObject": {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND, "name": m.name,
+                                 "namespace": m.namespace, "uid": m.uid},
+              "reason": reason, "message": message[:1024], "type": "Normal", "count": 1,
+              "firstTimestamp": now, "lastTimestamp": now,
+              "source": {"component": keys.MANAGED_BY}, "reportingComponent": keys.MANAGED_BY}
+        try:
+            kube.create_object(self.api, ev, retry=kube.NO_RETRY)
+        except kube.KubeError as e:
+            log.debug("event not recorded", error=str(e))
 
     def _write_status(self, obj: JSON, m: Model, ph: phases.PhaseResult, info: phases.PodInfo, now: float,
                       result: PassResult) -> None:

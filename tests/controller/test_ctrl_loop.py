@@ -105,7 +105,8 @@ def test_loop_reacts_to_events_and_follower_stays_passive(fake_api, kube_api):
 
 def test_cli_once(fake_api):
     fake_api.put_object(model("big", 100, min_replicas=1))
-    r = CliRunner().invoke(main, ["--kube-server", fake_api.url, "--namespace", NS, "--once", "--metrics-port", "0", "--log-format", "json"])
+    r = CliRunner().invoke(main, ["--kube-server", fake_api.url, "--namespace", NS, "--once",
+                                  "--metrics-port", "0", "--log-format", "json"])
     assert r.exit_code == 0, r.output
     assert fake_api.get_object("deployments", "big", NS)["spec"]["replicas"] == 1
     assert fake_api.get_object("models", "big", NS)["status"]["phase"] == "Loading"

@@ -96,6 +96,8 @@ def test_three_model_group_preempt_and_reclaim(lane):
     assert "preempted by qwen3-32b" in status(fake, "qwen3-14b")["message"]
     assert status(fake, "qwen3-32b")["phase"] == "Loading"
     assert any("scale Deployment ai/qwen3-14b 1->0" in w for w in r.writes)
+    events = {(e["involvedObject"]["name"], e["reason"]) for e in fake.list_objects("events", NS)}
+    assert ("qwen3-14b", "Preempted") in events and ("qwen3-32b", "ScaledUp") in events
     kubelet(fake, "qwen3-14b", ready=False)
 
     # 4. A loading 32B is never scaled down: R1 (P:70) activation waits; so does anything else.
