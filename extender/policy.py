@@ -121,25 +121,24 @@ def _ordinal(n: int) -> str:
     return {1: "best", 2: "2nd best", 3: "3rd best"}.get(n, f"{n}th best")
 
 
-def evaluate(
-    req: PodRequirements,
-    view: NodeView | None,
-    now_unix: float,
-    config: PolicyConfig = PolicyConfig(),
-    reserved: Mapping[int, int] | None = None,
-    *,
-    node: str = "",
-) -> NodeVerdict:
-    """Verdict for one pod on one node. `reserved`: GPU index -> MiB held for other pods."""
-    name = view.name if view is not None else node
-    if not req.managed:
-        return NodeVerdict(name, True)
-    if req.error:
-        return _reject(name, R_BAD_POD.format(key=_pod_key_text(req)), req.error)
-    if view is None:
-        return _reject(name, R_NOT_IN_CACHE, unresolvable=False)
-    if req.vendor == VENDOR_CPU:
-        return NodeVerdict(name, True)
+@dataclass(frozen=True, slots=True)
+class StaticFit:
+    """Result of the static checks: the GPUs that could ever hold the pod (healthy, right vendor,
+    compatible, big enough), with the DEGRADED caveat per GPU. Depends only on the pod's
+    `static_key` and the NodeView, so callers may memoise it per (node view, key)."""
+
+    gpus: tuple[tuple[GpuState, str], ...]
+    count: int
+
+
+def static_key(req: PodRequirements) -> tuple[str, int, str, str, int]:
+    return (req.vendor, req.gpu_count, req.backend, req.jit_policy, req.vram_estimate_mib)
+
+
+def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFit:
+    """Vendor, GPU count, health, compatibility and total size: facts that change only when the
+    Node object changes. Returns a rejection, or the candidate GPUs. Pure."""
+    name = view.name
     if view.error:
         return _reject(name, node_parse_reason(view.error), view.error)
     state = view.state
@@ -185,12 +184,44 @@ def evaluate(
         usable = [(g, "") for g in healthy]
 
     est = req.vram_estimate_mib
-    big = [(g, d) for g, d in usable if g.total_mib >= est]
+    big = tuple((g, d) for g, d in usable if g.total_mib >= est)
     if len(big) < count:
         largest = max(g.total_mib for g, _ in usable)
         per = "per GPU" if count > 1 else "on one GPU"
         return _reject(name, R_TOO_SMALL,
                        f"needs {est} MiB {per}; largest GPU has {largest} MiB total")
+    return StaticFit(big, count)
+
+
+def evaluate(
+    req: PodRequirements,
+    view: NodeView | None,
+    now_unix: float,
+    config: PolicyConfig = PolicyConfig(),
+    reserved: Mapping[int, int] | None = None,
+    *,
+    node: str = "",
+    static: NodeVerdict | StaticFit | None = None,
+) -> NodeVerdict:
+    """Verdict for one pod on one node. `reserved`: GPU index -> MiB held for other pods.
+    `static`: a memoised `static_check(req, view)` for this exact view (optional)."""
+    name = view.name if view is not None else node
+    if not req.managed:
+        return NodeVerdict(name, True)
+    if req.error:
+        return _reject(name, R_BAD_POD.format(key=_pod_key_text(req)), req.error)
+    if view is None:
+        return _reject(name, R_NOT_IN_CACHE, unresolvable=False)
+    if req.vendor == VENDOR_CPU:
+        return NodeVerdict(name, True)
+    fit = static if static is not None else static_check(req, view)
+    if isinstance(fit, NodeVerdict):
+        return fit
+    state = view.state
+    assert state is not None  # static_check rejected nodes without state
+    count = fit.count
+    est = req.vram_estimate_mib
+    big = fit.gpus
 
     age = now_unix - state.observed_unix
     if age > config.max_state_age_seconds:

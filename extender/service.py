@@ -19,7 +19,7 @@ from flexinfer.state import NodeView
 from .cache import NodeCache
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
-from .policy import NodeVerdict, PolicyConfig, evaluate
+from .policy import NodeVerdict, PolicyConfig, StaticFit, evaluate, static_check, static_key
 from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
@@ -64,6 +64,9 @@ class Extender:
         self.reservations = reservations if reservations is not None else Reservations()
         self.metrics = metrics or ExtenderMetrics()
         self.clock = clock
+        # (node, static_key) -> (view, static_check result); valid while the cache holds that view.
+        self._static: dict[tuple[str, tuple], tuple[NodeView, NodeVerdict | StaticFit]] = {}
+        self.static_memo_limit = 200_000
 
     # --- evaluation ------------------------------------------------------------------------
     def _evaluate(self, req: PodRequirements, names: Sequence[str],
@@ -71,13 +74,26 @@ class Extender:
         get = views.get if views is not None else self.cache.get
         res = self.reservations if req.needs_gpu else None
         cfg = self.config
+        memo = self._static
+        if len(memo) > self.static_memo_limit:
+            memo.clear()
+        skey = static_key(req)
         out = []
         for name in names:
             view = get(name)
             reserved = None
-            if res is not None and view is not None and view.state is not None:
-                reserved = res.reserved_mib(name, now, exclude_pod=req.key, observed_unix=view.state.observed_unix)
-            out.append(evaluate(req, view, now, cfg, reserved, node=name))
+            static = None
+            if res is not None and view is not None:
+                hit = memo.get((name, skey))
+                if hit is not None and hit[0] is view:
+                    static = hit[1]
+                else:
+                    static = static_check(req, view)
+                    memo[(name, skey)] = (view, static)
+                if view.state is not None:
+                    reserved = res.reserved_mib(name, now, exclude_pod=req.key,
+                                                observed_unix=view.state.observed_unix)
+            out.append(evaluate(req, view, now, cfg, reserved, node=name, static=static))
         return out
 
     def _record(self, verb: str, req: PodRequirements, verdicts: list[NodeVerdict], elapsed: float) -> None:

@@ -6,7 +6,6 @@ import time
 import httpx
 import pytest
 import yaml
-from ext_fixtures import fleet_nodes, gpu, model_pod, node_obj
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.http import serve_in_thread
 from flexinfer.extender.main import build
@@ -15,6 +14,8 @@ from flexinfer.extender.pod import requirements_from_dict
 from flexinfer import keys
 from flexinfer.errors import ParseError
 from flexinfer.fleet import default_fleet_path
+
+from .ext_fixtures import fleet_nodes, gpu, model_pod, node_obj
 
 
 class Clock:

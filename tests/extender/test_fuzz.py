@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ext_fixtures import NOW, gpu, model_pod, node_obj
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.http import BadRequest, parse_args
 from flexinfer.extender.pod import requirements_from_dict
@@ -15,6 +14,8 @@ from hypothesis import strategies as st
 
 from flexinfer import keys
 from flexinfer.nodes import view_of
+
+from .ext_fixtures import NOW, gpu, model_pod, node_obj
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),

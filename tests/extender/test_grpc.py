@@ -10,7 +10,6 @@ import time
 import grpc
 import httpx
 import pytest
-from ext_fixtures import fleet_nodes, model_pod, pod_obj
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.grpc_server import SERVICE_NAME, serve_grpc
 from flexinfer.extender.http import build_app, serve_in_thread
@@ -22,6 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from flexinfer import keys
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
+
+from .ext_fixtures import fleet_nodes, model_pod, pod_obj
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ext_fixtures import fleet_nodes, model_pod, pod_obj
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.http import build_app, serve_in_thread
 from flexinfer.extender.policy import PolicyConfig
 from flexinfer.extender.service import Extender
 
 from flexinfer import keys
+
+from .ext_fixtures import fleet_nodes, model_pod, pod_obj
 
 pytestmark = pytest.mark.integration
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from ext_fixtures import model_pod, pod_obj
 from flexinfer.extender.pod import requirements_from_dict, requirements_from_json
 
 from flexinfer import keys
 from flexinfer.errors import ParseError
+
+from .ext_fixtures import model_pod, pod_obj
 
 
 def test_unannotated_pod_is_passthrough() -> None:

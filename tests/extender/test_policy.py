@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from ext_fixtures import NOW, gpu, node_obj
 from flexinfer.extender import policy as P
 from flexinfer.extender.pod import PodRequirements
 from flexinfer.extender.policy import PolicyConfig, evaluate
@@ -9,6 +8,8 @@ from flexinfer.extender.policy import PolicyConfig, evaluate
 from flexinfer import keys
 from flexinfer.errors import ParseError
 from flexinfer.nodes import view_of
+
+from .ext_fixtures import NOW, gpu, node_obj
 
 CFG = PolicyConfig()
 

@@ -8,13 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from ext_fixtures import gpu, model_pod, node_obj
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.http import build_app, serve_in_thread
 from flexinfer.extender.pod import requirements_from_dict
 from flexinfer.extender.policy import R_INSUFFICIENT, PolicyConfig
 from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
+
+from .ext_fixtures import gpu, model_pod, node_obj
 
 
 class Clock:
