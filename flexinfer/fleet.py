@@ -9,6 +9,7 @@ Format (YAML; MiB, watts, celsius, percent carry their unit in the key):
         labels: {topology.kubernetes.io/zone: homelab}   # extra Node labels
         taints: [{key: dedicated, value: gpu, effect: NoSchedule}]
         driverVersion: "6.10.5"                            # optional
+        gpuReplicas: 4              # device-plugin time-slicing: each GPU advertised 4 times
         faults: [{type: library-missing}]                  # node-level faults
         gpus:
           - vendor: amd                 # nvidia | amd | intel
@@ -104,6 +105,7 @@ class FleetNode(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit
     labels: dict[str, str] = {}
     taints: list[dict[str, str]] = []
     driver_version: str = ""
+    gpu_replicas: int = 1  # device-plugin time-slicing replicas per GPU (nvidia.com/gpu: count x replicas)
     cpu: str = "16"
     memory: str = "64Gi"
     faults: list[Fault] = []
@@ -147,6 +149,8 @@ def parse_fleet(data: object, source: str = "fleet") -> Fleet:
         if not node.name or node.name in seen:
             raise ParseError(f"{source}: nodes[{i}].name", node.name, "a unique non-empty node name")
         seen.add(node.name)
+        if not 1 <= node.gpu_replicas <= 64:
+            raise ParseError(f"{source}: nodes[{i}].gpuReplicas", node.gpu_replicas, "1 to 64")
         for j, g in enumerate(node.gpus):
             where = f"{source}: nodes[{i}].gpus[{j}]"
             try:

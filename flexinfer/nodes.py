@@ -68,7 +68,7 @@ def fleet_node_objects(fleet: Fleet, now: float | None = None, *, published: boo
         for g in gpus:
             res = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}.get(g.vendor)
             if res:
-                resources[res] = resources.get(res, 0) + 1
+                resources[res] = resources.get(res, 0) + n.gpu_replicas
         labels = {**n.labels}
         annotations: dict[str, str] = {}
         if published:

@@ -110,6 +110,24 @@ def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server:
           "-" if r["ageSeconds"] is None else r["ageSeconds"]] for r in rows]))
 
 
+@cli.command()
+@click.option("--fleet", type=click.Path(exists=True, dir_okay=False),
+              help="Fleet file (default: the embedded homelab fleet).")
+def demo(fleet: str | None) -> None:
+    """Run the whole system on a simulated fleet and explain where each example Model lands."""
+    from rich.console import Console
+
+    from flexinfer.demo.run import run_demo
+    from flexinfer.errors import ParseError
+    from flexinfer.fleet import default_fleet_path, load_fleet
+
+    try:
+        fl = load_fleet(fleet or default_fleet_path())
+    except ParseError as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(run_demo(fl, console(), Console(stderr=True, highlight=False)))
+
+
 def main() -> None:
     cli(prog_name="flexinfer")
 
