@@ -1,0 +1,177 @@
+"""Targets (PASS/MISS) and the results files: bench/results/<date>-<host>.md and .json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.machine import machine_line
+
+
+def _lat(res: dict[str, Any], n: int, mode: str, verb: str) -> dict[str, Any] | None:
+    for r in res.get("extender", {}).get("latency", []):
+        if r["nodes"] == n and r["mode"] == mode and r["verb"] == verb:
+            return r
+    return None
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, limit: float, unit: str, *, lower_is_better: bool = True,
+            detail: str = "") -> None:
+        if measured is None:
+            out.append({"target": name, "measured": None, "limit": limit, "unit": unit, "result": "NOT MEASURED",
+                        "detail": detail})
+            return
+        ok = measured < limit if lower_is_better else measured >= limit
+        out.append({"target": name, "measured": measured, "limit": limit, "unit": unit,
+                    "result": "PASS" if ok else "MISS", "detail": detail})
+
+    for verb in ("filter", "prioritize"):
+        r = _lat(res, 5000, "names", verb)
+        add(f"nodenames {verb}, 5000 nodes: p99 < 10 ms", r["extender"]["p99_ms"] if r else None, 10.0, "ms")
+        add(f"nodenames {verb}, 5000 nodes: p99 within 2x of the do-nothing floor",
+            r["ratio_p99"] if r else None, 2.0001, "x floor",
+            detail=(f"floor p99 {r['floor']['p99_ms']} ms; p50 ratio {r['ratio_p50']}x" if r else ""))
+    for verb in ("filter", "prioritize"):
+        r = _lat(res, 1000, "nodes", verb)
+        add(f"full-nodes {verb}, 1000 nodes: p99 < 100 ms (node cache warm)",
+            r["extender"]["p99_ms"] if r else None, 100.0, "ms")
+        add(f"full-nodes {verb}, 1000 nodes: p99 < 100 ms (node cache empty: every node parsed)",
+            r["extender-cold-cache"]["p99_ms"] if r else None, 100.0, "ms")
+    tp = next((t for t in res.get("extender", {}).get("throughput", [])
+               if t["nodes"] == 100 and t["mode"] == "names" and t["server"] == "extender"), None)
+    add(">= 500 filter requests/s at 100 nodes (nodenames, separate load process)", tp["rps"] if tp else None,
+        500.0, "req/s", lower_is_better=False,
+        detail=f"{tp['concurrency']} connections, {tp['seconds']} s, {tp['errors']} errors" if tp else "")
+    agent = res.get("agent", {})
+    cpu = max((c["cpu_ms_per_sample"] for c in agent.get("cpu", [])), default=None)
+    add("agent: < 5 ms CPU per sample (8 GPUs)", cpu, 5.0, "ms",
+        detail=", ".join(f"{c['vendor']} {c['cpu_ms_per_sample']} ms" for c in agent.get("cpu", [])))
+    proc = agent.get("process")
+    add("agent: < 80 MiB RSS", proc["rss_mib"] if proc else None, 80.0, "MiB",
+        detail=f"peak {proc['peak_rss_mib']} MiB" if proc else "")
+    w = agent.get("writes")
+    add("agent: <= 1 Node write per minute under +/-100 MiB noise", w["writes_per_minute"] if w else None, 1.0001,
+        "writes/min", detail=f"{w['writes']} writes in {w['samples']} samples ({w['writes_per_hour']}/h)" if w else "")
+    return out
+
+
+def _pp(d: dict[str, Any] | None) -> str:
+    return f"{d['p50_ms']} / {d['p99_ms']}" if d else "-"
+
+
+def _vv(v: dict[str, int] | None) -> str:
+    return f"{v['passed']} / {v['failed']} / {v['unresolvable']}" if v else "-"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [f"# FlexInfer bench: {res['date']} on {m['host']}", "",
+             f"Machine: {machine_line(m)}.", "",
+             f"Command: `{res['command']}` ({res['mode']} run, {res['seconds']:.0f} s). "
+             f"Servers pinned to CPU {res.get('extender', {}).get('pinning', {}).get('server_cpu', '-')}, "
+             f"clients/load to CPU {res.get('extender', {}).get('pinning', {}).get('client_cpu', '-')}.", ""]
+    lines += ["## Targets", "", "| target | measured | result | detail |", "|---|---|---|---|"]
+    for t in res["targets"]:
+        meas = "-" if t["measured"] is None else f"{t['measured']:g} {t['unit']}"
+        lines.append(f"| {t['target']} | {meas} | **{t['result']}** | {t['detail']} |")
+    ext = res.get("extender", {})
+    if ext:
+        lines += ["", "## Extender over HTTP (loopback, one keep-alive connection, sequential)", "",
+                  f"Node objects average {ext.get('node_json_bytes_avg', '-')} bytes of JSON (kubelet-like: "
+                  "managedFields, conditions, images). Pod: llama.cpp, 12000 MiB, 1 nvidia.com/gpu.", "",
+                  "| nodes | form | verb | body | extender p50 / p99 ms | extender, empty cache p50 / p99 ms "
+                  "| floor p50 / p99 ms | ratio p50 / p99 | passed / failed / unresolvable |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in ext.get("latency", []):
+            e, f = r["extender"], r["floor"]
+            c = r.get("extender-cold-cache")
+            v = e.get("verdicts")
+            lines.append(
+                f"| {r['nodes']} | {r['mode']} | {r['verb']} | {r['body_bytes'] / 1024:.0f} KiB "
+                f"| {_pp(e)} | {_pp(c)} | {_pp(f)} | {r['ratio_p50']} / {r['ratio_p99']} | {_vv(v)} |")
+        if ext.get("grpc"):
+            lines += ["", "## Extender over gRPC (same policy, same cache; node names in the request)", "",
+                      "| nodes | rpc | p50 ms | p99 ms | passed / failed / unresolvable |", "|---|---|---|---|---|"]
+            for r in ext["grpc"]:
+                v = r.get("verdicts")
+                lines.append(f"| {r['nodes']} | {r['verb']} | {r['p50_ms']} | {r['p99_ms']} | {_vv(v)} |")
+        lines += ["", "## Throughput (separate load process, aiohttp, keep-alive connections)", "",
+                  "| nodes | form | server | connections | requests | errors | req/s | server CPU s | load CPU s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for t in ext.get("throughput", []):
+            lines.append(f"| {t['nodes']} | {t['mode']} | {t['server']} | {t['concurrency']} | {t['requests']} "
+                         f"| {t['errors']} | {t['rps']} | {t['server_cpu_seconds']} | {t['client_cpu_seconds']} |")
+        if ext.get("server_rss_mib"):
+            lines += ["", "Server RSS after the run (MiB): " + ", ".join(
+                f"{k} {v}" for k, v in ext["server_rss_mib"].items()) + "."]
+    agent = res.get("agent", {})
+    if agent:
+        lines += ["", "## Agent", "", "| measurement | value |", "|---|---|"]
+        for c in agent.get("cpu", []):
+            lines.append(f"| CPU per sample, 8 {c['vendor']} GPUs (fake library, real reader), {c['samples']} samples "
+                         f"| {c['cpu_ms_per_sample']} ms (wall {c['wall_ms_per_sample']} ms); /metrics render "
+                         f"{c['metrics_scrape_cpu_ms']} ms for {c['metrics_bytes']} bytes |")
+        for key, label in (("process", "agent process"), ("process_arena2", "agent process, MALLOC_ARENA_MAX=2")):
+            p = agent.get(key)
+            if p:
+                lines.append(f"| RSS, {label} (8 GPUs, metrics + gRPC + publishing) | {p['rss_mib']} MiB "
+                             f"(peak {p['peak_rss_mib']}); whole-process CPU {p['process_cpu_ms_per_sample']} ms "
+                             f"per sample at {p['interval_seconds']} s |")
+        mods = (agent.get("process") or {}).get("modules_note") or {}
+        if mods:
+            lines.append(f"| import cost (RSS) | interpreter {mods['interpreter_mib']} MiB; agent modules "
+                         f"{mods['agent_imports_without_kubernetes_mib']} MiB; + kubernetes.client "
+                         f"{mods['plus_kubernetes_client_mib']} MiB |")
+        w = agent.get("writes")
+        if w:
+            lines.append(f"| Node writes, {w['samples']} samples at {w['interval_seconds']:g} s, +/-{w['noise_mib']} "
+                         f"MiB noise per GPU (threshold {w['threshold_mib']} MiB, heartbeat "
+                         f"{w['heartbeat_seconds']:g} s) | {w['writes']} writes = {w['writes_per_hour']}/h "
+                         f"({w['writes_per_minute']}/min); {w['api_requests']} API requests |")
+        for n in agent.get("notes", []):
+            lines.append(f"| note | {n} |")
+    ctl = res.get("controller", {})
+    if ctl:
+        lines += ["", f"## Controller: {ctl.get('models')} Models in {ctl.get('groups')} groups", "",
+                  f"API: {ctl.get('api')}.", "", "| pass | wall s | controller CPU s | writes | errors |",
+                  "|---|---|---|---|---|"]
+        for p in ctl.get("passes", []):
+            lines.append(f"| {p['pass']} | {p['seconds']} | {p['client_cpu_seconds']} | {p['writes']} "
+                         f"| {p['errors']} |")
+        lines += ["", f"Pure decision path (groups.decide_group, 20 groups of 10): "
+                      f"{ctl.get('pure_decision_ms_for_200_models')} ms. Deployments running after the activation "
+                      f"pass: {ctl.get('deployments_running_after')} (activated members running: "
+                      f"{ctl.get('activated_members_running')})."]
+    fz = res.get("fuzz")
+    if fz:
+        lines += ["", "## Fuzz (hypothesis)", "", f"`{fz['command']}` with FLEXINFER_FUZZ_EXAMPLES={fz['examples']}: "
+                  f"exit {fz['exit_code']}, {fz['seconds']} s — {fz['summary']}"]
+    profs = res.get("profiles", [])
+    if profs:
+        lines += ["", "## Profiles (targets missed)", ""]
+        for p in profs:
+            lines += [f"### {p['verb']} {p['mode']} {p['nodes']} nodes, cache {p['cache']}: "
+                      f"{p['in_process_ms_per_request']} ms per request in-process", "",
+                      "| function | calls/request | own ms | cumulative ms |", "|---|---|---|---|"]
+            for row in p["top_own_time"]:
+                lines.append(f"| `{row['function']}` | {row['calls_per_request']} | {row['own_ms_per_request']} "
+                             f"| {row['cumulative_ms_per_request']} |")
+            lines.append("")
+    notes = res.get("notes", []) + ext.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(res: dict[str, Any], outdir: Path) -> tuple[Path, Path]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = f"{res['date']}-{res['machine']['host']}" + ("-quick" if res["mode"] == "quick" else "")
+    j = outdir / f"{stem}.json"
+    md = outdir / f"{stem}.md"
+    j.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
+    md.write_text(markdown(res))
+    return md, j
