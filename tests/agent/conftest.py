@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import ManualClock
+
+from .agent_helpers import ManualClock
 
 
 @pytest.fixture(scope="session")

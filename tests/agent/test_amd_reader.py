@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import ManualClock, amd_gpu, node_from
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.readers.amd import AmdSmiReader
 from flexinfer.agent.readers.base import Backoff
 from flexinfer.agent.readers.fake import FakeAmdSmi, FleetReader
+
+from .agent_helpers import ManualClock, amd_gpu, node_from
 
 
 def reader_for(fake: FakeAmdSmi, clock: ManualClock | None = None, sys_root: str | Path = "/nonexistent") -> Any:

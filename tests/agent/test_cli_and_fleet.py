@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_helpers import amd_gpu, node_from, nvidia_gpu
 from click.testing import CliRunner
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.main import main
@@ -18,6 +17,8 @@ from flexinfer.agent.readers.fake import fleet_reader
 from flexinfer import keys
 from flexinfer.fleet import default_fleet_path, dump_fleet, load_fleet, parse_fleet
 from flexinfer.state import decode_state
+
+from .agent_helpers import amd_gpu, node_from, nvidia_gpu
 
 HOMELAB = str(default_fleet_path())
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from agent_helpers import node_from, nvidia_gpu
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.grpc_server import SERVICE_NAME, GrpcServer
 from flexinfer.agent.readers.fake import fleet_reader
@@ -16,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flexinfer import keys
 from flexinfer.api.v1 import node_agent_pb2, node_agent_pb2_grpc
+
+from .agent_helpers import node_from, nvidia_gpu
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,11 @@ import subprocess
 import urllib.request
 
 import pytest
-from agent_helpers import amd_gpu, node_from, nvidia_gpu
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.metrics import AgentMetrics, HealthServer
 from flexinfer.agent.readers.fake import fleet_reader
+
+from .agent_helpers import amd_gpu, node_from, nvidia_gpu
 
 
 def scrape(agent: Agent) -> str:

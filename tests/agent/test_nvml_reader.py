@@ -9,11 +9,12 @@ from typing import Any
 
 import pynvml
 import pytest
-from agent_helpers import ManualClock, node_from, nvidia_gpu
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.readers.base import Backoff
 from flexinfer.agent.readers.fake import FakeNvml, FleetReader
 from flexinfer.agent.readers.nvml import NvmlReader
+
+from .agent_helpers import ManualClock, node_from, nvidia_gpu
 
 
 def reader_for(fake: FakeNvml, clock: ManualClock | None = None, events: str = "poll") -> FleetReader:

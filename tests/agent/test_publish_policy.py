@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from agent_helpers import node_from, nvidia_gpu
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.publish import desired_metadata, should_publish
 from flexinfer.agent.readers.fake import FakeNvml, FleetReader
@@ -13,6 +12,8 @@ from flexinfer.agent.readers.nvml import NvmlReader
 
 from flexinfer import keys
 from flexinfer.state import GpuState, NodeGpuState
+
+from .agent_helpers import node_from, nvidia_gpu
 
 
 def gpu(i: int = 0, free: int = 20000, **kw: object) -> GpuState:

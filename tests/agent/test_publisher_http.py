@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from agent_helpers import amd_gpu, node_from, nvidia_gpu
 from click.testing import CliRunner
 from flexinfer.agent.agent import Agent
 from flexinfer.agent.main import main
@@ -17,6 +16,8 @@ from flexinfer import keys
 from flexinfer.fakeapi import FakeApiServer
 from flexinfer.fleet import dump_fleet, parse_fleet
 from flexinfer.kube import RetryPolicy
+
+from .agent_helpers import amd_gpu, node_from, nvidia_gpu
 
 pytestmark = pytest.mark.integration
 FAST = RetryPolicy(attempts=2, initial_s=0.01, max_s=0.02)
