@@ -1,0 +1,79 @@
+"""`flexinfer demo` end to end on the embedded homelab fleet (fake API server, agents, extender, controller)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from flexinfer.arch import arch_info
+from flexinfer.cli.main import cli
+from flexinfer.compat import Verdict, check
+from flexinfer.demo.cluster import DemoCluster
+from flexinfer.demo.run import load_example_docs
+from flexinfer.fleet import default_fleet_path, load_fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo_run():
+    fleet = load_fleet(default_fleet_path())
+    docs = load_example_docs()
+    with DemoCluster(fleet) as cluster:
+        cluster.apply_models(docs)
+        for d in docs:
+            if not ((d.get("spec") or {}).get("gpu") or {}).get("shared"):
+                cluster.activate(d["metadata"]["name"])
+        attempts = cluster.settle()
+        status = cluster.model_status()
+        yield fleet, cluster, attempts, status
+
+
+def test_every_scheduled_model_is_compatible_and_fits(demo_run):
+    fleet, _cluster, attempts, _ = demo_run
+    placed = [a for a in attempts if a.node]
+    assert len(placed) >= 4
+    for a in placed:
+        node = fleet.node(a.node)
+        for idx in (int(i) for i in a.gpus.split(",")):
+            gpu = node.gpus[idx]
+            info = arch_info(gpu.vendor, gpu.arch)
+            assert check(a.backend, info).verdict is not Verdict.UNSUPPORTED, (a.model, a.node)
+        assert a.free_before_mib is not None and a.need_mib is not None
+        assert a.free_before_mib >= a.need_mib, f"{a.model} placed on {a.node} without room"
+
+
+def test_no_gpu_is_overcommitted(demo_run):
+    fleet, *_ = demo_run
+    for node in fleet.nodes:
+        for g in node.gpus:
+            assert 0 <= g.used_mi_b <= g.total_mi_b, (node.name, g.used_mi_b, g.total_mi_b)
+
+
+def test_too_large_model_stays_pending_with_a_reason_per_node(demo_run):
+    _, _, attempts, status = demo_run
+    big = next(a for a in attempts if a.model == "llama-405b")
+    assert big.node is None
+    assert any("largest GPU has" in why for why in big.rejections.values())
+    assert status["llama-405b"]["phase"] == "Pending"
+
+
+def test_vllm_never_lands_on_maxwell_or_gfx906(demo_run):
+    _, _, attempts, _ = demo_run
+    for a in attempts:
+        if a.backend in ("vllm", "vllm-omni", "diffusers"):
+            assert a.node not in ("cblevins-gtx980ti", "cblevins-radeonvii")
+
+
+def test_placed_models_report_ready(demo_run):
+    _, _, attempts, status = demo_run
+    for a in attempts:
+        if a.node:
+            assert status[a.model]["phase"] == "Ready", (a.model, status[a.model])
+
+
+def test_demo_cli_exits_zero_and_explains():
+    result = CliRunner().invoke(cli, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "Why each model went where it did" in result.output
+    assert "llama-405b" in result.output and "largest GPU has" in result.output
