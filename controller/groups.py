@@ -16,8 +16,10 @@ Demand ("wants to run"), three tiers
 ------------------------------------
 * ``DEMAND`` (2): traffic or an activation request within the idle timeout. Traffic is
   ``status.lastActiveTime``; activation is the ``flexinfer.ai/activate`` annotation (RFC 3339 time of
-  the request); a model counts as busy for its idle timeout after it became Ready, too (the proxy
-  writes lastActiveTime once at request arrival, the load may take longer than the timeout).
+  the request). A request that arrived during the load (within coldStartTimeout before Ready) counts
+  from the moment the model became Ready (the proxy writes lastActiveTime once at request arrival; a
+  load may take longer than the idle timeout). Becoming Ready without any request (an always-on
+  model coming back) is not demand.
 * ``BASELINE`` (1): no recent demand but ``minReplicas >= 1`` (always-on) — it should hold the GPU
   when nobody with demand needs it.
 * ``NONE`` (0): idle past its timeout and ``minReplicas 0``: scale to zero.
@@ -65,6 +67,7 @@ class Member:
     last_active_unix: float | None = None  # status.lastActiveTime
     activate_unix: float | None = None  # flexinfer.ai/activate annotation
     ready_since_unix: float | None = None  # when it last became Ready (if Ready)
+    cold_start_timeout_seconds: float = 300.0  # how long a request may wait for the model to load
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +91,17 @@ class GroupDecision:
 
 
 def last_used_unix(m: Member) -> float | None:
+    """Time of the last request (traffic or activation). A request that arrived while the model was
+    loading (at most coldStartTimeout before it became Ready) is served when it becomes Ready, so the
+    idle clock then starts at Ready — a slow load never eats the idle timeout."""
     times = [t for t in (m.last_active_unix, m.activate_unix) if t is not None]
-    if m.phase == READY and m.ready_since_unix is not None:
-        times.append(m.ready_since_unix)
-    return max(times) if times else None
+    if not times:
+        return None
+    last = max(times)
+    rs = m.ready_since_unix
+    if m.phase == READY and rs is not None and rs - m.cold_start_timeout_seconds <= last <= rs:
+        return rs
+    return last
 
 
 def demand(m: Member, now: float) -> int:

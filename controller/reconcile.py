@@ -241,6 +241,7 @@ class Controller:
                 last_active_unix=parse_time(m.status.get("lastActiveTime")),
                 activate_unix=self._activate_time(m, now),
                 ready_since_unix=self._ready_since(m, now) if obs.phase == phases.READY else None,
+                cold_start_timeout_seconds=m.cold_start_timeout_seconds,
             ))
         decisions: dict[str, groups.MemberDecision]
         if key[1].startswith("group:"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from flexinfer.controller.groups import (
     BASELINE,
@@ -26,6 +28,11 @@ def m(name, prio, phase="Idle", running=False, min_r=0, active_ago=None, activat
     )
 
 
+def short(member):
+    """60 s idle timeout, 300 s cold start budget."""
+    return dataclasses.replace(member, idle_timeout_seconds=60.0, cold_start_timeout_seconds=300.0)
+
+
 @pytest.mark.parametrize(
     ("member", "expected"),
     [
@@ -35,8 +42,15 @@ def m(name, prio, phase="Idle", running=False, min_r=0, active_ago=None, activat
         (m("a", 0, active_ago=T + 1), NONE),
         (m("a", 0, active_ago=T + 1, min_r=1), BASELINE),
         (m("a", 0, activate_ago=5), DEMAND),
-        (m("a", 0, phase="Ready", running=True, ready_ago=5), DEMAND),  # just finished loading
-        (m("a", 0, phase="Idle", ready_ago=5), NONE),  # ready-since only counts while Ready
+        (m("a", 0, phase="Ready", running=True, ready_ago=5), NONE),  # ready without a request: no demand
+        (m("a", 0, phase="Ready", running=True, min_r=1, ready_ago=5), BASELINE),
+        # request arrived during a load longer than the idle timeout: idle clock starts at Ready
+        (short(m("a", 0, phase="Ready", running=True, activate_ago=200, ready_ago=5)), DEMAND),
+        (short(m("a", 0, phase="Ready", running=True, active_ago=200, ready_ago=5)), DEMAND),
+        (short(m("a", 0, phase="Ready", running=True, active_ago=200, ready_ago=61)), NONE),
+        # ... but not a request older than the cold start budget (300 s) before Ready
+        (short(m("a", 0, phase="Ready", running=True, activate_ago=400, ready_ago=5)), NONE),
+        (short(m("a", 0, phase="Idle", activate_ago=200, ready_ago=5)), NONE),  # only while Ready
     ],
 )
 def test_demand(member, expected):

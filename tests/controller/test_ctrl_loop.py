@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from flexinfer.controller.leader import LeaseLock
 from flexinfer.controller.main import ControllerLoop, main
-from flexinfer.controller.reconcile import Controller, activate
+from flexinfer.controller.reconcile import Controller, activate, rfc3339
 
 from flexinfer import keys
 
@@ -91,8 +91,9 @@ def test_loop_reacts_to_events_and_follower_stays_passive(fake_api, kube_api):
         # higher priority holds; make it ready, then the higher one gets traffic-free... and small asks
         fake_api.patch_object("deployments", "big", {"status": {"replicas": 1, "readyReplicas": 1}}, NS)
         wait_for(lambda: fake_api.get_object("models", "big", NS)["status"]["phase"] == "Ready")
+        fake_api.patch_object("models", "big", {"status": {"lastActiveTime": rfc3339(time.time())}}, NS)
         activate(kube_api, NS, "small")
-        # small (P:50) cannot preempt a big that just became ready (busy): it waits, via the event path
+        # small (P:50) cannot preempt a big that serves traffic: it waits, via the event path
         wait_for(lambda: (fake_api.get_object("models", "small", NS).get("status") or {}).get("phase")
                  == "Pending")
         assert replicas(fake_api, "big") == 1
