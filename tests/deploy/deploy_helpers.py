@@ -16,6 +16,7 @@ import pathlib
 from typing import Any
 
 import celpy
+import jsonschema
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -257,3 +258,24 @@ def crd_schema(crd: dict[str, Any], version: str = "v1alpha2") -> dict[str, Any]
         if v["name"] == version:
             return v["schema"]["openAPIV3Schema"]
     raise KeyError(version)
+
+
+def crd_verdict(obj: dict[str, Any]) -> tuple[bool, list[str]]:
+    """What the API server would say about a Model: schema (after defaulting) first, then CEL rules."""
+    schema = model_schema()
+    defaulted = apply_defaults(schema, obj)
+    validator = jsonschema.Draft202012Validator(to_json_schema(schema))
+    errors = [e.message for e in validator.iter_errors(defaulted)]
+    if errors:  # the API server reports schema errors first; CEL only runs on schema-valid objects
+        return False, errors
+    fails = cel_failures(schema, obj)
+    return not fails, fails
+
+
+_MODEL_SCHEMA: dict[str, Any] = {}
+
+
+def model_schema() -> dict[str, Any]:
+    if not _MODEL_SCHEMA:
+        _MODEL_SCHEMA.update(crd_schema(load_docs(DAEMONSET / "base" / "crd-models.yaml")[0]))
+    return _MODEL_SCHEMA

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from deploy_helpers import DAEMONSET, load_docs
-from test_deploy_crd import crd_verdict
 
 from flexinfer.model import parse_model
+
+try:  # tests/ as packages (tests/deploy/__init__.py) or as rootdir-relative modules
+    from .deploy_helpers import DAEMONSET, crd_verdict, load_docs
+except ImportError:
+    from deploy_helpers import DAEMONSET, crd_verdict, load_docs
 
 EXAMPLES = sorted((DAEMONSET / "examples").rglob("*.yaml"))
 

@@ -20,8 +20,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_helpers import DAEMONSET, K8S_VERSION, ROOT, load_docs, load_kustomization, render
-from test_deploy_crd import crd_verdict
+
+try:  # tests/ as packages (tests/deploy/__init__.py) or as rootdir-relative modules
+    from .deploy_helpers import DAEMONSET, K8S_VERSION, ROOT, crd_verdict, load_docs, load_kustomization, render
+except ImportError:
+    from deploy_helpers import DAEMONSET, K8S_VERSION, ROOT, crd_verdict, load_docs, load_kustomization, render
 
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"
 OVERLAYS = sorted(p for p in (DAEMONSET / "overlays").iterdir() if (p / "kustomization.yaml").exists())
@@ -41,7 +44,7 @@ KNOWN_METRICS = {
     "flexinfer_agent_sample_duration_seconds", "flexinfer_agent_node_writes_total",
     "flexinfer_extender_request_duration_seconds", "flexinfer_extender_verdicts_total",
     "flexinfer_extender_cache_age_seconds", "flexinfer_model_phase", "flexinfer_model_swap_duration_seconds",
-    "flexinfer_group_preemptions_total",
+    "flexinfer_group_preemptions_total", "flexinfer_extender_bad_requests_total",
 }
 
 
@@ -356,6 +359,17 @@ def test_alerts_have_runbooks_and_known_metrics() -> None:
         assert ann["runbook_url"].endswith("docs/runbooks.md#" + a["alert"].lower()), a["alert"]
         assert a["alert"].lower() in anchors, f"docs/runbooks.md has no section {a['alert']}"
         assert _metric_names(a["expr"]) <= KNOWN_METRICS, a["expr"]
+
+
+def test_known_metrics_are_exported_by_the_code() -> None:
+    """Alerts and dashboard use KNOWN_METRICS; each must be declared in agent/extender/controller metrics."""
+    source = "\n".join((ROOT / d / "metrics.py").read_text() for d in ("agent", "extender", "controller"))
+    declared = set(re.findall(r"\"(flexinfer_[a-z_]+)\"", source))
+    declared |= {f"flexinfer_gpu_memory_{k}_bytes" for k in ("total", "used", "free", "reserved")
+                 if "flexinfer_gpu_memory_{k}_bytes" in source}
+    for name in KNOWN_METRICS:
+        base = name.removesuffix("_total")
+        assert name in declared or base in declared, f"{name} is not exported by any component"
 
 
 def test_promtool_check_rules(tmp_path: pathlib.Path) -> None:
