@@ -229,28 +229,33 @@ def evaluate(
                        f"GPU state observed {age:.0f} s ago (max {config.max_state_age_seconds:.0f} s)")
 
     reserved = reserved or {}
-    avail = sorted(((max(0, g.free_mib - reserved.get(g.index, 0)), g, d) for g, d in big),
-                   key=lambda t: (-t[0], t[1].index))
-    fitting = [t for t in avail if t[0] >= est]
-    if len(fitting) < count:
-        nth = avail[count - 1][0]
-        held = sum(reserved.get(g.index, 0) for _, g, _ in avail)
-        held_text = f" ({held} MiB reserved for pods being placed)" if held else ""
-        if count == 1:
-            detail = f"needs {est} MiB on one GPU; best GPU has {nth} MiB free{held_text}"
-        else:
-            detail = f"needs {est} MiB on each of {count} GPUs; {_ordinal(count)} GPU has {nth} MiB free{held_text}"
-        return _reject(name, R_INSUFFICIENT, detail, unresolvable=False)
-
-    # Choose GPUs: binpack = tightest (least free that still fits), spread = most free.
-    if config.strategy == "binpack":
-        chosen = sorted(fitting, key=lambda t: (t[0], t[1].index))[:count]
+    binpack = config.strategy == "binpack"
+    chosen: list[tuple[int, GpuState, str]]  # (available MiB, gpu, degraded reason)
+    if count == 1:  # the common case, without sorting
+        pick: tuple[int, GpuState, str] | None = None
+        top = 0
+        for g, d in big:
+            f = g.free_mib - reserved.get(g.index, 0) if reserved else g.free_mib
+            f = max(f, 0)
+            top = max(top, f)
+            if f >= est and (pick is None or (f < pick[0] if binpack else f > pick[0])):
+                pick = (f, g, d)
+        if pick is None:
+            return _reject(name, R_INSUFFICIENT, _insufficient(est, 1, top, reserved, big), unresolvable=False)
+        chosen = [pick]
     else:
-        chosen = fitting[:count]
+        avail = sorted(((max(0, g.free_mib - reserved.get(g.index, 0)), g, d) for g, d in big),
+                       key=lambda t: (-t[0], t[1].index))
+        fitting = [t for t in avail if t[0] >= est]
+        if len(fitting) < count:
+            return _reject(name, R_INSUFFICIENT, _insufficient(est, count, avail[count - 1][0], reserved, big),
+                           unresolvable=False)
+        # binpack = tightest GPUs that still fit, spread = most free
+        chosen = sorted(fitting, key=lambda t: (t[0], t[1].index))[:count] if binpack else fitting[:count]
     total = sum(t[1].total_mib for t in chosen)
     free_after = sum(t[0] - est for t in chosen)
     util_after = 1.0 - (free_after / total if total else 0.0)
-    base = BASE_MAX * (util_after if config.strategy == "binpack" else 1.0 - util_after)
+    base = BASE_MAX * (util_after if binpack else 1.0 - util_after)
     score = base
     notes = [f"{config.strategy} base {base:.1f}"]
     pref = set(req.preferred_archs)
@@ -271,6 +276,15 @@ def evaluate(
     free_text = ", ".join(f"GPU {t[1].index} {t[0]} MiB free" for t in sorted(chosen, key=lambda t: t[1].index))
     detail = f"fits: needs {est} MiB on {count} GPU{'s' if count > 1 else ''}; {free_text}; " + ", ".join(notes)
     return NodeVerdict(name, True, False, "", detail, final, gpus, degraded)
+
+
+def _insufficient(est: int, count: int, nth_free: int, reserved: Mapping[int, int],
+                  big: tuple[tuple[GpuState, str], ...]) -> str:
+    held = sum(reserved.get(g.index, 0) for g, _ in big) if reserved else 0
+    held_text = f" ({held} MiB reserved for pods being placed)" if held else ""
+    if count == 1:
+        return f"needs {est} MiB on one GPU; best GPU has {nth_free} MiB free{held_text}"
+    return f"needs {est} MiB on each of {count} GPUs; {_ordinal(count)} GPU has {nth_free} MiB free{held_text}"
 
 
 def _pod_key_text(req: PodRequirements) -> str:
