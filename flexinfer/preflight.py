@@ -84,6 +84,15 @@ def run(model: Model, views: list[NodeView], now: float, *, node: str | None = N
         if not views:
             checks.append(Check("inventory", Level.BLOCK, f"node {node} not found"))
             return Report(model.name, backend, tuple(checks))
+    selector = model.spec.node_selector
+    if selector:
+        matching = [v for v in views if all(v.labels.get(k) == val for k, val in selector.items())]
+        sel_text = ", ".join(f"{k}={val}" for k, val in selector.items())
+        if not matching:
+            checks.append(Check("node_selector", Level.BLOCK, f"no node matches spec.nodeSelector {sel_text}"))
+            return Report(model.name, backend, tuple(checks))
+        checks.append(Check("node_selector", Level.PASS, f"{len(matching)} node(s) match {sel_text}"))
+        views = matching
     if not model.needs_gpu:
         cpu_nodes = [v for v in views if v.error == ""]
         level = Level.PASS if cpu_nodes else Level.BLOCK
@@ -121,11 +130,14 @@ def run(model: Model, views: list[NodeView], now: float, *, node: str | None = N
     reasons: dict[str, list[str]] = {}
     for v in vendor_views:
         usable = [g for g in v.state.gpus if g.healthy and _vendor_ok(vendor, g)]  # type: ignore[union-attr]
+        for g in v.state.gpus:  # type: ignore[union-attr]
+            if not g.healthy and _vendor_ok(vendor, g):
+                reasons.setdefault(f"GPU unhealthy ({g.reason or 'reported by the agent'})", []).append(v.name)
         verdicts = {g.arch: check(backend, g.info, jit_policy=model.jit_policy) for g in usable}
         ok = [g for g in usable if verdicts[g.arch].verdict is not Verdict.UNSUPPORTED]
         if not ok:
             for g in usable:
-                reasons.setdefault(verdicts[g.arch].reason or "unhealthy", []).append(v.name)
+                reasons.setdefault(verdicts[g.arch].reason, []).append(v.name)
             continue
         degraded = [verdicts[g.arch].reason for g in ok if verdicts[g.arch].verdict is Verdict.DEGRADED]
         lvl = Level.WARN if len(degraded) == len(ok) else Level.PASS

@@ -128,6 +128,12 @@ def demo(fleet: str | None) -> None:
     sys.exit(run_demo(fl, console(), Console(stderr=True, highlight=False)))
 
 
+from flexinfer.cli.explain import activate, explain  # noqa: E402
+
+cli.add_command(explain)
+cli.add_command(activate)
+
+
 def main() -> None:
     cli(prog_name="flexinfer")
 

@@ -1,0 +1,53 @@
+"""`flexinfer nodes`, `explain` and `activate` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flexinfer import keys, kube
+from flexinfer.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_nodes_table_and_json():
+    res = CliRunner().invoke(cli, ["nodes"])
+    assert res.exit_code == 0
+    assert "cblevins-gtx980ti" in res.output and "sm_52" in res.output and "FREE MiB" in res.output
+    rows = json.loads(CliRunner().invoke(cli, ["nodes", "-o", "json"]).output)
+    maxwell = next(r for r in rows if r["node"] == "cblevins-gtx980ti")
+    assert maxwell["freeMiB"] == 5800 and maxwell["totalMiB"] == 6144 and maxwell["family"] == "maxwell"
+
+
+def test_explain_model_offline_gives_every_node_a_verdict():
+    res = CliRunner().invoke(cli, ["explain", str(ROOT / "daemonset/examples/qwen3-8b-fast.yaml"), "-o", "json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["node"]: r for r in json.loads(res.output)}
+    assert len(rows) == 7
+    assert rows["cblevins-gtx980ti"]["verdict"] == "unresolvable"
+    assert "maxwell" in rows["cblevins-gtx980ti"]["reason"]
+    assert all(r["reason"] for r in rows.values() if r["verdict"] != "pass")
+
+
+def test_explain_rejects_junk_target():
+    res = CliRunner().invoke(cli, ["explain", "nonsense"])
+    assert res.exit_code != 0 and "pod/NAME or model/NAME" in res.output
+
+
+@pytest.mark.integration
+def test_activate_sets_the_annotation(fake_api):
+    fake_api.put_object({"apiVersion": keys.MODEL_API_VERSION, "kind": "Model",
+                         "metadata": {"name": "m", "namespace": "ai"},
+                         "spec": {"backend": "ollama", "source": "ollama://x:1b"}})
+    res = CliRunner().invoke(cli, ["activate", "m", "-n", "ai", "--kube-server", fake_api.url])
+    assert res.exit_code == 0, res.output
+    obj = fake_api.get_object("models", "m", "ai")
+    assert keys.MODEL_ACTIVATE in obj["metadata"]["annotations"]
+    missing = CliRunner().invoke(cli, ["activate", "nope", "-n", "ai", "--kube-server", fake_api.url])
+    assert missing.exit_code == 1 and "not found" in missing.output
+    api = kube.api_client(server=fake_api.url)
+    assert kube.get_object(api, "models", "m", "ai") is not None
