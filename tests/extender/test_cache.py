@@ -140,3 +140,28 @@ def test_watch_mode_against_fake_api_server(fake_api) -> None:
         assert running.extender.reservations.get("watch-uid") is None
     finally:
         running.stop()
+
+
+@pytest.mark.integration
+def test_api_server_gone_keeps_serving_and_readiness_says_why() -> None:
+    from flexinfer.fakeapi import FakeApiServer
+
+    fake = FakeApiServer().start()
+    for n in fleet_nodes(time.time())[:2]:
+        fake.put_object({"apiVersion": "v1", "kind": "Node", **n})
+    running = build(kube_server=fake.url)
+    try:
+        assert running.informers[0].wait_synced(10)
+        assert running.extender.cache.readiness()[0]
+        fake.stop()
+        deadline = time.time() + 15
+        while running.informers[0].healthy and time.time() < deadline:
+            time.sleep(0.05)
+        ready, reason = running.extender.cache.readiness()
+        assert ready and "API server watch failing; serving 2 cached nodes" in reason
+        out = running.extender.filter(requirements_from_dict(model_pod(20480)), ["ada-24g", "maxwell-6g"])
+        assert out.passed == ["ada-24g"]
+        running.extender.cache.stale_after_seconds = 0
+        assert running.extender.cache.readiness()[0] is False
+    finally:
+        running.stop()
