@@ -30,7 +30,7 @@ from flexinfer import logs
 from flexinfer.arch import AMD
 
 from .base import Backoff, GpuSample
-from .kfd import KfdNode, read_kfd_nodes
+from .kfd import APU_TARGETS, KfdNode, read_kfd_nodes
 
 log = logs.get("flexinfer.agent.amd")
 
@@ -39,8 +39,6 @@ STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED = 2, 3
 UNSUPPORTED_CODES = {STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, 10}  # 10 = NO_PERM
 FATAL_CODES = {12, 14, 31, 32, 34}  # IO, FILE_ERROR, NOT_FOUND, NOT_INIT, DRIVER_NOT_LOADED
 LIBRARY_FATAL_CODES = {32, 34}  # NOT_INIT, DRIVER_NOT_LOADED: every GPU is affected
-APU_TARGETS = frozenset({"gfx1151", "gfx1150", "gfx1152", "gfx1153", "gfx1103", "gfx1035", "gfx1036", "gfx90c",
-                         "gfx1037", "gfx1013"})
 
 
 def import_amdsmi() -> tuple[Any | None, str]:

@@ -20,6 +20,9 @@ from .base import GpuSample
 log = logs.get("flexinfer.agent.kfd")
 
 TOPOLOGY = "class/kfd/kfd/topology/nodes"
+# APUs: VRAM is carved out of system RAM (Strix Halo gfx1151, Strix Point, Krackan, Phoenix, Rembrandt, ...)
+APU_TARGETS = frozenset({"gfx1151", "gfx1150", "gfx1152", "gfx1153", "gfx1103", "gfx1035", "gfx1036", "gfx90c",
+                         "gfx1037", "gfx1013"})
 # heap_type 1 = FB public, 2 = FB private (device-local VRAM); 0 = system memory
 _VRAM_HEAPS = {1, 2}
 
@@ -146,7 +149,7 @@ class KfdReader:
             total, used = drm_vram_bytes(self.sys_root, n.drm_render_minor)
             total = total or n.vram_bytes
             used = used if used is not None else 0
-            unified = n.cpu_cores_count > 0 or (n.vram_bytes == 0 and bool(total))
+            unified = n.gfx in APU_TARGETS or n.cpu_cores_count > 0
             out.append(GpuSample(
                 index=i, uuid=f"{n.unique_id:016x}" if n.unique_id else f"kfd-node-{n.node_id}", vendor=AMD,
                 arch=n.gfx, pci_bus_id=n.pci_bus_id, memory_total_bytes=total, memory_used_bytes=used,

@@ -145,6 +145,7 @@ class NvmlReader:
             self.cuda_version = f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else ""
             count = nv.nvmlDeviceGetCount()
             found: dict[str, _Device] = {}
+            unavailable: list[str] = []
             for i in range(count):
                 try:
                     dev = self._discover(i)
@@ -152,6 +153,7 @@ class NvmlReader:
                     if not self._is(e, _DEVICE_FATAL_NAMES):
                         raise
                     log.warning("nvml_device_unavailable", index=i, error=str(e))
+                    unavailable.append(f"gpu {i}: {e}")
                     continue
                 found[dev.uuid] = dev
         except nv.NVMLError as e:
@@ -177,9 +179,11 @@ class NvmlReader:
                 d.reason = d.reason or "GPU is lost"
             self._devices = found
         self._initialised = True
+        # a GPU that cannot even be enumerated (and was never seen before) is only visible here
+        unseen = [u for u in unavailable if not self._lost]
         # the backoff is reset only after a clean sample round, so a GPU that fails right after
         # every re-init does not cause a tight re-init loop
-        self._status = "ok"
+        self._status = "ok" if not unseen else "NVML: " + "; ".join(unseen) + " (not enumerable)"
         log.info("nvml_ready", gpus=len(found), driver=self.driver_version, cuda=self.cuda_version)
         self._start_events()
         return True

@@ -70,3 +70,10 @@ def test_kfd_reader(sysfs: Path) -> None:
     assert out[0].memory_total_bytes == 25753026560 and out[0].memory_used_bytes == 2**30 and out[0].healthy
     assert not out[2].healthy and "gfx_target_version 12" in out[2].reason
     assert "KFD sysfs only" in r.status
+
+
+def test_kfd_reader_reports_an_apu_as_unified_memory(tmp_path: Path) -> None:
+    make_node(tmp_path, 1, "cpu_cores_count 0\nsimd_count 80\ngfx_target_version 110501\n",
+              ["heap_type 0\nsize_in_bytes 68719476736\n"])
+    (s,) = KfdReader(tmp_path).sample()
+    assert s.arch == "gfx1151" and s.unified_memory and s.healthy

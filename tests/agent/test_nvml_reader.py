@@ -280,3 +280,12 @@ def test_bindings_missing_from_an_older_nvidia_ml_py_are_unsupported_not_fatal()
     (s,) = r.sample()
     assert s.healthy and s.temperature_celsius == 61.0
     assert s.throttle_reasons is not None and s.throttle_reasons["sw_power_cap"]
+
+
+def test_gpu_lost_before_the_agent_started_is_named_in_the_status() -> None:
+    fake = FakeNvml(node_from([nvidia_gpu(), nvidia_gpu(faults=[{"type": "lost"}])]))
+    r = reader_for(fake)
+    r.open()
+    out = r.sample()
+    assert len(out) == 1 and out[0].healthy
+    assert r.status == "NVML: gpu 1: GPU is lost (not enumerable)"
