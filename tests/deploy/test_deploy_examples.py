@@ -38,3 +38,15 @@ def test_demo_set_is_complete() -> None:
 def test_preflight_examples_exist() -> None:
     names = {p.stem for p in (DAEMONSET / "examples" / "preflight").glob("*.yaml")}
     assert names == {"pass", "warn", "block"}
+
+
+@pytest.mark.parametrize(("name", "code"), [("pass", 0), ("warn", 10), ("block", 20)])
+def test_preflight_examples_give_their_decision(name: str, code: int) -> None:
+    """The shipped preflight examples produce PASS/WARN/BLOCK (exit 0/10/20) on the default homelab fleet."""
+    from click.testing import CliRunner
+
+    from flexinfer.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["preflight", str(DAEMONSET / "examples" / "preflight" / f"{name}.yaml")])
+    assert result.exit_code == code, result.output
+    assert f"decision: {name.upper()}" in result.output
