@@ -38,9 +38,11 @@ Rules (one active member per group)
    swap has passed. Equal priorities therefore never preempt a busy member. This is how an explicit
    activation of the 32B (P:80) takes the GPU from an idle always-on 14B (P:100), while a request for
    R1 (P:70) cannot take it from a 14B that is serving traffic.
-5. The displaced member is marked preempted (phase ``Preempted``) while it still wants to run; a
+5. A member known to fail (phase Failed, scaled down) never displaces a serving member; it is retried
+   only when nothing else in the group serves (rule 2 prefers members that are not Failed).
+6. The displaced member is marked preempted (phase ``Preempted``) while it still wants to run; a
    member that wants to run but never held the GPU waits (replicas 0, reason says for whom).
-6. Non-group models (serverless): replicas = 1 while they want to run, ``minReplicas`` otherwise;
+7. Non-group models (serverless): replicas = 1 while they want to run, ``minReplicas`` otherwise;
    Loading is never scaled down.
 """
 
@@ -170,8 +172,8 @@ def decide_group(
             note = f"{holder.name} holds the GPU"
             winners = []
             for c in ms:
-                if c.name == holder.name or dem[c.name] == NONE:
-                    continue
+                if c.name == holder.name or dem[c.name] == NONE or c.phase == FAILED:
+                    continue  # a member known to fail never displaces one that serves
                 if c.priority > holder.priority and dem[c.name] >= dem[holder.name]:
                     winners.append(c)  # rule 3
                 elif dem[c.name] > dem[holder.name] and cooldown_left <= 0:
@@ -185,8 +187,12 @@ def decide_group(
                 note = (f"{winner.name} (priority {winner.priority}) preempts {holder.name} "
                         f"(priority {holder.priority}): {why}")
             elif dem[holder.name] == NONE:
-                waiting = [c for c in ms if c.name != holder.name and dem[c.name] > NONE]
-                if not waiting:
+                waiting = [c for c in ms if c.name != holder.name and dem[c.name] > NONE and c.phase != FAILED]
+                retry = _best([c for c in ms if c.name != holder.name and dem[c.name] > NONE], dem)
+                if not waiting and retry is not None:
+                    active = retry  # only members that failed before want the GPU: retry the best one
+                    note = f"{holder.name} is idle; retrying {retry.name}, which failed before"
+                elif not waiting:
                     active = None
                     note = f"{holder.name} scaled to zero: {_idle_words(holder, now)}"
                 else:

@@ -234,6 +234,9 @@ class Controller:
             prev_phase = m.status.get("phase")
             obs = phases.derive_phase(cur_replicas, dep, info, self._cache_ready(m),
                                       preempted=prev_phase == phases.PREEMPTED)
+            if cur_replicas == 0 and self._known_failed(m, now):
+                obs = phases.PhaseResult(phases.FAILED, str(m.status.get("message") or "failed"),
+                                         self._ready_reason(m) or "Failed")
             observed[m.name] = obs
             members.append(groups.Member(
                 name=m.name, priority=m.priority, phase=obs.phase, running=cur_replicas >= 1,
@@ -271,6 +274,9 @@ class Controller:
             waiting = d.replicas == 0 and not d.preempted and d.demand > groups.NONE
             ph = phases.derive_phase(d.replicas, dep, infos[m.name], self._cache_ready(m), d.preempted, d.reason,
                                      waiting)
+            if d.replicas == 0 and (observed[m.name].phase == phases.FAILED or self._known_failed(m, now)):
+                # scaled down because it fails: keep saying so (until the spec changes or someone activates it)
+                ph = phases.PhaseResult(phases.FAILED, observed[m.name].message, observed[m.name].reason)
             result.phases[(ns, m.name)] = ph.phase
             self._write_status(obj, m, ph, infos[m.name], now, result)
 
@@ -291,6 +297,25 @@ class Controller:
             return min(t, now)
         # "any value = time": an unparsable value counts from when this controller first saw it
         return self._activate_seen.setdefault((m.namespace, m.name, raw), now)
+
+    @staticmethod
+    def _ready_reason(m: Model) -> str:
+        for c in m.status.get("conditions") or []:
+            if isinstance(c, dict) and c.get("type") == "Ready":
+                return str(c.get("reason") or "")
+        return ""
+
+    def _known_failed(self, m: Model, now: float) -> bool:
+        """Status says Failed for this generation, and nobody asked for a retry since it failed."""
+        st = m.status
+        if st.get("phase") != phases.FAILED or st.get("observedGeneration") != m.generation:
+            return False
+        failed_at = None
+        for c in st.get("conditions") or []:
+            if isinstance(c, dict) and c.get("type") == "Ready":
+                failed_at = parse_time(c.get("lastTransitionTime"))
+        act = self._activate_time(m, now)
+        return not (act is not None and failed_at is not None and act > failed_at)
 
     @staticmethod
     def _ready_since(m: Model, now: float) -> float:

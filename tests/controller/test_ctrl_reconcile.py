@@ -230,6 +230,20 @@ def test_crashing_pod_fails_and_frees_the_group(lane):
     ctl.reconcile_once()
     assert dep(fake, "deepseek-r1")["spec"]["replicas"] == 1
     assert dep(fake, "qwen3-14b")["spec"]["replicas"] == 0
+    fake.delete_object("pods", "qwen3-14b-abc", NS)  # the ReplicaSet removed the crashing pod
+    kubelet(fake, "deepseek-r1", ready=True)
+    for _ in range(2):  # no flapping: the failed always-on 14B does not reclaim the GPU
+        clock.t += 5
+        ctl.reconcile_once()
+        assert dep(fake, "qwen3-14b")["spec"]["replicas"] == 0
+        assert status(fake, "qwen3-14b")["phase"] == "Failed"
+        assert "CrashLoopBackOff" in status(fake, "qwen3-14b")["message"]
+    # an explicit activation after the failure retries it (P:100 preempts R1)
+    activate(_api, NS, "qwen3-14b", now=clock.t)
+    ctl.reconcile_once()
+    assert dep(fake, "qwen3-14b")["spec"]["replicas"] == 1
+    assert dep(fake, "deepseek-r1")["spec"]["replicas"] == 0
+    assert status(fake, "qwen3-14b")["phase"] == "Loading"
 
 
 def test_unparsable_activation_counts_from_first_sight_and_deleted_models_leave_metrics(lane):
