@@ -115,7 +115,8 @@ class AgentMetrics:
         self.node_writes = Counter("flexinfer_agent_node_writes", "Node label/annotation patches by result",
                                    ["node", "result"], registry=self.registry)
         self.info = Gauge("flexinfer_agent_info", "Agent build and environment (value is always 1)",
-                          ["node", "version", "reader", "status"], registry=self.registry)
+                          ["node", "version", "reader", "status", "driver_version", "runtime_version"],
+                          registry=self.registry)
         self._info_labels: tuple[str, ...] | None = None
         self.version = version
 
@@ -127,7 +128,11 @@ class AgentMetrics:
                     self.xid_counts[(s.uuid, ev.xid)] += 1
                     self.last_xid[s.uuid] = (ev.xid, ev.unix)
         self.sample_duration.labels(self.node).observe(duration_seconds)
-        labels = (self.node, self.version, reader, status[:120])
+        first = samples[0] if samples else None
+        driver = first.driver_version if first else ""
+        runtime = (f"cuda {first.cuda_version}" if first.cuda_version else
+                   f"rocm {first.rocm_version}" if first.rocm_version else "") if first else ""
+        labels = (self.node, self.version, reader, status[:120], driver, runtime)
         if labels != self._info_labels:
             if self._info_labels is not None:
                 self.info.remove(*self._info_labels)

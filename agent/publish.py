@@ -112,7 +112,7 @@ class Publisher:
             node = client.CoreV1Api(self.api).read_node(self.node)
             self.node_labels = dict(node.metadata.labels or {})
         except Exception as e:  # 404, network, ...: publish anyway, learn stale keys next time
-            log.warning("node_read_failed", node=self.node, error=str(e)[:300])
+            log.warning("node_read_failed", node=self.node, error=(str(e).splitlines() or [""])[0][:300])
 
     def publish(self, state: NodeGpuState, now: float, force: bool = False) -> PublishResult:
         due, reason = should_publish(self.last_published, state, now, self.threshold_mib, self.heartbeat_seconds)
@@ -128,7 +128,8 @@ class Publisher:
             self._write(labels, annotations)
         except KubeError as e:
             self.writes_failed += 1
-            log.warning("node_patch_failed", node=self.node, reason=reason, error=str(e)[:300])
+            log.warning("node_patch_failed", node=self.node, reason=reason,
+                        error=(str(e).splitlines() or [""])[0][:300])
             return PublishResult(False, reason, error=str(e), labels=labels, annotations=annotations)
         except Exception as e:  # never crash the sampling loop
             self.writes_failed += 1

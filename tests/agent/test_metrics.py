@@ -108,3 +108,10 @@ def test_http_endpoints() -> None:
             assert r.headers["Content-Type"].startswith("text/plain") and b"flexinfer_gpu_healthy" in r.read()
     finally:
         srv.stop()
+
+
+def test_agent_info_carries_driver_and_runtime() -> None:
+    agent = Agent("n1", fleet_reader(node_from([nvidia_gpu()])))
+    agent.step(now=1.0)
+    text = scrape(agent)
+    assert re.search(r'flexinfer_agent_info\{[^}]*driver_version="580\.95\.05"[^}]*runtime_version="cuda 13\.0"', text)

@@ -93,3 +93,16 @@ def test_cli_once_patches_the_node(fake_api: FakeApiServer, tmp_path: Any) -> No
     assert out.exit_code == 0, out.output
     meta = fake_api.get_object("nodes", "n1")["metadata"]
     assert meta["labels"][keys.LABEL_ARCH] == "sm_52" and meta["annotations"][keys.ANN_FREE_MEMORY] == "5800"
+
+
+def test_stale_keys_are_learned_when_the_first_read_failed(fake_api: FakeApiServer, kube_api: Any) -> None:
+    fake_api.put_object(k8s_node("n1", {keys.LABEL_COMPUTE: "8.6"}))
+    fake_api.fail("GET", "/api/v1/nodes/n1", status=500, times=-1)
+    pub = Publisher(kube_api, "n1", retry=FAST, heartbeat_seconds=10)
+    agent = Agent("n1", fleet_reader(node_from([amd_gpu()])), pub, heartbeat_seconds=10)
+    assert agent.step(now=1.0).publish.written  # type: ignore[union-attr]
+    assert keys.LABEL_COMPUTE in fake_api.get_object("nodes", "n1")["metadata"]["labels"]  # not known yet
+    fake_api.clear_failures()
+    res = agent.step(now=20.0).publish  # heartbeat: labels read again, stale key removed
+    assert res is not None and res.written and res.labels[keys.LABEL_COMPUTE] is None
+    assert keys.LABEL_COMPUTE not in fake_api.get_object("nodes", "n1")["metadata"]["labels"]
