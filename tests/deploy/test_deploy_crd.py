@@ -8,6 +8,7 @@ CEL rule must be the reason for at least one rejection (so no rule is dead or un
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -186,3 +187,68 @@ def test_status_validates() -> None:
     assert crd_verdict(obj)[0]
     obj["status"]["phase"] = "Running"
     assert not crd_verdict(obj)[0]
+
+
+# --- structural schema rules the API server enforces (no kube-apiserver here, so checked directly) -----
+_INT_OR_STRING_ANYOF = [{"type": "integer"}, {"type": "string"}]
+_FORBIDDEN_IN_JUNCTORS = ("type", "default", "description", "nullable", "additionalProperties", "properties",
+                          "items", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string")
+
+
+def _structural_errors(schema: dict[str, Any], path: str = "") -> list[str]:
+    errors: list[str] = []
+    special = schema.get("x-kubernetes-int-or-string") or schema.get("x-kubernetes-preserve-unknown-fields")
+    if "type" not in schema and not special and path != ".metadata":
+        errors.append(f"{path or '(root)'}: type must be set")
+    if schema.get("x-kubernetes-int-or-string"):
+        if "type" in schema:
+            errors.append(f"{path}: int-or-string must not set type")
+        if "anyOf" in schema and schema["anyOf"] != _INT_OR_STRING_ANYOF:
+            errors.append(f"{path}: int-or-string anyOf must be exactly [{{type: integer}}, {{type: string}}]")
+    else:
+        for junctor in ("anyOf", "allOf", "oneOf"):
+            for sub in schema.get(junctor, []):
+                bad = [k for k in _FORBIDDEN_IN_JUNCTORS if k in sub]
+                if bad:
+                    errors.append(f"{path}.{junctor}: {bad} not allowed inside {junctor}")
+    if "default" in schema and path.count(".") and schema.get("type") == "object" and "properties" not in schema:
+        errors.append(f"{path}: default on an object without properties")
+    for name, sub in schema.get("properties", {}).items():
+        errors.extend(_structural_errors(sub, f"{path}.{name}"))
+    if isinstance(schema.get("items"), dict):
+        errors.extend(_structural_errors(schema["items"], f"{path}[]"))
+    if isinstance(schema.get("additionalProperties"), dict):
+        errors.extend(_structural_errors(schema["additionalProperties"], f"{path}{{}}"))
+    return errors
+
+
+def test_schema_is_structural() -> None:
+    assert _structural_errors(SCHEMA) == []
+
+
+def test_structural_lint_catches_a_non_structural_int_or_string() -> None:
+    bad = {"type": "object", "properties": {"t": {"x-kubernetes-int-or-string": True,
+                                                  "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}}}
+    assert _structural_errors(bad)
+
+
+def _schema_at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in filter(None, path.replace("[]", ".[]").split(".")):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+def test_cel_rules_only_read_declared_fields() -> None:
+    """Fields kept only by x-kubernetes-preserve-unknown-fields are invisible to CEL in the API server."""
+    for path, rule in collect_rules(SCHEMA):
+        here = _schema_at(SCHEMA, path)
+        for chain in re.findall(r"\bself((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", rule["rule"]):
+            node = here
+            for field in chain.strip(".").split("."):
+                if field in ("matches", "startsWith", "upperAscii", "lowerAscii", "size", "all", "exists"):
+                    break
+                if path == "" and field == "metadata":
+                    break  # metadata.name / generateName are readable
+                assert field in node.get("properties", {}), f"rule at {path or '(root)'} reads undeclared {chain}"
+                node = node["properties"][field]
