@@ -33,10 +33,10 @@ FROM ${BASE}
 ARG ROCM=0
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FLEXINFER_LOG_FORMAT=json
-# ROCm base images are Ubuntu without a python3.11 `python` on PATH; install pip there. On the default
-# python:3.11-slim base this is a no-op.
-RUN if ! command -v pip >/dev/null 2>&1; then \
-      apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+# ROCm base images are Ubuntu with a system Python that pip must not modify (PEP 668): use a venv there.
+# On the default python:3.11-slim base nothing is installed here and /opt/venv does not exist.
+RUN if [ "$ROCM" = "1" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
       && rm -rf /var/lib/apt/lists/* \
       && python3 -m venv /opt/venv; \
     fi
@@ -52,7 +52,7 @@ RUN groupadd --system --gid 10001 flexinfer \
        --shell /usr/sbin/nologin flexinfer
 USER 10001:10001
 WORKDIR /tmp
-# agent metrics/health, agent gRPC, extender HTTP, extender gRPC, controller metrics/health
+# agent metrics+health, agent gRPC, extender HTTP (+metrics, health), extender gRPC, controller metrics
 EXPOSE 9400 9401 8888 9090 8080
 ENTRYPOINT []
 CMD ["flexinfer", "--help"]
