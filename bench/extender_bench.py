@@ -144,7 +144,9 @@ class Client:
         self.conn.close()
 
 
-def measure(port: int, path: str, body: bytes, n: int, warmup: int) -> tuple[list[float], bytes]:
+def measure(port: int, path: str, body: bytes, n: int, warmup: int, *, budget_s: float = 1e9,
+            min_n: int = 20) -> tuple[list[float], bytes]:
+    """n sequential requests (after `warmup`), or fewer once `budget_s` is spent and `min_n` are done."""
     c = Client(port)
     try:
         last = b""
@@ -152,11 +154,14 @@ def measure(port: int, path: str, body: bytes, n: int, warmup: int) -> tuple[lis
             status, last = c.post(path, body)
             if status != 200:
                 raise RuntimeError(f"POST {path} -> {status}: {last[:300]!r}")
-        out = []
+        out: list[float] = []
+        stop_at = time.perf_counter() + budget_s
         for _ in range(n):
             t0 = time.perf_counter()
             status, last = c.post(path, body)
             out.append(time.perf_counter() - t0)
+            if t0 > stop_at and len(out) >= min_n:
+                break
             if status != 200:
                 raise RuntimeError(f"POST {path} -> {status}: {last[:300]!r}")
         return out, last
@@ -191,7 +196,7 @@ def run_load(port: int, path: str, body: bytes, *, concurrency: int, seconds: fl
 # --- gRPC -------------------------------------------------------------------------------------
 
 def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: int,
-                 verb: str = "Filter") -> tuple[list[float], Any]:
+                 verb: str = "Filter", budget_s: float = 1e9) -> tuple[list[float], Any]:
     import grpc
 
     from flexinfer.api.v1 import scheduler_extender_pb2 as pb
@@ -212,11 +217,14 @@ def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: i
         resp = None
         for _ in range(warmup):
             resp = call(req, timeout=60)
-        out = []
+        out: list[float] = []
+        stop_at = time.perf_counter() + budget_s
         for _ in range(n):
             t0 = time.perf_counter()
             resp = call(req, timeout=60)
             out.append(time.perf_counter() - t0)
+            if t0 > stop_at and len(out) >= 20:
+                break
         return out, resp
 
 
@@ -225,8 +233,9 @@ def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: i
 @dataclass
 class Plan:
     sizes: tuple[int, ...] = (100, 1000, 5000)
-    names_iters: dict[int, int] = field(default_factory=lambda: {100: 1000, 1000: 500, 5000: 200})
+    names_iters: dict[int, int] = field(default_factory=lambda: {100: 1000, 1000: 500, 5000: 300})
     nodes_iters: dict[int, int] = field(default_factory=lambda: {100: 200, 1000: 60, 5000: 12})
+    budget_s: float = 10.0  # per (size, form, verb, server): stop early once spent (min 20 samples, 5 at 5000 nodes)
     grpc_iters: dict[int, int] = field(default_factory=lambda: {100: 500, 1000: 300, 5000: 100})
     load_seconds: float = 5.0
     load_concurrency: int = 8
@@ -235,7 +244,7 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(sizes=(100, 1000), names_iters={100: 200, 1000: 100}, nodes_iters={100: 50, 1000: 15},
-                   grpc_iters={100: 100, 1000: 50}, load_seconds=2.0)
+                   grpc_iters={100: 100, 1000: 50}, load_seconds=2.0, budget_s=4.0)
 
 
 @contextlib.contextmanager
@@ -283,7 +292,7 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
             bodies = {"names": workload.args_nodenames(pod, names), "nodes": workload.args_nodes(pod, sub)}
             for mode in ("names", "nodes"):
                 iters = (plan.names_iters if mode == "names" else plan.nodes_iters)[n]
-                warmup = max(3, iters // 20)
+                warmup = 2 if mode == "nodes" and n >= 5000 else max(3, iters // 20)
                 body = bodies[mode]
                 targets = [("extender", warm), ("floor", floor)]
                 if mode == "nodes":
@@ -292,7 +301,8 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                     row: dict[str, Any] = {"nodes": n, "mode": mode, "verb": verb, "body_bytes": len(body)}
                     for label, srv in targets:
                         progress(f"HTTP {verb} {mode} {n} nodes -> {label} ({iters} requests)")
-                        lat, last = measure(srv.port, "/" + verb, body, iters, warmup)
+                        lat, last = measure(srv.port, "/" + verb, body, iters, warmup, budget_s=plan.budget_s,
+                                            min_n=5 if (mode == "nodes" and n >= 5000) else 20)
                         row[label] = summary_ms(lat)
                         if verb == "filter" and label != "floor":
                             row[label]["verdicts"] = check_filter(last, n, mode)
@@ -305,7 +315,8 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                     for verb in ("Filter", "Prioritize"):
                         iters = plan.grpc_iters[n]
                         progress(f"gRPC {verb} {n} nodes ({iters} requests)")
-                        lat, resp = grpc_latency(warm.grpc_port, pod_json, names, iters, max(3, iters // 20), verb)
+                        lat, resp = grpc_latency(warm.grpc_port, pod_json, names, iters, max(3, iters // 20), verb,
+                                                 plan.budget_s)
                         row = {"nodes": n, "verb": verb, **summary_ms(lat)}
                         if verb == "Filter":
                             row["verdicts"] = {"passed": len(resp.node_names), "failed": len(resp.failed_nodes),

@@ -35,7 +35,7 @@ def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, 
 
     from flexinfer import logs
 
-    logs.configure("info", "json")  # as the bench servers run (one JSON line per request)
+    logs.configure("warning")
     items = workload.node_objects(n, time.time(), realistic=True)
     running = _extender([] if cold else items, workdir)
     ext = running.extender
@@ -54,7 +54,7 @@ def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, 
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
         saved, sys.stderr = sys.stderr, devnull
         try:
-            logs.configure("info", "json")
+            logs.configure("info", "json")  # as the bench servers run (one JSON line per request)
             for _ in range(3):
                 once()
             t0 = time.perf_counter()
