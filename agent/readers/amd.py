@@ -91,7 +91,7 @@ class AmdSmiReader:
     vendor = AMD
 
     def __init__(self, amdsmi: Any, *, sys_root: str | Path = "/sys", backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, events: bool = True) -> None:
         self.smi = amdsmi
         self.sys_root = sys_root
         self.backoff = backoff or Backoff()
@@ -102,6 +102,8 @@ class AmdSmiReader:
         self.driver_version = ""
         self.rocm_version = ""
         self.init_attempts = 0
+        self.events = events
+        self._event_reader: Any = None  # one AmdSmiEventReader; amdsmi_get_gpu_event_notification is global
 
     @property
     def status(self) -> str:
@@ -162,6 +164,7 @@ class AmdSmiReader:
                 found[uuid] = old
         self._devs = found
         self._initialised = True
+        self._start_events()
         self._status = "ok"
         log.info("amdsmi_ready", gpus=len(found), rocm=self.rocm_version)
         return True
@@ -216,7 +219,53 @@ class AmdSmiReader:
                 return n
         return kfd[dev.index] if dev.index < len(kfd) else None
 
+    # -- reset / VM-fault events (AMD's nearest thing to Xid) -------------------------------------
+    def _start_events(self) -> None:
+        cls = getattr(self.smi, "AmdSmiEventReader", None)
+        kinds = getattr(self.smi, "AmdSmiEvtNotificationType", None)
+        if not self.events or cls is None or kinds is None or self._event_reader is not None:
+            return
+        wanted = [getattr(kinds, n) for n in ("GPU_PRE_RESET", "GPU_POST_RESET", "VMFAULT") if hasattr(kinds, n)]
+        for dev in self._devs.values():
+            if dev.handle is None or "events" in dev.unsupported:
+                continue
+            try:
+                reader = cls(dev.handle, wanted)
+            except Exception as e:
+                dev.unsupported.add("events")
+                log.info("amdsmi_events_unsupported", uuid=dev.uuid, error=self._describe(e))
+                continue
+            if self._event_reader is None:
+                self._event_reader = reader
+
+    def _poll_events(self) -> None:
+        if self._event_reader is None:
+            return
+        try:
+            events = self._event_reader.read(0)
+        except Exception as e:  # TIMEOUT / NO_DATA: nothing queued
+            if self._code(e) not in (8, 40):
+                log.debug("amdsmi_event_read_failed", error=self._describe(e))
+            return
+        by_handle = {_handle_key(d.handle): d for d in self._devs.values() if d.handle is not None}
+        now = self.clock()
+        for ev in events or []:
+            dev = by_handle.get(_handle_key(ev.get("processor_handle")))
+            kind = str(ev.get("event", ""))
+            if dev is None or kind not in ("GPU_PRE_RESET", "VMFAULT"):
+                continue  # POST_RESET closes a reset already counted
+            dev.error_events += 1
+            dev.last_error_unix = now
+            log.warning("amd_gpu_event", uuid=dev.uuid, kind=kind, message=str(ev.get("message", ""))[:200])
+
+    def _stop_events(self) -> None:
+        if self._event_reader is not None:
+            with contextlib.suppress(Exception):
+                self._event_reader.stop()
+            self._event_reader = None
+
     def _shutdown(self) -> None:
+        self._stop_events()
         if self._initialised:
             with contextlib.suppress(Exception):
                 self.smi.amdsmi_shut_down()
@@ -255,6 +304,7 @@ class AmdSmiReader:
             self._try_init()
         if not self._initialised:
             return [self._stale(d) for d in self._devs.values()]
+        self._poll_events()
         out = []
         for dev in sorted(self._devs.values(), key=lambda d: d.index):
             if dev.handle is None:
@@ -347,6 +397,11 @@ class AmdSmiReader:
         if d_unc:
             dev.healthy = False
             dev.reason = dev.sticky_reason = f"uncorrectable ECC errors (+{d_unc})"
+
+
+def _handle_key(h: Any) -> Any:
+    """amdsmi handles are ctypes pointers: compare their address, fakes compare as-is."""
+    return getattr(h, "value", h)
 
 
 def _int(v: Any) -> int | None:

@@ -146,3 +146,40 @@ def test_strix_halo_is_reported_as_unified_memory(amdsmi_real: Any) -> None:
     fake = FakeAmdSmi(node_from([amd_gpu(arch="gfx1151", product="AMD Radeon 8060S", totalMiB=49152)]), amdsmi_real)
     st = Agent("khelben", reader_for(fake)).step(now=1.0).state
     assert st.gpus[0].unified_memory and st.gpus[0].arch == "gfx1151"
+
+
+def test_reset_and_vm_fault_events_are_error_events(amdsmi_real: Any) -> None:
+    kinds = amdsmi_real.AmdSmiEvtNotificationType
+    queue: list[dict[str, Any]] = []
+    registered: list[tuple[int, list[Any]]] = []
+
+    class EventReader:
+        def __init__(self, handle: int, types: list[Any]) -> None:
+            registered.append((handle, list(types)))
+
+        def read(self, timeout_ms: int, num_elem: int = 10) -> list[dict[str, Any]]:
+            if not queue:
+                raise amdsmi_real.AmdSmiLibraryException(40)  # NO_DATA
+            out = list(queue)
+            queue.clear()
+            return out
+
+        def stop(self) -> None:
+            pass
+
+    class WithEvents(FakeAmdSmi):
+        AmdSmiEventReader = EventReader
+        AmdSmiEvtNotificationType = kinds
+
+    r = reader_for(WithEvents(node_from([amd_gpu(), amd_gpu()]), amdsmi_real))
+    r.open()
+    assert [h for h, _ in registered] == [0, 1] and kinds.GPU_PRE_RESET in registered[0][1]
+    assert [s.error_events for s in r.sample()] == [0, 0]
+    queue.extend([{"processor_handle": 1, "event": "GPU_PRE_RESET", "message": "reset"},
+                  {"processor_handle": 1, "event": "GPU_POST_RESET", "message": "done"},
+                  {"processor_handle": 0, "event": "VMFAULT", "message": "page fault"},
+                  {"processor_handle": 0, "event": "THERMAL_THROTTLE", "message": "hot"}])
+    out = r.sample()
+    assert [s.error_events for s in out] == [1, 1] and all(s.last_error_unix > 0 for s in out)
+    assert all(s.healthy for s in out)  # resets/faults are counted; ECC decides health
+    assert [s.error_events for s in r.sample()] == [1, 1]
