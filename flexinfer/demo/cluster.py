@@ -52,6 +52,19 @@ class Attempt:
     message: str = ""
 
 
+class SimClock:
+    """The controller's clock in the demo: real time plus simulated minutes (idle timeouts are 10 m)."""
+
+    def __init__(self) -> None:
+        self.offset_seconds = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_seconds
+
+    def advance(self, seconds: float) -> None:
+        self.offset_seconds += seconds
+
+
 def _rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -74,6 +87,7 @@ class DemoCluster:
         self.controller: Any = None
         self.loaded: dict[str, list[tuple[str, int, int]]] = {}  # pod -> [(node, gpu index, MiB)]
         self.attempts: list[Attempt] = []
+        self.clock = SimClock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> DemoCluster:
@@ -108,7 +122,7 @@ class DemoCluster:
         self.client = httpx.Client(base_url=self.http.url, timeout=5.0)
         self.wait_for_extender_cache()
         self.progress("starting flexinfer-controller")
-        self.controller = Controller(self.api, namespace=self.namespace, cooldown_seconds=0.0)
+        self.controller = Controller(self.api, namespace=self.namespace, cooldown_seconds=60.0, clock=self.clock)
         return self
 
     def stop(self) -> None:
@@ -168,7 +182,7 @@ class DemoCluster:
     def activate(self, name: str) -> None:
         from flexinfer.controller.activation import activate
 
-        activate(self.api, self.namespace, name)
+        activate(self.api, self.namespace, name, now=self.clock())
 
     def reconcile(self) -> Any:
         return self.controller.reconcile_once()
@@ -238,7 +252,7 @@ class DemoCluster:
                 gpu.used_mi_b += add
                 placed.append((node, idx, add))
             self.loaded[name] = placed
-            now = _rfc3339(time.time())
+            now = _rfc3339(self.clock())
             kube.merge_patch(self.api, "pods", name, {"status": {
                 "phase": "Running", "startTime": now,
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}},

@@ -12,6 +12,7 @@ from rich.console import Console
 from flexinfer.cli.output import table
 from flexinfer.demo.cluster import Attempt, DemoCluster
 from flexinfer.fleet import Fleet
+from flexinfer.model import parse_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "daemonset" / "examples"
 SWAP_GROUP_MODEL = "qwen3-32b-quality"
@@ -28,7 +29,7 @@ def _mib(v: int | None) -> str:
     return "-" if v is None else f"{v}"
 
 
-def placement_table(attempts: list[Attempt], title: str) -> Any:
+def placement_table(attempts: list[Attempt], title: str | None) -> Any:
     rows = []
     for a in attempts:
         rows.append([a.model, a.backend, _mib(a.need_mib), a.node or "Pending", a.gpus or "-",
@@ -70,9 +71,16 @@ def run_demo(fleet: Fleet, console: Console, err: Console) -> int:
             progress("controller reconciles; scheduling loop calls the extender like kube-scheduler")
             first = cluster.settle()
             phase1_status = cluster.model_status()
-            progress(f"a request for {SWAP_GROUP_MODEL}: activation preempts the active member of its shared group")
+            cluster.clock.advance(11 * 60)
+            progress(f"11 minutes later (simulated): a request for {SWAP_GROUP_MODEL} arrives")
             cluster.activate(SWAP_GROUP_MODEL)
             second = cluster.settle()
+            swap_status = cluster.model_status()
+            idle_s = next(parse_model(d).idle_timeout_seconds for d in docs
+                          if d["metadata"]["name"] == SWAP_GROUP_MODEL)
+            cluster.clock.advance(idle_s + 60)
+            progress(f"{int(idle_s // 60) + 1} minutes without traffic: {SWAP_GROUP_MODEL} is idle past its timeout")
+            third = cluster.settle()
             final_status = cluster.model_status()
             progress("done")
     console.print()
@@ -84,11 +92,20 @@ def run_demo(fleet: Fleet, console: Console, err: Console) -> int:
     console.print()
     console.print(status_table(phase1_status))
     console.print()
-    console.print(f"[bold]Shared GPU group: activating {SWAP_GROUP_MODEL}[/bold]")
-    if second:
-        console.print(placement_table(second, "After activation"))
-        print_reasons(console, second)
-    console.print(status_table(final_status))
+    group_note = ("Shared GPU group 7900xtx-quality: qwen3-14b-mlc (priority 100, always on), "
+                  f"{SWAP_GROUP_MODEL} (80), deepseek-r1 (70)")
+    console.print(f"[bold]{group_note}[/bold]")
+    for title, attempts, status in (
+        (f"11 minutes later a request for {SWAP_GROUP_MODEL} arrives: it preempts the idle 14B", second, swap_status),
+        (f"{SWAP_GROUP_MODEL} idles out: qwen3-14b-mlc reclaims the GPU", third, final_status),
+    ):
+        console.print()
+        console.print(f"[bold]{title}[/bold]")
+        fresh = [a for a in attempts if a.node]
+        if fresh:
+            console.print(placement_table(fresh, None))
+        console.print(status_table({k: v for k, v in status.items()
+                                    if k in ("qwen3-14b-mlc", SWAP_GROUP_MODEL, "deepseek-r1")}))
     console.print()
     console.print(f"demo finished in {time.monotonic() - t0:.1f} s")
     return 0
