@@ -364,6 +364,14 @@ class AmdSmiReader:
         act = self._metric(dev, "utilization", "amdsmi_get_gpu_activity")
         if isinstance(act, dict) and (a := _num(act.get("gfx_activity"))) is not None:
             s.utilization_ratio = a / 100.0
+        clk_type = getattr(smi, "AmdSmiClkType", None)
+        if clk_type is not None:  # GFX clock is the SM-clock equivalent; MHz
+            for attr, kind in (("sm_clock_hertz", "GFX"), ("memory_clock_hertz", "MEM")):
+                if (ct := getattr(clk_type, kind, None)) is None:
+                    continue
+                info = self._metric(dev, "clocks", "amdsmi_get_clock_info", ct)
+                if isinstance(info, dict) and (mhz := _num(info.get("clk"))) is not None:
+                    setattr(s, attr, mhz * 1e6)
         pcie = self._metric(dev, "pcie", "amdsmi_get_pcie_info")
         if isinstance(pcie, dict):
             st, mt = pcie.get("pcie_static", {}) or {}, pcie.get("pcie_metric", {}) or {}

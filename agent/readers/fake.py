@@ -252,6 +252,7 @@ class FakeAmdSmi(_FleetGpus):
     AmdSmiInitFlags = SimpleNamespace(INIT_AMD_GPUS=2)
     AmdSmiTemperatureType = SimpleNamespace(EDGE=0, HOTSPOT=1, JUNCTION=1, VRAM=2)
     AmdSmiTemperatureMetric = SimpleNamespace(CURRENT=0)
+    AmdSmiClkType = SimpleNamespace(GFX=1, MEM=5)
 
     def __init__(self, node: FleetNode, amdsmi_module: Any = None) -> None:
         super().__init__(node, "amd")
@@ -313,6 +314,10 @@ class FakeAmdSmi(_FleetGpus):
 
     def amdsmi_get_temp_metric(self, h: int, sensor: int, metric: int) -> int:
         return int(self._dev(h, "temperature").temperature_c) + (3 if sensor == 1 else 0)
+
+    def amdsmi_get_clock_info(self, h: int, clk_type: int) -> dict[str, Any]:
+        g = self._dev(h, "clocks")
+        return {"clk": g.sm_clock_mhz if clk_type == 1 else g.mem_clock_mhz, "min_clk": 0, "max_clk": "N/A"}
 
     def amdsmi_get_gpu_activity(self, h: int) -> dict[str, Any]:
         g = self._dev(h, "utilization")

@@ -50,6 +50,7 @@ def test_full_sample(amdsmi_real: Any) -> None:
     assert s.power_usage_watts == 38.0 and s.power_limit_watts == pytest.approx(327.0)
     assert s.temperature_celsius == 44.0  # hotspot preferred over edge
     assert s.utilization_ratio == 0.5
+    assert s.sm_clock_hertz == 1500e6 and s.memory_clock_hertz == 7000e6
     assert (s.pcie_gen_current, s.pcie_gen_max, s.pcie_width_current, s.pcie_width_max) == (3, 4, 16, 16)
     assert (s.ecc_correctable_total, s.ecc_uncorrectable_total, s.ecc_deferred_total) == (0, 0, 0)
     assert s.rocm_version == "7.0.2" and not s.unified_memory
