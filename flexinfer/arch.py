@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from flexinfer.errors import ParseError
+from flexinfer.errors import ParseError, text_of
 
 NVIDIA = "nvidia"
 AMD = "amd"
@@ -79,7 +79,7 @@ _SM_RE = re.compile(r"^sm_(\d{1,2})(\d)[af]?$")
 
 def parse_compute_capability(value: str) -> tuple[int, int]:
     """'5.2' -> (5, 2). Rejects junk with a ParseError."""
-    m = _CC_RE.match(str(value).strip())
+    m = _CC_RE.match(text_of(value).strip())
     if not m:
         raise ParseError("compute capability", value, "MAJOR.MINOR, e.g. 8.9")
     return int(m.group(1)), int(m.group(2))
@@ -129,7 +129,7 @@ _GFX_RE = re.compile(r"^gfx[0-9a-f]{3,5}$")
 
 def amd_arch(gfx: str) -> ArchInfo:
     """gfx target -> ArchInfo. Unknown but well-formed targets get family 'unknown'."""
-    target = str(gfx).strip().lower()
+    target = text_of(gfx).strip().lower()
     if not _GFX_RE.match(target):
         raise ParseError("gfx target", gfx, "gfx followed by 3-5 hex digits, e.g. gfx1100")
     row = AMD_GFX.get(target)
@@ -171,21 +171,21 @@ def arch_info(vendor: str, arch: str) -> ArchInfo:
     """Parse an arch label value for a vendor: 'sm_52' (nvidia) or 'gfx906' (amd)."""
     vendor = normalize_vendor(vendor)
     if vendor == NVIDIA:
-        m = _SM_RE.match(str(arch).strip().lower())
+        m = _SM_RE.match(text_of(arch).strip().lower())
         if not m:
             raise ParseError("NVIDIA arch", arch, "sm_XY, e.g. sm_89")
         return nvidia_arch(int(m.group(1)), int(m.group(2)))
     if vendor == AMD:
         return amd_arch(arch)
     if vendor == INTEL:
-        a = re.sub(r"[^a-z0-9_.-]+", "-", str(arch).strip().lower()).strip("-_.")[:63].strip("-_.") or "unknown"
+        a = re.sub(r"[^a-z0-9_.-]+", "-", text_of(arch).strip().lower()).strip("-_.")[:63].strip("-_.") or "unknown"
         return ArchInfo(INTEL, a, "xe", known=False)
     return ArchInfo(NONE, "none", "none", known=False)
 
 
 def normalize_vendor(value: str) -> str:
     """Vendor names are read case-insensitively ('NVIDIA' from the Go FlexInfer, 'nvidia' here)."""
-    v = str(value).strip().lower()
+    v = text_of(value).strip().lower()
     aliases = {"nvidia": NVIDIA, "amd": AMD, "rocm": AMD, "intel": INTEL, "none": NONE, "cpu": NONE}
     if v not in aliases:
         raise ParseError("GPU vendor", value, "one of nvidia, amd, intel, none")

@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass, field
 
 from flexinfer.arch import AMD, INTEL, NONE, NVIDIA, ArchInfo
-from flexinfer.errors import ParseError
+from flexinfer.errors import ParseError, text_of
 
 
 class Verdict(enum.StrEnum):
@@ -43,7 +43,7 @@ ALIASES = {"llama.cpp": "llamacpp", "llama-cpp": "llamacpp", "mlc": "mlc-llm", "
 
 
 def canonical_backend(name: str) -> str:
-    b = str(name).strip().lower()
+    b = text_of(name).strip().lower()
     b = ALIASES.get(b, b)
     if b not in BACKENDS:
         raise ParseError("backend", name, "one of " + ", ".join(BACKENDS) + " (aliases: mlc, llama.cpp)")

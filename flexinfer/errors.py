@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 
+def text_of(value: object) -> str:
+    """str(value) that never raises: ints with more than 4300 digits (or containers holding them) cannot be
+    printed, and parsers must turn such junk into a ParseError, not a ValueError from deep inside."""
+    try:
+        return str(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """repr(value) for an error message: truncated, and never raising."""
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int with more digits than Python will print
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ParseError(ValueError):
     """A value from outside (label, annotation, file, request) could not be understood.
 
@@ -11,16 +29,11 @@ class ParseError(ValueError):
     """
 
     def __init__(self, what: str, value: object, expected: str) -> None:
-        try:
-            shown = repr(value)
-        except ValueError:  # e.g. an int with more digits than Python will print
-            shown = f"<{type(value).__name__} too large to show>"
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        text = shown(value)
         self.what = what
         self.value = value
         self.expected = expected
-        super().__init__(f"{what}: cannot parse {shown}; expected {expected}")
+        super().__init__(f"{what}: cannot parse {text}; expected {expected}")
 
 
 class ValidationError(ValueError):

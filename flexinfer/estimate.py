@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from flexinfer.errors import ParseError
+from flexinfer.errors import ParseError, text_of
 
 MIB = 1024 * 1024
 
@@ -66,7 +66,7 @@ _ACTIVE_RE = re.compile(r"a(\d+(?:\.\d+)?)b", re.IGNORECASE)
 
 
 def normalize_quant(q: str) -> str:
-    s = str(q).strip().lower().replace("-", "_")
+    s = text_of(q).strip().lower().replace("-", "_")
     s = s.removeprefix("ud_")
     if s in BITS_PER_WEIGHT:
         return s
@@ -74,7 +74,7 @@ def normalize_quant(q: str) -> str:
 
 
 def normalize_kv_dtype(d: str) -> str:
-    s = str(d).strip().lower().replace("-", "_")
+    s = text_of(d).strip().lower().replace("-", "_")
     if s in KV_BYTES:
         return s
     raise ParseError("KV cache dtype", d, "one of " + ", ".join(sorted(KV_BYTES)))
@@ -157,7 +157,7 @@ def estimate(inp: EstimateInput) -> Estimate:
 
 def parse_params_from_name(text: str) -> tuple[float, float | None] | None:
     """'Qwen3.6-35B-A3B-UD-Q4_K_M' -> (35.0, 3.0); 'llama3:8b' -> (8.0, None); no size -> None."""
-    s = str(text).replace("_", "-")
+    s = text_of(text).replace("_", "-")
     active = _ACTIVE_RE.search(s)
     cleaned = _ACTIVE_RE.sub("", s)
     best: float | None = None
@@ -171,7 +171,7 @@ def parse_params_from_name(text: str) -> tuple[float, float | None] | None:
 
 def guess_quant(text: str, backend: str) -> str:
     """Find a quantization tag in a model source/name, else the backend's usual default."""
-    s = str(text).lower().replace("-", "_")
+    s = text_of(text).lower().replace("-", "_")
     for q in sorted(BITS_PER_WEIGHT, key=len, reverse=True):
         if re.search(rf"(?<![a-z0-9]){re.escape(q)}(?![a-z0-9])", s):
             return q

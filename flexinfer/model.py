@@ -15,7 +15,7 @@ import msgspec
 from flexinfer import keys
 from flexinfer.arch import arch_info, nvidia_family
 from flexinfer.compat import Verdict, canonical_backend, check
-from flexinfer.errors import ParseError, ValidationError
+from flexinfer.errors import ParseError, ValidationError, shown, text_of
 
 SOURCE_SCHEMES = ("HF://", "ollama://", "file:///", "pvc://")
 MAX_SERVICE_LABELS = 10
@@ -27,20 +27,24 @@ _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 def parse_duration_seconds(value: str | int | float, what: str) -> float:
     """'10m', '1h30m', '300s' or a number of seconds -> seconds."""
     if isinstance(value, bool):
-        raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h")
+        raise ValidationError(what, f"invalid duration {shown(value)}; use e.g. 300s, 10m, 1h")
     if isinstance(value, int | float):
+        if isinstance(value, int) and abs(value) > 10**15:
+            raise ValidationError(what, f"invalid duration {shown(value)}; too large")
         if not math.isfinite(value):
-            raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h")
+            raise ValidationError(what, f"invalid duration {shown(value)}; use e.g. 300s, 10m, 1h")
         if value < 0:
             raise ValidationError(what, "must not be negative")
         return float(value)
-    m = _DURATION_RE.match(str(value).strip())
+    m = _DURATION_RE.match(text_of(value).strip())
     if not m or not any(m.groups()):
-        raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h")
+        raise ValidationError(what, f"invalid duration {shown(value)}; use e.g. 300s, 10m, 1h")
     try:
+        if any(x and len(x) > 15 for x in m.groups()):
+            raise ValueError("too many digits")
         h, mi, s = (int(x) if x else 0 for x in m.groups())
-    except ValueError:  # more digits than int() accepts
-        raise ValidationError(what, f"invalid duration {value!r}; use e.g. 300s, 10m, 1h") from None
+    except ValueError:  # more digits than a duration can sensibly have
+        raise ValidationError(what, f"invalid duration {shown(value)}; use e.g. 300s, 10m, 1h") from None
     return float(h * 3600 + mi * 60 + s)
 
 
@@ -130,7 +134,7 @@ class Model(msgspec.Struct, omit_defaults=True):
 
     @property
     def jit_policy(self) -> str:
-        return str(self.spec.config.get("jitPolicy", "")).upper()
+        return text_of(self.spec.config.get("jitPolicy", "")).upper()
 
     @property
     def idle_timeout_seconds(self) -> float:
@@ -177,10 +181,10 @@ def parse_model(obj: object) -> Model:
         raise ValidationError("(root)", "a Model must be a mapping")
     api = obj.get("apiVersion")
     if api is not None and api != keys.MODEL_API_VERSION:
-        raise ValidationError("apiVersion", f"must be {keys.MODEL_API_VERSION}, got {api!r}")
+        raise ValidationError("apiVersion", f"must be {keys.MODEL_API_VERSION}, got {shown(api)}")
     kind = obj.get("kind")
     if kind is not None and kind != keys.MODEL_KIND:
-        raise ValidationError("kind", f"must be {keys.MODEL_KIND}, got {kind!r}")
+        raise ValidationError("kind", f"must be {keys.MODEL_KIND}, got {shown(kind)}")
     meta = obj.get("metadata") or {}
     if not isinstance(meta, dict):
         raise ValidationError("metadata", "must be an object")
@@ -192,16 +196,16 @@ def parse_model(obj: object) -> Model:
     if isinstance(generation, str) and generation.isascii() and generation.isdigit() and len(generation) < 19:
         generation = int(generation)
     if isinstance(generation, bool) or not isinstance(generation, int):
-        raise ValidationError("metadata.generation", f"must be an integer, got {generation!r}")
+        raise ValidationError("metadata.generation", f"must be an integer, got {shown(generation)}")
     ann = meta.get("annotations") or {}
     status = obj.get("status") or {}
     model = Model(
         name=name,
-        namespace=str(meta.get("namespace") or "default"),
+        namespace=text_of(meta.get("namespace") or "default"),
         spec=spec,
-        uid=str(meta.get("uid") or ""),
+        uid=text_of(meta.get("uid") or ""),
         generation=generation,
-        annotations={str(k): str(v) for k, v in ann.items()} if isinstance(ann, dict) else {},
+        annotations={text_of(k): text_of(v) for k, v in ann.items()} if isinstance(ann, dict) else {},
         status=status if isinstance(status, dict) else {},
     )
     validate(model)
@@ -214,7 +218,7 @@ def validate(model: Model) -> None:
     try:
         canonical_backend(spec.backend)
     except ParseError as e:
-        raise ValidationError("spec.backend", f"unknown backend {spec.backend!r}; {e.expected}") from None
+        raise ValidationError("spec.backend", f"unknown backend {shown(spec.backend)}; {e.expected}") from None
     scheme = next((s for s in SOURCE_SCHEMES if spec.source.startswith(s)), None)
     if scheme is None or not spec.source[len(scheme):].strip("/"):
         raise ValidationError("spec.source", "must start with HF://, ollama://, file:/// or pvc:// and name a model")
@@ -247,7 +251,7 @@ def validate(model: Model) -> None:
         raise ValidationError("spec.serviceLabels", f"at most {MAX_SERVICE_LABELS} labels")
     for i, label in enumerate(spec.service_labels):
         if not _SERVICE_LABEL_RE.match(label):
-            raise ValidationError(f"spec.serviceLabels[{i}]", f"{label!r} is not a valid label value")
+            raise ValidationError(f"spec.serviceLabels[{i}]", f"{shown(label)} is not a valid label value")
     if len(set(spec.service_labels)) != len(spec.service_labels):
         raise ValidationError("spec.serviceLabels", "labels must be unique")
     _validate_maxwell(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flexinfer.errors import ParseError
+from flexinfer.errors import ParseError, text_of
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -18,7 +18,7 @@ _FACTORS = {
 
 def parse_quantity_bytes(value: str) -> int:
     """'24Gi' -> bytes. Only the suffixes Kubernetes uses for memory."""
-    m = _QTY_RE.match(str(value).strip())
+    m = _QTY_RE.match(text_of(value).strip())
     if not m:
         raise ParseError("memory quantity", value, "a number with an optional suffix Ki/Mi/Gi/Ti/K/M/G/T")
     try:
@@ -42,7 +42,7 @@ def parse_mib(value: object, what: str) -> int:
     if isinstance(value, int):
         n = value
     else:
-        s = str(value).strip()
+        s = text_of(value).strip()
         if not (s.isascii() and s.isdigit()) or len(s) > 16:
             raise ParseError(what, value, "a non-negative integer number of MiB")
         n = int(s)

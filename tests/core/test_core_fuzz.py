@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,16 @@ from flexinfer.errors import ParseError, ValidationError
 from flexinfer.estimate import EstimateInput, estimate, guess_quant, parse_params_from_name
 from flexinfer.fleet import parse_fleet
 from flexinfer.model import parse_duration_seconds, parse_model
-from flexinfer.state import GpuState, NodeGpuState, NodeView, decode_state, encode_state, node_labels, node_view
+from flexinfer.state import (
+    GpuState,
+    NodeGpuState,
+    NodeView,
+    decode_state,
+    encode_state,
+    label_safe,
+    node_labels,
+    node_view,
+)
 from flexinfer.units import parse_mib, parse_quantity_bytes
 
 FUZZ = settings(
@@ -62,7 +72,8 @@ interesting_text = st.one_of(
     st.sampled_from(["", " ", "None", "nvidia", "NVIDIA", "amd", "cpu", "mixed", "0", "-1", "9" * 5000, "\u00b2",
                      "\u0661\u0662", "\x00", "24Gi\n", "1e400", "NaN", "inf"]),
 )
-anything = st.one_of(interesting_text, json_like, st.binary(max_size=20))
+anything = st.one_of(interesting_text, json_like, st.binary(max_size=20),
+                     st.sampled_from([10**5000, -(10**5000), 2**64, float("nan"), float("inf"), b"\xff"]))
 # Cheap junk for nested positions inside otherwise well-formed documents (keeps generation fast).
 junk = scalars | st.lists(st.integers() | st.text(max_size=5), max_size=2) | st.just({"k": "v"})
 
@@ -167,6 +178,18 @@ def test_fuzz_estimate(inp: EstimateInput) -> None:
         assert e.per_gpu_mib * inp.gpu_count >= e.total_mib
 
 
+LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+
+
+@FUZZ
+@given(st.text(max_size=120), st.text(max_size=120))
+def test_fuzz_label_safe(a: str, b: str) -> None:
+    sa, sb = label_safe(a), label_safe(b)
+    assert len(sa) <= 63 and LABEL_VALUE_RE.match(sa), sa
+    if len(sa) == 63 and len(sb) == 63 and a != b and sa[:54] == sb[:54]:
+        assert sa != sb  # long names that collide after truncation are told apart by the hash
+
+
 # --- annotations / node views --------------------------------------------------------------
 
 wire_gpu = st.fixed_dictionaries(
@@ -263,35 +286,38 @@ def test_fuzz_state_round_trip_and_labels(gpus: list[GpuState], t: float) -> Non
 
 # --- Model specs and fleet documents --------------------------------------------------------
 
+# Python-only junk (YAML and the API client can hand us ints too long to print).
+pyjunk = junk | st.sampled_from([10**5000, [10**5000], {"k": 10**5000}])
+
 spec_like = st.fixed_dictionaries(
     {},
     optional={
-        "backend": st.sampled_from(["ollama", "vllm", "mlc", "llama.cpp", "diffusers", "tgi"]) | junk,
-        "source": st.sampled_from(["ollama://llama3:8b", "HF://a/b", "s3://x", "HF://"]) | junk,
+        "backend": st.sampled_from(["ollama", "vllm", "mlc", "llama.cpp", "diffusers", "tgi"]) | pyjunk,
+        "source": st.sampled_from(["ollama://llama3:8b", "HF://a/b", "s3://x", "HF://"]) | pyjunk,
         "gpu": st.fixed_dictionaries({}, optional={
-            "vendor": st.sampled_from(["cpu", "nvidia", "AMD", "auto", "intel"]) | junk,
-            "count": st.integers(-1, 20) | junk, "shared": st.sampled_from(["g", "Bad_"]) | junk,
-            "priority": st.integers(-2000, 2000) | junk,
-            "vramEstimateMB": st.integers(-1, 10**8) | junk}) | junk,
+            "vendor": st.sampled_from(["cpu", "nvidia", "AMD", "auto", "intel"]) | pyjunk,
+            "count": st.integers(-1, 20) | pyjunk, "shared": st.sampled_from(["g", "Bad_"]) | pyjunk,
+            "priority": st.integers(-2000, 2000) | pyjunk,
+            "vramEstimateMB": st.integers(-1, 10**8) | pyjunk}) | pyjunk,
         "serverless": st.fixed_dictionaries({}, optional={
-            "enabled": st.booleans() | junk, "minReplicas": st.integers(-1, 3) | junk,
-            "idleTimeout": interesting_text | junk, "coldStartTimeout": interesting_text | junk}),
-        "config": st.dictionaries(st.sampled_from(["jitPolicy", "x"]), junk, max_size=2) | junk,
+            "enabled": st.booleans() | pyjunk, "minReplicas": st.integers(-1, 3) | pyjunk,
+            "idleTimeout": interesting_text | pyjunk, "coldStartTimeout": interesting_text | pyjunk}),
+        "config": st.dictionaries(st.sampled_from(["jitPolicy", "x"]), pyjunk, max_size=2) | pyjunk,
         "nodeSelector": st.dictionaries(st.sampled_from([keys.LABEL_FAMILY, keys.LABEL_ARCH, "y"]),
                                         st.sampled_from(["maxwell", "sm_52", "sm_5", "sm_520", "sm_5x"])
-                                        | interesting_text, max_size=2) | junk,
-        "serviceLabels": st.lists(st.sampled_from(["a", "b", "Bad label"]) | junk, max_size=12) | junk,
-        "cache": junk, "tolerations": junk, "litellm": junk, "resources": junk,
-        "bogus": junk,
+                                        | interesting_text, max_size=2) | pyjunk,
+        "serviceLabels": st.lists(st.sampled_from(["a", "b", "Bad label"]) | pyjunk, max_size=12) | pyjunk,
+        "cache": pyjunk, "tolerations": pyjunk, "litellm": pyjunk, "resources": pyjunk,
+        "bogus": pyjunk,
     },
 )
 model_like = st.one_of(
     st.fixed_dictionaries({"metadata": st.fixed_dictionaries(
-        {"name": st.sampled_from(["m", "llama3-8b", "Bad", ""]) | junk},
-        optional={"generation": junk, "annotations": junk, "namespace": junk}) | junk,
-        "spec": spec_like | junk},
-        optional={"apiVersion": st.sampled_from([keys.MODEL_API_VERSION, "v1"]) | junk,
-                  "kind": st.sampled_from(["Model", "Pod"]) | junk, "status": junk}),
+        {"name": st.sampled_from(["m", "llama3-8b", "Bad", ""]) | pyjunk},
+        optional={"generation": pyjunk, "annotations": pyjunk, "namespace": pyjunk}) | pyjunk,
+        "spec": spec_like | pyjunk},
+        optional={"apiVersion": st.sampled_from([keys.MODEL_API_VERSION, "v1"]) | pyjunk,
+                  "kind": st.sampled_from(["Model", "Pod"]) | pyjunk, "status": pyjunk}),
     json_like,
 )
 
@@ -316,20 +342,20 @@ def test_fuzz_parse_model(obj: Any) -> None:
 
 
 fleet_gpu = st.fixed_dictionaries(
-    {"vendor": st.sampled_from(["nvidia", "amd", "intel", "ati"]) | junk,
-     "arch": st.sampled_from(["sm_52", "gfx1100", "gfx", "xe"]) | junk},
-    optional={"totalMiB": st.integers(-5, 2**70) | junk, "usedMiB": st.integers(-5, 10**6) | junk,
-              "healthy": junk, "faults": st.lists(st.fixed_dictionaries(
-                  {"type": st.sampled_from(["noise", "xid", "meteor"]) | junk},
-                  optional={"atSample": junk, "mib": junk}), max_size=2) | junk,
-              "pcie": junk, "unifiedMemory": junk, "product": junk},
+    {"vendor": st.sampled_from(["nvidia", "amd", "intel", "ati"]) | pyjunk,
+     "arch": st.sampled_from(["sm_52", "gfx1100", "gfx", "xe"]) | pyjunk},
+    optional={"totalMiB": st.integers(-5, 2**70) | pyjunk, "usedMiB": st.integers(-5, 10**6) | pyjunk,
+              "healthy": pyjunk, "faults": st.lists(st.fixed_dictionaries(
+                  {"type": st.sampled_from(["noise", "xid", "meteor"]) | pyjunk},
+                  optional={"atSample": pyjunk, "mib": pyjunk}), max_size=2) | pyjunk,
+              "pcie": pyjunk, "unifiedMemory": pyjunk, "product": pyjunk},
 )
 fleet_like = st.one_of(
     st.fixed_dictionaries({"nodes": st.lists(st.fixed_dictionaries(
-        {"name": st.sampled_from(["a", "b", ""]) | junk},
-        optional={"gpus": st.lists(fleet_gpu, max_size=3) | junk, "labels": junk, "taints": junk,
-                  "faults": junk}), max_size=4) | junk},
-        optional={"apiVersion": junk, "kind": junk, "extra": junk}),
+        {"name": st.sampled_from(["a", "b", ""]) | pyjunk},
+        optional={"gpus": st.lists(fleet_gpu, max_size=3) | pyjunk, "labels": pyjunk, "taints": pyjunk,
+                  "faults": pyjunk}), max_size=4) | pyjunk},
+        optional={"apiVersion": pyjunk, "kind": pyjunk, "extra": pyjunk}),
     json_like,
 )
 

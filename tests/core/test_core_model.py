@@ -260,3 +260,23 @@ def test_parse_duration_junk_names_field(junk: object) -> None:
     with pytest.raises(ValidationError) as e:
         parse_duration_seconds(junk, "spec.x")  # type: ignore[arg-type]
     assert e.value.field == "spec.x" and e.value.message
+
+
+@pytest.mark.parametrize("junk", [10**5000, -(10**5000), 10**16, "9" * 400 + "s", "9" * 16 + "m"],
+                         ids=["huge", "-huge", "1e16", "400-digit-s", "16-digit-m"])
+def test_parse_duration_too_large(junk: object) -> None:
+    with pytest.raises(ValidationError) as e:
+        parse_duration_seconds(junk, "spec.x")  # type: ignore[arg-type]
+    assert e.value.field == "spec.x" and len(str(e.value)) < 200
+
+
+def test_huge_ints_in_model_metadata_do_not_crash() -> None:
+    obj = copy.deepcopy(MINIMAL)
+    obj["metadata"]["annotations"] = {"a": 10**5000}
+    obj["metadata"]["uid"] = 10**5000
+    m = parse_model(obj)
+    assert "too large" in m.annotations["a"] and "too large" in m.uid
+    for key in ("apiVersion", "kind"):
+        bad = {**MINIMAL, key: 10**5000}
+        with pytest.raises(ValidationError, match="too large to show"):
+            parse_model(bad)
