@@ -125,7 +125,7 @@ def demo(fleet: str | None) -> None:
         fl = load_fleet(fleet or default_fleet_path())
     except ParseError as e:
         raise click.ClickException(str(e)) from None
-    sys.exit(run_demo(fl, console(), Console(stderr=True, highlight=False)))
+    sys.exit(run_demo(fl, console(), Console(stderr=True, highlight=False, width=200)))
 
 
 from flexinfer.cli.explain import activate, explain  # noqa: E402

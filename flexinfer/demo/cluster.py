@@ -320,10 +320,15 @@ class DemoCluster:
                 scores.update({h["Host"]: int(h["Score"]) for h in r.json()})
         best = sorted(passed, key=lambda n: (-scores[n], n))[0]
         for other in passed:
-            if other != best:
+            if other == best:
+                continue
+            if scores[other] == scores[best]:
+                attempt.rejections[other] = f"feasible; same score {scores[best]}, tie broken by name"
+            else:
                 attempt.rejections[other] = f"feasible, lower score {scores[other]} vs {scores[best]}"
         chosen = details.get(best)
-        attempt.node, attempt.score = best, scores[best]
+        attempt.node = best
+        attempt.score = scores[best] if len(passed) >= 2 else None  # prioritize runs only with >= 2 nodes
         attempt.gpus = ",".join(str(i) for i in chosen.gpu.split(",") if i != "") if chosen else ""
         attempt.free_before_mib = self.best_free_mib(best)
         if attempt.gpus:

@@ -33,7 +33,8 @@ def placement_table(attempts: list[Attempt], title: str | None) -> Any:
     rows = []
     for a in attempts:
         rows.append([a.model, a.backend, _mib(a.need_mib), a.node or "Pending", a.gpus or "-",
-                     _mib(a.free_before_mib), _mib(a.free_after_mib), "-" if a.score is None else a.score])
+                     _mib(a.free_before_mib), _mib(a.free_after_mib),
+                     ("-" if a.node is None else "only fit") if a.score is None else a.score])
     return table(["MODEL", "BACKEND", "NEEDS MiB/GPU", "NODE", "GPU", "FREE MiB BEFORE", "FREE MiB AFTER",
                   "SCORE"], rows, title=title)
 
