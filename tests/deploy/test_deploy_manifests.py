@@ -95,6 +95,8 @@ def test_every_manifest_is_used_by_some_kustomization() -> None:
         for ref in [*kust.get("resources", []), *(p["path"] for p in kust.get("patches", []))]:
             used.add((kdir / ref).resolve())
     optional = {DAEMONSET / "components" / "amd" / "privileged-patch.yaml",  # opt-in, commented out
+                DAEMONSET / "components" / "extender-tls" / "extender-patch.yaml",  # opt-in component
+                DAEMONSET / "components" / "extender-tls" / "servicemonitor-patch.yaml",
                 DAEMONSET / "scheduler" / "second-scheduler" / "scheduler-config.yaml"}  # embedded in configmap.yaml
     standalone = {DAEMONSET / "examples", DAEMONSET / "scheduler"}  # applied by hand (README)
     for path in DAEMONSET.rglob("*.yaml"):
@@ -446,6 +448,39 @@ def test_project_builds_as_a_wheel_with_the_entry_points(tmp_path: pathlib.Path)
         assert re.search(rf"^{script} = ", eps, re.M), script
     assert any(n.startswith("flexinfer/agent/") for n in names)
     assert any(n.startswith("flexinfer/data/") and n.endswith(".yaml") for n in names)
+
+
+def test_extender_tls_component(tmp_path: pathlib.Path) -> None:
+    """components/extender-tls on top of an overlay: valid objects, HTTPS probes and scrape, CLI accepts args."""
+    import os
+
+    overlay = tmp_path / "tls"
+    overlay.mkdir()
+    rel = os.path.relpath(DAEMONSET, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{rel}/overlays/nvidia-only]\ncomponents: [{rel}/components/extender-tls]\n")
+    objs = render(overlay)
+    for obj in objs:
+        validate_object(obj)
+    ext = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "flexinfer-extender")
+    c = ext["spec"]["template"]["spec"]["containers"][0]
+    assert "--tls-cert=/etc/flexinfer/tls/tls.crt" in c["args"]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True  # the patch keeps the lockdown
+    sm = next(o for o in objs if o["kind"] == "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["scheme"] == "https"
+    from flexinfer.extender.main import main as extender_main
+
+    cert = tmp_path / "tls.crt"
+    cert.write_text("x")
+    args = [a.replace("/etc/flexinfer/tls/tls.crt", str(cert)).replace("/etc/flexinfer/tls/tls.key", str(cert))
+            for a in c["args"]]
+    ctx = extender_main.make_context("flexinfer-extender", args)
+    assert ctx.params["tls_cert"] == str(cert)
+    if shutil.which("kubectl"):
+        out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "--tls-cert=/etc/flexinfer/tls/tls.crt" in out.stdout
 
 
 @pytest.mark.parametrize("root", OVERLAYS, ids=lambda p: str(p.relative_to(DAEMONSET)))
