@@ -97,13 +97,14 @@ def derive_phase(
     replicas = int(dstatus.get("replicas") or 0)  # pods that still exist (also while draining)
     why = f" ({decision_reason})" if decision_reason else ""
     if desired_replicas <= 0:
-        draining = " ; the old pod is shutting down" if replicas > 0 else ""
+        draining = "; the old pod is shutting down" if replicas > 0 else ""
         if preempted:
             return PhaseResult(PREEMPTED, f"scaled to zero: {decision_reason or 'preempted'}{draining}",
                                "Preempted")
         if waiting:  # wants to run, its GPU group is busy
             return PhaseResult(PENDING, f"{decision_reason or 'waiting for the GPU'}{draining}", "WaitingForGroup")
-        return PhaseResult(IDLE, f"scaled to zero{why}; activate it to start{draining}", "ScaledToZero")
+        idle = decision_reason if decision_reason.startswith("scaled to zero") else f"scaled to zero{why}"
+        return PhaseResult(IDLE, f"{idle}; activate it to start{draining}", "ScaledToZero")
     for w in pods.waiting_reasons:
         if w in FATAL_WAITING:
             return PhaseResult(FAILED, FATAL_WAITING[w], w)
