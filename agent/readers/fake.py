@@ -45,19 +45,26 @@ class _FleetGpus:
         self.gpus: list[tuple[int, FleetGpu, str]] = [
             (i, g, gpu_uuid(node.name, i, g)) for i, g in enumerate(node.gpus) if g.vendor.lower() == vendor
         ]
+        self._faults: list[dict[str, list[Fault]]] = []
+        for _, g, _ in self.gpus:
+            by_type: dict[str, list[Fault]] = {}
+            for f in g.faults:
+                by_type.setdefault(f.type, []).append(f)
+            self._faults.append(by_type)
+        self._unsupported = [{f.metric for f in d.get("not-supported", [])} for d in self._faults]
 
     def node_fault(self, kind: str) -> Fault | None:
         return next((f for f in self.node.faults if f.type == kind and self.sample_no >= f.at_sample), None)
 
     def faults(self, h: int, kind: str) -> list[Fault]:
-        return [f for f in self.gpus[h][1].faults if f.type == kind]
+        return self._faults[h].get(kind, [])
 
     def lost(self, h: int) -> bool:
         g = self.gpus[h][1]
         return not g.healthy or any(self.sample_no >= f.at_sample for f in self.faults(h, "lost"))
 
     def unsupported(self, h: int, metric: str) -> bool:
-        return any(f.metric == metric for f in self.faults(h, "not-supported"))
+        return metric in self._unsupported[h]
 
     def used_mib(self, h: int) -> int:
         _, g, _ = self.gpus[h]
