@@ -113,11 +113,13 @@ def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server:
 @cli.command()
 @click.option("--fleet", type=click.Path(exists=True, dir_okay=False),
               help="Fleet file (default: the embedded homelab fleet).")
-def demo(fleet: str | None) -> None:
+@click.option("--examples", type=click.Path(exists=True, file_okay=False),
+              help="Directory of example Models (default: daemonset/examples).")
+def demo(fleet: str | None, examples: str | None) -> None:
     """Run the whole system on a simulated fleet and explain where each example Model lands."""
     from rich.console import Console
 
-    from flexinfer.demo.run import run_demo
+    from flexinfer.demo.run import EXAMPLES, run_demo
     from flexinfer.errors import ParseError
     from flexinfer.fleet import default_fleet_path, load_fleet
 
@@ -125,7 +127,11 @@ def demo(fleet: str | None) -> None:
         fl = load_fleet(fleet or default_fleet_path())
     except ParseError as e:
         raise click.ClickException(str(e)) from None
-    sys.exit(run_demo(fl, console(), Console(stderr=True, highlight=False, width=200)))
+    err = Console(stderr=True, highlight=False, width=200)
+    try:
+        sys.exit(run_demo(fl, console(), err, Path(examples) if examples else EXAMPLES))
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
 
 
 from flexinfer.cli.explain import activate, explain  # noqa: E402

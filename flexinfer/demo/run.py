@@ -19,6 +19,9 @@ SWAP_GROUP_MODEL = "qwen3-32b-quality"
 
 
 def load_example_docs(directory: Path = EXAMPLES) -> list[dict[str, Any]]:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"example Models not found in {directory}: run from a source checkout "
+                                "(bash hack/demo.sh) or pass --examples DIR")
     docs: list[dict[str, Any]] = []
     for path in sorted(directory.glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict) and d.get("kind") == "Model")
@@ -52,9 +55,9 @@ def status_table(status: dict[str, dict[str, Any]]) -> Any:
     return table(["MODEL", "PHASE", "MESSAGE"], rows)
 
 
-def run_demo(fleet: Fleet, console: Console, err: Console) -> int:
+def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAMPLES) -> int:
     t0 = time.monotonic()
-    docs = load_example_docs()
+    docs = load_example_docs(examples)
     with err.status("starting") as status:
         def progress(msg: str) -> None:
             status.update(msg)
