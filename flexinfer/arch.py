@@ -185,7 +185,7 @@ def arch_info(vendor: str, arch: str) -> ArchInfo:
 
 def normalize_vendor(value: str) -> str:
     """Vendor names are read case-insensitively ('NVIDIA' from the Go FlexInfer, 'nvidia' here)."""
-    v = text_of(value).strip().lower()
+    v = "" if value is None else text_of(value).strip().lower()  # Python None is missing, not vendor "none"
     aliases = {"nvidia": NVIDIA, "amd": AMD, "rocm": AMD, "intel": INTEL, "none": NONE, "cpu": NONE}
     if v not in aliases:
         raise ParseError("GPU vendor", value, "one of nvidia, amd, intel, none")

@@ -174,10 +174,11 @@ def test_normalize_vendor(raw: str, vendor: str) -> None:
 
 
 @pytest.mark.parametrize("junk", ["", " ", "nvidia.com/gpu", "ati", "radeon", "geforce", "mixed", "nvidia amd",
-                                  "0", "\uff4e\uff56\uff49\uff44\uff49\uff41"])
-def test_normalize_vendor_junk(junk: str) -> None:
+                                  "0", "\uff4e\uff56\uff49\uff44\uff49\uff41", None, 0, [], 10**5000],
+                         ids=lambda v: type(v).__name__ if not isinstance(v, str) else repr(v))
+def test_normalize_vendor_junk(junk: object) -> None:
     with pytest.raises(ParseError, match="GPU vendor") as e:
-        normalize_vendor(junk)
+        normalize_vendor(junk)  # type: ignore[arg-type]
     assert "one of nvidia, amd, intel, none" in str(e.value)
 
 
