@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from flexinfer import keys
 from flexinfer.arch import arch_info, decode_gfx_target_version, encode_gfx_target_version, normalize_vendor
 from flexinfer.compat import BACKENDS, Verdict, canonical_backend, check
-from flexinfer.errors import ParseError, ValidationError
+from flexinfer.errors import ParseError, ValidationError, text_of
 from flexinfer.estimate import EstimateInput, estimate, guess_quant, parse_params_from_name
 from flexinfer.fleet import parse_fleet
 from flexinfer.model import parse_duration_seconds, parse_model
@@ -106,7 +106,7 @@ def test_fuzz_arch_info(vendor: object, arch: object) -> None:
         assert info.vendor in ("nvidia", "amd", "intel", "none") and info.arch and info.family
         assert info.vendor == normalize_vendor(vendor)  # type: ignore[arg-type]
         for b in BACKENDS:
-            c = check(b, info, jit_policy=str(arch))
+            c = check(b, info, jit_policy=text_of(arch))
             assert c.verdict is Verdict.SUPPORTED or c.reason
 
 
