@@ -99,7 +99,7 @@ def _quantity_int(value: object, what: str) -> int:
         n = int(value)
     else:
         s = str(value).strip()
-        if not s.isdigit():
+        if not (s.isascii() and s.isdigit()):
             raise ParseError(what, value, "a whole number of devices, e.g. \"1\"")
         n = int(s)
     if n < 0 or n > 1024:

@@ -22,7 +22,7 @@ def _int_hint(config: dict, *names: str) -> int | None:
         v = config.get(n)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             return v
-        if isinstance(v, str) and v.isdigit():
+        if isinstance(v, str) and v.isascii() and v.isdigit():
             return int(v)
     return None
 

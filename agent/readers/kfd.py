@@ -17,6 +17,11 @@ from flexinfer.arch import AMD, decode_gfx_target_version
 
 from .base import GpuSample
 
+
+def _is_int(s: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return s.isascii() and s.isdigit()
+
 log = logs.get("flexinfer.agent.kfd")
 
 TOPOLOGY = "class/kfd/kfd/topology/nodes"
@@ -73,12 +78,12 @@ def read_kfd_nodes(sys_root: str | Path = "/sys") -> list[KfdNode]:
     """GPU nodes of the KFD topology, sorted by node id (CPU nodes are skipped)."""
     base = Path(sys_root) / TOPOLOGY
     try:
-        entries = sorted(base.iterdir(), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0))
+        entries = sorted(base.iterdir(), key=lambda p: (not _is_int(p.name), int(p.name) if _is_int(p.name) else 0))
     except OSError:
         return []
     nodes: list[KfdNode] = []
     for d in entries:
-        if not d.name.isdigit():
+        if not _is_int(d.name):
             continue
         text = _read(d / "properties")
         if text is None:

@@ -244,7 +244,7 @@ class DemoCluster:
                 continue
             ann = p["metadata"].get("annotations") or {}
             need = int(ann.get(keys.POD_VRAM_ESTIMATE_MB, "0") or 0)
-            gpus = [int(i) for i in ann.get("demo.flexinfer.ai/gpus", "").split(",") if i.isdigit()]
+            gpus = [int(i) for i in ann.get("demo.flexinfer.ai/gpus", "").split(",") if i.isascii() and i.isdigit()]
             placed = []
             for idx in gpus:
                 gpu = self.fleet.node(node).gpus[idx]
@@ -278,7 +278,7 @@ class DemoCluster:
         need = ann.get(keys.POD_VRAM_ESTIMATE_MB)
         attempt = Attempt(model=ann.get(keys.POD_MODEL, meta["name"]), pod=meta["name"],
                           backend=ann.get(keys.POD_BACKEND, "-"),
-                          need_mib=int(need) if need and need.isdigit() else None)
+                          need_mib=int(need) if need and need.isascii() and need.isdigit() else None)
         nodes = kube.list_objects(self.api, "nodes")
         all_pods = kube.list_objects(self.api, "pods")
         feasible: list[str] = []

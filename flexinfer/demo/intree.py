@@ -10,6 +10,11 @@ from typing import Any
 from flexinfer import keys
 
 
+def _is_int(s: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return s.isascii() and s.isdigit()
+
+
 def pod_gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
     """Extended GPU resources a pod asks for (max of requests/limits per container, summed)."""
     out: dict[str, int] = {}
@@ -18,7 +23,7 @@ def pod_gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
         res = c.get("resources") or {}
         for name in keys.GPU_RESOURCES:
             vals = [int(str(d.get(name))) for d in (res.get("requests") or {}, res.get("limits") or {})
-                    if str(d.get(name, "")).isdigit()]
+                    if _is_int(str(d.get(name, "")))]
             if vals:
                 out[name] = out.get(name, 0) + max(vals)
     return out
@@ -61,7 +66,7 @@ def intree_reject(pod: dict[str, Any], node: dict[str, Any], bound: list[dict[st
     alloc = (node.get("status") or {}).get("allocatable") or {}
     for res, n in want.items():
         used = sum(pod_gpu_requests(p).get(res, 0) for p in bound)
-        have = int(str(alloc.get(res, "0"))) if str(alloc.get(res, "0")).isdigit() else 0
+        have = int(str(alloc.get(res, "0"))) if _is_int(str(alloc.get(res, "0"))) else 0
         if have - used < n:
             return f"Insufficient {res}"
     return None
