@@ -107,7 +107,23 @@ def pod_annotations(model: Model, vendor: str) -> dict[str, str]:
             ann[keys.POD_GROUP] = model.group
     if model.jit_policy:
         ann[keys.POD_JIT_POLICY] = model.jit_policy
+    archs = preferred_archs(model)
+    if archs:
+        ann[keys.POD_PREFERRED_ARCHS] = ",".join(archs)
     return ann
+
+
+def preferred_archs(model: Model) -> list[str]:
+    """Architectures with a compiled cache (spec.config.compiledArchs: list or comma string), plus a
+    gfx/sm target pinned by nodeSelector: the extender gives those nodes a bonus (compile caches are
+    architecture-specific, so a model compiled for gfx1100 recompiles for minutes on gfx906)."""
+    raw = model.spec.config.get("compiledArchs") if model.spec.config else None
+    items = raw.split(",") if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    archs = [str(a).strip().lower() for a in items if str(a).strip()]
+    pinned = model.spec.node_selector.get(keys.LABEL_ARCH)
+    if pinned and pinned.lower() not in archs:
+        archs.append(pinned.lower())
+    return archs
 
 
 def _resources(model: Model, vendor: str) -> JSON:

@@ -159,3 +159,19 @@ def test_source_ref(src, ref):
 @pytest.mark.parametrize(("timeout", "threshold"), [(300, 30), (301, 31), (0, 1), (5, 1)])
 def test_startup_threshold(timeout, threshold):
     assert startup_failure_threshold(timeout) == threshold
+
+
+def test_preferred_archs_from_compiled_cache_and_pinned_arch():
+    from flexinfer.controller.render import pod_annotations, preferred_archs
+
+    from flexinfer import keys
+    from flexinfer.model import parse_model
+
+    m = parse_model({"metadata": {"name": "m"}, "spec": {
+        "backend": "mlc-llm", "source": "HF://mlc-ai/Qwen3-14B-q4f16_1-MLC",
+        "gpu": {"vendor": "amd", "vramEstimateMB": 12288},
+        "config": {"compiledArchs": "gfx1100, GFX942"}, "nodeSelector": {keys.LABEL_ARCH: "gfx1151"}}})
+    assert preferred_archs(m) == ["gfx1100", "gfx942", "gfx1151"]
+    assert pod_annotations(m, "amd")[keys.POD_PREFERRED_ARCHS] == "gfx1100,gfx942,gfx1151"
+    plain = parse_model({"metadata": {"name": "p"}, "spec": {"backend": "ollama", "source": "ollama://x:1b"}})
+    assert keys.POD_PREFERRED_ARCHS not in pod_annotations(plain, "nvidia")
