@@ -28,7 +28,7 @@ def parse_quantity_bytes(value: str) -> int:
 
 
 def mib_to_label(mib: int) -> str:
-    """Total MiB -> a label value: whole GiB rounded down when it is within 5% ('24Gi'), else 'NNNNMi'."""
+    """Total MiB -> a label value: the nearest whole GiB when within 5% ("24Gi"), else "NNNNMi"."""
     gib = round(mib / 1024)
     if gib > 0 and abs(gib * 1024 - mib) <= 0.05 * gib * 1024:
         return f"{gib}Gi"
