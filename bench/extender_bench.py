@@ -328,7 +328,7 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
             else:
                 res["notes"].append("gRPC: no server factory found in flexinfer.extender; gRPC not measured")
         # throughput at 100 nodes from a separate process
-        n = 100
+        n = 100 if 100 in plan.sizes else min(plan.sizes)
         sub = items[:n]
         names = [i["metadata"]["name"] for i in sub]
         for mode, body in (("names", workload.args_nodenames(pod, names)), ("nodes", workload.args_nodes(pod, sub))):

@@ -1,0 +1,61 @@
+"""The benchmark harness itself still works (a tiny run), so `python -m bench` does not rot between runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from bench import extender_bench, report, workload
+from bench.stats import percentile, summary_ms
+
+pytestmark = pytest.mark.integration
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 201))  # 1..200
+    assert percentile(values, 50) == 100
+    assert percentile(values, 99) == 198
+    assert percentile([5.0], 99) == 5.0
+    s = summary_ms([0.001, 0.002, 0.003])
+    assert (s["n"], s["p50_ms"], s["max_ms"]) == (3, 2.0, 3.0)
+
+
+def test_realistic_nodes_are_kubelet_sized_and_keep_our_keys() -> None:
+    plain = workload.node_objects(30, 1_800_000_000.0)
+    real = workload.node_objects(30, 1_800_000_000.0, realistic=True)
+    sizes = [len(msgspec.json.encode(o)) for o in real]
+    assert min(sizes) >= 5_000 and max(sizes) <= 10_500, sizes
+    for p, r in zip(plain, real, strict=True):
+        assert r["metadata"]["name"] == p["metadata"]["name"]
+        for k, v in p["metadata"]["annotations"].items():
+            assert r["metadata"]["annotations"][k] == v
+        assert r["metadata"]["managedFields"] and r["status"]["images"]
+
+
+def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
+    plan = extender_bench.Plan(sizes=(20,), names_iters={20: 30}, nodes_iters={20: 10}, grpc_iters={20: 20},
+                               load_seconds=0.5, load_concurrency=2, budget_s=2.0)
+    res = extender_bench.run(plan, tmp_path, lambda _msg: None)
+    assert not res["notes"], res["notes"]
+    rows = {(r["mode"], r["verb"]): r for r in res["latency"]}
+    assert set(rows) == {("names", "filter"), ("names", "prioritize"), ("nodes", "filter"), ("nodes", "prioritize")}
+    v = rows[("names", "filter")]["extender"]["verdicts"]
+    assert v["passed"] + v["failed"] + v["unresolvable"] == 20 and v["passed"] > 0
+    assert rows[("nodes", "filter")]["extender-cold-cache"]["verdicts"] == v  # same answer parsed from the request
+    assert {g["verb"] for g in res["grpc"]} == {"Filter", "Prioritize"}
+    assert next(g for g in res["grpc"] if g["verb"] == "Filter")["verdicts"] == v  # HTTP and gRPC agree
+    assert {(t["mode"], t["server"]) for t in res["throughput"]} == {
+        ("names", "extender"), ("names", "floor"), ("nodes", "extender"), ("nodes", "floor")}
+    assert all(t["requests"] > 0 and t["errors"] == 0 for t in res["throughput"])
+
+    full = {"date": "2026-01-01", "command": "python -m bench", "mode": "quick", "seconds": 1.0, "notes": [],
+            "machine": {"host": "h", "nproc": 2, "cpu_model": "cpu", "memory_mib": 1, "kernel": "k", "python": "3",
+                        "packages": {"msgspec": "x", "starlette": "x", "uvicorn": "x", "grpcio": "x"}},
+            "extender": res}
+    full["targets"] = report.targets(full)
+    assert {t["result"] for t in full["targets"]} == {"NOT MEASURED"}  # no 1000/5000-node rows, no agent
+    md, js = report.write(full, tmp_path / "out")
+    assert "| 20 | names | filter |" in md.read_text()
+    assert msgspec.json.decode(js.read_bytes())["extender"]["latency"]
