@@ -44,6 +44,11 @@ class NodeCache:
     def get(self, name: str) -> NodeView | None:
         return self._views.get(name)  # dict reads are atomic; views are immutable
 
+    @property
+    def lookup(self) -> Callable[[str], NodeView | None]:
+        """`get` without a method call per node on the hot path (the dict may be replaced whole)."""
+        return self._views.get
+
     def get_if_current(self, name: str, resource_version: str) -> NodeView | None:
         """The cached view when it was built from this exact resourceVersion, else None."""
         if resource_version and self._rv.get(name) == resource_version:

@@ -86,6 +86,11 @@ class Reservations:
                     del self._by_node[old.node]
         return old
 
+    def nodes_holding(self) -> frozenset[str]:
+        """Nodes with at least one live-or-unexpired reservation (a snapshot)."""
+        with self._lock:
+            return frozenset(self._by_node)
+
     def reserved_mib(self, node: str, now_unix: float, *, exclude_pod: str = "",
                      observed_unix: float = 0.0) -> dict[int, int]:
         """GPU index -> MiB held on `node` by other pods' live reservations."""

@@ -25,6 +25,22 @@ from .reservations import Reservations
 log = logs.get("flexinfer.extender")
 
 
+def _valid_until(view: NodeView, now: float, cfg: PolicyConfig) -> float:
+    """Until when a verdict computed at `now` for this exact view stays right (no reservations)."""
+    state = view.state
+    if state is None:
+        return float("inf")
+    stale_at = state.observed_unix + cfg.max_state_age_seconds
+    if now > stale_at:
+        return float("inf")  # already stale: stays stale until the Node object changes
+    until = stale_at
+    for g in state.gpus:
+        end = g.last_error_unix + cfg.error_window_seconds
+        if g.last_error_unix and now <= end:
+            until = min(until, end)
+    return until
+
+
 @dataclass(slots=True)
 class FilterOutcome:
     verdicts: list[NodeVerdict]
@@ -67,20 +83,37 @@ class Extender:
         # (node, static_key) -> (view, static_check result); valid while the cache holds that view.
         self._static: dict[tuple[str, tuple], tuple[NodeView, NodeVerdict | StaticFit]] = {}
         self.static_memo_limit = 200_000
+        # (node, verdict_key) -> (view, verdict, valid_until_unix): whole verdicts for nodes that hold no
+        # reservation. A verdict only changes when the Node object changes (a new view), a reservation
+        # lands on the node, or time passes a boundary (state turning stale, an Xid penalty ending), so
+        # thousands of nodes cost one dict lookup each for a pod shape seen before.
+        self._verdicts: dict[tuple[str, tuple], tuple[NodeView, NodeVerdict, float]] = {}
 
     # --- evaluation ------------------------------------------------------------------------
     def _evaluate(self, req: PodRequirements, names: Sequence[str],
                   views: Mapping[str, NodeView] | None, now: float) -> list[NodeVerdict]:
-        get = views.get if views is not None else self.cache.get
+        get = views.get if views is not None else self.cache.lookup
         res = self.reservations if req.needs_gpu else None
         cfg = self.config
         memo = self._static
+        vmemo = self._verdicts
         if len(memo) > self.static_memo_limit:
             memo.clear()
+        if len(vmemo) > self.static_memo_limit:
+            vmemo.clear()
         skey = static_key(req)
+        vkey = (skey, tuple(req.preferred_archs), cfg.strategy, cfg.max_state_age_seconds,
+                cfg.error_window_seconds)
+        memoize = res is not None and req.managed and not req.error
+        held = res.nodes_holding() if memoize else frozenset()
         out = []
         for name in names:
             view = get(name)
+            if memoize and view is not None and name not in held:
+                hit = vmemo.get((name, vkey))
+                if hit is not None and hit[0] is view and now < hit[2]:
+                    out.append(hit[1])
+                    continue
             reserved = None
             static = None
             if res is not None and view is not None:
@@ -93,19 +126,25 @@ class Extender:
                 if view.state is not None:
                     reserved = res.reserved_mib(name, now, exclude_pod=req.key,
                                                 observed_unix=view.state.observed_unix)
-            out.append(evaluate(req, view, now, cfg, reserved, node=name, static=static))
+            verdict = evaluate(req, view, now, cfg, reserved, node=name, static=static)
+            if memoize and view is not None and not reserved and name not in held:
+                vmemo[(name, vkey)] = (view, verdict, _valid_until(view, now, cfg))
+            out.append(verdict)
         return out
 
     def _record(self, verb: str, req: PodRequirements, verdicts: list[NodeVerdict], elapsed: float) -> None:
         m = self.metrics
         m.request_duration.labels(verb).observe(elapsed)
         m.nodes_per_request.labels(verb).observe(len(verdicts))
-        tally = TallyCounter((v.result, v.reason) for v in verdicts)
-        for (result, reason), n in tally.items():
-            m.verdicts.labels(verb, result, reason[:120]).inc(n)
+        rejected = [v for v in verdicts if not v.feasible]
+        feasible = len(verdicts) - len(rejected)
+        tally = TallyCounter((v.unresolvable, v.reason) for v in rejected)
+        if feasible:
+            m.verdicts.labels(verb, "pass", "").inc(feasible)
+        for (unresolvable, reason), n in tally.items():
+            m.verdicts.labels(verb, "unresolvable" if unresolvable else "failed", reason[:120]).inc(n)
         m.reservations.set(len(self.reservations))
-        feasible = sum(1 for v in verdicts if v.feasible)
-        reasons = {reason: n for (result, reason), n in tally.items() if result != "pass"}
+        reasons = {reason: n for (_, reason), n in tally.items()}
         log.info(f"extender_{verb}", pod=f"{req.namespace}/{req.name}", managed=req.managed,
                  nodes=len(verdicts), feasible=feasible, rejected=reasons, ms=round(elapsed * 1000, 2))
         bound = log.bind()

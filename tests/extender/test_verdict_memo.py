@@ -1,0 +1,83 @@
+"""The whole-verdict memo in Extender._evaluate gives exactly what a fresh evaluation gives: it is
+dropped when the Node object changes, a reservation lands on the node, the state turns stale, or an
+Xid penalty window ends."""
+
+from __future__ import annotations
+
+from flexinfer.extender.cache import NodeCache
+from flexinfer.extender.pod import requirements_from_dict
+from flexinfer.extender.policy import R_INSUFFICIENT, R_STALE, PolicyConfig
+from flexinfer.extender.reservations import Reservations
+from flexinfer.extender.service import Extender
+
+from .ext_fixtures import NOW, gpu, model_pod, node_obj
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(nodes, clock, **cfg):
+    cache = NodeCache(clock=clock)
+    cache.replace_all(nodes)
+    return Extender(cache, PolicyConfig(**cfg), Reservations(), clock=clock)
+
+
+def req(i=0, est=10000):
+    return requirements_from_dict(model_pod(est, "llamacpp", 1, uid=f"u{i}", name=f"p{i}"))
+
+
+def fresh(ext, r, name):
+    """What the policy says without any memo."""
+    ext._verdicts.clear()
+    return ext.explain(r, [name])[0]
+
+
+def test_memo_hit_equals_fresh_evaluation():
+    clock = Clock(NOW + 1)
+    ext = make([node_obj("a", [gpu(0, free=20000)]), node_obj("b", [gpu(0, free=5000)])], clock)
+    first = ext.explain(req(), ["a", "b"])
+    again = ext.explain(req(1), ["a", "b"])
+    assert first == again
+    assert again[0] == fresh(ext, req(1), "a")
+
+
+def test_new_node_object_invalidates():
+    clock = Clock(NOW + 1)
+    ext = make([node_obj("a", [gpu(0, free=20000)])], clock)
+    assert ext.explain(req(), ["a"])[0].feasible
+    ext.cache.upsert(node_obj("a", [gpu(0, free=2000)], resource_version="2"))
+    v = ext.explain(req(), ["a"])[0]
+    assert not v.feasible and v.reason == R_INSUFFICIENT
+
+
+def test_reservation_on_the_node_bypasses_the_memo():
+    clock = Clock(NOW + 1)
+    ext = make([node_obj("a", [gpu(0, free=15000)])], clock)
+    assert ext.filter(req(0), ["a"]).passed == ["a"]  # one feasible node: reserved for p0
+    out = ext.filter(req(1), ["a"])
+    assert out.passed == [] and out.failed == {"a": R_INSUFFICIENT}
+
+
+def test_state_turning_stale_is_noticed():
+    clock = Clock(NOW + 1)
+    ext = make([node_obj("a", [gpu(0, free=20000)])], clock, max_state_age_seconds=60)
+    assert ext.explain(req(), ["a"])[0].feasible
+    clock.t = NOW + 61
+    v = ext.explain(req(), ["a"])[0]
+    assert not v.feasible and v.reason == R_STALE
+
+
+def test_xid_penalty_ends_with_its_window():
+    clock = Clock(NOW + 1)
+    ext = make([node_obj("a", [gpu(0, free=20000, last_error_unix=NOW)])], clock,
+               error_window_seconds=100, max_state_age_seconds=1e9)
+    penalised = ext.explain(req(), ["a"])[0].score
+    clock.t = NOW + 101
+    later = ext.explain(req(), ["a"])[0]
+    assert later.score > penalised
+    assert later == fresh(ext, req(), "a")
