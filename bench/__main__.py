@@ -73,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
             missed = {t["target"] for t in res["targets"] if t["result"] == "MISS"}
             profs = []
-            if any(t.startswith("nodenames") for t in missed):
+            if any(t.startswith("nodenames") and "new shape" not in t for t in missed):
                 n = max(s for s in (5000, 1000) if s in (plan.sizes))
                 progress(f"profile: filter nodenames {n} nodes (cProfile, in-process)")
                 profs.append(profile_request(n, "names", "filter", 5 if n >= 5000 else 20, work))
+            if any("new shape" in t for t in missed):
+                n = max(s for s in (5000, 1000) if s in (plan.sizes))
+                progress(f"profile: filter nodenames {n} nodes, new pod shape per request (cProfile, in-process)")
+                profs.append(profile_request(n, "names", "filter", 10, work, new_shape=True))
             if any(t.startswith("full-nodes") for t in missed):
                 progress("profile: filter full-nodes 1000 nodes, empty cache (cProfile, in-process)")
                 profs.append(profile_request(1000, "nodes", "filter", 5, work, cold=True))

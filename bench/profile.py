@@ -30,7 +30,7 @@ def _extender(items: list[dict[str, Any]], workdir: Path) -> Any:
 
 
 def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, cold: bool = False,
-                    top: int = 14) -> dict[str, Any]:
+                    new_shape: bool = False, top: int = 14) -> dict[str, Any]:
     from flexinfer.extender.http import parse_args
 
     from flexinfer import logs
@@ -42,9 +42,12 @@ def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, 
     pod = workload.managed_pod()
     names = [i["metadata"]["name"] for i in items]
     body = workload.args_nodenames(pod, names) if mode == "names" else workload.args_nodes(pod, items)
+    # new_shape: every request a pod shape the extender has not seen (vram estimate differs)
+    bodies = iter([workload.args_nodenames(workload.managed_pod("bench-new-shape-x", vram_mib=9000 + 7 * i), names)
+                   for i in range(2 * iters + 3)] if new_shape else [])
 
     def once() -> None:
-        p = parse_args(body, ext)
+        p = parse_args(next(bodies) if new_shape else body, ext)
         if verb == "filter":
             ext.filter(p.req, p.names, p.views)
         else:
@@ -77,7 +80,8 @@ def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, 
         rows.append({"function": f"{Path(file).name}:{line}({func})", "calls_per_request": round(nc / iters, 1),
                      "own_ms_per_request": round(tt / iters * 1000, 3),
                      "cumulative_ms_per_request": round(ct / iters * 1000, 3)})
-    return {"nodes": n, "mode": mode, "verb": verb, "cache": "cold" if cold else "warm",
+    return {"nodes": n, "mode": mode + (", new pod shape per request" if new_shape else ""), "verb": verb,
+            "cache": "cold" if cold else "warm",
             "in_process_ms_per_request": round(plain_ms, 3), "top_own_time": rows}
 
 
