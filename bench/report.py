@@ -188,3 +188,57 @@ def write(res: dict[str, Any], outdir: Path) -> tuple[Path, Path]:
     j.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
     md.write_text(markdown(res))
     return md, j
+
+
+def readme_block(res: dict[str, Any], results_name: str) -> str:
+    """The compact Results section for bench/README.md (and the top-level README)."""
+    m = res["machine"]
+    lines = [f"Run `{res['command']}` on {res['date']}: {machine_line(m)}; servers pinned to one core. "
+             f"Raw numbers, profiles and the exact method: [`results/{results_name}.md`](results/{results_name}.md) "
+             f"and `.json`.", "",
+             "| target (one core) | measured | result |", "|---|---|---|"]
+    for t in res["targets"]:
+        meas = "-" if t["measured"] is None else f"{t['measured']:g} {t['unit']}"
+        extra = f" ({t['detail']})" if t["detail"] else ""
+        lines.append(f"| {t['target']} | {meas}{extra} | **{t['result']}** |")
+    ext = res.get("extender", {})
+    if ext.get("latency"):
+        lines += ["", "| nodes | form | verb | extender p50 / p99 ms | new pod shape p50 / p99 ms "
+                      "| floor p50 / p99 ms | gRPC p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
+        grpc = {(g["nodes"], g["verb"].lower()): g for g in ext.get("grpc", [])}
+        for r in ext["latency"]:
+            g = grpc.get((r["nodes"], r["verb"])) if r["mode"] == "names" else None
+            form = "nodenames" if r["mode"] == "names" else "full nodes"
+            ext_cell = _pp(r["extender"])
+            if r.get("extender-cold-cache"):
+                ext_cell += f" (empty cache {_pp(r['extender-cold-cache'])})"
+            lines.append(f"| {r['nodes']} | {form} | {r['verb']} | {ext_cell} | {_pp(r.get('extender-new-shape'))} "
+                         f"| {_pp(r['floor'])} | {_pp(g)} |")
+    tps = ext.get("throughput", [])
+    if tps:
+        lines += ["", "Throughput, filter at 100 nodes, separate load process: " + "; ".join(
+            f"{t['mode']} {t['server']} {t['rps']:g} req/s" for t in tps) + "."]
+    agent = res.get("agent", {})
+    if agent:
+        cpu = ", ".join(f"{c['vendor']} {c['cpu_ms_per_sample']} ms" for c in agent.get("cpu", []))
+        p = agent.get("process") or {}
+        w = agent.get("writes") or {}
+        lines += ["", f"Agent (8 GPUs): CPU per sample {cpu}; RSS {p.get('rss_mib', '-')} MiB; "
+                      f"{w.get('writes', '-')} Node writes in {w.get('samples', '-')} noisy samples "
+                      f"({w.get('writes_per_hour', '-')}/h)."]
+    ctl = res.get("controller", {})
+    if ctl.get("passes"):
+        lines += ["", f"Controller, {ctl['models']} Models in {ctl['groups']} groups on the local fake API server: "
+                  + "; ".join(f"{p['pass']} pass {p['seconds']} s ({p['writes']} writes)" for p in ctl["passes"])
+                  + f"; the pure decision alone {ctl.get('pure_decision_ms_for_200_models')} ms."]
+    fz = res.get("fuzz")
+    if fz:
+        lines += ["", f"Fuzz: FLEXINFER_FUZZ_EXAMPLES={fz['examples']}: {fz['summary']} (exit {fz['exit_code']})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    path = Path(sys.argv[1])
+    sys.stdout.write(readme_block(json.loads(path.read_text()), path.stem))
