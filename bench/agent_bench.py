@@ -117,7 +117,7 @@ def _status_kib(pid: int) -> dict[str, int]:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
                 out[k] = int(v.split()[0])
     return out
 
@@ -188,6 +188,8 @@ def agent_process_rss(workdir: Path, seconds: float = 6.0, interval_s: float = 0
     samples = max(1.0, n1 - n0)
     return {
         "rss_mib": round(mem.get("VmRSS", 0) / 1024, 1), "peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),
+        "rss_anon_mib": round(mem.get("RssAnon", 0) / 1024, 1), "rss_file_mib": round(mem.get("RssFile", 0) / 1024, 1),
+        "threads": mem.get("Threads", 0),
         "interval_seconds": interval_s, "samples_in_window": int(samples),
         "process_cpu_ms_per_sample": round((c1 - c0) / samples * 1000, 3),
         "published": bool((node_obj.get("metadata") or {}).get("annotations")),

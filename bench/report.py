@@ -132,8 +132,9 @@ def markdown(res: dict[str, Any]) -> str:
             p = agent.get(key)
             if p:
                 lines.append(f"| RSS, {label} (8 GPUs, metrics + gRPC + publishing) | {p['rss_mib']} MiB "
-                             f"(peak {p['peak_rss_mib']}); whole-process CPU {p['process_cpu_ms_per_sample']} ms "
-                             f"per sample at {p['interval_seconds']} s |")
+                             f"(peak {p['peak_rss_mib']}; anonymous {p.get('rss_anon_mib', '-')}, file-backed "
+                             f"{p.get('rss_file_mib', '-')}; {p.get('threads', '-')} threads); whole-process CPU "
+                             f"{p['process_cpu_ms_per_sample']} ms per sample at {p['interval_seconds']} s |")
         mods = (agent.get("process") or {}).get("modules_note") or {}
         if mods:
             lines.append(f"| import cost (RSS) | interpreter {mods['interpreter_mib']} MiB; agent modules "
