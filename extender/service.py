@@ -80,14 +80,14 @@ class Extender:
         self.reservations = reservations if reservations is not None else Reservations()
         self.metrics = metrics or ExtenderMetrics()
         self.clock = clock
-        # (node, static_key) -> (view, static_check result); valid while the cache holds that view.
-        self._static: dict[tuple[str, tuple], tuple[NodeView, NodeVerdict | StaticFit]] = {}
-        self.static_memo_limit = 200_000
-        # (node, verdict_key) -> (view, verdict, valid_until_unix): whole verdicts for nodes that hold no
+        # static_key -> node -> (view, static_check result); valid while the cache holds that view.
+        self._static: dict[tuple, dict[str, tuple[NodeView, NodeVerdict | StaticFit]]] = {}
+        self.memo_shape_limit = 64  # pod shapes kept (each maps every node); cleared beyond
+        # verdict_key -> node -> (view, verdict, valid_until_unix): whole verdicts for nodes that hold no
         # reservation. A verdict only changes when the Node object changes (a new view), a reservation
         # lands on the node, or time passes a boundary (state turning stale, an Xid penalty ending), so
         # thousands of nodes cost one dict lookup each for a pod shape seen before.
-        self._verdicts: dict[tuple[str, tuple], tuple[NodeView, NodeVerdict, float]] = {}
+        self._verdicts: dict[tuple, dict[str, tuple[NodeView, NodeVerdict, float]]] = {}
 
     # --- evaluation ------------------------------------------------------------------------
     def _evaluate(self, req: PodRequirements, names: Sequence[str],
@@ -95,40 +95,42 @@ class Extender:
         get = views.get if views is not None else self.cache.lookup
         res = self.reservations if req.needs_gpu else None
         cfg = self.config
-        memo = self._static
-        vmemo = self._verdicts
-        if len(memo) > self.static_memo_limit:
-            memo.clear()
-        if len(vmemo) > self.static_memo_limit:
-            vmemo.clear()
+        # Two-level memos (pod shape -> node -> entry): the shape tuple is hashed once per request,
+        # not once per node (CPython does not cache tuple hashes).
         skey = static_key(req)
         vkey = (skey, tuple(req.preferred_archs), cfg.strategy, cfg.max_state_age_seconds,
                 cfg.error_window_seconds)
+        if len(self._static) > self.memo_shape_limit:
+            self._static.clear()
+        if len(self._verdicts) > self.memo_shape_limit:
+            self._verdicts.clear()
+        memo = self._static.setdefault(skey, {})
+        vmemo = self._verdicts.setdefault(vkey, {})
         memoize = res is not None and req.managed and not req.error
         held = res.nodes_holding() if memoize else frozenset()
         out = []
         for name in names:
             view = get(name)
             if memoize and view is not None and name not in held:
-                hit = vmemo.get((name, vkey))
+                hit = vmemo.get(name)
                 if hit is not None and hit[0] is view and now < hit[2]:
                     out.append(hit[1])
                     continue
             reserved = None
             static = None
             if res is not None and view is not None:
-                hit = memo.get((name, skey))
-                if hit is not None and hit[0] is view:
-                    static = hit[1]
+                shit = memo.get(name)
+                if shit is not None and shit[0] is view:
+                    static = shit[1]
                 else:
                     static = static_check(req, view)
-                    memo[(name, skey)] = (view, static)
+                    memo[name] = (view, static)
                 if view.state is not None:
                     reserved = res.reserved_mib(name, now, exclude_pod=req.key,
                                                 observed_unix=view.state.observed_unix)
             verdict = evaluate(req, view, now, cfg, reserved, node=name, static=static)
             if memoize and view is not None and not reserved and name not in held:
-                vmemo[(name, vkey)] = (view, verdict, _valid_until(view, now, cfg))
+                vmemo[name] = (view, verdict, _valid_until(view, now, cfg))
             out.append(verdict)
         return out
 
