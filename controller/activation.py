@@ -9,15 +9,12 @@ Re-activating just moves the time forward; the annotation is never removed by th
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import kubernetes.client
 
-from flexinfer import keys, kube
+from flexinfer import keys, kube, state
 
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+rfc3339 = state.rfc3339  # one formatter for every timestamp FlexInfer writes
 
 
 def activate(api: kubernetes.client.ApiClient, namespace: str, name: str, now: float | None = None) -> dict:

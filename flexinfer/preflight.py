@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from flexinfer.arch import NONE
 from flexinfer.compat import Verdict, check
 from flexinfer.model import Model
 from flexinfer.requirements import vram_need
@@ -206,4 +205,4 @@ def run(model: Model, views: list[NodeView], now: float, *, node: str | None = N
     return Report(model.name, backend, tuple(checks), c.view.name, tuple(g.index for g in gs), per)
 
 
-__all__ = ["NONE", "Check", "Level", "Report", "run"]
+__all__ = ["Check", "Level", "Report", "run"]

@@ -28,6 +28,7 @@ from flexinfer.demo.intree import intree_reject
 from flexinfer.fakeapi import FakeApiServer
 from flexinfer.fleet import Fleet
 from flexinfer.nodes import fleet_node_objects
+from flexinfer.state import rfc3339
 
 log = logs.get("flexinfer.demo")
 
@@ -63,10 +64,6 @@ class SimClock:
 
     def advance(self, seconds: float) -> None:
         self.offset_seconds += seconds
-
-
-def _rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 class DemoCluster:
@@ -171,7 +168,7 @@ class DemoCluster:
         view = self.running.extender.cache.get(node)
         if view is None or view.state is None or not view.state.gpus:
             return None
-        return max(g.free_mib for g in view.state.gpus if g.healthy) if view.state.gpus else None
+        return max((g.free_mib for g in view.state.gpus if g.healthy), default=None)
 
     # -- models ------------------------------------------------------------------------------------
     def apply_models(self, docs: list[JSON]) -> None:
@@ -252,7 +249,7 @@ class DemoCluster:
                 gpu.used_mi_b += add
                 placed.append((node, idx, add))
             self.loaded[name] = placed
-            now = _rfc3339(self.clock())
+            now = rfc3339(self.clock())
             kube.merge_patch(self.api, "pods", name, {"status": {
                 "phase": "Running", "startTime": now,
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}},
@@ -329,7 +326,7 @@ class DemoCluster:
         chosen = details.get(best)
         attempt.node = best
         attempt.score = scores[best] if len(passed) >= 2 else None  # prioritize runs only with >= 2 nodes
-        attempt.gpus = ",".join(str(i) for i in chosen.gpu.split(",") if i != "") if chosen else ""
+        attempt.gpus = chosen.gpu if chosen else ""
         attempt.free_before_mib = self.best_free_mib(best)
         if attempt.gpus:
             kube.merge_patch(self.api, "pods", meta["name"],
