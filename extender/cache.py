@@ -14,6 +14,7 @@ event is younger than `stale_after_seconds`, and says why in its text either way
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +40,14 @@ class NodeCache:
         self.source_healthy: Callable[[], bool] | None = None  # e.g. lambda: informer.healthy
         self.clock = clock
         self.events = 0
+        # Change log: the name of every node whose view changed, in order; generation = _log_base + len(_log).
+        # Verdict memos (extender.memo) replay it instead of re-checking every node on every request.
+        self._log: list[str] = []
+        self._log_base = 0
+        # Services set this: after each full sync, gc.freeze() moves the (long-lived, acyclic) cached views
+        # out of the collector's generations, so full collections on the request path stop walking them
+        # (the p99 tail at thousands of nodes). Freed views still go by reference counting.
+        self.freeze_gc_on_sync = False
 
     # --- reads ---------------------------------------------------------------------------
     def get(self, name: str) -> NodeView | None:
@@ -54,6 +63,28 @@ class NodeCache:
         if resource_version and self._rv.get(name) == resource_version:
             return self._views.get(name)
         return None
+
+    @property
+    def generation(self) -> int:
+        """Bumped once per changed node (upsert with a new view, removal, a relist that changed it)."""
+        return self._log_base + len(self._log)
+
+    def changes_since(self, generation: int) -> tuple[int, list[str] | None]:
+        """(current generation, names changed since `generation`); None when the log no longer reaches back."""
+        with self._lock:
+            now = self._log_base + len(self._log)
+            if generation < self._log_base or generation > now:
+                return now, None
+            return now, self._log[generation - self._log_base:]
+
+    def _logged(self, names: Iterable[str]) -> None:
+        """Append to the change log (lock held); trimmed to about twice the node count."""
+        self._log.extend(names)
+        limit = max(4096, 2 * len(self._views))
+        if len(self._log) > limit:
+            cut = len(self._log) - limit // 2
+            del self._log[:cut]
+            self._log_base += cut
 
     def names(self) -> list[str]:
         with self._lock:
@@ -111,12 +142,14 @@ class NodeCache:
         with self._lock:
             self._views[name] = view
             self._rv[name] = rv
+            self._logged((name,))
             self.last_update_unix = self.clock()
         return view
 
     def remove(self, name: str) -> None:
         with self._lock:
-            self._views.pop(name, None)
+            if self._views.pop(name, None) is not None:
+                self._logged((name,))
             self._rv.pop(name, None)
             self.last_update_unix = self.clock()
 
@@ -132,10 +165,17 @@ class NodeCache:
                 views[name] = old if (old is not None and rv and self._rv.get(name) == rv) else view_of(obj)
                 rvs[name] = rv
         with self._lock:
+            old = self._views
+            changed = [n for n, v in views.items() if old.get(n) is not v]
+            changed.extend(n for n in old if n not in views)
             self._views = views
             self._rv = rvs
+            self._logged(changed)
             self.last_update_unix = self.clock()
             self.synced = True
+        if self.freeze_gc_on_sync:
+            gc.collect()
+            gc.freeze()
 
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
         """Informer callback (called from the informer thread)."""

@@ -80,6 +80,10 @@ def verdict_to_proto(v: NodeVerdict) -> pb.NodeVerdict:
                           detail=v.detail, score=v.score, gpu=v.gpu_text)
 
 
+def _host_priority(host: str, score: int) -> pb.HostPriority:
+    return pb.HostPriority(host=host, score=score)
+
+
 class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
     def __init__(self, extender: Extender) -> None:
         self.extender = extender
@@ -103,8 +107,8 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
         except ParseError as e:
             self.extender.metrics.bad_requests.labels("prioritize", "grpc").inc()
             return pb.PrioritizeResponse(error=str(e))
-        verdicts = self.extender.prioritize(req, self._names(request.node_names))
-        return pb.PrioritizeResponse(priorities=[pb.HostPriority(host=v.node, score=v.score) for v in verdicts])
+        out = self.extender.prioritize_scores(req, self._names(request.node_names))
+        return pb.PrioritizeResponse(priorities=list(map(_host_priority, out.names, out.scores)))
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         try:

@@ -178,8 +178,8 @@ class ExtenderApp:
             p = await self._parse(request, "prioritize")
         except BadRequest as e:
             return _error(e.status, e.message)
-        verdicts = self.extender.prioritize(p.req, p.names, p.views)
-        return _json(wire.encoder.encode([wire.HostPriority(Host=v.node, Score=v.score) for v in verdicts]))
+        out = self.extender.prioritize_scores(p.req, p.names, p.views)
+        return _json(wire.encoder.encode(list(map(wire.HostPriority, out.names, out.scores))))
 
     async def explain(self, request: Request) -> Response:
         """Not a kube-scheduler verb: every node's verdict with details (for `flexinfer explain`).

@@ -64,6 +64,7 @@ def build(
     own_cache = cache is None
     if cache is None:
         cache = NodeCache()
+        cache.freeze_gc_on_sync = True  # this process owns the cache: see NodeCache
         if nodes_from:
             cache.load_static(nodes_from)
     if max_state_age_seconds is None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as TallyCounter
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 from flexinfer import logs
 from flexinfer.state import NodeView
 
 from .cache import NodeCache
+from .memo import INF, VerdictIndex
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
 from .policy import NodeVerdict, PolicyConfig, StaticFit, evaluate, static_check, static_key
@@ -43,10 +46,26 @@ def _valid_until(view: NodeView, now: float, cfg: PolicyConfig) -> float:
 
 @dataclass(slots=True)
 class FilterOutcome:
-    verdicts: list[NodeVerdict]
+    """Filter's answer. `verdicts` (in request order) is None when the answer came from the verdict
+    index; `verdict(name)` / `all_verdicts(names)` give them either way."""
+
+    verdicts: list[NodeVerdict] | None
     passed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
+    count: int = 0
+    lookup: Callable[[str], NodeVerdict] | None = None
+
+    def verdict(self, name: str) -> NodeVerdict:
+        if self.lookup is not None:
+            return self.lookup(name)
+        assert self.verdicts is not None
+        return next(v for v in self.verdicts if v.node == name)
+
+    def all_verdicts(self, names: Sequence[str]) -> list[NodeVerdict]:
+        if self.verdicts is not None:
+            return self.verdicts
+        return [self.verdict(n) for n in names]
 
 
 def _rfc3339_unix(value: object) -> float:
@@ -66,6 +85,34 @@ def _ready_unix(pod: Mapping[str, Any]) -> float:
     return 0.0
 
 
+@dataclass(slots=True)
+class PriorityOutcome:
+    """Prioritize's answer: `scores[i]` for `names[i]` (0 = not feasible); `best` = index of the node the
+    pod was reserved on (-1: none feasible). `verdict(name)` gives the full verdict."""
+
+    names: Sequence[str]
+    scores: list[int]
+    best: int
+    lookup: Callable[[str], NodeVerdict]
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+
+    def verdict(self, name: str) -> NodeVerdict:
+        return self.lookup(name)
+
+    def verdicts(self) -> list[NodeVerdict]:
+        return [self.lookup(n) for n in self.names]
+
+
+def _subset(table: dict[str, str], wanted: set[str]) -> dict[str, str]:
+    """The entries of `table` whose key is in `wanted` (a copy), cheapest way first."""
+    if wanted.issuperset(table):  # kube-scheduler sent every node this table knows: copy in C
+        return dict(table)
+    if len(table) <= len(wanted):
+        return {n: r for n, r in table.items() if n in wanted}
+    return {n: table[n] for n in wanted if n in table}
+
+
 class Extender:
     def __init__(
         self,
@@ -80,39 +127,57 @@ class Extender:
         self.reservations = reservations if reservations is not None else Reservations()
         self.metrics = metrics or ExtenderMetrics()
         self.clock = clock
+        self.memo_shape_limit = 32  # pod shapes memoised (least recently used dropped beyond)
         # static_key -> node -> (view, static_check result); valid while the cache holds that view.
-        self._static: dict[tuple, dict[str, tuple[NodeView, NodeVerdict | StaticFit]]] = {}
-        self.memo_shape_limit = 64  # pod shapes kept (each maps every node); cleared beyond
-        # verdict_key -> node -> (view, verdict, valid_until_unix): whole verdicts for nodes that hold no
-        # reservation. A verdict only changes when the Node object changes (a new view), a reservation
-        # lands on the node, or time passes a boundary (state turning stale, an Xid penalty ending), so
-        # thousands of nodes cost one dict lookup each for a pod shape seen before.
-        self._verdicts: dict[tuple, dict[str, tuple[NodeView, NodeVerdict, float]]] = {}
+        self._static: OrderedDict[tuple, dict[str, tuple[NodeView, NodeVerdict | StaticFit]]] = OrderedDict()
+        # verdict key (pod shape + policy) -> VerdictIndex: whole verdicts for nodes that hold no
+        # reservation, invalidated by the cache's change log and by time (see extender.memo).
+        self._indexes: OrderedDict[tuple, VerdictIndex] = OrderedDict()
+
+    # --- memos -----------------------------------------------------------------------------
+    @staticmethod
+    def _lru(memo: OrderedDict, key: tuple, make: Callable[[], Any], limit: int) -> Any:
+        value = memo.get(key)
+        if value is None:
+            value = memo[key] = make()
+            while len(memo) > limit:
+                memo.popitem(last=False)
+        else:
+            memo.move_to_end(key)
+        return value
+
+    def _index(self, req: PodRequirements, now: float) -> VerdictIndex | None:
+        """The verdict index for this pod shape, current with the cache; None if verdicts are not memoisable."""
+        if not (req.needs_gpu and req.managed and not req.error):
+            return None
+        cfg = self.config
+        vkey = (static_key(req), tuple(req.preferred_archs), cfg.strategy, cfg.max_state_age_seconds,
+                cfg.error_window_seconds)
+        idx: VerdictIndex = self._lru(self._indexes, vkey, lambda: VerdictIndex(self.cache.generation),
+                                      self.memo_shape_limit)
+        idx.sync(self.cache.changes_since(idx.generation))
+        idx.expire(now)
+        return idx
 
     # --- evaluation ------------------------------------------------------------------------
     def _evaluate(self, req: PodRequirements, names: Sequence[str],
-                  views: Mapping[str, NodeView] | None, now: float) -> list[NodeVerdict]:
-        get = views.get if views is not None else self.cache.lookup
+                  views: Mapping[str, NodeView] | None, now: float,
+                  idx: VerdictIndex | None = None) -> list[NodeVerdict]:
+        """Verdicts in `names` order. `views` (nodes mode): views from the request instead of the cache.
+        `idx`: the shape's verdict index (memo hits and fills; only for views the cache holds)."""
+        lookup = self.cache.lookup
+        get = views.get if views is not None else lookup
         res = self.reservations if req.needs_gpu else None
         cfg = self.config
-        # Two-level memos (pod shape -> node -> entry): the shape tuple is hashed once per request,
-        # not once per node (CPython does not cache tuple hashes).
-        skey = static_key(req)
-        vkey = (skey, tuple(req.preferred_archs), cfg.strategy, cfg.max_state_age_seconds,
-                cfg.error_window_seconds)
-        if len(self._static) > self.memo_shape_limit:
-            self._static.clear()
-        if len(self._verdicts) > self.memo_shape_limit:
-            self._verdicts.clear()
-        memo = self._static.setdefault(skey, {})
-        vmemo = self._verdicts.setdefault(vkey, {})
-        memoize = res is not None and req.managed and not req.error
-        held = res.nodes_holding() if memoize else frozenset()
+        memo = (self._lru(self._static, static_key(req), dict, self.memo_shape_limit)
+                if res is not None else {})
+        entries = idx.entries if idx is not None else None
+        held = res.nodes_holding() if entries is not None and res is not None else frozenset()
         out = []
         for name in names:
             view = get(name)
-            if memoize and view is not None and name not in held:
-                hit = vmemo.get(name)
+            if entries is not None and name not in held:
+                hit = entries.get(name)
                 if hit is not None and hit[0] is view and now < hit[2]:
                     out.append(hit[1])
                     continue
@@ -129,23 +194,49 @@ class Extender:
                     reserved = res.reserved_mib(name, now, exclude_pod=req.key,
                                                 observed_unix=view.state.observed_unix)
             verdict = evaluate(req, view, now, cfg, reserved, node=name, static=static)
-            if memoize and view is not None and not reserved and name not in held:
-                vmemo[name] = (view, verdict, _valid_until(view, now, cfg))
+            if (idx is not None and not reserved and name not in held
+                    and (views is None or view is lookup(name))):
+                idx.put(name, view, verdict, _valid_until(view, now, cfg) if view is not None else INF)
             out.append(verdict)
         return out
 
-    def _record(self, verb: str, req: PodRequirements, verdicts: list[NodeVerdict], elapsed: float,
-                split: FilterOutcome | None = None) -> None:
+    def _filter_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
+                        now: float) -> FilterOutcome:
+        """Names mode with a memoisable pod: set operations over the verdict index, Python work only for
+        nodes the index does not know yet and nodes holding reservations."""
+        wanted = set(names)
+        held = self.reservations.nodes_holding() & wanted
+        unknown = wanted.difference(idx.entries)
+        if unknown:
+            self._evaluate(req, list(unknown), None, now, idx)
+        special = self._evaluate(req, list(held), None, now) if held else []
+        passed_set = idx.passed
+        if held:
+            passed_set = (passed_set - held) | {v.node for v in special if v.feasible}
+        out = FilterOutcome(None, count=len(names))
+        # In request order, each name once (filter() with a C method: no Python frame per node).
+        out.passed = list(filter(passed_set.__contains__, names if len(wanted) == len(names) else dict.fromkeys(names)))
+        out.failed, out.unresolvable = _subset(idx.failed, wanted), _subset(idx.unresolvable, wanted)
+        for v in special:
+            out.failed.pop(v.node, None)
+            out.unresolvable.pop(v.node, None)
+            if not v.feasible:
+                (out.unresolvable if v.unresolvable else out.failed)[v.node] = v.reason
+        out.lookup = lambda name: next((v for v in special if v.node == name), None) or idx.entries[name][1]
+        return out
+
+    def _record(self, verb: str, req: PodRequirements, verdicts: Callable[[], list[NodeVerdict]], count: int,
+                elapsed: float, *, feasible: int = 0, failed: dict[str, str] | None = None,
+                unresolvable: dict[str, str] | None = None) -> None:
         m = self.metrics
         m.request_duration.labels(verb).observe(elapsed)
-        m.nodes_per_request.labels(verb).observe(len(verdicts))
-        if split is not None:  # counted from the maps filter built anyway (C-speed Counter over values)
-            feasible = len(split.passed)
-            tally = TallyCounter({(True, r): n for r, n in TallyCounter(split.unresolvable.values()).items()})
-            tally.update({(False, r): n for r, n in TallyCounter(split.failed.values()).items()})
+        m.nodes_per_request.labels(verb).observe(count)
+        if failed is not None and unresolvable is not None:  # counted from the answer maps (C-speed Counter)
+            tally = TallyCounter({(True, r): n for r, n in TallyCounter(unresolvable.values()).items()})
+            tally.update({(False, r): n for r, n in TallyCounter(failed.values()).items()})
         else:
-            rejected = [v for v in verdicts if not v.feasible]
-            feasible = len(verdicts) - len(rejected)
+            rejected = [v for v in verdicts() if not v.feasible]
+            feasible = count - len(rejected)
             tally = TallyCounter((v.unresolvable, v.reason) for v in rejected)
         if feasible:
             m.verdicts.labels(verb, "pass", "").inc(feasible)
@@ -154,11 +245,11 @@ class Extender:
         m.reservations.set(len(self.reservations))
         reasons = {reason: n for (_, reason), n in tally.items()}
         log.info(f"extender_{verb}", pod=f"{req.namespace}/{req.name}", managed=req.managed,
-                 nodes=len(verdicts), feasible=feasible, rejected=reasons, ms=round(elapsed * 1000, 2))
+                 nodes=count, feasible=feasible, rejected=reasons, ms=round(elapsed * 1000, 2))
         bound = log.bind()
         if hasattr(bound, "is_enabled_for") and not bound.is_enabled_for(logging.DEBUG):
             return
-        for v in verdicts:
+        for v in verdicts():
             bound.debug("extender_node_verdict", verb=verb, pod=f"{req.namespace}/{req.name}", node=v.node,
                       result=v.result, reason=v.reason, detail=v.detail, score=v.score)
 
@@ -169,20 +260,25 @@ class Extender:
         now = self.clock()
         if req.needs_gpu:
             with self.reservations.lock:
-                out = self._split(self._evaluate(req, names, views, now))
+                idx = self._index(req, now)
+                if idx is not None and views is None:
+                    out = self._filter_indexed(req, names, idx, now)
+                else:
+                    out = self._split(self._evaluate(req, names, views, now, idx))
                 if len(out.passed) == 1:
                     # kube-scheduler skips prioritize with one feasible node: this is its choice.
-                    v = next(v for v in out.verdicts if v.feasible)
+                    v = out.verdict(out.passed[0])
                     self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now)
         else:
             out = self._split(self._evaluate(req, names, views, now))
-        self._record("filter", req, out.verdicts, time.perf_counter() - t0, out)
+        self._record("filter", req, lambda: out.all_verdicts(names), out.count, time.perf_counter() - t0,
+                     feasible=len(out.passed), failed=out.failed, unresolvable=out.unresolvable)
         return out
 
     @staticmethod
     def _split(verdicts: list[NodeVerdict]) -> FilterOutcome:
         """One pass: passed names, FailedNodes, FailedAndUnresolvableNodes."""
-        out = FilterOutcome(verdicts)
+        out = FilterOutcome(verdicts, count=len(verdicts))
         passed, failed, unresolvable = out.passed.append, out.failed, out.unresolvable
         for v in verdicts:
             if v.feasible:
@@ -195,27 +291,80 @@ class Extender:
 
     def prioritize(self, req: PodRequirements, names: Sequence[str],
                    views: Mapping[str, NodeView] | None = None) -> list[NodeVerdict]:
-        """Scores for the named nodes (0 for infeasible ones); reserves on the best node."""
+        """Verdicts with scores for the named nodes (0 for infeasible ones); reserves on the best node."""
+        return self.prioritize_scores(req, names, views).verdicts()
+
+    def prioritize_scores(self, req: PodRequirements, names: Sequence[str],
+                          views: Mapping[str, NodeView] | None = None) -> PriorityOutcome:
+        """Scores for the named nodes (0 for infeasible ones); reserves on the best node (the first of the
+        highest score, in request order)."""
         t0 = time.perf_counter()
         now = self.clock()
         if req.needs_gpu:
             with self.reservations.lock:
-                verdicts = self._evaluate(req, names, views, now)
-                best = max((v for v in verdicts if v.feasible), key=lambda v: v.score, default=None)
-                if best is not None:
-                    self.reservations.reserve(req.key, best.node, best.gpus, req.vram_estimate_mib, now)
+                idx = self._index(req, now)
+                if idx is not None and views is None:
+                    out = self._prioritize_indexed(req, names, idx, now)
+                else:
+                    out = self._priorities(names, self._evaluate(req, names, views, now, idx))
+                if out.best >= 0:
+                    v = out.verdict(names[out.best])
+                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now)
         else:
-            verdicts = self._evaluate(req, names, views, now)
-        self._record("prioritize", req, verdicts, time.perf_counter() - t0)
-        return verdicts
+            out = self._priorities(names, self._evaluate(req, names, views, now))
+        self._record("prioritize", req, out.verdicts, len(names), time.perf_counter() - t0,
+                     feasible=len(out.scores) - out.scores.count(0), failed=out.failed,
+                     unresolvable=out.unresolvable)
+        return out
+
+    @staticmethod
+    def _priorities(names: Sequence[str], verdicts: list[NodeVerdict]) -> PriorityOutcome:
+        scores = [v.score if v.feasible else 0 for v in verdicts]
+        top = max(scores, default=0)
+        by_name = {v.node: v for v in verdicts}
+        split = Extender._split(verdicts)
+        return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1, by_name.__getitem__,
+                               split.failed, split.unresolvable)
+
+    def _prioritize_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
+                            now: float) -> PriorityOutcome:
+        """Names mode with a memoisable pod: scores looked up in the verdict index in C (map over dict.get)."""
+        wanted = set(names)
+        held = self.reservations.nodes_holding() & wanted
+        unknown = wanted.difference(idx.entries)
+        if unknown:
+            self._evaluate(req, list(unknown), None, now, idx)
+        scores = list(map(idx.scores.get, names, repeat(0)))
+        special: dict[str, NodeVerdict] = {}
+        failed, unresolvable = _subset(idx.failed, wanted), _subset(idx.unresolvable, wanted)
+        if held:
+            special = {v.node: v for v in self._evaluate(req, list(held), None, now)}
+            for name, v in special.items():
+                i = -1
+                while True:  # every position of the name (C-speed scans; held nodes are few)
+                    try:
+                        i = names.index(name, i + 1)
+                    except ValueError:
+                        break
+                    scores[i] = v.score if v.feasible else 0
+                failed.pop(name, None)
+                unresolvable.pop(name, None)
+                if not v.feasible:
+                    (unresolvable if v.unresolvable else failed)[name] = v.reason
+        top = max(scores, default=0)
+        entries = idx.entries
+        return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1,
+                               lambda name: special.get(name) or entries[name][1], failed, unresolvable)
 
     def explain(self, req: PodRequirements, names: Sequence[str] | None = None,
                 views: Mapping[str, NodeView] | None = None) -> list[NodeVerdict]:
         """Every node's verdict with details; reserves nothing. No names: every cached node."""
         t0 = time.perf_counter()
         names = list(names) if names else sorted(self.cache.names())
-        verdicts = self._evaluate(req, names, views, self.clock())
-        self._record("explain", req, verdicts, time.perf_counter() - t0)
+        now = self.clock()
+        with self.reservations.lock:
+            verdicts = self._evaluate(req, names, views, now, self._index(req, now))
+        self._record("explain", req, lambda: verdicts, len(verdicts), time.perf_counter() - t0)
         return verdicts
 
     def refresh_gauges(self) -> None:

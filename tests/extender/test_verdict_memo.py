@@ -33,7 +33,7 @@ def req(i=0, est=10000):
 
 def fresh(ext, r, name):
     """What the policy says without any memo."""
-    ext._verdicts.clear()
+    ext._indexes.clear()
     return ext.explain(r, [name])[0]
 
 

@@ -1,0 +1,99 @@
+"""Verdict index: one pod shape's memoised per-node verdicts, kept as C-level lookup tables.
+
+A verdict for (pod shape, node) only changes when
+* the Node object changes (the cache logs every changed name: `NodeCache.changes_since`),
+* a reservation lands on the node (nodes holding reservations are never served from here),
+* time passes a boundary (the GPU state turns stale, an Xid penalty window ends: `valid_until`).
+
+Between those events the answer for thousands of nodes is a few set/dict operations done in C
+(`passed`, `failed`, `unresolvable`), not one Python call per node. Entries are filled lazily, for the
+names kube-scheduler actually sends, and dropped (not recomputed) on a change: the next request that
+names the node evaluates it again.
+
+Only verdicts computed from the node cache's own view go in (never a view parsed from a full-`Nodes`
+request, which may differ from the cached one), so the change log is the only invalidation needed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flexinfer.state import NodeView
+
+from .policy import NodeVerdict
+
+INF = float("inf")
+
+
+@dataclass(slots=True)
+class VerdictIndex:
+    generation: int  # the node cache generation the entries are current for
+    # name -> (view the verdict was computed from, or None for "not in cache"; verdict; valid until unix)
+    entries: dict[str, tuple[NodeView | None, NodeVerdict, float]] = field(default_factory=dict)
+    passed: set[str] = field(default_factory=set)
+    scores: dict[str, int] = field(default_factory=dict)  # feasible nodes only (1..10)
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+    _expiry: list[tuple[float, str]] = field(default_factory=list)  # heap of (valid_until, name)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, name: str, view: NodeView | None, verdict: NodeVerdict, valid_until: float) -> None:
+        if name in self.entries:
+            self.drop(name)
+        self.entries[name] = (view, verdict, valid_until)
+        if verdict.feasible:
+            self.passed.add(name)
+            self.scores[name] = verdict.score
+        elif verdict.unresolvable:
+            self.unresolvable[name] = verdict.reason
+        else:
+            self.failed[name] = verdict.reason
+        if valid_until != INF:
+            heapq.heappush(self._expiry, (valid_until, name))
+
+    def drop(self, name: str) -> None:
+        if self.entries.pop(name, None) is not None:
+            self.passed.discard(name)
+            self.scores.pop(name, None)
+            self.failed.pop(name, None)
+            self.unresolvable.pop(name, None)
+
+    def drop_all(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.drop(name)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.passed.clear()
+        self.scores.clear()
+        self.failed.clear()
+        self.unresolvable.clear()
+        self._expiry.clear()
+
+    def expire(self, now_unix: float) -> int:
+        """Drop entries whose validity ended at or before `now_unix`; returns how many."""
+        heap = self._expiry
+        dropped = 0
+        while heap and heap[0][0] <= now_unix:
+            until, name = heapq.heappop(heap)
+            entry = self.entries.get(name)
+            if entry is not None and entry[2] == until:
+                self.drop(name)
+                dropped += 1
+        if len(heap) > 4 * len(self.entries) + 1024:  # superseded items pile up under churn: rebuild
+            self._expiry = [(e[2], n) for n, e in self.entries.items() if e[2] != INF]
+            heapq.heapify(self._expiry)
+        return dropped
+
+    def sync(self, changes: tuple[int, list[str] | None]) -> None:
+        """Apply the node cache's change log since `generation` (None: too old, start over)."""
+        generation, names = changes
+        if names is None:
+            self.clear()
+        elif names:
+            self.drop_all(names)
+        self.generation = generation
