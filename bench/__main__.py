@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if "extender" in only and not a.no_profile:
             from bench.profile import profile_request
 
-            missed = {t["target"] for t in res["targets"] if t["result"] == "MISS"}
+            missed = {t["target"] for t in res["targets"] if t["result"] == "MISS" or t["result"].startswith("over")}
             profs = []
             if any(t.startswith("nodenames") and "new shape" not in t for t in missed):
                 n = max(s for s in (5000, 1000) if s in (plan.sizes))
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"wrote {md} and {js}")
     for t in res["targets"]:
         meas = "-" if t["measured"] is None else f"{t['measured']:g} {t['unit']}"
-        sys.stdout.write(f"{t['result']:>12}  {t['target']}: {meas}\n")
+        sys.stdout.write(f"{t['result']:>26}  {t['target']}: {meas}\n")
     return 0
 
 

@@ -20,14 +20,15 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, measured: float | None, limit: float, unit: str, *, lower_is_better: bool = True,
-            detail: str = "") -> None:
+            detail: str = "", informational: bool = False) -> None:
         if measured is None:
             out.append({"target": name, "measured": None, "limit": limit, "unit": unit, "result": "NOT MEASURED",
                         "detail": detail})
             return
         ok = measured < limit if lower_is_better else measured >= limit
+        result = ("within" if ok else "over") + " (no issue target)" if informational else ("PASS" if ok else "MISS")
         out.append({"target": name, "measured": measured, "limit": limit, "unit": unit,
-                    "result": "PASS" if ok else "MISS", "detail": detail})
+                    "result": result, "detail": detail})
 
     for verb in ("filter", "prioritize"):
         r = _lat(res, 5000, "names", verb)
@@ -38,8 +39,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for verb in ("filter",):
         r = _lat(res, 5000, "names", verb)
         fresh = r.get("extender-new-shape") if r else None
-        add(f"nodenames {verb}, 5000 nodes: p99 < 10 ms (every pod a new shape: no memo hits)",
-            fresh["p99_ms"] if fresh else None, 10.0, "ms",
+        add(f"stress: nodenames {verb}, 5000 nodes, every pod a new shape (no memo hits): p99 vs 10 ms",
+            fresh["p99_ms"] if fresh else None, 10.0, "ms", informational=True,
             detail=f"p50 {fresh['p50_ms']} ms; {round(fresh['p99_ms'] / r['floor']['p99_ms'], 2)}x floor p99"
             if fresh else "")
     for verb in ("filter", "prioritize"):
