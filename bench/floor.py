@@ -32,7 +32,9 @@ async def _filter(request: Request) -> Response:
         out = wire.ExtenderFilterResult(Nodes=wire.NodeListOut(metadata={}, items=nodes.items or []), NodeNames=None,
                                         FailedNodes={}, FailedAndUnresolvableNodes={}, Error="")
     else:
-        out = wire.ExtenderFilterResult(Nodes=None, NodeNames=args.the_names or [], FailedNodes={},
+        raw = args.the_names
+        names = wire.names_of(raw) if raw is not None else []
+        out = wire.ExtenderFilterResult(Nodes=None, NodeNames=names, FailedNodes={},
                                         FailedAndUnresolvableNodes={}, Error="")
     return Response(wire.encoder.encode(out), media_type="application/json")
 
@@ -45,7 +47,8 @@ async def _prioritize(request: Request) -> Response:
     if nodes is not None:
         names = [(wire.node_item_decoder.decode(raw).metadata or wire._NodeMeta()).name for raw in nodes.items or []]
     else:
-        names = args.the_names or []
+        raw = args.the_names
+        names = wire.names_of(raw) if raw is not None else []
     return Response(wire.encoder.encode([wire.HostPriority(Host=n, Score=0) for n in names]),
                     media_type="application/json")
 

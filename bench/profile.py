@@ -46,12 +46,14 @@ def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, 
     bodies = iter([workload.args_nodenames(workload.managed_pod("bench-new-shape-x", vram_mib=9000 + 7 * i), names)
                    for i in range(2 * iters + 3)] if new_shape else [])
 
+    lists = running.web.name_lists  # as the HTTP handler does
+
     def once() -> None:
-        p = parse_args(next(bodies) if new_shape else body, ext)
+        p = parse_args(next(bodies) if new_shape else body, ext, name_lists=lists)
         if verb == "filter":
             ext.filter(p.req, p.names, p.views)
         else:
-            ext.prioritize(p.req, p.names, p.views)
+            ext.prioritize_scores(p.req, p.names, p.views)
 
     # keep the JSON log lines out of the bench's output while profiling
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from flexinfer.errors import ParseError
 from flexinfer.state import NodeView, node_view
 
 from . import wire
+from .memo import NodeNames
 from .pod import PodRequirements, requirements_from_wire
 from .service import Extender
 
@@ -85,14 +86,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @dataclass(slots=True)
 class Parsed:
     req: PodRequirements
-    names: list[str]
+    names: Sequence[str]
     mode: str  # "names" | "nodes"
     items: list[msgspec.Raw]
     views: dict[str, NodeView] | None
 
 
-def parse_args(body: bytes, extender: Extender, *, names_optional: bool = False) -> Parsed:
-    """Decode ExtenderArgs (either spelling). Raises BadRequest(400) with a clear message."""
+def parse_args(body: bytes, extender: Extender, *, names_optional: bool = False,
+               name_lists: wire.NameLists | None = None) -> Parsed:
+    """Decode ExtenderArgs (either spelling). Raises BadRequest(400) with a clear message.
+    `name_lists`: reuse recently seen NodeNames lists (the server keeps one)."""
     if not body:
         raise BadRequest(400, "empty request body; expected ExtenderArgs JSON {\"Pod\", \"NodeNames\"|\"Nodes\"}")
     try:
@@ -105,8 +108,12 @@ def parse_args(body: bytes, extender: Extender, *, names_optional: bool = False)
     if pod is None:
         raise BadRequest(400, "ExtenderArgs has no Pod")
     req = requirements_from_wire(pod)
-    names = args.the_names
-    if names is not None:
+    raw_names = args.the_names
+    if raw_names is not None:
+        try:
+            names = name_lists.decode(raw_names) if name_lists is not None else NodeNames(wire.names_of(raw_names))
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            raise BadRequest(400, f"malformed ExtenderArgs: {e}") from None
         return Parsed(req, names, "names", [], None)
     nodes = args.the_nodes
     if (nodes is None or nodes.items is None) and names_optional:
@@ -135,6 +142,7 @@ class ExtenderApp:
     def __init__(self, extender: Extender, *, filter_path: str = "/filter", prioritize_path: str = "/prioritize",
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.extender = extender
+        self.name_lists = wire.NameLists()
         self.max_body_bytes = max_body_bytes
         self.filter_path = "/" + filter_path.strip("/")
         self.prioritize_path = "/" + prioritize_path.strip("/")
@@ -150,7 +158,7 @@ class ExtenderApp:
     async def _parse(self, request: Request, verb: str) -> Parsed:
         try:
             body = await _read_body(request, self.max_body_bytes)
-            return parse_args(body, self.extender, names_optional=(verb == "explain"))
+            return parse_args(body, self.extender, names_optional=(verb == "explain"), name_lists=self.name_lists)
         except BadRequest as e:
             self.extender.metrics.bad_requests.labels(verb, str(e.status)).inc()
             log.warning("extender_bad_request", verb=verb, status=e.status, error=e.message[:300])

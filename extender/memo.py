@@ -17,7 +17,8 @@ request, which may differ from the cached one), so the change log is the only in
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from flexinfer.state import NodeView
@@ -25,6 +26,19 @@ from flexinfer.state import NodeView
 from .policy import NodeVerdict
 
 INF = float("inf")
+
+
+class NodeNames(tuple[str, ...]):
+    """An immutable node-name list with its set, made once per distinct request list (see wire.NameLists):
+    kube-scheduler sends the same NodeNames for pod after pod, so hashing thousands of fresh strings
+    into a set is paid once per list, not once per request."""
+
+    wanted: frozenset[str]
+
+    def __new__(cls, names: list[str]) -> NodeNames:
+        self = super().__new__(cls, names)
+        self.wanted = frozenset(self)
+        return self
 
 
 @dataclass(slots=True)
@@ -37,6 +51,12 @@ class VerdictIndex:
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
     _expiry: list[tuple[float, str]] = field(default_factory=list)  # heap of (valid_until, name)
+    drops: int = 0  # entries removed so far (any cause)
+    # The last NodeNames served and what of it was not in `entries` afterwards (nodes holding reservations,
+    # verdicts not memoised): while no entry has been dropped since, that is all a repeat of the list can miss.
+    _last_names: NodeNames | None = None
+    _last_drops: int = -1
+    _last_pending: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -57,6 +77,7 @@ class VerdictIndex:
 
     def drop(self, name: str) -> None:
         if self.entries.pop(name, None) is not None:
+            self.drops += 1
             self.passed.discard(name)
             self.scores.pop(name, None)
             self.failed.pop(name, None)
@@ -67,12 +88,26 @@ class VerdictIndex:
             self.drop(name)
 
     def clear(self) -> None:
+        self.drops += 1
         self.entries.clear()
         self.passed.clear()
         self.scores.clear()
         self.failed.clear()
         self.unresolvable.clear()
         self._expiry.clear()
+
+    def unknown(self, names: Sequence[str], wanted: AbstractSet[str]) -> set[str]:
+        """The names with no entry."""
+        if names is self._last_names and self.drops == self._last_drops:
+            return {n for n in self._last_pending if n not in self.entries}
+        return wanted.difference(self.entries)  # type: ignore[union-attr]
+
+    def served(self, names: Sequence[str], candidates: AbstractSet[str]) -> None:
+        """Remember what a request for `names` left out of `entries` (`candidates`: its unknown and held names)."""
+        if isinstance(names, NodeNames):
+            self._last_names = names
+            self._last_drops = self.drops
+            self._last_pending = frozenset(n for n in candidates if n not in self.entries)
 
     def expire(self, now_unix: float) -> int:
         """Drop entries whose validity ended at or before `now_unix`; returns how many."""

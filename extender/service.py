@@ -10,6 +10,7 @@ import time
 from collections import Counter as TallyCounter
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
@@ -19,7 +20,7 @@ from flexinfer import logs
 from flexinfer.state import NodeView
 
 from .cache import NodeCache
-from .memo import INF, VerdictIndex
+from .memo import INF, NodeNames, VerdictIndex
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
 from .policy import NodeVerdict, PolicyConfig, StaticFit, evaluate, static_check, static_key
@@ -104,7 +105,7 @@ class PriorityOutcome:
         return [self.lookup(n) for n in self.names]
 
 
-def _subset(table: dict[str, str], wanted: set[str]) -> dict[str, str]:
+def _subset(table: dict[str, str], wanted: AbstractSet[str]) -> dict[str, str]:
     """The entries of `table` whose key is in `wanted` (a copy), cheapest way first."""
     if wanted.issuperset(table):  # kube-scheduler sent every node this table knows: copy in C
         return dict(table)
@@ -200,15 +201,23 @@ class Extender:
             out.append(verdict)
         return out
 
+    def _prepare(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
+                 now: float) -> tuple[AbstractSet[str], frozenset[str]]:
+        """Bring the index up to date for `names`: evaluate the names it has no entry for. Returns the set of
+        names and those of them holding reservations (to be evaluated per request, never memoised)."""
+        wanted: AbstractSet[str] = names.wanted if isinstance(names, NodeNames) else set(names)
+        held = self.reservations.nodes_holding() & wanted
+        unknown = idx.unknown(names, wanted)
+        if unknown:
+            self._evaluate(req, list(unknown), None, now, idx)
+        idx.served(names, unknown | held)
+        return wanted, held
+
     def _filter_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
                         now: float) -> FilterOutcome:
         """Names mode with a memoisable pod: set operations over the verdict index, Python work only for
         nodes the index does not know yet and nodes holding reservations."""
-        wanted = set(names)
-        held = self.reservations.nodes_holding() & wanted
-        unknown = wanted.difference(idx.entries)
-        if unknown:
-            self._evaluate(req, list(unknown), None, now, idx)
+        wanted, held = self._prepare(req, names, idx, now)
         special = self._evaluate(req, list(held), None, now) if held else []
         passed_set = idx.passed
         if held:
@@ -329,11 +338,7 @@ class Extender:
     def _prioritize_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
                             now: float) -> PriorityOutcome:
         """Names mode with a memoisable pod: scores looked up in the verdict index in C (map over dict.get)."""
-        wanted = set(names)
-        held = self.reservations.nodes_holding() & wanted
-        unknown = wanted.difference(idx.entries)
-        if unknown:
-            self._evaluate(req, list(unknown), None, now, idx)
+        wanted, held = self._prepare(req, names, idx, now)
         scores = list(map(idx.scores.get, names, repeat(0)))
         special: dict[str, NodeVerdict] = {}
         failed, unresolvable = _subset(idx.failed, wanted), _subset(idx.unresolvable, wanted)

@@ -8,8 +8,12 @@ passing nodes are echoed byte for byte, never re-encoded.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import msgspec
 
+from .memo import NodeNames
 from .pod import PodWire
 
 
@@ -17,13 +21,17 @@ class NodeListIn(msgspec.Struct):
     items: list[msgspec.Raw] | None = None
 
 
+_NO_NAMES = msgspec.Raw()
+
+
 class ExtenderArgs(msgspec.Struct):
     Pod: PodWire | None = None
     pod: PodWire | None = None
     Nodes: NodeListIn | None = None
     nodes: NodeListIn | None = None
-    NodeNames: list[str] | None = None
-    nodenames: list[str] | None = None
+    # Kept raw: decoded by `names_of` / `NameLists.decode`, which reuse the list when the same bytes come again.
+    NodeNames: msgspec.Raw = _NO_NAMES
+    nodenames: msgspec.Raw = _NO_NAMES
 
     @property
     def the_pod(self) -> PodWire | None:
@@ -34,8 +42,12 @@ class ExtenderArgs(msgspec.Struct):
         return self.Nodes if self.Nodes is not None else self.nodes
 
     @property
-    def the_names(self) -> list[str] | None:
-        return self.NodeNames if self.NodeNames is not None else self.nodenames
+    def the_names(self) -> msgspec.Raw | None:
+        """The raw NodeNames JSON (either spelling); None when absent or null."""
+        for raw in (self.NodeNames, self.nodenames):
+            if len(raw) and bytes(raw) != b"null":
+                return raw
+        return None
 
 
 class _NodeMeta(msgspec.Struct, rename="camel"):
@@ -72,5 +84,42 @@ class ErrorBody(msgspec.Struct):
 
 
 args_decoder = msgspec.json.Decoder(ExtenderArgs)
+_names_decoder = msgspec.json.Decoder(list[str])
+
+
+def names_of(raw: msgspec.Raw) -> list[str]:
+    """Decode NodeNames. Raises msgspec.ValidationError/DecodeError located at `$.NodeNames`."""
+    try:
+        return _names_decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        located = text.replace("at `$", "at `$.NodeNames", 1) if "at `$" in text else f"{text} - at `$.NodeNames`"
+        raise msgspec.ValidationError(located) from None
+
+
+class NameLists:
+    """The last few distinct NodeNames lists, keyed by their exact JSON bytes, as `memo.NodeNames`
+    (names + their set). kube-scheduler sends the same list (every node that passed its own filters)
+    for pod after pod; a repeat costs one bytes hash and compare instead of decoding and hashing
+    thousands of names again. Bounded: `size` lists (least recently used dropped)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def decode(self, raw: msgspec.Raw) -> NodeNames:
+        key = bytes(raw)
+        with self._lock:
+            hit = self._lists.get(key)
+            if hit is not None:
+                self._lists.move_to_end(key)
+                return hit
+        names = NodeNames(names_of(raw))
+        with self._lock:
+            self._lists[key] = names
+            while len(self._lists) > self.size:
+                self._lists.popitem(last=False)
+        return names
 node_item_decoder = msgspec.json.Decoder(NodeItem)
 encoder = msgspec.json.Encoder()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from flexinfer.extender.cache import NodeCache
-from flexinfer.extender.memo import VerdictIndex
+from flexinfer.extender.memo import NodeNames, VerdictIndex
 from flexinfer.extender.pod import requirements_from_dict
 from flexinfer.extender.policy import NodeVerdict, PolicyConfig
 from flexinfer.extender.reservations import Reservations
@@ -61,6 +61,7 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
     shapes = [requirements_from_dict(model_pod(est, backend, count, uid=f"u{k}", name=f"p{k}"))
               for k, (est, backend, count) in enumerate([(5000, "llamacpp", 1), (12000, "vllm", 1),
                                                           (20000, "llamacpp", 2), (3000, "diffusers", 1)])]
+    last_asked = None
     for _ in range(40):
         op = rng.random()
         if op < 0.2:
@@ -90,9 +91,15 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
             clock.t += rng.choice([1, 30, 90, 200, 4000])
         else:
             req = rng.choice(shapes)
-            asked = rng.sample([*names, "ghost"], rng.randrange(1, 14))
-            if rng.random() < 0.2:
-                asked = asked + asked[:2]  # duplicates
+            if last_asked is not None and rng.random() < 0.4:
+                asked = last_asked  # the same list object again, as the HTTP server's NameLists gives it
+            else:
+                asked = rng.sample([*names, "ghost"], rng.randrange(1, 14))
+                if rng.random() < 0.2:
+                    asked = asked + asked[:2]  # duplicates
+                if rng.random() < 0.6:
+                    asked = NodeNames(asked)
+                last_asked = asked
             want = fresh_split(ext, req, asked)
             got = ext.filter(req, asked)
             assert list(dict.fromkeys(got.passed)) == want[0]
@@ -179,3 +186,21 @@ def test_relist_logs_only_changed_nodes() -> None:
     gen = cache.generation
     cache.replace_all([a])
     assert sorted(cache.changes_since(gen)[1] or []) == ["b", "c"]
+
+
+def test_repeated_name_list_skips_the_set_difference_but_sees_every_change() -> None:
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj(n, [gpu(0, "nvidia", "sm_90", 81559, free=80000)]) for n in "abc"])
+    ext = Extender(cache, clock=clock)
+    names = NodeNames(["a", "b", "c", "ghost"])
+    shape = [requirements_from_dict(model_pod(10000, "llamacpp", 1, uid=f"u{i}", name=f"p{i}")) for i in range(4)]
+    assert ext.filter(shape[0], names).passed == ["a", "b", "c"]
+    idx = next(iter(ext._indexes.values()))
+    assert idx._last_names is names and "ghost" in idx.entries
+    cache.remove("b")  # dropped from the index: the repeat must not trust its remembered state
+    out = ext.filter(shape[1], names)
+    gone = "node not in extender cache"
+    assert out.passed == ["a", "c"] and out.failed == {"b": gone, "ghost": gone}
+    cache.upsert(node_obj("b", [gpu(0, "nvidia", "sm_90", 81559, free=80000)], resource_version="9"))
+    assert ext.filter(shape[2], names).passed == ["a", "b", "c"]

@@ -1,0 +1,46 @@
+"""NodeNames decoding: errors located at `$.NodeNames`; repeated lists reused, bounded."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from flexinfer.extender import wire
+from flexinfer.extender.memo import NodeNames
+
+
+def raw_of(body: bytes) -> msgspec.Raw:
+    raw = wire.args_decoder.decode(body).the_names
+    assert raw is not None
+    return raw
+
+
+def test_names_decode_either_spelling_and_null_means_absent() -> None:
+    assert wire.names_of(raw_of(b'{"NodeNames": ["a", "b"]}')) == ["a", "b"]
+    assert wire.names_of(raw_of(b'{"nodenames": ["a"]}')) == ["a"]
+    assert wire.names_of(raw_of(b'{"NodeNames": null, "nodenames": ["x"]}')) == ["x"]
+    assert wire.args_decoder.decode(b'{"NodeNames": null}').the_names is None
+    assert wire.args_decoder.decode(b"{}").the_names is None
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    (b'{"NodeNames": "a"}', "`$.NodeNames`"),
+    (b'{"NodeNames": ["a", 3]}', "`$.NodeNames[1]`"),
+])
+def test_bad_names_are_located(body: bytes, where: str) -> None:
+    with pytest.raises(msgspec.ValidationError) as e:
+        wire.names_of(raw_of(body))
+    assert str(e.value).endswith("at " + where)
+
+
+def test_name_lists_reuse_the_same_object_for_the_same_bytes_and_stay_bounded() -> None:
+    lists = wire.NameLists(size=2)
+    a1 = lists.decode(raw_of(b'{"NodeNames": ["a", "b"]}'))
+    a2 = lists.decode(raw_of(b'{"NodeNames": ["a", "b"]}'))
+    assert isinstance(a1, NodeNames) and a1 is a2 and a1.wanted == frozenset({"a", "b"})
+    b = lists.decode(raw_of(b'{"NodeNames": ["b"]}'))
+    lists.decode(raw_of(b'{"NodeNames": ["c"]}'))  # evicts the least recently used: ["a", "b"]
+    assert lists.decode(raw_of(b'{"NodeNames": ["a", "b"]}')) is not a1
+    assert lists.decode(raw_of(b'{"NodeNames": ["c"]}')) is not b
+    assert len(lists._lists) == 2
+    with pytest.raises(msgspec.ValidationError):
+        lists.decode(raw_of(b'{"NodeNames": [1]}'))
