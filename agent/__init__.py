@@ -25,8 +25,19 @@ Programmatic use (the demo runs one per fleet node, no ports):
     result = agent.step(now)          # -> StepResult(state, samples, publish)
 """
 
+from typing import Any
+
 from .agent import Agent, StepResult
 from .publish import DryRunPublisher, Publisher, should_publish
-from .readers.fake import fleet_reader
 
 __all__ = ["Agent", "DryRunPublisher", "Publisher", "StepResult", "fleet_reader", "should_publish"]
+
+
+def __getattr__(name: str) -> Any:
+    # fleet_reader pulls in the fake readers and fleet parsing (flexinfer.fleet, yaml): the DaemonSet on
+    # real GPUs never needs them, so they are imported on first use (demo, --fake-gpus, tests).
+    if name == "fleet_reader":
+        from .readers.fake import fleet_reader
+
+        return fleet_reader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -106,13 +106,20 @@ class Publisher:
         if self.api is None:
             self.node_labels = {}
             return
-        from kubernetes import client
+        # Raw JSON GET through the official client's ApiClient (flexinfer.kube), not CoreV1Api.read_node:
+        # importing CoreV1Api loads ~20 MiB of typed model classes the agent never needs. One attempt,
+        # as before: the read is an optimisation, the patch is written either way.
+        from flexinfer.kube import NO_RETRY, get_object
 
         try:
-            node = client.CoreV1Api(self.api).read_node(self.node)
-            self.node_labels = dict(node.metadata.labels or {})
-        except Exception as e:  # 404, network, ...: publish anyway, learn stale keys next time
+            node = get_object(self.api, "nodes", self.node, retry=NO_RETRY)
+        except Exception as e:  # network, 5xx, ...: publish anyway, learn stale keys next time
             log.warning("node_read_failed", node=self.node, error=(str(e).splitlines() or [""])[0][:300])
+            return
+        if node is None:
+            log.warning("node_read_failed", node=self.node, error="node not found (404)")
+            return
+        self.node_labels = dict((node.get("metadata") or {}).get("labels") or {})
 
     def publish(self, state: NodeGpuState, now: float, force: bool = False) -> PublishResult:
         due, reason = should_publish(self.last_published, state, now, self.threshold_mib, self.heartbeat_seconds)
