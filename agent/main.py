@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from flexinfer import logs
-from flexinfer.errors import ParseError
+from flexinfer import freshness, logs
+from flexinfer.errors import ParseError, ValidationError
 
 from .agent import Agent
 from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, DryRunPublisher, Publisher
@@ -70,11 +70,13 @@ def build_fake_reader(path: str, node: str) -> GpuReader:
               help="Simulate the GPUs of --node from this fleet file instead of NVML/amdsmi.")
 @click.option("--once", is_flag=True, help="Take one sample (publish it unless --dry-run) and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the labels and annotations that would be written, as JSON.")
-@click.option("--interval-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--interval-seconds", type=click.FloatRange(min=0.1), default=freshness.SAMPLE_INTERVAL_SECONDS,
+              show_default=True)
 @click.option("--threshold-mib", type=click.IntRange(min=0), default=DEFAULT_THRESHOLD_MIB, show_default=True,
               help="Write when a GPU's free memory moved by more than this.")
 @click.option("--heartbeat-seconds", type=click.FloatRange(min=1), default=DEFAULT_HEARTBEAT_SECONDS,
-              show_default=True, help="Write at least this often.")
+              show_default=True, help="Write at least this often (keep it well under the extender's "
+              "--max-state-age-seconds: see flexinfer.freshness).")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=9400, show_default=True,
               help="/metrics, /healthz, /readyz (0 = disabled).")
 @click.option("--grpc-port", type=click.IntRange(min=0, max=65535), default=9401, show_default=True,
@@ -94,6 +96,11 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
     logs.configure(log_level)
     if not node:
         raise click.UsageError("--node is required (or set NODE_NAME via the downward API)")
+    try:
+        freshness.check(freshness.MAX_STATE_AGE_SECONDS, heartbeat_seconds, interval_seconds)
+    except ValidationError as e:  # the extender may run a longer max age than its default: warn, don't refuse
+        log.warning("agent_heartbeat_long", error=str(e),
+                    hint="the extender's default max state age would call this node stale between heartbeats")
     try:
         reader = build_fake_reader(fake_gpus, node) if fake_gpus else build_real_reader(vendor, sys_root)
     except (ParseError, KeyError) as e:

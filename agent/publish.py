@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flexinfer import logs
+from flexinfer import freshness, logs
 from flexinfer.state import NodeGpuState, is_owned_label, node_annotations, node_labels
 
 log = logs.get("flexinfer.agent.publish")
 
 DEFAULT_THRESHOLD_MIB = 1024
-DEFAULT_HEARTBEAT_SECONDS = 300.0
+DEFAULT_HEARTBEAT_SECONDS = freshness.HEARTBEAT_SECONDS  # < the extender's max state age: see flexinfer.freshness
 
 
 def should_publish(

@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from flexinfer import logs
-from flexinfer.errors import ParseError
+from flexinfer import freshness, logs
+from flexinfer.errors import ParseError, ValidationError
 
 from .cache import NodeCache
 from .http import DEFAULT_MAX_BODY_BYTES, ExtenderApp, serve_in_thread, uvicorn_config
@@ -68,7 +68,12 @@ def build(
         if nodes_from:
             cache.load_static(nodes_from)
     if max_state_age_seconds is None:
-        max_state_age_seconds = float("inf") if cache.static else 180.0
+        max_state_age_seconds = float("inf") if cache.static else freshness.MAX_STATE_AGE_SECONDS
+    else:
+        try:
+            freshness.check(max_state_age_seconds)
+        except ValidationError as e:  # agents may run shorter heartbeats than the default: warn, don't refuse
+            log.warning("extender_max_state_age_short", error=str(e))
     extender = Extender(cache, PolicyConfig(strategy=strategy, max_state_age_seconds=max_state_age_seconds))
     web = ExtenderApp(extender, filter_path=filter_path, prioritize_path=prioritize_path,
                       max_body_bytes=max_body_bytes)
@@ -95,7 +100,8 @@ def build(
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig file")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="binpack")
 @click.option("--max-state-age-seconds", type=float, default=None,
-              help="reject nodes whose GPU state is older [default: 180; off with --nodes-from]")
+              help=f"reject nodes whose GPU state is older [default: {freshness.MAX_STATE_AGE_SECONDS:g}; "
+                   "off with --nodes-from]")
 @click.option("--filter-path", default="/filter")
 @click.option("--prioritize-path", default="/prioritize")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="serve HTTPS with this cert")

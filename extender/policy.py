@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import msgspec
 
-from flexinfer import keys
+from flexinfer import freshness, keys
 from flexinfer.arch import AMD, NVIDIA, arch_info
 from flexinfer.compat import Compat, Verdict, check
 from flexinfer.errors import ParseError
@@ -67,7 +67,7 @@ R_BAD_POD = "invalid pod {key}"
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     strategy: str = "binpack"
-    max_state_age_seconds: float = 180.0
+    max_state_age_seconds: float = freshness.MAX_STATE_AGE_SECONDS
     error_window_seconds: float = 3600.0
 
     def __post_init__(self) -> None:

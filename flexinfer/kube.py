@@ -216,6 +216,10 @@ def api_client(server: str | None = None, kubeconfig: str | None = None) -> kube
             raise KubeError(f"cannot load kubeconfig {kubeconfig or '(default)'}: {e}") from e
     # Watches and the controller's workers share one pool; keep enough connections around.
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, 32)
+    # No silent urllib3 retries (its default Retry(3) re-sends a timed-out GET three more times: a hung API
+    # server would block a caller for 4x the read timeout). Retrying is decided in one place, with backoff,
+    # by the callers' tenacity policies (`retry=`), and every attempt is logged.
+    cfg.retries = False
     return kubernetes.client.ApiClient(cfg)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import yaml
 
-from flexinfer import logs
+from flexinfer import freshness, logs
 from flexinfer.cli.output import OUTPUT_OPTION, console, emit, table
 from flexinfer.cli.sources import node_views, source_options
 from flexinfer.errors import ValidationError
@@ -73,7 +73,7 @@ def preflight(model_file: str, fleet: str | None, nodes_from: str | None, cluste
 
 @cli.command()
 @source_options
-@click.option("--max-state-age-seconds", default=180.0, show_default=True)
+@click.option("--max-state-age-seconds", default=freshness.MAX_STATE_AGE_SECONDS, show_default=True)
 @OUTPUT_OPTION
 def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
           kubeconfig: str | None, max_state_age_seconds: float, output: str) -> None:

@@ -55,7 +55,7 @@ CASES = [
     ("mlc-maxwell-readonly-degraded", req(4000, "mlc-llm", jit_policy="READONLY"), [gpu(0, "nvidia", "sm_52", 6144)],
      {}, "pass", "", "degraded"),
     ("stale", req(1000), [gpu(0)], {"observed": NOW - 600}, "unresolvable", P.R_STALE,
-     "observed 600 s ago (max 180 s)"),
+     "observed 600 s ago (max 300 s)"),
     ("junk-state-annotation", req(1000), [], {"extra_annotations": {keys.ANN_GPU_STATE: "{nope"},
                                                "extra_labels": {keys.LABEL_VENDOR: "nvidia"}},
      "unresolvable", f"cannot parse annotation {keys.ANN_GPU_STATE} on node", keys.ANN_GPU_STATE),
