@@ -122,17 +122,27 @@ def parse_args(body: bytes, extender: Extender, *, names_optional: bool = False,
         raise BadRequest(400, "ExtenderArgs has neither NodeNames nor Nodes.items")
     views: dict[str, NodeView] = {}
     names = []
+    decode = wire.node_item_decoder.decode
+    cached = extender.cache.get_if_current
+    # Bounded memo of views parsed from earlier requests (flexinfer.nodes.NodeViewMemo), for full-Nodes mode
+    # without an informer; None: every cache miss is parsed.
+    memo = extender.request_views
     for i, raw in enumerate(nodes.items):
         try:
-            item = wire.node_item_decoder.decode(raw)
+            meta = decode(raw).metadata
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             raise BadRequest(400, f"malformed Nodes.items[{i}]: {e}") from None
-        meta = item.metadata
         if meta is None or not meta.name:
             raise BadRequest(400, f"Nodes.items[{i}] has no metadata.name")
-        names.append(meta.name)
-        view = extender.cache.get_if_current(meta.name, meta.resource_version)
-        views[meta.name] = view if view is not None else node_view(meta.name, meta.labels, meta.annotations)
+        name, rv = meta.name, meta.resource_version
+        names.append(name)
+        view = cached(name, rv)
+        if view is None and memo is not None:
+            view = memo.get(name, rv)
+            if view is None:
+                view = node_view(name, meta.labels, meta.annotations)
+                memo.put(name, rv, view)
+        views[name] = view if view is not None else node_view(name, meta.labels, meta.annotations)
     return Parsed(req, names, "nodes", list(nodes.items), views)
 
 

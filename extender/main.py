@@ -23,6 +23,7 @@ import click
 
 from flexinfer import freshness, logs
 from flexinfer.errors import ParseError, ValidationError
+from flexinfer.nodes import NodeViewMemo
 
 from .cache import NodeCache
 from .http import DEFAULT_MAX_BODY_BYTES, ExtenderApp, serve_in_thread, uvicorn_config
@@ -75,6 +76,7 @@ def build(
         except ValidationError as e:  # agents may run shorter heartbeats than the default: warn, don't refuse
             log.warning("extender_max_state_age_short", error=str(e))
     extender = Extender(cache, PolicyConfig(strategy=strategy, max_state_age_seconds=max_state_age_seconds))
+    extender.request_views = NodeViewMemo()
     web = ExtenderApp(extender, filter_path=filter_path, prioritize_path=prioritize_path,
                       max_body_bytes=max_body_bytes)
     running = Running(extender, web)

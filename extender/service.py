@@ -17,6 +17,7 @@ from itertools import repeat
 from typing import Any
 
 from flexinfer import logs
+from flexinfer.nodes import NodeViewMemo
 from flexinfer.state import NodeView
 
 from .cache import NodeCache
@@ -128,6 +129,9 @@ class Extender:
         self.reservations = reservations if reservations is not None else Reservations()
         self.metrics = metrics or ExtenderMetrics()
         self.clock = clock
+        # Views parsed from full-Nodes requests, by (name, resourceVersion): for the no-informer setup where
+        # kube-scheduler re-sends the same Node objects each cycle (enabled by main.build; see NodeViewMemo).
+        self.request_views: NodeViewMemo | None = None
         self.memo_shape_limit = 32  # pod shapes memoised (least recently used dropped beyond)
         # static_key -> node -> (view, static_check result); valid while the cache holds that view.
         self._static: OrderedDict[tuple, dict[str, tuple[NodeView, NodeVerdict | StaticFit]]] = OrderedDict()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from flexinfer.errors import ParseError, text_of
 
@@ -167,8 +168,22 @@ def encode_gfx_target_version(gfx: str) -> int:
     return major * 10000 + minor * 100 + stepping
 
 
+# Longest arch / vendor text whose parse is memoised (longer junk is parsed, never kept).
+_MEMO_MAX_CHARS = 64
+
+
 def arch_info(vendor: str, arch: str) -> ArchInfo:
-    """Parse an arch label value for a vendor: 'sm_52' (nvidia) or 'gfx906' (amd)."""
+    """Parse an arch label value for a vendor: 'sm_52' (nvidia) or 'gfx906' (amd).
+
+    Pure, and ArchInfo is immutable, so results for short string inputs are memoised (bounded LRU):
+    the extender calls this for every GPU of every node it parses. Junk still raises every time.
+    """
+    if type(vendor) is str and type(arch) is str and len(arch) <= _MEMO_MAX_CHARS and len(vendor) <= _MEMO_MAX_CHARS:
+        return _arch_info_memo(vendor, arch)
+    return _arch_info(vendor, arch)
+
+
+def _arch_info(vendor: str, arch: str) -> ArchInfo:
     vendor = normalize_vendor(vendor)
     if vendor == NVIDIA:
         m = _SM_RE.match(text_of(arch).strip().lower())
@@ -183,10 +198,18 @@ def arch_info(vendor: str, arch: str) -> ArchInfo:
     return ArchInfo(NONE, "none", "none", known=False)
 
 
+_arch_info_memo = lru_cache(maxsize=1024)(_arch_info)
+
+_VENDOR_ALIASES = {"nvidia": NVIDIA, "amd": AMD, "rocm": AMD, "intel": INTEL, "none": NONE, "cpu": NONE}
+
+
 def normalize_vendor(value: str) -> str:
     """Vendor names are read case-insensitively ('NVIDIA' from the Go FlexInfer, 'nvidia' here)."""
+    if type(value) is str:
+        known = _VENDOR_ALIASES.get(value)  # fast path: the exact spellings the agent writes
+        if known is not None:
+            return known
     v = "" if value is None else text_of(value).strip().lower()  # Python None is missing, not vendor "none"
-    aliases = {"nvidia": NVIDIA, "amd": AMD, "rocm": AMD, "intel": INTEL, "none": NONE, "cpu": NONE}
-    if v not in aliases:
+    if v not in _VENDOR_ALIASES:
         raise ParseError("GPU vendor", value, "one of nvidia, amd, intel, none")
-    return aliases[v]
+    return _VENDOR_ALIASES[v]

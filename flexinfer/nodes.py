@@ -9,7 +9,9 @@ and the demo see exactly what the extender sees in a cluster.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,57 @@ def fleet_node_objects(fleet: Fleet, now: float | None = None, *, published: boo
 def view_of(obj: dict[str, Any]) -> NodeView:
     meta = obj.get("metadata") or {}
     return node_view(str(meta.get("name", "")), meta.get("labels") or {}, meta.get("annotations") or {})
+
+
+DEFAULT_MEMO_NODES = 5000  # Kubernetes' largest supported cluster size
+
+
+class NodeViewMemo:
+    """Bounded memo of NodeViews parsed from full-`Nodes` extender requests, keyed by (name, resourceVersion).
+
+    In full-Nodes mode without an informer, kube-scheduler re-sends the same Node objects every cycle;
+    the API server gives every change of a Node a new resourceVersion, so a view parsed from
+    (name, rv) is valid for any later request carrying the same pair. One entry per node name (a new
+    rv replaces the old entry), at most `max_nodes` names, least recently used dropped first. An
+    empty resourceVersion is never memoised (nothing proves two such objects are equal).
+
+    Separate from the informer's NodeCache on purpose: `NodeCache.get_if_current` answers only for
+    what the watch delivered; this memo only for what requests carried.
+    """
+
+    def __init__(self, max_nodes: int = DEFAULT_MEMO_NODES) -> None:
+        if max_nodes < 1:
+            raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
+        self.max_nodes = max_nodes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[str, NodeView]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, resource_version: str) -> NodeView | None:
+        """The memoised view when it was parsed from this exact (name, resourceVersion), else None."""
+        if not resource_version:
+            return None
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry[0] != resource_version:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(name)
+            self.hits += 1
+            return entry[1]
+
+    def put(self, name: str, resource_version: str, view: NodeView) -> None:
+        if not resource_version:
+            return
+        with self._lock:
+            self._entries[name] = (resource_version, view)
+            self._entries.move_to_end(name)
+            while len(self._entries) > self.max_nodes:
+                self._entries.popitem(last=False)
 
 
 def load_node_objects(path: str | Path, now: float | None = None) -> list[dict[str, Any]]:

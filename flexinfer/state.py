@@ -187,9 +187,16 @@ def node_annotations(state: NodeGpuState) -> dict[str, str]:
     }
 
 
-def decode_state(node: str, raw: str, vendor_hint: str = "") -> NodeGpuState:
-    """Parse `flexinfer.ai/gpu-state`. Any junk raises ParseError naming the annotation."""
-    what = f"annotation {keys.ANN_GPU_STATE}"
+_MAX_MIB = 1 << 40  # parse_mib's upper bound; the fast path below must agree with it
+_ANN_WHAT = f"annotation {keys.ANN_GPU_STATE}"
+def decode_state(node: str, raw: str, vendor_hint: str = "", *, agent_status: str = "ok") -> NodeGpuState:
+    """Parse `flexinfer.ai/gpu-state`. Any junk raises ParseError naming the annotation.
+
+    Hot path of the extender's full-Nodes requests (every GPU of every node it has not cached): the
+    typed msgspec decoder does the JSON and type checks, `arch_info` is memoised, and the MiB checks
+    call `parse_mib` only to word the error for a value outside its range.
+    """
+    what = _ANN_WHAT
     if not isinstance(raw, str) or len(raw) > 256 * 1024:
         raise ParseError(what, raw, "compact JSON written by flexinfer-agent (at most 256 KiB)")
     try:
@@ -200,25 +207,24 @@ def decode_state(node: str, raw: str, vendor_hint: str = "") -> NodeGpuState:
         raise ParseError(what, raw, f"format version {STATE_VERSION}")
     gpus = []
     for w in wire.g:
-        vendor = w.v or vendor_hint
+        total, free, i = w.t, w.f, w.i
         try:
-            info = arch_info(vendor, w.a)
-            total = parse_mib(w.t, f"{what} gpu {w.i} total")
-            free = parse_mib(w.f, f"{what} gpu {w.i} free")
+            info = arch_info(w.v or vendor_hint, w.a)
+            if not 0 <= total <= _MAX_MIB:  # msgspec typed these as int (never bool)
+                parse_mib(total, f"{what} gpu {i} total")
+            if not 0 <= free <= _MAX_MIB:
+                parse_mib(free, f"{what} gpu {i} free")
         except ParseError as e:
             raise ParseError(what, raw, f"valid per-GPU fields ({e})") from None
-        if w.i < 0:
-            raise ParseError(what, raw, f"a non-negative GPU index (got {w.i})")
+        if i < 0:
+            raise ParseError(what, raw, f"a non-negative GPU index (got {i})")
         if free > total:
-            raise ParseError(what, raw, f"free <= total on gpu {w.i}")
-        gpus.append(
-            GpuState(
-                index=w.i, uuid=w.u, vendor=info.vendor, arch=info.arch, total_mib=total, free_mib=free,
-                healthy=bool(w.h), reason=w.r, error_events=max(0, w.e), last_error_unix=w.le,
-                unified_memory=bool(w.m),
-            )
-        )
-    return NodeGpuState(node=node, gpus=tuple(gpus), observed_unix=wire.t)
+            raise ParseError(what, raw, f"free <= total on gpu {i}")
+        e = w.e
+        gpus.append(GpuState(index=i, uuid=w.u, vendor=info.vendor, arch=info.arch, total_mib=total, free_mib=free,
+                             healthy=bool(w.h), reason=w.r, error_events=e if e > 0 else 0, last_error_unix=w.le,
+                             unified_memory=bool(w.m)))
+    return NodeGpuState(node, tuple(gpus), wire.t, agent_status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +247,7 @@ def node_view(name: str, labels: dict[str, str] | None, annotations: dict[str, s
     """Build a NodeView from a Node's labels and annotations, never raising."""
     if not isinstance(labels, dict | None) or not isinstance(annotations, dict | None):
         return NodeView(name, {}, "none", None, error="node labels and annotations must be mappings")
-    labels = dict(labels or {})
+    labels = dict(labels) if labels else {}
     annotations = annotations or {}
     raw_vendor = labels.get(keys.LABEL_VENDOR, "none")
     try:
@@ -254,7 +260,7 @@ def node_view(name: str, labels: dict[str, str] | None, annotations: dict[str, s
         return NodeView(name, labels, vendor, None, agent_status=status)
     hint = vendor if vendor not in (keys.MIXED, "none") else ""
     try:
-        state = decode_state(name, raw_state, hint)
+        state = decode_state(name, raw_state, hint, agent_status=status or "ok")
     except ParseError as e:
         return NodeView(name, labels, vendor, None, error=str(e), agent_status=status)
-    return NodeView(name, labels, vendor, replace(state, agent_status=status or "ok"), agent_status=status)
+    return NodeView(name, labels, vendor, state, "", status)

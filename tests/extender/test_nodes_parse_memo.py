@@ -1,0 +1,92 @@
+"""Full-Nodes requests: the bounded (name, resourceVersion) memo of parsed views, and parse_args using it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extender.cache import NodeCache
+from extender.http import parse_args
+from extender.service import Extender
+from flexinfer import keys
+from flexinfer.nodes import NodeViewMemo
+from flexinfer.state import node_view
+
+from .ext_fixtures import gpu, model_pod, node_obj
+
+
+def body(nodes: list[dict]) -> bytes:
+    return json.dumps({"Pod": model_pod(), "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}).encode()
+
+
+def memo_extender(max_nodes: int = 100) -> Extender:
+    ext = Extender(NodeCache())
+    ext.request_views = NodeViewMemo(max_nodes)
+    return ext
+
+
+def test_memo_same_rv_reuses_changed_rv_misses_empty_rv_never_kept() -> None:
+    memo = NodeViewMemo(10)
+    v1, v2 = node_view("a", {}, {}), node_view("a", {"x": "1"}, {})
+    memo.put("a", "7", v1)
+    assert memo.get("a", "7") is v1
+    assert memo.get("a", "8") is None
+    memo.put("a", "8", v2)  # one entry per name: the new version replaces the old
+    assert memo.get("a", "8") is v2 and memo.get("a", "7") is None and len(memo) == 1
+    memo.put("b", "", v1)
+    assert memo.get("b", "") is None and len(memo) == 1
+    assert (memo.hits, memo.misses) == (2, 2)
+
+
+def test_memo_bound_drops_least_recently_used() -> None:
+    memo = NodeViewMemo(3)
+    for n in "abc":
+        memo.put(n, "1", node_view(n, {}, {}))
+    assert memo.get("a", "1") is not None  # a is now the most recently used
+    memo.put("d", "1", node_view("d", {}, {}))
+    assert len(memo) == 3
+    assert memo.get("b", "1") is None
+    assert all(memo.get(n, "1") is not None for n in "acd")
+    for i in range(50):
+        memo.put(f"n{i}", "1", node_view(f"n{i}", {}, {}))
+    assert len(memo) == 3
+    with pytest.raises(ValueError, match="max_nodes"):
+        NodeViewMemo(0)
+
+
+def test_parse_args_reuses_view_for_same_rv_and_reparses_a_new_rv() -> None:
+    ext = memo_extender()
+    first = parse_args(body([node_obj("n1", [gpu(free=24576)], resource_version="5")]), ext).views
+    assert first is not None and first["n1"].state is not None
+    again = parse_args(body([node_obj("n1", [gpu(free=24576)], resource_version="5")]), ext).views
+    assert again is not None and again["n1"] is first["n1"]
+    changed = parse_args(body([node_obj("n1", [gpu(free=1000)], resource_version="6")]), ext).views
+    assert changed is not None and changed["n1"] is not first["n1"]
+    assert changed["n1"].state is not None and changed["n1"].state.gpus[0].free_mib == 1000
+
+
+def test_parse_args_without_memo_parses_every_time() -> None:
+    ext = Extender(NodeCache())
+    a = parse_args(body([node_obj("n1", [gpu()], resource_version="5")]), ext).views
+    b = parse_args(body([node_obj("n1", [gpu()], resource_version="5")]), ext).views
+    assert a is not None and b is not None and a["n1"] == b["n1"] and a["n1"] is not b["n1"]
+
+
+def test_informer_cache_still_wins_and_is_not_filled_from_requests() -> None:
+    ext = memo_extender()
+    obj = node_obj("n1", [gpu()], resource_version="9")
+    ext.cache.replace_all([obj])
+    views = parse_args(body([obj]), ext).views
+    assert views is not None and views["n1"] is ext.cache.get("n1")
+    assert len(ext.request_views) == 0
+    parse_args(body([node_obj("other", [gpu()], resource_version="3")]), ext)
+    assert "other" not in ext.cache and len(ext.request_views) == 1
+
+
+def test_junk_annotation_view_is_memoised_with_its_error_text() -> None:
+    ext = memo_extender()
+    junk = node_obj("bad", [gpu()], resource_version="2", extra_annotations={keys.ANN_GPU_STATE: "{nope"})
+    for _ in range(2):
+        views = parse_args(body([junk]), ext).views
+        assert views is not None and keys.ANN_GPU_STATE in views["bad"].error
