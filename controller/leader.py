@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes.client
 
 from flexinfer import kube, logs
+from flexinfer.state import parse_rfc3339
 
 log = logs.get("flexinfer.controller.leader")
 
@@ -33,12 +34,7 @@ def micro_time(ts: float) -> str:
 
 
 def parse_micro_time(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_rfc3339(value)
 
 
 def default_identity() -> str:

@@ -23,7 +23,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes.client
@@ -31,6 +30,7 @@ import kubernetes.client
 from flexinfer import keys, kube, logs
 from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
+from flexinfer.state import parse_rfc3339
 
 from . import groups, phases, render
 from .activation import activate, rfc3339
@@ -41,26 +41,6 @@ __all__ = ["Controller", "PassResult", "Snapshot", "activate", "model_key", "rfc
 log = logs.get("flexinfer.controller")
 JSON = dict[str, Any]
 Key = tuple[str, str]  # (namespace, "group:<name>" | "model:<name>")
-
-
-def parse_time(value: Any) -> float | None:
-    """RFC 3339 (or Unix seconds) -> Unix seconds; None if absent or unparsable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    s = str(value).strip()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 def _meta(obj: JSON) -> JSON:
@@ -241,7 +221,7 @@ class Controller:
             members.append(groups.Member(
                 name=m.name, priority=m.priority, phase=obs.phase, running=cur_replicas >= 1,
                 min_replicas=m.min_replicas, idle_timeout_seconds=m.idle_timeout_seconds,
-                last_active_unix=parse_time(m.status.get("lastActiveTime")),
+                last_active_unix=parse_rfc3339(m.status.get("lastActiveTime")),
                 activate_unix=self._activate_time(m, now),
                 ready_since_unix=self._ready_since(m, now) if obs.phase == phases.READY else None,
                 cold_start_timeout_seconds=m.cold_start_timeout_seconds,
@@ -292,7 +272,7 @@ class Controller:
         raw = m.annotations.get(keys.MODEL_ACTIVATE)
         if raw is None:
             return None
-        t = parse_time(raw)
+        t = parse_rfc3339(raw)
         if t is not None:
             return min(t, now)
         # "any value = time": an unparsable value counts from when this controller first saw it
@@ -313,7 +293,7 @@ class Controller:
         failed_at = None
         for c in st.get("conditions") or []:
             if isinstance(c, dict) and c.get("type") == "Ready":
-                failed_at = parse_time(c.get("lastTransitionTime"))
+                failed_at = parse_rfc3339(c.get("lastTransitionTime"))
         act = self._activate_time(m, now)
         return not (act is not None and failed_at is not None and act > failed_at)
 
@@ -321,7 +301,7 @@ class Controller:
     def _ready_since(m: Model, now: float) -> float:
         for c in m.status.get("conditions") or []:
             if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True":
-                t = parse_time(c.get("lastTransitionTime"))
+                t = parse_rfc3339(c.get("lastTransitionTime"))
                 if t is not None:
                     return t
         return now
@@ -332,7 +312,7 @@ class Controller:
         for m in models:
             for c in m.status.get("conditions") or []:
                 if isinstance(c, dict) and c.get("type") == "Ready" and c.get("reason") == "Preempted":
-                    t = parse_time(c.get("lastTransitionTime"))
+                    t = parse_rfc3339(c.get("lastTransitionTime"))
                     if t is not None:
                         times.append(t)
         return max(times) if times else None

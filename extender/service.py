@@ -12,13 +12,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import repeat
 from typing import Any
 
 from flexinfer import logs
 from flexinfer.nodes import NodeViewMemo
-from flexinfer.state import NodeView
+from flexinfer.state import NodeView, parse_rfc3339
 
 from .cache import NodeCache
 from .memo import INF, NodeNames, VerdictIndex
@@ -70,20 +69,11 @@ class FilterOutcome:
         return [self.verdict(n) for n in names]
 
 
-def _rfc3339_unix(value: object) -> float:
-    if not isinstance(value, str) or not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def _ready_unix(pod: Mapping[str, Any]) -> float:
     status = pod.get("status") or {}
     for c in status.get("conditions") or ():
         if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True":
-            return _rfc3339_unix(c.get("lastTransitionTime")) or time.time()
+            return parse_rfc3339(c.get("lastTransitionTime")) or time.time()
     return 0.0
 
 

@@ -328,3 +328,15 @@ def test_node_view_never_raises(labels: object, annotations: object, needle: str
     assert view.name == "bad"
     assert view.error and needle in view.error
     assert view.state is None and not view.has_agent_data
+
+
+def test_parse_rfc3339_one_parser_for_every_component() -> None:
+    from flexinfer.state import parse_rfc3339, rfc3339
+
+    assert parse_rfc3339("2026-11-23T10:00:00Z") == 1795428000.0
+    assert parse_rfc3339(rfc3339(1795428000.0)) == 1795428000.0
+    assert parse_rfc3339("2026-11-23T10:00:00.250000Z") == 1795428000.25  # MicroTime (Leases)
+    assert parse_rfc3339("2026-11-23T10:00:00") == 1795428000.0  # naive: UTC
+    assert parse_rfc3339(1795428000) == 1795428000.0 and parse_rfc3339("1795428000.5") == 1795428000.5
+    for junk in (None, "", "yesterday", "2026-13-45T00:00:00Z"):
+        assert parse_rfc3339(junk) is None
