@@ -17,6 +17,7 @@ request, which may differ from the cached one), so the change log is the only in
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -41,6 +42,26 @@ class NodeNames(tuple[str, ...]):
         return self
 
 
+def subset(table: dict[str, str], wanted: AbstractSet[str]) -> dict[str, str]:
+    """The entries of `table` whose key is in `wanted` (a copy), cheapest way first."""
+    if wanted.issuperset(table):  # kube-scheduler sent every node this table knows: copy in C
+        return dict(table)
+    if len(table) <= len(wanted):
+        return {n: r for n, r in table.items() if n in wanted}
+    return {n: table[n] for n in wanted if n in table}
+
+
+@dataclass(slots=True)
+class FilterAnswer:
+    """Filter's answer for one name list from the index alone: passed names in request order, FailedNodes,
+    FailedAndUnresolvableNodes, and Counter of (unresolvable, reason) -> nodes."""
+
+    passed: list[str]
+    failed: dict[str, str]
+    unresolvable: dict[str, str]
+    tally: Counter[tuple[bool, str]]
+
+
 @dataclass(slots=True)
 class VerdictIndex:
     generation: int  # the node cache generation the entries are current for
@@ -52,6 +73,9 @@ class VerdictIndex:
     unresolvable: dict[str, str] = field(default_factory=dict)
     _expiry: list[tuple[float, str]] = field(default_factory=list)  # heap of (valid_until, name)
     drops: int = 0  # entries removed so far (any cause)
+    version: int = 0  # bumped on every put/drop: derived answers below are keyed by it
+    _answer_key: tuple[object, int] | None = None
+    _answer: FilterAnswer | None = None
     # The last NodeNames served and what of it was not in `entries` afterwards (nodes holding reservations,
     # verdicts not memoised): while no entry has been dropped since, that is all a repeat of the list can miss.
     _last_names: NodeNames | None = None
@@ -65,6 +89,7 @@ class VerdictIndex:
         if name in self.entries:
             self.drop(name)
         self.entries[name] = (view, verdict, valid_until)
+        self.version += 1
         if verdict.feasible:
             self.passed.add(name)
             self.scores[name] = verdict.score
@@ -78,6 +103,7 @@ class VerdictIndex:
     def drop(self, name: str) -> None:
         if self.entries.pop(name, None) is not None:
             self.drops += 1
+            self.version += 1
             self.passed.discard(name)
             self.scores.pop(name, None)
             self.failed.pop(name, None)
@@ -89,12 +115,30 @@ class VerdictIndex:
 
     def clear(self) -> None:
         self.drops += 1
+        self.version += 1
         self.entries.clear()
         self.passed.clear()
         self.scores.clear()
         self.failed.clear()
         self.unresolvable.clear()
         self._expiry.clear()
+
+    def answer(self, names: Sequence[str], wanted: AbstractSet[str]) -> FilterAnswer:
+        """The index's verdicts for `names` as filter's three answers plus their reason tally (shared: copy
+        before changing). Recomputed only when the index changed or another list comes; a repeat of the same
+        NodeNames object against an unchanged index costs nothing."""
+        key = (names, self.version)
+        if self._answer is not None and self._answer_key is not None and self._answer_key[0] is names \
+                and self._answer_key[1] == self.version:
+            return self._answer
+        unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
+        failed, unresolvable = subset(self.failed, wanted), subset(self.unresolvable, wanted)
+        tally = Counter({(True, r): n for r, n in Counter(unresolvable.values()).items()})
+        tally.update({(False, r): n for r, n in Counter(failed.values()).items()})
+        answer = FilterAnswer(list(filter(self.passed.__contains__, unique)), failed, unresolvable, tally)
+        if isinstance(names, NodeNames):  # immutable: safe to key by identity
+            self._answer_key, self._answer = key, answer
+        return answer
 
     def unknown(self, names: Sequence[str], wanted: AbstractSet[str]) -> set[str]:
         """The names with no entry."""

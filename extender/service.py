@@ -9,7 +9,7 @@ import logging
 import time
 from collections import Counter as TallyCounter
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -20,7 +20,7 @@ from flexinfer.nodes import NodeViewMemo
 from flexinfer.state import NodeView, parse_rfc3339
 
 from .cache import NodeCache
-from .memo import INF, NodeNames, VerdictIndex
+from .memo import INF, FilterAnswer, NodeNames, VerdictIndex
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
 from .policy import NodeVerdict, PolicyConfig, StaticFit, evaluate, static_check, static_key
@@ -56,6 +56,7 @@ class FilterOutcome:
     unresolvable: dict[str, str] = field(default_factory=dict)
     count: int = 0
     lookup: Callable[[str], NodeVerdict] | None = None
+    tally: TallyCounter[tuple[bool, str]] | None = None  # (unresolvable, reason) -> nodes, when known
 
     def verdict(self, name: str) -> NodeVerdict:
         if self.lookup is not None:
@@ -88,6 +89,7 @@ class PriorityOutcome:
     lookup: Callable[[str], NodeVerdict]
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
+    tally: TallyCounter[tuple[bool, str]] | None = None  # (unresolvable, reason) -> nodes, when known
 
     def verdict(self, name: str) -> NodeVerdict:
         return self.lookup(name)
@@ -96,13 +98,22 @@ class PriorityOutcome:
         return [self.lookup(n) for n in self.names]
 
 
-def _subset(table: dict[str, str], wanted: AbstractSet[str]) -> dict[str, str]:
-    """The entries of `table` whose key is in `wanted` (a copy), cheapest way first."""
-    if wanted.issuperset(table):  # kube-scheduler sent every node this table knows: copy in C
-        return dict(table)
-    if len(table) <= len(wanted):
-        return {n: r for n, r in table.items() if n in wanted}
-    return {n: table[n] for n in wanted if n in table}
+def _with_specials(base: FilterAnswer, special: Iterable[NodeVerdict],
+                   ) -> tuple[dict[str, str], dict[str, str], TallyCounter[tuple[bool, str]]]:
+    """Copies of the index answer's FailedNodes, FailedAndUnresolvableNodes and tally, with the verdicts of
+    nodes holding reservations (evaluated for this request) in place of the index's."""
+    failed, unresolvable, tally = dict(base.failed), dict(base.unresolvable), base.tally.copy()
+    changed = False
+    for v in special:
+        changed = True
+        for flag, table in ((False, failed), (True, unresolvable)):
+            old = table.pop(v.node, None)
+            if old is not None:
+                tally[(flag, old)] -= 1
+        if not v.feasible:
+            (unresolvable if v.unresolvable else failed)[v.node] = v.reason
+            tally[(v.unresolvable, v.reason)] += 1
+    return failed, unresolvable, (+tally if changed else tally)
 
 
 class Extender:
@@ -212,29 +223,29 @@ class Extender:
         """Names mode with a memoisable pod: set operations over the verdict index, Python work only for
         nodes the index does not know yet and nodes holding reservations."""
         wanted, held = self._prepare(req, names, idx, now)
+        base = idx.answer(names, wanted)
         special = self._evaluate(req, list(held), None, now) if held else []
-        passed_set = idx.passed
-        if held:
-            passed_set = (passed_set - held) | {v.node for v in special if v.feasible}
-        out = FilterOutcome(None, count=len(names))
-        # In request order, each name once (filter() with a C method: no Python frame per node).
-        out.passed = list(filter(passed_set.__contains__, names if len(wanted) == len(names) else dict.fromkeys(names)))
-        out.failed, out.unresolvable = _subset(idx.failed, wanted), _subset(idx.unresolvable, wanted)
-        for v in special:
-            out.failed.pop(v.node, None)
-            out.unresolvable.pop(v.node, None)
-            if not v.feasible:
-                (out.unresolvable if v.unresolvable else out.failed)[v.node] = v.reason
-        out.lookup = lambda name: next((v for v in special if v.node == name), None) or idx.entries[name][1]
+        failed, unresolvable, tally = _with_specials(base, special)
+        out = FilterOutcome(None, base.passed.copy(), failed, unresolvable, count=len(names), tally=tally)
+        if any(v.feasible != (v.node in idx.passed) for v in special):  # a reservation changed who passes
+            passed_set = (idx.passed - held) | {v.node for v in special if v.feasible}
+            unique = names if len(wanted) == len(names) else dict.fromkeys(names)
+            out.passed = list(filter(passed_set.__contains__, unique))
+        by_name = {v.node: v for v in special}
+        entries = idx.entries
+        out.lookup = lambda name: by_name.get(name) or entries[name][1]
         return out
 
     def _record(self, verb: str, req: PodRequirements, verdicts: Callable[[], list[NodeVerdict]], count: int,
                 elapsed: float, *, feasible: int = 0, failed: dict[str, str] | None = None,
-                unresolvable: dict[str, str] | None = None) -> None:
+                unresolvable: dict[str, str] | None = None,
+                tally: TallyCounter[tuple[bool, str]] | None = None) -> None:
         m = self.metrics
         m.request_duration.labels(verb).observe(elapsed)
         m.nodes_per_request.labels(verb).observe(count)
-        if failed is not None and unresolvable is not None:  # counted from the answer maps (C-speed Counter)
+        if tally is not None:  # kept up to date by the verdict index
+            pass
+        elif failed is not None and unresolvable is not None:  # from the answer maps, in C
             tally = TallyCounter({(True, r): n for r, n in TallyCounter(unresolvable.values()).items()})
             tally.update({(False, r): n for r, n in TallyCounter(failed.values()).items()})
         else:
@@ -275,7 +286,7 @@ class Extender:
         else:
             out = self._split(self._evaluate(req, names, views, now))
         self._record("filter", req, lambda: out.all_verdicts(names), out.count, time.perf_counter() - t0,
-                     feasible=len(out.passed), failed=out.failed, unresolvable=out.unresolvable)
+                     feasible=len(out.passed), failed=out.failed, unresolvable=out.unresolvable, tally=out.tally)
         return out
 
     @staticmethod
@@ -317,7 +328,7 @@ class Extender:
             out = self._priorities(names, self._evaluate(req, names, views, now))
         self._record("prioritize", req, out.verdicts, len(names), time.perf_counter() - t0,
                      feasible=len(out.scores) - out.scores.count(0), failed=out.failed,
-                     unresolvable=out.unresolvable)
+                     unresolvable=out.unresolvable, tally=out.tally)
         return out
 
     @staticmethod
@@ -335,9 +346,10 @@ class Extender:
         wanted, held = self._prepare(req, names, idx, now)
         scores = list(map(idx.scores.get, names, repeat(0)))
         special: dict[str, NodeVerdict] = {}
-        failed, unresolvable = _subset(idx.failed, wanted), _subset(idx.unresolvable, wanted)
         if held:
             special = {v.node: v for v in self._evaluate(req, list(held), None, now)}
+        failed, unresolvable, tally = _with_specials(idx.answer(names, wanted), special.values())
+        if special:
             for name, v in special.items():
                 i = -1
                 while True:  # every position of the name (C-speed scans; held nodes are few)
@@ -346,14 +358,10 @@ class Extender:
                     except ValueError:
                         break
                     scores[i] = v.score if v.feasible else 0
-                failed.pop(name, None)
-                unresolvable.pop(name, None)
-                if not v.feasible:
-                    (unresolvable if v.unresolvable else failed)[name] = v.reason
         top = max(scores, default=0)
         entries = idx.entries
         return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1,
-                               lambda name: special.get(name) or entries[name][1], failed, unresolvable)
+                               lambda name: special.get(name) or entries[name][1], failed, unresolvable, tally)
 
     def explain(self, req: PodRequirements, names: Sequence[str] | None = None,
                 views: Mapping[str, NodeView] | None = None) -> list[NodeVerdict]:

@@ -5,6 +5,7 @@ duplicate node names and several pod shapes."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.memo import NodeNames, VerdictIndex
@@ -100,12 +101,25 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 if rng.random() < 0.6:
                     asked = NodeNames(asked)
                 last_asked = asked
+            if rng.random() < 0.3:  # prioritize: same scores and best node as a memo-free evaluation
+                fresh = ext._evaluate(req, asked, None, ext.clock())
+                pout = ext.prioritize_scores(req, asked)
+                want_scores = [v.score if v.feasible else 0 for v in fresh]
+                assert pout.scores == want_scores
+                assert pout.best == (want_scores.index(max(want_scores)) if max(want_scores) > 0 else -1)
+                split = Extender._split(fresh)
+                assert (pout.failed, pout.unresolvable) == (split.failed, split.unresolvable)
+                continue
             want = fresh_split(ext, req, asked)
             got = ext.filter(req, asked)
             assert list(dict.fromkeys(got.passed)) == want[0]
             assert got.failed == want[1]
             assert got.unresolvable == want[2]
             assert got.count == len(asked)
+            if got.tally is not None:  # the metrics tally kept by the index matches the answer
+                want_tally = Counter({(False, r): n for r, n in Counter(want[1].values()).items()})
+                want_tally.update({(True, r): n for r, n in Counter(want[2].values()).items()})
+                assert +got.tally == want_tally
             for name in got.passed:
                 assert got.verdict(name).feasible and got.verdict(name).node == name
             # Every node is in exactly one of the three answers.
@@ -204,3 +218,24 @@ def test_repeated_name_list_skips_the_set_difference_but_sees_every_change() -> 
     assert out.passed == ["a", "c"] and out.failed == {"b": gone, "ghost": gone}
     cache.upsert(node_obj("b", [gpu(0, "nvidia", "sm_90", 81559, free=80000)], resource_version="9"))
     assert ext.filter(shape[2], names).passed == ["a", "b", "c"]
+
+
+def test_filter_metrics_tally_matches_the_answer_with_reservations() -> None:
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj("a", [gpu(0, free=12000)]), node_obj("b", [gpu(0, free=3000)]),
+                       node_obj("c", [gpu(0, "amd", "gfx1100", 24560)])])
+    ext = Extender(cache, clock=clock)
+    names = NodeNames(["a", "b", "c"])
+    first = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1")), names)
+    assert first.passed == ["a"]  # single feasible node: reserved for p1
+    second = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u2", name="p2")), names)
+    assert second.passed == [] and second.failed == {"a": "Insufficient free GPU memory",
+                                                     "b": "Insufficient free GPU memory"}
+    assert second.tally == {(False, "Insufficient free GPU memory"): 2,
+                            (True, "node has no nvidia GPU"): 1}
+    sample = ext.metrics.registry.get_sample_value
+    labels = {"verb": "filter", "result": "failed", "reason": "Insufficient free GPU memory"}
+    assert sample("flexinfer_extender_verdicts_total", labels) == 3  # 1 (b) in the first request + 2
+    assert sample("flexinfer_extender_verdicts_total", {**labels, "result": "unresolvable",
+                                                        "reason": "node has no nvidia GPU"}) == 2
