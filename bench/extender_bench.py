@@ -146,12 +146,6 @@ class Client:
         self.conn.close()
 
 
-def _with_rv_suffix(items: list[dict[str, Any]], suffix: str) -> list[dict[str, Any]]:
-    """The same Node objects with `suffix` appended to each resourceVersion (a copy: metadata only)."""
-    return [{**i, "metadata": {**i["metadata"], "resourceVersion": f"{i['metadata'].get('resourceVersion', '')}"
-                               f"{suffix}"}} for i in items]
-
-
 def measure(port: int, path: str, body: bytes | list[bytes], n: int, warmup: int, *, budget_s: float = 1e9,
             min_n: int = 20) -> tuple[list[float], bytes]:
     """n sequential requests (after `warmup`), or fewer once `budget_s` is spent and `min_n` are done.
@@ -304,7 +298,7 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
             bodies = {"names": workload.args_nodenames(pod, names), "nodes": workload.args_nodes(pod, sub)}
             # First sight for the empty-cache server: its request memo keeps one (name, resourceVersion) per
             # node, so alternating two resourceVersions per node makes every request parse every node.
-            first_sight = [workload.args_nodes(pod, _with_rv_suffix(sub, k)) for k in ("a", "b")]
+            first_sight = [workload.args_nodes(pod, workload.with_rv_suffix(sub, k)) for k in ("a", "b")]
             for mode in ("names", "nodes"):
                 iters = (plan.names_iters if mode == "names" else plan.nodes_iters)[n]
                 warmup = 2 if mode == "nodes" and n >= 5000 else max(3, iters // 20)

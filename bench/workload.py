@@ -204,3 +204,9 @@ def args_nodenames(pod: dict[str, Any], names: list[str]) -> bytes:
 def args_nodes(pod: dict[str, Any], items: list[dict[str, Any]]) -> bytes:
     """ExtenderArgs, full-nodes form: a NodeList without kind/apiVersion."""
     return msgspec.json.encode({"Pod": pod, "Nodes": {"metadata": {}, "items": items}, "NodeNames": None})
+
+
+def with_rv_suffix(items: list[dict[str, Any]], suffix: str) -> list[dict[str, Any]]:
+    """The same Node objects with `suffix` appended to each resourceVersion (a copy: metadata only)."""
+    return [{**i, "metadata": {**i["metadata"], "resourceVersion": f"{i['metadata'].get('resourceVersion', '')}"
+                               f"{suffix}"}} for i in items]
