@@ -173,6 +173,12 @@ class NodeCache:
             self._logged(changed)
             self.last_update_unix = self.clock()
             self.synced = True
+        self.settle_gc()
+
+    def settle_gc(self) -> None:
+        """With `freeze_gc_on_sync`: collect, then freeze what survives (long-lived caches), so later
+        collections on the request path do not walk it again. Called after a full sync and by the extender
+        after it memoised a large batch of verdicts."""
         if self.freeze_gc_on_sync:
             gc.collect()
             gc.freeze()

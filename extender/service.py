@@ -28,6 +28,8 @@ from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
 
+SETTLE_GC_AFTER_NODES = 1000  # a verdict batch this large freezes the GC's view of the memo (services only)
+
 
 def _valid_until(view: NodeView, now: float, cfg: PolicyConfig) -> float:
     """Until when a verdict computed at `now` for this exact view stays right (no reservations)."""
@@ -215,6 +217,10 @@ class Extender:
         unknown = idx.unknown(names, wanted)
         if unknown:
             self._evaluate(req, list(unknown), None, now, idx)
+            if len(unknown) >= SETTLE_GC_AFTER_NODES:
+                # thousands of new long-lived memo entries: keep full collections from walking them on
+                # every later request (the p99 tail at 5000 nodes; see NodeCache.settle_gc)
+                self.cache.settle_gc()
         idx.served(names, unknown | held)
         return wanted, held
 

@@ -239,3 +239,27 @@ def test_filter_metrics_tally_matches_the_answer_with_reservations() -> None:
     assert sample("flexinfer_extender_verdicts_total", labels) == 3  # 1 (b) in the first request + 2
     assert sample("flexinfer_extender_verdicts_total", {**labels, "result": "unresolvable",
                                                         "reason": "node has no nvidia GPU"}) == 2
+
+
+def test_a_large_verdict_batch_settles_the_gc_only_in_services() -> None:
+    import gc
+
+    from flexinfer.extender.service import SETTLE_GC_AFTER_NODES
+
+    nodes = [node_obj(f"n{i}", [gpu(0)]) for i in range(SETTLE_GC_AFTER_NODES)]
+    req = requirements_from_dict(model_pod(1000, "llamacpp", 1, uid="u1", name="p1"))
+    try:
+        for service in (False, True):
+            gc.unfreeze()
+            cache = NodeCache(clock=Clock(NOW + 1))
+            cache.replace_all(nodes)
+            cache.freeze_gc_on_sync = service
+            ext = Extender(cache, clock=cache.clock)
+            ext.filter(req, NodeNames([f"n{i}" for i in range(SETTLE_GC_AFTER_NODES)]))
+            idx = next(iter(ext._indexes.values()))
+            assert len(idx) == SETTLE_GC_AFTER_NODES
+            # the memo's entries are in the permanent generation only when this process owns the cache
+            assert (gc.get_freeze_count() > 0) is service
+            assert any(e is next(iter(idx.entries.values())) for e in gc.get_objects()) is not service
+    finally:
+        gc.unfreeze()
