@@ -83,7 +83,8 @@ def _ready_unix(pod: Mapping[str, Any]) -> float:
 @dataclass(slots=True)
 class PriorityOutcome:
     """Prioritize's answer: `scores[i]` for `names[i]` (0 = not feasible); `best` = index of the node the
-    pod was reserved on (-1: none feasible). `verdict(name)` gives the full verdict."""
+    pod was reserved on (-1: none feasible). `verdict(name)` gives the full verdict. `failed`/`unresolvable`
+    are filled only when evaluated without the verdict index (which gives `tally`, all the metrics need)."""
 
     names: Sequence[str]
     scores: list[int]
@@ -100,20 +101,26 @@ class PriorityOutcome:
         return [self.lookup(n) for n in self.names]
 
 
-def _with_specials(base: FilterAnswer, special: Iterable[NodeVerdict],
+def _with_specials(base: FilterAnswer, special: Iterable[NodeVerdict], *, maps: bool = True,
                    ) -> tuple[dict[str, str], dict[str, str], TallyCounter[tuple[bool, str]]]:
     """Copies of the index answer's FailedNodes, FailedAndUnresolvableNodes and tally, with the verdicts of
-    nodes holding reservations (evaluated for this request) in place of the index's."""
-    failed, unresolvable, tally = dict(base.failed), dict(base.unresolvable), base.tally.copy()
+    nodes holding reservations (evaluated for this request) in place of the index's. `maps=False`: the tally
+    only (the two maps come back empty)."""
+    failed, unresolvable = (dict(base.failed), dict(base.unresolvable)) if maps else ({}, {})
+    tally = base.tally.copy()
     changed = False
     for v in special:
         changed = True
-        for flag, table in ((False, failed), (True, unresolvable)):
-            old = table.pop(v.node, None)
+        for flag, table in ((False, base.failed), (True, base.unresolvable)):
+            old = table.get(v.node)
             if old is not None:
                 tally[(flag, old)] -= 1
+        if maps:
+            failed.pop(v.node, None)
+            unresolvable.pop(v.node, None)
+            if not v.feasible:
+                (unresolvable if v.unresolvable else failed)[v.node] = v.reason
         if not v.feasible:
-            (unresolvable if v.unresolvable else failed)[v.node] = v.reason
             tally[(v.unresolvable, v.reason)] += 1
     return failed, unresolvable, (+tally if changed else tally)
 
@@ -354,7 +361,8 @@ class Extender:
         special: dict[str, NodeVerdict] = {}
         if held:
             special = {v.node: v for v in self._evaluate(req, list(held), None, now)}
-        failed, unresolvable, tally = _with_specials(idx.answer(names, wanted), special.values())
+        # prioritize answers scores only: the rejection maps are needed just for the metrics tally
+        failed, unresolvable, tally = _with_specials(idx.answer(names, wanted), special.values(), maps=False)
         if special:
             for name, v in special.items():
                 i = -1

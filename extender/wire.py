@@ -74,7 +74,7 @@ class ExtenderFilterResult(msgspec.Struct):
     Error: str
 
 
-class HostPriority(msgspec.Struct):
+class HostPriority(msgspec.Struct, gc=False):  # str + int: no cycles, so not tracked by the GC
     Host: str
     Score: int
 
