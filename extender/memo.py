@@ -42,13 +42,23 @@ class NodeNames(tuple[str, ...]):
         return self
 
 
-def subset(table: dict[str, str], wanted: AbstractSet[str]) -> dict[str, str]:
+Names = set[str] | frozenset[str]  # a request's node names as a set
+
+
+def subset(table: dict[str, str], wanted: Names) -> dict[str, str]:
     """The entries of `table` whose key is in `wanted` (a copy), cheapest way first."""
     if wanted.issuperset(table):  # kube-scheduler sent every node this table knows: copy in C
         return dict(table)
     if len(table) <= len(wanted):
         return {n: r for n, r in table.items() if n in wanted}
     return {n: table[n] for n in wanted if n in table}
+
+
+def tally_of(failed: dict[str, str], unresolvable: dict[str, str]) -> Counter[tuple[bool, str]]:
+    """(unresolvable, reason) -> number of nodes, counted in C: what the verdict metrics and log need."""
+    tally = Counter({(True, r): n for r, n in Counter(unresolvable.values()).items()})
+    tally.update({(False, r): n for r, n in Counter(failed.values()).items()})
+    return tally
 
 
 @dataclass(slots=True)
@@ -123,7 +133,7 @@ class VerdictIndex:
         self.unresolvable.clear()
         self._expiry.clear()
 
-    def answer(self, names: Sequence[str], wanted: AbstractSet[str]) -> FilterAnswer:
+    def answer(self, names: Sequence[str], wanted: Names) -> FilterAnswer:
         """The index's verdicts for `names` as filter's three answers plus their reason tally (shared: copy
         before changing). Recomputed only when the index changed or another list comes; a repeat of the same
         NodeNames object against an unchanged index costs nothing."""
@@ -133,18 +143,17 @@ class VerdictIndex:
             return self._answer
         unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
         failed, unresolvable = subset(self.failed, wanted), subset(self.unresolvable, wanted)
-        tally = Counter({(True, r): n for r, n in Counter(unresolvable.values()).items()})
-        tally.update({(False, r): n for r, n in Counter(failed.values()).items()})
-        answer = FilterAnswer(list(filter(self.passed.__contains__, unique)), failed, unresolvable, tally)
+        answer = FilterAnswer(list(filter(self.passed.__contains__, unique)), failed, unresolvable,
+                              tally_of(failed, unresolvable))
         if isinstance(names, NodeNames):  # immutable: safe to key by identity
             self._answer_key, self._answer = key, answer
         return answer
 
-    def unknown(self, names: Sequence[str], wanted: AbstractSet[str]) -> set[str]:
+    def unknown(self, names: Sequence[str], wanted: Names) -> set[str] | frozenset[str]:
         """The names with no entry."""
         if names is self._last_names and self.drops == self._last_drops:
             return {n for n in self._last_pending if n not in self.entries}
-        return wanted.difference(self.entries)  # type: ignore[union-attr]
+        return wanted.difference(self.entries)
 
     def served(self, names: Sequence[str], candidates: AbstractSet[str]) -> None:
         """Remember what a request for `names` left out of `entries` (`candidates`: its unknown and held names)."""

@@ -10,7 +10,6 @@ import time
 from collections import Counter as TallyCounter
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -20,7 +19,7 @@ from flexinfer.nodes import NodeViewMemo
 from flexinfer.state import NodeView, parse_rfc3339
 
 from .cache import NodeCache
-from .memo import INF, FilterAnswer, NodeNames, VerdictIndex
+from .memo import INF, FilterAnswer, Names, NodeNames, VerdictIndex, tally_of
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
 from .policy import NodeVerdict, PolicyConfig, StaticFit, evaluate, static_check, static_key
@@ -58,7 +57,7 @@ class FilterOutcome:
     unresolvable: dict[str, str] = field(default_factory=dict)
     count: int = 0
     lookup: Callable[[str], NodeVerdict] | None = None
-    tally: TallyCounter[tuple[bool, str]] | None = None  # (unresolvable, reason) -> nodes, when known
+    tally: TallyCounter[tuple[bool, str]] = field(default_factory=TallyCounter)  # (unresolvable, reason) -> nodes
 
     def verdict(self, name: str) -> NodeVerdict:
         if self.lookup is not None:
@@ -83,16 +82,14 @@ def _ready_unix(pod: Mapping[str, Any]) -> float:
 @dataclass(slots=True)
 class PriorityOutcome:
     """Prioritize's answer: `scores[i]` for `names[i]` (0 = not feasible); `best` = index of the node the
-    pod was reserved on (-1: none feasible). `verdict(name)` gives the full verdict. `failed`/`unresolvable`
-    are filled only when evaluated without the verdict index (which gives `tally`, all the metrics need)."""
+    pod was reserved on (-1: none feasible). `verdict(name)` gives the full verdict; `tally` counts the
+    rejections by (unresolvable, reason) for the metrics."""
 
     names: Sequence[str]
     scores: list[int]
     best: int
     lookup: Callable[[str], NodeVerdict]
-    failed: dict[str, str] = field(default_factory=dict)
-    unresolvable: dict[str, str] = field(default_factory=dict)
-    tally: TallyCounter[tuple[bool, str]] | None = None  # (unresolvable, reason) -> nodes, when known
+    tally: TallyCounter[tuple[bool, str]]
 
     def verdict(self, name: str) -> NodeVerdict:
         return self.lookup(name)
@@ -216,10 +213,10 @@ class Extender:
         return out
 
     def _prepare(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
-                 now: float) -> tuple[AbstractSet[str], frozenset[str]]:
+                 now: float) -> tuple[Names, frozenset[str]]:
         """Bring the index up to date for `names`: evaluate the names it has no entry for. Returns the set of
         names and those of them holding reservations (to be evaluated per request, never memoised)."""
-        wanted: AbstractSet[str] = names.wanted if isinstance(names, NodeNames) else set(names)
+        wanted: Names = names.wanted if isinstance(names, NodeNames) else set(names)
         held = self.reservations.nodes_holding() & wanted
         unknown = idx.unknown(names, wanted)
         if unknown:
@@ -250,21 +247,12 @@ class Extender:
         return out
 
     def _record(self, verb: str, req: PodRequirements, verdicts: Callable[[], list[NodeVerdict]], count: int,
-                elapsed: float, *, feasible: int = 0, failed: dict[str, str] | None = None,
-                unresolvable: dict[str, str] | None = None,
-                tally: TallyCounter[tuple[bool, str]] | None = None) -> None:
+                elapsed: float, feasible: int, tally: TallyCounter[tuple[bool, str]]) -> None:
+        """Metrics and the request's log line; `tally`: rejections by (unresolvable, reason). Per-node
+        verdicts (`verdicts()`) are built only for debug logging."""
         m = self.metrics
         m.request_duration.labels(verb).observe(elapsed)
         m.nodes_per_request.labels(verb).observe(count)
-        if tally is not None:  # kept up to date by the verdict index
-            pass
-        elif failed is not None and unresolvable is not None:  # from the answer maps, in C
-            tally = TallyCounter({(True, r): n for r, n in TallyCounter(unresolvable.values()).items()})
-            tally.update({(False, r): n for r, n in TallyCounter(failed.values()).items()})
-        else:
-            rejected = [v for v in verdicts() if not v.feasible]
-            feasible = count - len(rejected)
-            tally = TallyCounter((v.unresolvable, v.reason) for v in rejected)
         if feasible:
             m.verdicts.labels(verb, "pass", "").inc(feasible)
         for (unresolvable, reason), n in tally.items():
@@ -299,7 +287,7 @@ class Extender:
         else:
             out = self._split(self._evaluate(req, names, views, now))
         self._record("filter", req, lambda: out.all_verdicts(names), out.count, time.perf_counter() - t0,
-                     feasible=len(out.passed), failed=out.failed, unresolvable=out.unresolvable, tally=out.tally)
+                     len(out.passed), out.tally)
         return out
 
     @staticmethod
@@ -314,6 +302,7 @@ class Extender:
                 unresolvable[v.node] = v.reason
             else:
                 failed[v.node] = v.reason
+        out.tally = tally_of(failed, unresolvable)
         return out
 
     def prioritize(self, req: PodRequirements, names: Sequence[str],
@@ -340,8 +329,7 @@ class Extender:
         else:
             out = self._priorities(names, self._evaluate(req, names, views, now))
         self._record("prioritize", req, out.verdicts, len(names), time.perf_counter() - t0,
-                     feasible=len(out.scores) - out.scores.count(0), failed=out.failed,
-                     unresolvable=out.unresolvable, tally=out.tally)
+                     len(out.scores) - out.scores.count(0), out.tally)
         return out
 
     @staticmethod
@@ -349,9 +337,8 @@ class Extender:
         scores = [v.score if v.feasible else 0 for v in verdicts]
         top = max(scores, default=0)
         by_name = {v.node: v for v in verdicts}
-        split = Extender._split(verdicts)
         return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1, by_name.__getitem__,
-                               split.failed, split.unresolvable)
+                               Extender._split(verdicts).tally)
 
     def _prioritize_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
                             now: float) -> PriorityOutcome:
@@ -362,7 +349,7 @@ class Extender:
         if held:
             special = {v.node: v for v in self._evaluate(req, list(held), None, now)}
         # prioritize answers scores only: the rejection maps are needed just for the metrics tally
-        failed, unresolvable, tally = _with_specials(idx.answer(names, wanted), special.values(), maps=False)
+        _, _, tally = _with_specials(idx.answer(names, wanted), special.values(), maps=False)
         if special:
             for name, v in special.items():
                 i = -1
@@ -375,7 +362,7 @@ class Extender:
         top = max(scores, default=0)
         entries = idx.entries
         return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1,
-                               lambda name: special.get(name) or entries[name][1], failed, unresolvable, tally)
+                               lambda name: special.get(name) or entries[name][1], tally)
 
     def explain(self, req: PodRequirements, names: Sequence[str] | None = None,
                 views: Mapping[str, NodeView] | None = None) -> list[NodeVerdict]:
@@ -385,7 +372,9 @@ class Extender:
         now = self.clock()
         with self.reservations.lock:
             verdicts = self._evaluate(req, names, views, now, self._index(req, now))
-        self._record("explain", req, lambda: verdicts, len(verdicts), time.perf_counter() - t0)
+        split = self._split(verdicts)
+        self._record("explain", req, lambda: verdicts, len(verdicts), time.perf_counter() - t0,
+                     len(split.passed), split.tally)
         return verdicts
 
     def refresh_gauges(self) -> None:
