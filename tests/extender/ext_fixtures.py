@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from flexinfer import keys
@@ -174,3 +176,32 @@ def fleet_nodes(now: float | None = None) -> list[dict[str, Any]]:
 
 def strip(obj: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(obj)
+
+
+@contextlib.contextmanager
+def served_extender(nodes: list[dict[str, Any]] | None = None) -> Iterator[tuple[Any, Any, str, Any]]:
+    """An Extender over `nodes` (default: the small fleet) served on loopback over gRPC and HTTP, as in
+    production. Reservations have a zero TTL, so prioritize calls never change a later answer.
+    Yields (extender, SchedulerExtender stub, HTTP base URL, gRPC channel)."""
+    import grpc
+    from flexinfer.extender.cache import NodeCache
+    from flexinfer.extender.grpc_server import serve_grpc
+    from flexinfer.extender.http import build_app, serve_in_thread
+    from flexinfer.extender.policy import PolicyConfig
+    from flexinfer.extender.reservations import Reservations
+    from flexinfer.extender.service import Extender
+
+    from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
+
+    cache = NodeCache()
+    cache.replace_all(fleet_nodes(time.time()) if nodes is None else nodes)
+    ext = Extender(cache, PolicyConfig(), Reservations(tentative_ttl_seconds=0))
+    g = serve_grpc(ext, "127.0.0.1", 0)
+    h = serve_in_thread(build_app(ext), "127.0.0.1", 0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{g.port}")
+    try:
+        yield ext, pb_grpc.SchedulerExtenderStub(channel), h.url, channel
+    finally:
+        channel.close()
+        h.stop()
+        g.stop(0)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 
 import grpc
 import httpx
 import pytest
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.grpc_server import SERVICE_NAME, serve_grpc
-from flexinfer.extender.http import build_app, serve_in_thread
-from flexinfer.extender.policy import PolicyConfig
-from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -22,7 +18,7 @@ from flexinfer import keys
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 
-from .ext_fixtures import fleet_nodes, model_pod, pod_obj
+from .ext_fixtures import fleet_nodes, model_pod, pod_obj, served_extender
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +27,8 @@ NAMES = ["ada-24g", "maxwell-6g", "two-12g", "ada-full", "rdna3", "cpu-only", "s
 
 @pytest.fixture(scope="module")
 def servers():
-    cache = NodeCache()
-    cache.replace_all(fleet_nodes(time.time()))
-    # Reservations with a zero TTL: parity checks must not be skewed by earlier prioritize calls.
-    ext = Extender(cache, PolicyConfig(), Reservations(tentative_ttl_seconds=0))
-    g = serve_grpc(ext, "127.0.0.1", 0)
-    h = serve_in_thread(build_app(ext), "127.0.0.1", 0)
-    channel = grpc.insecure_channel(f"127.0.0.1:{g.port}")
-    try:
-        yield pb_grpc.SchedulerExtenderStub(channel), httpx.Client(base_url=h.url), channel
-    finally:
-        channel.close()
-        h.stop()
-        g.stop(0)
+    with served_extender() as (_, stub, url, channel):
+        yield stub, httpx.Client(base_url=url), channel
 
 
 PODS = [

@@ -24,20 +24,15 @@ import grpc
 import httpx
 import pytest
 import structlog
-from flexinfer.extender.cache import NodeCache
-from flexinfer.extender.grpc_server import serve_grpc
-from flexinfer.extender.http import BadRequest, build_app, parse_args, serve_in_thread
-from flexinfer.extender.policy import PolicyConfig
-from flexinfer.extender.reservations import Reservations
+from flexinfer.extender.http import BadRequest, parse_args
 from flexinfer.extender.service import Extender
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexinfer import keys, logs
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
-from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 
-from .ext_fixtures import fleet_nodes, model_pod
+from .ext_fixtures import fleet_nodes, model_pod, served_extender
 
 pytestmark = pytest.mark.integration
 
@@ -132,20 +127,10 @@ http_bodies = st.one_of(
 def servers() -> Iterator[tuple[Extender, httpx.Client, Any]]:
     saved = structlog.get_config()
     logs.configure("warning", "json")  # per-node debug lines for thousands of requests would dominate the run
-    cache = NodeCache()
-    cache.replace_all(fleet_nodes(time.time()))
-    # A zero TTL: tentative reservations from fuzzed prioritize calls must not change the known answer.
-    ext = Extender(cache, PolicyConfig(), Reservations(tentative_ttl_seconds=0))
-    g = serve_grpc(ext, "127.0.0.1", 0)
-    h = serve_in_thread(build_app(ext), "127.0.0.1", 0)
-    channel = grpc.insecure_channel(f"127.0.0.1:{g.port}")
     try:
-        with httpx.Client(base_url=h.url, timeout=10) as client:
-            yield ext, client, pb_grpc.SchedulerExtenderStub(channel)
+        with served_extender() as (ext, stub, url, _), httpx.Client(base_url=url, timeout=10) as client:
+            yield ext, client, stub
     finally:
-        channel.close()
-        h.stop()
-        g.stop(0)
         structlog.configure(**saved)
 
 
