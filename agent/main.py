@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -12,6 +11,7 @@ from typing import Any
 import click
 
 from flexinfer import freshness, logs
+from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
 from flexinfer.errors import ParseError, ValidationError
 
 from .agent import Agent
@@ -64,36 +64,38 @@ def build_fake_reader(path: str, node: str) -> GpuReader:
     return fleet_reader(load_fleet(path).node(node))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLEXINFER_AGENT"})
-@click.option("--node", envvar="NODE_NAME", default=None, help="Node name (default: $NODE_NAME, downward API).")
+@component_command("flexinfer-agent", exit_codes=(
+    "  0  stopped by SIGTERM/SIGINT, or --once finished\n"
+    "  1  --once could not publish (the API server refused or was unreachable), or a fleet file error\n"
+    "  2  usage error (bad option, no --node)"))
+@click.option("--node", envvar=["FLEXINFER_NODE", "NODE_NAME"], default=None,
+              help="Node name (the manifests set NODE_NAME through the downward API).")
 @click.option("--fake-gpus", "fake_gpus", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Simulate the GPUs of --node from this fleet file instead of NVML/amdsmi.")
 @click.option("--once", is_flag=True, help="Take one sample (publish it unless --dry-run) and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the labels and annotations that would be written, as JSON.")
 @click.option("--interval-seconds", type=click.FloatRange(min=0.1), default=freshness.SAMPLE_INTERVAL_SECONDS,
-              show_default=True)
-@click.option("--threshold-mib", type=click.IntRange(min=0), default=DEFAULT_THRESHOLD_MIB, show_default=True,
+              help="Time between two GPU samples.")
+@click.option("--threshold-mib", type=click.IntRange(min=0), default=DEFAULT_THRESHOLD_MIB,
               help="Write when a GPU's free memory moved by more than this.")
 @click.option("--heartbeat-seconds", type=click.FloatRange(min=1), default=DEFAULT_HEARTBEAT_SECONDS,
-              show_default=True, help="Write at least this often (keep it well under the extender's "
+              help="Write at least this often (keep it well under the extender's "
               "--max-state-age-seconds: see flexinfer.freshness).")
-@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=9400, show_default=True,
-              help="/metrics, /healthz, /readyz (0 = disabled).")
-@click.option("--grpc-port", type=click.IntRange(min=0, max=65535), default=9401, show_default=True,
-              help="gRPC NodeAgent + health (0 = disabled).")
-@click.option("--listen-address", default=None,
-              help="Bind address for both ports (default: 0.0.0.0 in a cluster, else 127.0.0.1).")
+@bind_address_option()
+@port_option("metrics", 9400, "/metrics, /healthz, /readyz port")
+@port_option("grpc", 9401, "gRPC NodeAgent + health port")
 @click.option("--kube-server", default=None, help="API server URL (tests/demo); default in-cluster or kubeconfig.")
-@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False))
-@click.option("--vendor", type=click.Choice(["auto", "nvidia", "amd"]), default="auto", show_default=True)
-@click.option("--sys-root", default="/sys", show_default=True, help="sysfs root (KFD topology).")
-@click.option("--log-level", default=None)
+@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
+@click.option("--vendor", type=click.Choice(["auto", "nvidia", "amd"]), default="auto",
+              help="Which GPU libraries to open (auto: every one that loads).")
+@click.option("--sys-root", default="/sys", help="sysfs root (KFD topology).")
+@logging_options
 def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, interval_seconds: float,
-         threshold_mib: int, heartbeat_seconds: float, metrics_port: int, grpc_port: int,
-         listen_address: str | None, kube_server: str | None, kubeconfig: str | None, vendor: str,
-         sys_root: str, log_level: str | None) -> None:
+         threshold_mib: int, heartbeat_seconds: float, bind_address: str, metrics_port: int, grpc_port: int,
+         kube_server: str | None, kubeconfig: str | None, vendor: str, sys_root: str, log_level: str,
+         log_format: str | None) -> None:
     """Read this node's GPUs and publish labels, annotations, metrics and gRPC state."""
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
     if not node:
         raise click.UsageError("--node is required (or set NODE_NAME via the downward API)")
     try:
@@ -139,7 +141,7 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
             raise click.ClickException(f"node {node} not updated: {pub.error if pub else 'no publisher'}")
         return
 
-    host = listen_address or ("0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1")
+    host = bind_address
     http = grpc_srv = None
     if metrics_port:
         from .metrics import HealthServer

@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from flexinfer import buildinfo
+
 from .readers.base import GpuSample
 
 GPU_LABELS = ("node", "gpu", "uuid", "vendor", "arch", "model")
@@ -101,7 +103,7 @@ class _GpuCollector(Collector):
 class AgentMetrics:
     """All metrics of one agent in its own registry (tests and the demo run many agents)."""
 
-    def __init__(self, node: str, version: str = "0.1.0") -> None:
+    def __init__(self, node: str, version: str | None = None) -> None:
         self.node = node
         self.lock = threading.Lock()
         self.samples: list[GpuSample] = []
@@ -118,7 +120,7 @@ class AgentMetrics:
                           ["node", "version", "reader", "status", "driver_version", "runtime_version"],
                           registry=self.registry)
         self._info_labels: tuple[str, ...] | None = None
-        self.version = version
+        self.version = version or buildinfo.version()
 
     def observe(self, samples: list[GpuSample], duration_seconds: float, reader: str, status: str) -> None:
         with self.lock:

@@ -148,7 +148,7 @@ def agent_process_rss(workdir: Path, seconds: float = 6.0, interval_s: float = 0
         fake.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name}})
         cmd = [sys.executable, "-m", "flexinfer.agent.main", "--node", node.name, "--fake-gpus", str(fleet_file),
                "--kube-server", fake.url, "--metrics-port", str(mport), "--grpc-port", str(gport),
-               "--listen-address", "127.0.0.1", "--interval-seconds", str(interval_s), "--log-level", "warning"]
+               "--bind-address", "127.0.0.1", "--interval-seconds", str(interval_s), "--log-level", "warning"]
         log = open(workdir / "agent.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         try:

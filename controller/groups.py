@@ -183,7 +183,7 @@ def decide_group(
                 active = winner
                 preempted.append(holder.name)
                 why = "higher priority" if winner.priority > holder.priority else (
-                    f"{holder.name} is {_idle_words(holder, now)}")
+                    f"{holder.name} is idle ({_idle_words(holder, now)})")
                 note = (f"{winner.name} (priority {winner.priority}) preempts {holder.name} "
                         f"(priority {holder.priority}): {why}")
             elif dem[holder.name] == NONE:

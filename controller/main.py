@@ -24,6 +24,7 @@ import kubernetes.client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flexinfer import keys, kube, logs
+from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
 
 from .leader import LeaseLock
 from .metrics import ControllerMetrics
@@ -228,34 +229,37 @@ def default_lease_namespace(namespace: str | None) -> str:
     return os.environ.get("POD_NAMESPACE") or namespace or "flexinfer-system"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@component_command("flexinfer-controller", exit_codes=(
+    "  0  stopped by SIGTERM/SIGINT, or --once wrote everything it meant to\n"
+    "  1  --once hit API errors, or the Kubernetes client could not be configured\n"
+    "  2  usage error"))
 @click.option("--kube-server", default=None, help="API server URL (tests/demo); default in-cluster or kubeconfig.")
 @click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
 @click.option("--namespace", default="", help="Only this namespace (empty: all namespaces).")
-@click.option("--cooldown-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--cooldown-seconds", default=60.0, type=click.FloatRange(min=0),
               help="Minimum time between two swaps in a shared group (equal/lower priority).")
-@click.option("--resync-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.5),
+@click.option("--resync-seconds", default=10.0, type=click.FloatRange(min=0.5),
               help="Full reconcile period (idle timeouts are time-based).")
-@click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535),
-              help="Prometheus /metrics port (0 disables).")
-@click.option("--metrics-address", default=None,
-              help="Bind address for /metrics, /healthz, /readyz [default: 0.0.0.0 in a cluster, else 127.0.0.1].")
-@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True,
+@bind_address_option()
+@port_option("metrics", 8080, "/metrics, /healthz, /readyz port")
+@click.option("--leader-elect/--no-leader-elect", default=True,
               help="Take a coordination.k8s.io Lease before reconciling (safe with >1 replica).")
 @click.option("--lease-namespace", default=None, help="Namespace of the Lease (default: $POD_NAMESPACE, "
               "--namespace, or flexinfer-system).")
 @click.option("--auto-vendor", type=click.Choice(["", "nvidia", "amd"]), default="",
               help="GPU vendor for spec.gpu.vendor auto (default: most common vendor among GPU nodes).")
 @click.option("--once", is_flag=True, help="Run one reconcile pass and exit.")
-@click.option("--log-level", default=None, help="debug|info|warning|error")
-@click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
+@logging_options
 def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldown_seconds: float,
-         resync_seconds: float, metrics_port: int, metrics_address: str, leader_elect: bool,
-         lease_namespace: str | None, auto_vendor: str, once: bool, log_level: str | None,
+         resync_seconds: float, bind_address: str, metrics_port: int, leader_elect: bool,
+         lease_namespace: str | None, auto_vendor: str, once: bool, log_level: str,
          log_format: str | None) -> None:
     """Reconcile ai.flexinfer/v1alpha2 Models into Deployments and Services; shared GPU groups."""
     logs.configure(log_level, log_format)
-    api: kubernetes.client.ApiClient = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
+    try:
+        api: kubernetes.client.ApiClient = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
+    except kube.KubeError as e:
+        raise click.ClickException(str(e)) from None
     metrics = ControllerMetrics()
     ctl = Controller(api, namespace=namespace or None, cooldown_seconds=cooldown_seconds, metrics=metrics,
                      auto_vendor=auto_vendor or None)
@@ -270,8 +274,7 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
     loop = ControllerLoop(ctl, resync_seconds=resync_seconds, lease=lease)
     server = None
     if metrics_port:
-        addr = metrics_address or ("0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1")
-        server = serve_http(addr, metrics_port, metrics.registry, loop)
+        server = serve_http(bind_address, metrics_port, metrics.registry, loop)
     loop.start()
     log.info("controller running", namespace=namespace or "(all)", cooldown_seconds=cooldown_seconds,
              leader_elect=leader_elect)

@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from flexinfer import freshness, logs
+from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
 from flexinfer.errors import ParseError, ValidationError
 from flexinfer.nodes import NodeViewMemo
 
@@ -93,25 +94,29 @@ def build(
     return running
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--host", default="0.0.0.0", help="HTTP bind address")
-@click.option("--port", default=8888, type=int, help="HTTP port (kube-scheduler urlPrefix)")
-@click.option("--grpc-port", default=0, type=int, help="gRPC SchedulerExtender port (0 = off)")
-@click.option("--nodes-from", type=click.Path(exists=True, dir_okay=False), help="static NodeList/fleet file")
-@click.option("--kube-server", help="API server URL (default: in-cluster, then kubeconfig)")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig file")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="binpack")
+@component_command("flexinfer-extender", exit_codes=(
+    "  0  stopped by SIGTERM/SIGINT\n"
+    "  1  bad configuration (unreadable --nodes-from, TLS files, kubeconfig)\n"
+    "  2  usage error"))
+@bind_address_option()
+@port_option("http", 8888, "HTTP port: kube-scheduler's urlPrefix, /metrics, /healthz, /readyz, /explain")
+@port_option("grpc", 0, "gRPC SchedulerExtender port")
+@click.option("--nodes-from", type=click.Path(exists=True, dir_okay=False),
+              help="Static NodeList/fleet file instead of watching the API server.")
+@click.option("--kube-server", help="API server URL (default: in-cluster, then kubeconfig).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="binpack",
+              help="binpack: prefer the fullest GPU that fits; spread: the emptiest.")
 @click.option("--max-state-age-seconds", type=float, default=None,
-              help=f"reject nodes whose GPU state is older [default: {freshness.MAX_STATE_AGE_SECONDS:g}; "
-                   "off with --nodes-from]")
-@click.option("--filter-path", default="/filter")
-@click.option("--prioritize-path", default="/prioritize")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="serve HTTPS with this cert")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="private key for --tls-cert")
-@click.option("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="413 above this")
-@click.option("--log-level", default="info")
-@click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
-def main(host: str, port: int, grpc_port: int, nodes_from: str | None, kube_server: str | None,
+              help=f"Reject nodes whose GPU state is older [default: {freshness.MAX_STATE_AGE_SECONDS:g}; "
+                   "off with --nodes-from].")
+@click.option("--filter-path", default="/filter", help="Path of the filter verb.")
+@click.option("--prioritize-path", default="/prioritize", help="Path of the prioritize verb.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key for --tls-cert.")
+@click.option("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="Answer 413 above this.")
+@logging_options
+def main(bind_address: str, http_port: int, grpc_port: int, nodes_from: str | None, kube_server: str | None,
          kubeconfig: str | None, strategy: str, max_state_age_seconds: float | None, filter_path: str,
          prioritize_path: str, tls_cert: str | None, tls_key: str | None, max_body_bytes: int,
          log_level: str, log_format: str | None) -> None:
@@ -121,14 +126,15 @@ def main(host: str, port: int, grpc_port: int, nodes_from: str | None, kube_serv
         running = build(nodes_from=nodes_from, kube_server=kube_server, kubeconfig=kubeconfig, strategy=strategy,
                         max_state_age_seconds=max_state_age_seconds, filter_path=filter_path,
                         prioritize_path=prioritize_path, max_body_bytes=max_body_bytes)
-        config = uvicorn_config(running.app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level="warning")
+        config = uvicorn_config(running.app, bind_address, http_port, tls_cert=tls_cert, tls_key=tls_key,
+                                log_level="warning")
     except (ParseError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     grpc_server = None
     if grpc_port:
         from .grpc_server import serve_grpc
 
-        grpc_server = serve_grpc(running.extender, host, grpc_port, tls_cert=tls_cert, tls_key=tls_key)
+        grpc_server = serve_grpc(running.extender, bind_address, grpc_port, tls_cert=tls_cert, tls_key=tls_key)
     handle = serve_in_thread(config)
     log.info("extender_started", url=handle.url, grpc_port=grpc_port or None, strategy=strategy,
              source=nodes_from or kube_server or "cluster", filter_path=running.web.filter_path,

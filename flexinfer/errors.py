@@ -43,3 +43,10 @@ class ValidationError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class NeverRuns(ValidationError):
+    """A well-formed Model that can never run (e.g. a backend its node selector's architecture cannot run).
+
+    The controller and the CRD reject it like any invalid spec; `flexinfer preflight` answers it with a BLOCK
+    check and exit 20, because "will this run?" is the question preflight exists to answer."""

@@ -15,7 +15,7 @@ import msgspec
 from flexinfer import keys
 from flexinfer.arch import arch_info, nvidia_family
 from flexinfer.compat import Verdict, canonical_backend, check
-from flexinfer.errors import ParseError, ValidationError, shown, text_of
+from flexinfer.errors import NeverRuns, ParseError, ValidationError, shown, text_of
 
 SOURCE_SCHEMES = ("HF://", "ollama://", "file:///", "pvc://")
 MAX_SERVICE_LABELS = 10
@@ -175,8 +175,11 @@ def parse_spec(spec: object) -> ModelSpec:
         raise _msgspec_error(e) from None
 
 
-def parse_model(obj: object) -> Model:
-    """Parse and validate a Model object (dict from YAML/JSON/API). Raises ValidationError."""
+def parse_model(obj: object, *, allow_never_runs: bool = False) -> Model:
+    """Parse and validate a Model object (dict from YAML/JSON/API). Raises ValidationError.
+
+    A Model that is well-formed but can never run raises NeverRuns (a ValidationError) unless
+    `allow_never_runs`: preflight parses with it and reports `never_runs_reason` as a BLOCK instead."""
     if not isinstance(obj, dict):
         raise ValidationError("(root)", "a Model must be a mapping")
     api = obj.get("apiVersion")
@@ -208,12 +211,13 @@ def parse_model(obj: object) -> Model:
         annotations={text_of(k): text_of(v) for k, v in ann.items()} if isinstance(ann, dict) else {},
         status=status if isinstance(status, dict) else {},
     )
-    validate(model)
+    validate(model, allow_never_runs=allow_never_runs)
     return model
 
 
-def validate(model: Model) -> None:
-    """Semantic rules beyond types. Raises the first ValidationError found."""
+def validate(model: Model, *, allow_never_runs: bool = False) -> None:
+    """Semantic rules beyond types. Raises the first ValidationError found (NeverRuns for a well-formed Model
+    that can never run, unless `allow_never_runs`)."""
     spec = model.spec
     try:
         canonical_backend(spec.backend)
@@ -254,22 +258,32 @@ def validate(model: Model) -> None:
             raise ValidationError(f"spec.serviceLabels[{i}]", f"{shown(label)} is not a valid label value")
     if len(set(spec.service_labels)) != len(spec.service_labels):
         raise ValidationError("spec.serviceLabels", "labels must be unique")
-    _validate_maxwell(model)
+    if not allow_never_runs:
+        reason = never_runs_reason(model)
+        if reason is not None:
+            raise NeverRuns(*reason)
 
 
-def _validate_maxwell(model: Model) -> None:
+def never_runs_reason(model: Model) -> tuple[str, str] | None:
+    """(field, reason) when a well-formed Model can never run, else None. Raises ValidationError when the
+    node selector's architecture cannot be parsed at all."""
+    return _maxwell_pin_reason(model)
+
+
+def _maxwell_pin_reason(model: Model) -> tuple[str, str] | None:
     """Maxwell rules: a model pinned to Maxwell must use a backend that runs there."""
     sel = model.spec.node_selector
     family = sel.get(keys.LABEL_FAMILY)
     arch = sel.get(keys.LABEL_ARCH, "")
     if family != "maxwell" and not arch.startswith("sm_5"):
-        return
+        return None
     try:
         info = arch_info("nvidia", arch) if arch.startswith("sm_5") else arch_info("nvidia", "sm_52")
     except ParseError as e:
         raise ValidationError(f"spec.nodeSelector.{keys.LABEL_ARCH}", str(e)) from None
     if nvidia_family(*(info.cc or (5, 2))) != "maxwell":  # e.g. sm_520: not a Maxwell pin
-        return
+        return None
     verdict = check(model.backend, info, jit_policy=model.jit_policy)
     if verdict.verdict is Verdict.UNSUPPORTED:
-        raise ValidationError("spec.backend", f"{verdict.reason} (spec.nodeSelector pins maxwell)")
+        return "spec.backend", f"{verdict.reason} (spec.nodeSelector pins maxwell)"
+    return None

@@ -15,8 +15,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from flexinfer import freshness
 from flexinfer.compat import Verdict, check
-from flexinfer.model import Model
+from flexinfer.model import Model, never_runs_reason
 from flexinfer.requirements import vram_need
 from flexinfer.state import GpuState, NodeView
 
@@ -74,10 +75,15 @@ def _vendor_ok(model_vendor: str, gpu: GpuState) -> bool:
 
 
 def run(model: Model, views: list[NodeView], now: float, *, node: str | None = None,
-        max_state_age_seconds: float = 600.0) -> Report:
+        max_state_age_seconds: float = freshness.MAX_STATE_AGE_SECONDS) -> Report:
     checks: list[Check] = []
-    need = vram_need(model)
     backend = model.backend
+    never = never_runs_reason(model)
+    if never is not None:  # well-formed, but no cluster can run it: the answer is BLOCK, not a parse error
+        field, reason = never
+        checks.append(Check("spec", Level.BLOCK, f"{field}: {reason}"))
+        return Report(model.name, backend, tuple(checks))
+    need = vram_need(model)
     if node:
         views = [v for v in views if v.name == node]
         if not views:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,18 +11,20 @@ import click
 import msgspec
 import yaml
 
-from flexinfer import keys
+from flexinfer import freshness, keys
 from flexinfer.cli.output import OUTPUT_OPTION, console, emit, table
 from flexinfer.cli.sources import node_objects, source_options
 from flexinfer.errors import ParseError, ValidationError
 from flexinfer.model import parse_model
+
+EXIT_NOTHING_FITS = 20  # the same number as preflight's BLOCK
 
 
 def pod_from_model_doc(doc: dict[str, Any]) -> dict[str, Any]:
     """The pod the controller would create for a Model (its Deployment's template)."""
     from flexinfer.controller.render import render_deployment
 
-    model = parse_model(doc)
+    model = parse_model(doc, allow_never_runs=True)
     dep = render_deployment(model, 1)
     tmpl = dep["spec"]["template"]
     return {"metadata": {"name": f"{model.name}-explain", "namespace": model.namespace, **tmpl["metadata"]},
@@ -59,12 +62,16 @@ def load_pod(target: str, kube_server: str | None, kubeconfig: str | None, names
 @click.command()
 @click.argument("target")
 @source_options
-@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-n", "--namespace", default="default", help="Namespace of pod/NAME or model/NAME.")
 @click.option("--extender-grpc", metavar="HOST:PORT", help="Ask a running extender over gRPC instead.")
-@click.option("--strategy", type=click.Choice(["binpack", "spread"]), default="binpack", show_default=True)
+@click.option("--strategy", type=click.Choice(["binpack", "spread"]), default="binpack",
+              help="Scoring strategy (the extender's --strategy).")
+@click.option("--max-state-age-seconds", default=freshness.MAX_STATE_AGE_SECONDS,
+              help="GPU state older than this is stale (the extender's rule).")
 @OUTPUT_OPTION
 def explain(target: str, fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
-            kubeconfig: str | None, namespace: str, extender_grpc: str | None, strategy: str, output: str) -> None:
+            kubeconfig: str | None, namespace: str, extender_grpc: str | None, strategy: str,
+            max_state_age_seconds: float, output: str) -> None:
     """Every node's verdict and reason for a POD or MODEL (file, pod/NAME or model/NAME)."""
     pod = load_pod(target, kube_server, kubeconfig, namespace)
     rows: list[dict[str, Any]] = []
@@ -94,7 +101,7 @@ def explain(target: str, fleet: str | None, nodes_from: str | None, cluster: boo
         now = time.time()
         cache = NodeCache()
         cache.replace_all(node_objects(fleet, nodes_from, cluster, kube_server, kubeconfig, now))
-        ext = Extender(cache, PolicyConfig(strategy=strategy, max_state_age_seconds=180.0))
+        ext = Extender(cache, PolicyConfig(strategy=strategy, max_state_age_seconds=max_state_age_seconds))
         try:
             req = requirements_from_dict(pod)
         except (ParseError, ValueError) as e:
@@ -104,17 +111,19 @@ def explain(target: str, fleet: str | None, nodes_from: str | None, cluster: boo
                 for v in ext.explain(req)]
     if output != "table":
         emit(rows, output)
-        return
-    console().print(table(["NODE", "VERDICT", "SCORE", "GPU", "REASON"],
-                          [[r["node"], r["verdict"], "-" if r["score"] is None else r["score"], r["gpus"] or "-",
-                            r["reason"] or ""] for r in rows]))
+    else:
+        console().print(table(["NODE", "VERDICT", "SCORE", "GPU", "REASON"],
+                              [[r["node"], r["verdict"], "-" if r["score"] is None else r["score"],
+                                r["gpus"] or "-", r["reason"] or ""] for r in rows]))
+    if not any(r["verdict"] == "pass" for r in rows):
+        sys.exit(EXIT_NOTHING_FITS)
 
 
 @click.command()
 @click.argument("model")
-@click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--kube-server", metavar="URL")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False))
+@click.option("-n", "--namespace", default="default", help="Namespace of the Model.")
+@click.option("--kube-server", metavar="URL", help="API server URL (default: in-cluster, then kubeconfig).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
 def activate(model: str, namespace: str, kube_server: str | None, kubeconfig: str | None) -> None:
     """Request activation of MODEL (scales it up, preempting per its shared group's rules)."""
     from flexinfer import kube

@@ -12,12 +12,14 @@ import yaml
 from flexinfer import freshness, logs
 from flexinfer.cli.output import OUTPUT_OPTION, console, emit, table
 from flexinfer.cli.sources import node_views, source_options
+from flexinfer.cliopts import CONTEXT_SETTINGS, LOG_FORMATS, LOG_LEVELS, show_envvars, version
 from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
 
 
-def load_models(path: str) -> list[Model]:
-    """Read one or more Models from a YAML file (multi-document allowed)."""
+def load_models(path: str, *, allow_never_runs: bool = False) -> list[Model]:
+    """Read one or more Models from a YAML file (multi-document allowed). Exit 1 when the file cannot be read
+    or holds no valid Model."""
     try:
         docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
     except (OSError, yaml.YAMLError) as e:
@@ -25,7 +27,7 @@ def load_models(path: str) -> list[Model]:
     models = []
     for d in docs:
         try:
-            models.append(parse_model(d))
+            models.append(parse_model(d, allow_never_runs=allow_never_runs))
         except ValidationError as e:
             raise click.ClickException(f"{path}: {e}") from None
     if not models:
@@ -33,28 +35,50 @@ def load_models(path: str) -> list[Model]:
     return models
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="warning", show_default=True, help="Log level for background components.")
-def cli(log_level: str) -> None:
+EXIT_CODES = {
+    "preflight": "  0  PASS: it fits\n  10 WARN: it fits, with something to review\n"
+                 "  20 BLOCK: it cannot run (no node fits, incompatible, or a spec that can never run)\n"
+                 "  1  the file cannot be read, or is not a valid Model\n  2  usage error",
+    "explain": "  0  at least one node would accept the pod\n  20 no node would accept it (each row says why)\n"
+               "  1  the target cannot be read or is not a pod/Model, or the extender is unreachable\n"
+               "  2  usage error",
+    "nodes": "  0  listed\n  1  the node source cannot be read\n  2  usage error",
+    "demo": "  0  the story ran\n  1  the fleet or examples cannot be read, or a component failed\n  2  usage error",
+    "activate": "  0  activation requested\n  1  the Model is not found or the API server refused\n  2  usage error",
+}
+
+
+def exit_codes_help(command: str) -> str:
+    return "\n\n\b\nExit codes:\n" + EXIT_CODES[command]
+
+
+@click.group(context_settings=dict(CONTEXT_SETTINGS))
+@click.version_option(version(), "--version", prog_name="flexinfer", message="%(prog)s %(version)s")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning",
+              help="Log level for background components.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="console",
+              help="Log output of background components.")
+def cli(log_level: str, log_format: str) -> None:
     """FlexInfer: GPU-aware placement for LLM serving on heterogeneous Kubernetes clusters."""
-    logs.configure(level=log_level)
+    logs.configure(level=log_level, fmt=log_format)
 
 
 @cli.command()
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
 @source_options
 @click.option("--node", help="Check only this node.")
-@click.option("--max-state-age-seconds", default=600.0, show_default=True)
+@click.option("--max-state-age-seconds", default=freshness.MAX_STATE_AGE_SECONDS,
+              help="GPU state older than this is stale (the extender's rule).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def preflight(model_file: str, fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
               kubeconfig: str | None, node: str | None, max_state_age_seconds: float, as_json: bool) -> None:
-    """Fit check before scaling anything down. Exit 0 PASS, 10 WARN, 20 BLOCK."""
+    """Fit check before scaling anything down: will MODEL_FILE run, and where?"""
     from flexinfer import preflight as pf
 
     now = time.time()
     views = node_views(fleet, nodes_from, cluster, kube_server, kubeconfig, now)
     reports = [pf.run(m, views, now, node=node, max_state_age_seconds=max_state_age_seconds)
-               for m in load_models(model_file)]
+               for m in load_models(model_file, allow_never_runs=True)]
     if as_json:
         emit([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict(), "json")
     else:
@@ -73,7 +97,8 @@ def preflight(model_file: str, fleet: str | None, nodes_from: str | None, cluste
 
 @cli.command()
 @source_options
-@click.option("--max-state-age-seconds", default=freshness.MAX_STATE_AGE_SECONDS, show_default=True)
+@click.option("--max-state-age-seconds", default=freshness.MAX_STATE_AGE_SECONDS,
+              help="GPU state older than this is shown as stale (the extender's rule).")
 @OUTPUT_OPTION
 def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
           kubeconfig: str | None, max_state_age_seconds: float, output: str) -> None:
@@ -138,6 +163,9 @@ from flexinfer.cli.explain import activate, explain  # noqa: E402
 
 cli.add_command(explain)
 cli.add_command(activate)
+for _name, _cmd in cli.commands.items():
+    _cmd.help = (_cmd.help or "").rstrip() + exit_codes_help(_name)
+show_envvars(cli)
 
 
 def main() -> None:

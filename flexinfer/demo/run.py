@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,65 @@ from flexinfer.fleet import Fleet
 from flexinfer.model import parse_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "daemonset" / "examples"
-SWAP_GROUP_MODEL = "qwen3-32b-quality"
+
+
+@dataclass(frozen=True)
+class GroupStory:
+    """The shared-group part of the demo, chosen from the examples: the always-on holder of a group and the
+    member a request will activate (the highest-priority member that scales to zero)."""
+
+    group: str
+    members: tuple[tuple[str, int, bool], ...]  # (name, priority, always on), highest priority first
+    holder: str
+    challenger: str
+    challenger_idle_seconds: float
+
+    def summary(self) -> str:
+        parts = [f"{n} (priority {p}{', always on' if on else ''})" for n, p, on in self.members]
+        return f"Shared GPU group {self.group}: " + ", ".join(parts)
+
+
+def group_story(docs: list[dict[str, Any]]) -> GroupStory | None:
+    """The first shared group (by name) with an always-on member and a scale-to-zero member, or None."""
+    groups: dict[str, list[Any]] = {}
+    for d in docs:
+        try:
+            m = parse_model(d)
+        except ValueError:
+            continue
+        if m.spec.gpu is not None and m.spec.gpu.shared:
+            groups.setdefault(m.spec.gpu.shared, []).append(m)
+    for name in sorted(groups):
+        ms = sorted(groups[name], key=lambda m: (-m.spec.gpu.priority, m.name))
+        always = [m for m in ms if m.spec.serverless.min_replicas >= 1]
+        on_demand = [m for m in ms if m.spec.serverless.min_replicas == 0]
+        if always and on_demand:
+            members = tuple((m.name, m.spec.gpu.priority, m.spec.serverless.min_replicas >= 1) for m in ms)
+            return GroupStory(name, members, always[0].name, on_demand[0].name, on_demand[0].idle_timeout_seconds)
+    return None
+
+
+def swap_heading(story: GroupStory, status: dict[str, dict[str, Any]], minutes: int) -> str:
+    """What the activation of the challenger actually did, read back from the Models' status."""
+    c, h = story.challenger, story.holder
+    c_phase = status.get(c, {}).get("phase")
+    h_phase = status.get(h, {}).get("phase")
+    head = f"{minutes} minutes later a request for {c} arrives: "
+    if c_phase in ("Ready", "Loading") and h_phase == "Preempted":
+        return head + f"it preempts {h} ({c} is {c_phase})"
+    if c_phase in ("Ready", "Loading"):
+        return head + f"it is {c_phase} without preempting anyone ({h} is {h_phase or 'absent'})"
+    why = status.get(c, {}).get("message") or "no reason given"
+    return head + f"it is {c_phase or 'not admitted'} ({why}); {h} stays {h_phase or 'absent'}"
+
+
+def reclaim_heading(story: GroupStory, status: dict[str, dict[str, Any]]) -> str:
+    c, h = story.challenger, story.holder
+    c_phase = status.get(c, {}).get("phase")
+    h_phase = status.get(h, {}).get("phase")
+    if h_phase in ("Ready", "Loading") and c_phase not in ("Ready", "Loading"):
+        return f"{c} idles out ({c_phase}): {h} reclaims the GPU ({h_phase})"
+    return f"after {c}'s idle timeout: {c} is {c_phase}, {h} is {h_phase}"
 
 
 def load_example_docs(directory: Path = EXAMPLES) -> list[dict[str, Any]]:
@@ -58,6 +117,8 @@ def status_table(status: dict[str, dict[str, Any]]) -> Any:
 def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAMPLES) -> int:
     t0 = time.monotonic()
     docs = load_example_docs(examples)
+    story = group_story(docs)
+    later_minutes = 11
     with err.status("starting") as status:
         def progress(msg: str) -> None:
             status.update(msg)
@@ -65,7 +126,7 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
 
         cluster = DemoCluster(fleet, progress=progress)
         with cluster:
-            progress(f"applying {len(docs)} example Models from daemonset/examples/")
+            progress(f"applying {len(docs)} example Models from {examples}")
             cluster.apply_models(docs)
             progress("first requests arrive: activating every model outside a shared group")
             for d in docs:
@@ -75,17 +136,20 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
             progress("controller reconciles; scheduling loop calls the extender like kube-scheduler")
             first = cluster.settle()
             phase1_status = cluster.model_status()
-            cluster.clock.advance(11 * 60)
-            progress(f"11 minutes later (simulated): a request for {SWAP_GROUP_MODEL} arrives")
-            cluster.activate(SWAP_GROUP_MODEL)
-            second = cluster.settle()
-            swap_status = cluster.model_status()
-            idle_s = next(parse_model(d).idle_timeout_seconds for d in docs
-                          if d["metadata"]["name"] == SWAP_GROUP_MODEL)
-            cluster.clock.advance(idle_s + 60)
-            progress(f"{int(idle_s // 60) + 1} minutes without traffic: {SWAP_GROUP_MODEL} is idle past its timeout")
-            third = cluster.settle()
-            final_status = cluster.model_status()
+            acts: list[tuple[str, list[Attempt], dict[str, dict[str, Any]]]] = []
+            if story is not None:
+                cluster.clock.advance(later_minutes * 60)
+                progress(f"{later_minutes} minutes later (simulated): a request for {story.challenger} arrives")
+                cluster.activate(story.challenger)
+                second = cluster.settle()
+                swap_status = cluster.model_status()
+                acts.append((swap_heading(story, swap_status, later_minutes), second, swap_status))
+                cluster.clock.advance(story.challenger_idle_seconds + 60)
+                progress(f"{int(story.challenger_idle_seconds // 60) + 1} minutes without traffic for "
+                         f"{story.challenger}")
+                third = cluster.settle()
+                final_status = cluster.model_status()
+                acts.append((reclaim_heading(story, final_status), third, final_status))
             progress("done")
     console.print()
     console.print(placement_table(first, f"Placements on fleet '{fleet.description or 'fleet'}' "
@@ -96,20 +160,19 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
     console.print()
     console.print(status_table(phase1_status))
     console.print()
-    group_note = ("Shared GPU group 7900xtx-quality: qwen3-14b-mlc (priority 100, always on), "
-                  f"{SWAP_GROUP_MODEL} (80), deepseek-r1 (70)")
-    console.print(f"[bold]{group_note}[/bold]")
-    for title, attempts, status in (
-        (f"11 minutes later a request for {SWAP_GROUP_MODEL} arrives: it preempts the idle 14B", second, swap_status),
-        (f"{SWAP_GROUP_MODEL} idles out: qwen3-14b-mlc reclaims the GPU", third, final_status),
-    ):
-        console.print()
-        console.print(f"[bold]{title}[/bold]")
-        fresh = [a for a in attempts if a.node]
-        if fresh:
-            console.print(placement_table(fresh, None))
-        console.print(status_table({k: v for k, v in status.items()
-                                    if k in ("qwen3-14b-mlc", SWAP_GROUP_MODEL, "deepseek-r1")}))
+    if story is None:
+        console.print("[bold]No shared GPU group with an always-on and a scale-to-zero member in the examples: "
+                      "no preemption story to play.[/bold]")
+    else:
+        console.print(f"[bold]{story.summary()}[/bold]")
+        names = {n for n, _, _ in story.members}
+        for title, attempts, st in acts:
+            console.print()
+            console.print(f"[bold]{title}[/bold]")
+            fresh = [a for a in attempts if a.node]
+            if fresh:
+                console.print(placement_table(fresh, None))
+            console.print(status_table({k: v for k, v in st.items() if k in names}))
     console.print()
     console.print(f"demo finished in {time.monotonic() - t0:.1f} s")
     return 0

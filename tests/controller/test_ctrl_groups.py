@@ -183,3 +183,13 @@ def test_reasons_are_readable():
 
 def test_empty_group():
     assert decide_group([], NOW, 60).active is None
+
+
+def test_preemption_reason_reads_as_a_sentence():
+    """The idle holder is described as idle, never "<name> is no traffic seen"."""
+    holder = m("qwen3-14b-mlc", 100, phase="Ready", running=True, min_r=1)
+    challenger = m("qwen3-32b-quality", 80, activate_ago=5)
+    d = decide_group([holder, challenger], NOW, last_swap_unix=None, cooldown_seconds=0)
+    assert d.active == "qwen3-32b-quality"
+    assert "qwen3-14b-mlc is idle (no traffic seen)" in d.reason
+    assert "is no traffic" not in d.reason

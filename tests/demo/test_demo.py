@@ -77,3 +77,58 @@ def test_demo_cli_exits_zero_and_explains():
     assert result.exit_code == 0, result.output
     assert "Why each model went where it did" in result.output
     assert "llama-405b" in result.output and "largest GPU has" in result.output
+
+
+# --- the demo's story text comes from what happened ---------------------------------------------------------
+
+
+def _examples_without(tmp_path, drop=(), patch=None):
+    import shutil
+
+    from flexinfer.demo.run import EXAMPLES
+
+    out = tmp_path / "examples"
+    out.mkdir()
+    for f in EXAMPLES.glob("*.yaml"):
+        if f.stem not in drop:
+            shutil.copy(f, out / f.name)
+    if patch:
+        import yaml
+
+        name, fn = patch
+        doc = yaml.safe_load((out / f"{name}.yaml").read_text())
+        fn(doc)
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    return out
+
+
+def test_group_summary_lists_only_the_members_present(tmp_path):
+    examples = _examples_without(tmp_path, drop=("deepseek-r1",))
+    res = CliRunner().invoke(cli, ["demo", "--examples", str(examples)])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("Shared GPU group"))
+    assert "qwen3-14b-mlc (priority 100, always on)" in line and "qwen3-32b-quality (priority 80)" in line
+    assert "deepseek-r1" not in res.output
+
+
+def test_no_group_in_the_examples_means_no_preemption_story(tmp_path):
+    examples = _examples_without(tmp_path, drop=("qwen3-32b-quality", "deepseek-r1"))
+    res = CliRunner().invoke(cli, ["demo", "--examples", str(examples)])
+    assert res.exit_code == 0, res.output
+    assert "no preemption story" in res.output and "preempts" not in res.output
+
+
+def test_swap_heading_says_what_the_statuses_say():
+    from flexinfer.demo.run import GroupStory, reclaim_heading, swap_heading
+
+    story = GroupStory("g", (("big", 80, False), ("small", 100, True)), holder="small", challenger="big",
+                       challenger_idle_seconds=900)
+    assert swap_heading(story, {"big": {"phase": "Ready"}, "small": {"phase": "Preempted"}}, 11) == (
+        "11 minutes later a request for big arrives: it preempts small (big is Ready)")
+    stuck = swap_heading(story, {"big": {"phase": "Pending", "message": "waiting for the pod to be scheduled"},
+                                 "small": {"phase": "Ready"}}, 11)
+    assert "preempts" not in stuck
+    assert stuck.endswith("it is Pending (waiting for the pod to be scheduled); small stays Ready")
+    assert reclaim_heading(story, {"big": {"phase": "Idle"}, "small": {"phase": "Ready"}}) == (
+        "big idles out (Idle): small reclaims the GPU (Ready)")
+    assert "reclaims" not in reclaim_heading(story, {"big": {"phase": "Ready"}, "small": {"phase": "Preempted"}})

@@ -275,8 +275,8 @@ def test_cli_serves_and_stops_cleanly(tmp_path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     fleet = Path(__file__).resolve().parents[2] / "hack" / "fleets" / "homelab.yaml"
-    proc = subprocess.Popen([sys.executable, "-m", "flexinfer.extender.main", "--host", "127.0.0.1", "--port",
-                             str(port), "--nodes-from", str(fleet), "--log-format", "json"],
+    proc = subprocess.Popen([sys.executable, "-m", "flexinfer.extender.main", "--bind-address", "127.0.0.1",
+                             "--http-port", str(port), "--nodes-from", str(fleet), "--log-format", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 20
