@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from flexinfer import keys
+from flexinfer.kube import owner_reference
 from flexinfer.model import Model
 from flexinfer.requirements import vram_need
 
@@ -28,14 +29,10 @@ DEFAULT_CACHE_SIZE = "50Gi"
 PROBE_PERIOD_S = 10
 
 
-def model_ref(model: Model) -> JSON:
-    return {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
-            "metadata": {"name": model.name, "uid": model.uid}}
-
-
 def owner_refs(model: Model) -> list[JSON]:
-    return [{"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND, "name": model.name,
-             "uid": model.uid, "controller": True, "blockOwnerDeletion": True}]
+    """The children's ownerReferences: the Model, as controller (deleting it cascades)."""
+    return [owner_reference({"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
+                             "metadata": {"name": model.name, "uid": model.uid}})]
 
 
 def effective_vendor(model: Model, auto_vendor: str = "nvidia") -> str:

@@ -13,9 +13,11 @@ of the API semantics FlexInfer relies on directly on aiohttp instead:
 
 - any resource path (/api/v1/..., /apis/<group>/<version>/...), namespaced or cluster-scoped;
 - pods/<name>/binding (what kube-scheduler posts: sets spec.nodeName, 409 if already bound);
-- GET (object, list with labelSelector/fieldSelector), POST (409 AlreadyExists), PUT (409 on stale
-  ``metadata.resourceVersion``), PATCH (merge-patch; strategic-merge treated as merge-patch; JSON patch
-  add/remove/replace/test), DELETE (cascades to objects whose ownerReferences point at the deleted uid);
+- GET (object; list with labelSelector/fieldSelector and ``limit``/``continue`` paging: pages in key order,
+  every page served from the first page's snapshot, 410 Expired when that snapshot was compacted),
+  POST (409 AlreadyExists), PUT (409 on stale ``metadata.resourceVersion``), PATCH (merge-patch;
+  strategic-merge treated as merge-patch; JSON patch add/remove/replace/test), DELETE (cascades to
+  objects whose ownerReferences point at the deleted uid);
 - integer resourceVersions from one global counter, ``metadata.uid``, ``creationTimestamp``,
   ``generation`` bumped on spec changes;
 - ``status`` subresource: writes to the main resource keep the stored status, writes to ``/status``
@@ -39,6 +41,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -230,6 +233,36 @@ def parse_path(path: str) -> ParsedPath | None:
     return ParsedPath((group, version, rest[0]), namespace, name, sub)
 
 
+def _parse_limit(raw: str | None) -> int | None:
+    if raw in (None, ""):
+        return None
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid limit {raw!r}") from None
+    if limit < 0:
+        raise ApiError(400, f"limit must be >= 0, got {limit}")
+    return limit or None  # limit=0 means no limit
+
+
+def encode_continue(rv: int, last: tuple[str, str]) -> str:
+    """An opaque continue token: the snapshot's resourceVersion and the last (namespace, name) served. Pure."""
+    raw = _enc.encode({"rv": rv, "start": list(last)})
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def decode_continue(token: str) -> tuple[int, tuple[str, str]]:
+    """Inverse of encode_continue; ApiError 400 for anything else. Pure."""
+    try:
+        data = _dec.decode(base64.urlsafe_b64decode(token.encode("ascii")))
+        rv, (ns, name) = data["rv"], data["start"]
+        if not (isinstance(rv, int) and isinstance(ns, str) and isinstance(name, str)):
+            raise TypeError
+    except (ValueError, TypeError, KeyError, msgspec.DecodeError, UnicodeEncodeError):
+        raise ApiError(400, "invalid continue token") from None
+    return rv, (ns, name)
+
+
 def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -273,6 +306,7 @@ class FailureRule:
     times: int  # remaining; < 0 = forever
     hang_s: float = 0.0  # sleep before answering (simulates a stuck server; client timeouts fire)
     watch: bool | None = None  # True: only watch requests, False: only non-watch, None: both
+    with_param: str | None = None  # only requests carrying this query parameter (e.g. "continue")
     hits: int = 0
 
 
@@ -296,7 +330,7 @@ class _Event:
     rkey: RKey
     type: str  # ADDED | MODIFIED | DELETED
     obj: JSON
-    old: JSON | None = None  # the previous version, for MODIFIED
+    old: JSON | None = None  # the version before the change (MODIFIED, DELETED)
     _lines: dict[str, bytes] = field(default_factory=dict)
 
     def line(self, etype: str) -> bytes:
@@ -464,10 +498,14 @@ class FakeApiServer:
         *,
         hang_s: float = 0.0,
         watch: bool | None = None,
+        with_param: str | None = None,
     ) -> FailureRule:
         """The next ``times`` requests (``times=-1``: all) with this method whose path matches the regex
-        ``path`` (full match; plain paths work as-is) get ``status`` (after sleeping ``hang_s``)."""
-        rule = FailureRule(method.upper() if method else None, re.compile(path), status, times, hang_s, watch)
+        ``path`` (full match; plain paths work as-is) get ``status`` (after sleeping ``hang_s``). ``watch``
+        narrows to watch (True) or other (False) requests, ``with_param`` to requests carrying that query
+        parameter (``"continue"``: only the second and later pages of a paged list)."""
+        rule = FailureRule(method.upper() if method else None, re.compile(path), status, times, hang_s, watch,
+                           with_param)
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -623,7 +661,7 @@ class FakeApiServer:
             return None
         rv = self._next_rv()
         gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(rv)}}
-        self._publish(_Event(rv, key[0], "DELETED", gone))
+        self._publish(_Event(rv, key[0], "DELETED", gone, obj))
         uid = obj["metadata"].get("uid")
         if uid:  # garbage collection of dependents (background propagation)
             for k, o in list(self._objects.items()):
@@ -633,7 +671,7 @@ class FakeApiServer:
         return gone
 
     # -- HTTP --
-    def _match_rule(self, method: str, path: str, is_watch: bool) -> FailureRule | None:
+    def _match_rule(self, method: str, path: str, is_watch: bool, query: Any = None) -> FailureRule | None:
         with self._lock:
             for rule in self._rules:
                 if rule.times == 0:
@@ -643,6 +681,8 @@ class FakeApiServer:
                 if rule.watch is not None and rule.watch != is_watch:
                     continue
                 if not rule.path.fullmatch(path):
+                    continue
+                if rule.with_param is not None and rule.with_param not in (query or {}):
                     continue
                 if rule.times > 0:
                     rule.times -= 1
@@ -666,7 +706,7 @@ class FakeApiServer:
             except msgspec.DecodeError:
                 body = raw.decode("utf-8", "replace")
         is_watch = request.method == "GET" and request.query.get("watch") in ("true", "1")
-        rule = self._match_rule(request.method, request.path, is_watch)
+        rule = self._match_rule(request.method, request.path, is_watch, request.query)
         if rule is not None:
             if rule.hang_s:
                 await asyncio.sleep(rule.hang_s)
@@ -733,19 +773,60 @@ class FakeApiServer:
 
     def _list(self, p: ParsedPath, query: Any) -> JSON:
         ls, fs = query.get("labelSelector"), query.get("fieldSelector")
-        items = [
-            o for (rk, ns, _), o in self._objects.items()
-            if rk == p.rkey and (not p.namespace or ns == p.namespace)
+        limit = _parse_limit(query.get("limit"))
+        token = query.get("continue") or None
+        if token is None:
+            snap_rv, start, source = self._rv, None, self._objects
+        else:
+            snap_rv, start = decode_continue(token)
+            if snap_rv < self._compacted_rv:
+                raise ApiError(410, "The provided continue parameter is too old to display a consistent list "
+                                    "result. You can start a new list without the continue parameter.", "Expired")
+            source = self._snapshot(p.rkey, snap_rv)
+        matching = [
+            (key, o) for key, o in source.items()
+            if key[0] == p.rkey and (not p.namespace or key[1] == p.namespace)
             and match_label_selector(ls, (o.get("metadata") or {}).get("labels") or {})
             and match_field_selector(fs, o)
         ]
+        meta: JSON = {"resourceVersion": str(snap_rv)}
+        if limit is None and start is None:
+            items = [o for _, o in matching]  # unpaged: insertion order, as before paging existed
+        else:
+            # Paged lists walk the key space in order (like etcd's /registry/<resource>/<ns>/<name>).
+            ordered = sorted(((k[1], k[2]), o) for k, o in matching)
+            if start is not None:
+                ordered = [(k, o) for k, o in ordered if k > start]
+            page = ordered if limit is None else ordered[:limit]
+            items = [o for _, o in page]
+            if len(page) < len(ordered):
+                meta["continue"] = encode_continue(snap_rv, page[-1][0])
+                if not ls and not fs:  # the real server only counts when no selector filters
+                    meta["remainingItemCount"] = len(ordered) - len(page)
         kind = _KINDS.get(p.rkey, p.rkey[2].capitalize())
         return {
             "kind": f"{kind}List",
             "apiVersion": f"{p.rkey[0]}/{p.rkey[1]}" if p.rkey[0] else p.rkey[1],
-            "metadata": {"resourceVersion": str(self._rv)},
+            "metadata": meta,
             "items": items,
         }
+
+    def _snapshot(self, rkey: RKey, rv: int) -> dict[OKey, JSON]:
+        """The objects of one resource as they were at resourceVersion ``rv``: today's objects with the
+        retained history after ``rv`` undone (the caller checks ``rv`` is not compacted)."""
+        objs = {k: o for k, o in self._objects.items() if k[0] == rkey}
+        for ev in reversed(self._history):
+            if ev.rv <= rv:
+                break
+            if ev.rkey != rkey:
+                continue
+            meta = ev.obj.get("metadata") or {}
+            key = (rkey, self._ns(rkey, meta.get("namespace")), meta.get("name") or "")
+            if ev.type == "ADDED" or ev.old is None:
+                objs.pop(key, None)
+            else:  # MODIFIED and DELETED carry the version before the change
+                objs[key] = ev.old
+        return objs
 
     def _create(self, p: ParsedPath, body: Any) -> JSON:
         if not isinstance(body, dict):

@@ -85,6 +85,78 @@ def test_field_and_label_selectors_on_lists(fake_api: FakeApiServer, kube_api) -
     assert names(kube.list_objects(kube_api, "pods", label_selector="app in (a,b)")) == ["a", "b"]
 
 
+# --- paged lists (limit/continue) ---------------------------------------------------------------------
+
+
+PODS = "/api/v1/pods"
+
+
+def page(kube_api, path: str = PODS, **query: str) -> dict:
+    return kube.request(kube_api, "GET", path, query=query)
+
+
+def names_of(lst: dict) -> list[str]:
+    return [f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in lst["items"]]
+
+
+def test_paged_list_walks_key_order_in_pages(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_objects([pod("c"), pod("a", ns="zz"), pod("b"), pod("e"), pod("d", ns="b-ns"), pod("f"), pod("g")])
+    first = page(kube_api, limit="3")
+    assert names_of(first) == ["ai/b", "ai/c", "ai/e"]
+    assert first["metadata"]["remainingItemCount"] == 4 and first["metadata"]["continue"]
+    second = page(kube_api, limit="3", **{"continue": first["metadata"]["continue"]})
+    assert names_of(second) == ["ai/f", "ai/g", "b-ns/d"]
+    last = page(kube_api, limit="3", **{"continue": second["metadata"]["continue"]})
+    assert names_of(last) == ["zz/a"]
+    assert "continue" not in last["metadata"] and "remainingItemCount" not in last["metadata"]
+    rvs = {first["metadata"]["resourceVersion"], second["metadata"]["resourceVersion"],
+           last["metadata"]["resourceVersion"]}
+    assert rvs == {str(fake_api.resource_version)}
+    assert names_of(page(kube_api, "/api/v1/namespaces/ai/pods", limit="100")) == ["ai/b", "ai/c", "ai/e", "ai/f",
+                                                                                 "ai/g"]
+    assert len(page(kube_api, limit="0")["items"]) == 7  # limit=0: no limit
+
+
+def test_continuation_pages_are_served_from_the_first_pages_snapshot(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_objects([pod(n) for n in ("a", "b", "c", "d")])
+    first = page(kube_api, limit="2")
+    snapshot_rv = first["metadata"]["resourceVersion"]
+    assert names_of(first) == ["ai/a", "ai/b"]
+    fake_api.put_object(pod("e"))  # created after the snapshot: not listed
+    fake_api.delete_object("pods", "d", "ai")  # deleted after the snapshot: still listed
+    fake_api.patch_object("pods", "c", {"metadata": {"labels": {"late": "yes"}}}, "ai")  # listed as it was
+    rest = page(kube_api, limit="5", **{"continue": first["metadata"]["continue"]})
+    assert names_of(rest) == ["ai/c", "ai/d"]
+    assert rest["items"][0]["metadata"]["labels"] == {"app": "c"}
+    assert rest["metadata"]["resourceVersion"] == snapshot_rv
+    assert names_of(page(kube_api)) == ["ai/a", "ai/b", "ai/c", "ai/e"]  # a fresh list sees today's state
+
+
+def test_paged_list_with_a_selector_pages_the_matches_only(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_objects([pod(n, node="n1" if n in "ace" else "n2") for n in "abcdef"])
+    first = page(kube_api, limit="2", fieldSelector="spec.nodeName=n1")
+    assert names_of(first) == ["ai/a", "ai/c"]
+    assert "remainingItemCount" not in first["metadata"]  # the real server does not count through selectors
+    rest = page(kube_api, limit="2", fieldSelector="spec.nodeName=n1", **{"continue": first["metadata"]["continue"]})
+    assert names_of(rest) == ["ai/e"] and "continue" not in rest["metadata"]
+
+
+def test_stale_or_bad_continue_tokens(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_objects([pod(n) for n in "abc"])
+    token = page(kube_api, limit="1")["metadata"]["continue"]
+    with pytest.raises(kube.KubeError) as ei:
+        page(kube_api, limit="1", **{"continue": "not-a-token"})
+    assert ei.value.status == 400
+    with pytest.raises(kube.KubeError) as ei:
+        page(kube_api, limit="-1")
+    assert ei.value.status == 400
+    fake_api.put_object(pod("d"))
+    fake_api.compact()  # the history back to the token's snapshot is gone
+    with pytest.raises(kube.KubeError) as ei:
+        page(kube_api, limit="1", **{"continue": token})
+    assert ei.value.gone and ei.value.reason == "Expired"
+
+
 def test_unknown_paths_and_health(fake_api: FakeApiServer, kube_api) -> None:
     assert kube.request(kube_api, "GET", "/version")["gitVersion"].startswith("v1.")
     with pytest.raises(kube.KubeError) as ei:

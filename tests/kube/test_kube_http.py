@@ -102,7 +102,7 @@ def test_patch_retries_on_timeout(fake_api: FakeApiServer) -> None:
         return kube.request(api, "PATCH", path, body={"metadata": {"labels": {"a": "b"}}},
                             content_type=kube.MERGE_PATCH, timeout_s=(1.0, 0.2))
 
-    result = kube._with_retry("patch", FAST, patch_with_short_timeout)
+    result = kube.with_retry("patch", FAST, patch_with_short_timeout)
     assert result["metadata"]["labels"] == {"a": "b"}
 
 
@@ -260,6 +260,41 @@ def test_informer_lists_then_watches(fake_api: FakeApiServer, informer_factory) 
     assert rec.snapshot()[1:] == [("ADDED", "c"), ("MODIFIED", "a"), ("DELETED", "b")]
     assert sorted(i["metadata"]["name"] for i in inf.items()) == ["a", "c"]
     assert inf.resource_version == str(fake_api.resource_version)
+
+
+def list_requests(fake_api: FakeApiServer, path: str = "/api/v1/nodes") -> list[dict[str, str]]:
+    return [r.query for r in fake_api.requests("GET", path) if "watch" not in r.query]
+
+
+def test_informer_lists_in_pages(fake_api: FakeApiServer, informer_factory) -> None:
+    fake_api.put_objects([node(f"n{i:02d}") for i in range(12)])
+    inf, rec = informer_factory(page_size=5)
+    assert rec.snapshot()[0] == ("SYNC", [f"n{i:02d}" for i in range(12)])
+    assert inf.list_pages == 3 and len(inf.items()) == 12
+    lists = list_requests(fake_api)
+    assert [q.get("limit") for q in lists] == ["5", "5", "5"]
+    assert "continue" not in lists[0] and lists[1]["continue"] and lists[2]["continue"] != lists[1]["continue"]
+    assert inf.resource_version == str(fake_api.resource_version)
+    fake_api.put_object(node("late"))  # the watch resumes from the paged list's resourceVersion
+    wait_for(lambda: rec.has(("ADDED", "late")))
+
+
+def test_informer_reads_the_whole_list_when_its_continue_token_expires(fake_api: FakeApiServer,
+                                                                       informer_factory) -> None:
+    fake_api.put_objects([node(f"n{i:02d}") for i in range(7)])
+    fake_api.fail("GET", "/api/v1/nodes", status=410, times=1, with_param="continue")
+    inf, rec = informer_factory(page_size=3)
+    assert rec.snapshot()[0] == ("SYNC", [f"n{i:02d}" for i in range(7)])
+    lists = list_requests(fake_api)
+    assert [(q.get("limit"), "continue" in q) for q in lists] == [("3", False), ("3", True), (None, False)]
+    assert inf.list_pages == 2 and inf.relists == 1
+
+
+def test_informer_without_paging_lists_once(fake_api: FakeApiServer, informer_factory) -> None:
+    fake_api.put_objects([node(f"n{i}") for i in range(4)])
+    inf, rec = informer_factory(page_size=0)
+    assert rec.snapshot()[0] == ("SYNC", ["n0", "n1", "n2", "n3"])
+    assert [q.get("limit") for q in list_requests(fake_api)] == [None] and inf.list_pages == 1
 
 
 def test_informer_relists_after_410(fake_api: FakeApiServer, informer_factory) -> None:

@@ -275,7 +275,7 @@ def test_prepare_replace_pvc_only_grows_storage() -> None:
     ],
 )
 def test_needs_update(desired: dict, current: dict, update: bool) -> None:
-    assert kube._needs_update(desired, current) is update
+    assert kube.needs_update(desired, current) is update
 
 
 def test_owner_reference() -> None:
@@ -298,7 +298,7 @@ def test_owner_reference() -> None:
 )
 def test_identify_rejects_bad_objects(obj: dict, message: str) -> None:
     with pytest.raises(kube.KubeError, match=message):
-        kube._identify(obj)
+        kube.identify(obj)
 
 
 def test_api_client_with_bad_kubeconfig_is_a_kube_error(tmp_path) -> None:
