@@ -9,6 +9,7 @@ for custom resources.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ import kubernetes.client
 import kubernetes.config
 import msgspec
 import urllib3
+
+from flexinfer import buildinfo
 
 from .errors import KubeError
 
@@ -26,8 +29,17 @@ DEFAULT_TIMEOUT_S: tuple[float, float] = (5.0, 30.0)  # (connect, read)
 _decoder = msgspec.json.Decoder()
 
 
+def component_name() -> str:
+    """The running console script (`flexinfer-agent`, ...) or `flexinfer` when embedded (tests, demo)."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return prog if prog.startswith("flexinfer") and prog.replace("-", "").isalnum() else "flexinfer"
+
+
 def api_client(server: str | None = None, kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
-    """Explicit server URL (tests, demo) > in-cluster service account > kubeconfig (file or default)."""
+    """Explicit server URL (tests, demo) > in-cluster service account > kubeconfig (file or default).
+
+    Requests carry `User-Agent: <component>/<version>` (e.g. `flexinfer-agent/0.2.0`), so API server audit logs
+    and `apiserver_request_total` tell our components apart."""
     cfg = kubernetes.client.Configuration()
     if server:
         cfg.host = server.rstrip("/")
@@ -47,7 +59,9 @@ def api_client(server: str | None = None, kubeconfig: str | None = None) -> kube
     # server would block a caller for 4x the read timeout). Retrying is decided in one place, with backoff,
     # by the callers' tenacity policies (`retry=`), and every attempt is logged.
     cfg.retries = False
-    return kubernetes.client.ApiClient(cfg)
+    api = kubernetes.client.ApiClient(cfg)
+    api.user_agent = buildinfo.user_agent(component_name())
+    return api
 
 
 def _in_cluster() -> bool:

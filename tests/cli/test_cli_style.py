@@ -190,3 +190,32 @@ def test_every_tool_calls_the_same_node_stale(tmp_path):
     inventory = next(c for c in report["checks"] if c["name"] == "gpu_inventory")
     assert "1 with stale state" in inventory["message"] and "cblevins-gtx980ti" in inventory["message"]
     assert "rtxpro4000-worker" not in inventory["message"].split("stale state")[1]
+
+
+@pytest.mark.integration
+def test_api_requests_carry_our_user_agent(fake_api):
+    from flexinfer import kube
+
+    api = kube.api_client(server=fake_api.url)
+    kube.list_objects(api, "nodes")
+    agents = {r.user_agent for r in fake_api.requests("GET")}
+    assert agents == {f"flexinfer/{VERSION}"}
+
+
+def test_user_agent_names_the_running_component(monkeypatch):
+    from flexinfer.kube.client import component_name
+
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/flexinfer-agent", "--node", "x"])
+    assert component_name() == "flexinfer-agent"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/python -c"])
+    assert component_name() == "flexinfer"
+
+
+def test_agent_info_metric_carries_the_installed_version():
+    from flexinfer.agent.metrics import AgentMetrics
+    from prometheus_client import generate_latest
+
+    m = AgentMetrics("n1")
+    m.observe([], 0.001, "NullReader", "ok")
+    text = generate_latest(m.registry).decode()
+    assert f'version="{VERSION}"' in text
