@@ -16,12 +16,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from flexinfer import keys, logs
+from flexinfer import logs
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 from flexinfer.errors import ParseError
 
-from .pod import VENDOR_AUTO, PodRequirements, requirements_from_dict, requirements_from_json
+from .pod import VENDOR_AUTO, PodFields, PodRequirements, requirements_from_json, validate
 from .policy import NodeVerdict
 from .service import Extender
 
@@ -30,31 +30,10 @@ SERVICE_NAME = "flexinfer.api.v1.SchedulerExtender"
 
 
 def requirements_from_proto(m: pb.PodRequirements) -> PodRequirements:
-    """Run proto requirements through the same parser as pod annotations (same validation)."""
-    from dataclasses import replace
-
-    ann: dict[str, str] = {keys.POD_VENDOR: m.vendor or VENDOR_AUTO}
-    if m.vram_estimate_mib:
-        ann[keys.POD_VRAM_ESTIMATE_MB] = str(m.vram_estimate_mib)
-    if m.backend:
-        ann[keys.POD_BACKEND] = m.backend
-    if m.model:
-        ann[keys.POD_MODEL] = m.model
-    if m.jit_policy:
-        ann[keys.POD_JIT_POLICY] = m.jit_policy
-    if m.preferred_archs:
-        ann[keys.POD_PREFERRED_ARCHS] = ",".join(m.preferred_archs)
-    vendor = (m.vendor or "").strip().lower()
-    resource = {v: r for r, v in keys.GPU_RESOURCES.items()}.get(vendor)
-    containers = []
-    if resource and m.gpu_count > 0:
-        containers.append({"name": "model", "resources": {"limits": {resource: str(m.gpu_count)}}})
-    pod = {"metadata": {"name": m.name, "namespace": m.namespace, "uid": m.uid, "annotations": ann},
-           "spec": {"containers": containers}}
-    req = requirements_from_dict(pod)
-    if not req.error and req.vendor == VENDOR_AUTO and m.gpu_count > 0:
-        req = replace(req, gpu_count=m.gpu_count)
-    return req
+    """Validate the typed proto fields with the same rules as the pod annotations (`pod.validate`)."""
+    return validate(PodFields(m.namespace, m.name, m.uid, True, model=m.model, vram_estimate=m.vram_estimate_mib,
+                              backend=m.backend, vendor=m.vendor or VENDOR_AUTO, jit_policy=m.jit_policy,
+                              preferred_archs=tuple(m.preferred_archs), gpu_count=m.gpu_count))
 
 
 def requirements_to_proto(r: PodRequirements) -> pb.PodRequirements:

@@ -14,7 +14,7 @@ container's value is its limit if set, else its request (extended resources requ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -133,34 +133,76 @@ def gpu_requests(spec: _PodSpec | None) -> dict[str, int]:
     return out
 
 
-def requirements_from_wire(pod: PodWire) -> PodRequirements:
-    """PodRequirements from a decoded pod. Never raises: junk goes to `.error`."""
+@dataclass(frozen=True, slots=True)
+class PodFields:
+    """What a pod says about itself, extracted but not yet validated: the pod contract's values as written
+    (annotation text, or typed values from the gRPC `PodRequirements` message) and its GPU requests.
+    `validate` turns it into PodRequirements. `gpu_requests`: per vendor from the containers' resources
+    (the ParseError of a junk quantity, raised in its turn by `validate`); `gpu_count`: a count given as a
+    typed field instead (gRPC), None for pods."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    managed: bool = False
+    model: str = ""
+    vram_estimate: str | int = "0"
+    backend: str = ""
+    vendor: str = ""
+    jit_policy: str = ""
+    preferred_archs: tuple[str, ...] = ()
+    gpu_requests: dict[str, int] | ParseError = field(default_factory=dict)
+    gpu_count: int | None = None
+
+
+def extract(pod: PodWire) -> PodFields:
+    """The pod contract's fields from a decoded pod (no validation)."""
     meta = pod.metadata or _Meta()
     ann = meta.annotations or {}
-    base = dict(namespace=meta.namespace, name=meta.name, uid=meta.uid)
     managed = any(k in ann for k in MANAGED_KEYS)
     if not managed:
+        return PodFields(meta.namespace, meta.name, meta.uid)
+    try:
+        requests: dict[str, int] | ParseError = gpu_requests(pod.spec)
+    except ParseError as e:
+        requests = e
+    return PodFields(
+        meta.namespace, meta.name, meta.uid, True, model=ann.get(keys.POD_MODEL, ""),
+        vram_estimate=ann.get(keys.POD_VRAM_ESTIMATE_MB, "0"), backend=ann.get(keys.POD_BACKEND, ""),
+        vendor=ann.get(keys.POD_VENDOR, ""), jit_policy=ann.get(keys.POD_JIT_POLICY, ""),
+        preferred_archs=tuple(ann.get(keys.POD_PREFERRED_ARCHS, "").split(",")), gpu_requests=requests)
+
+
+def validate(f: PodFields) -> PodRequirements:
+    """PodRequirements from extracted fields. Never raises: junk goes to `.error`, naming the annotation
+    (the pod contract's key, also for typed gRPC fields) or `resources`."""
+    base = dict(namespace=f.namespace, name=f.name, uid=f.uid)
+    if not f.managed:
         return PodRequirements(**base)
     key = ""
     try:
         key = keys.POD_VRAM_ESTIMATE_MB
-        raw_est = ann.get(key, "0")
-        est = parse_mib(raw_est, f"pod annotation {key}")
+        est = parse_mib(f.vram_estimate, f"pod annotation {key}")
         key = keys.POD_BACKEND
-        backend = canonical_backend(ann[key]) if ann.get(key, "").strip() else ""
+        backend = canonical_backend(f.backend) if f.backend.strip() else ""
         key = keys.POD_VENDOR
-        raw_vendor = ann.get(key, "")
-        vendor = _POD_VENDORS.get(raw_vendor.strip().lower())
+        vendor = _POD_VENDORS.get(f.vendor.strip().lower())
         if vendor is None:
-            raise ParseError(f"pod annotation {key}", raw_vendor, "one of nvidia, amd, cpu, auto")
+            raise ParseError(f"pod annotation {key}", f.vendor, "one of nvidia, amd, cpu, auto")
         key = "resources"
-        requests = gpu_requests(pod.spec)
-        if len(requests) > 1:
-            raise ParseError("GPU requests", requests, "GPUs of one vendor only (nvidia.com/gpu or amd.com/gpu)")
-        req_vendor, count = next(iter(requests.items())) if requests else ("", 0)
+        if f.gpu_count is not None:  # a typed count (gRPC): for the pod's vendor, whichever it is
+            count = _quantity_int(f.gpu_count, "GPU count")
+            req_vendor = ""
+        else:
+            if isinstance(f.gpu_requests, ParseError):
+                raise f.gpu_requests
+            requests = f.gpu_requests
+            if len(requests) > 1:
+                raise ParseError("GPU requests", requests, "GPUs of one vendor only (nvidia.com/gpu or amd.com/gpu)")
+            req_vendor, count = next(iter(requests.items())) if requests else ("", 0)
         if req_vendor and vendor not in (VENDOR_AUTO, req_vendor):
             key = keys.POD_VENDOR
-            raise ParseError(f"pod annotation {key}", raw_vendor,
+            raise ParseError(f"pod annotation {key}", f.vendor,
                              f"a vendor matching the pod's GPU request ({req_vendor})")
         if vendor == VENDOR_AUTO and req_vendor:
             vendor = req_vendor
@@ -171,17 +213,22 @@ def requirements_from_wire(pod: PodWire) -> PodRequirements:
             # managedResources): it still needs one GPU to hold the model.
             count = 1
         key = keys.POD_PREFERRED_ARCHS
-        archs = tuple(a.strip().lower() for a in ann.get(key, "").split(",") if a.strip())
-        jit = ann.get(keys.POD_JIT_POLICY, "").strip()
+        archs = tuple(a.strip().lower() for a in f.preferred_archs if a.strip())
+        jit = f.jit_policy.strip()
     except ParseError as e:
         msg = str(e)
         if key != "resources" and key not in msg:
             msg = f"pod annotation {key}: {msg}"
         return PodRequirements(**base, managed=True, error=msg, error_key=key)
     return PodRequirements(
-        **base, managed=True, model=ann.get(keys.POD_MODEL, ""), backend=backend, vendor=vendor,
+        **base, managed=True, model=f.model, backend=backend, vendor=vendor,
         vram_estimate_mib=est, gpu_count=count, jit_policy=jit, preferred_archs=archs,
     )
+
+
+def requirements_from_wire(pod: PodWire) -> PodRequirements:
+    """PodRequirements from a decoded pod. Never raises: junk goes to `.error`."""
+    return validate(extract(pod))
 
 
 def requirements_from_dict(pod: object) -> PodRequirements:

@@ -28,9 +28,12 @@ Scoring (feasible nodes only, 1..10; 0 = not feasible / passthrough neutral):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import compress, repeat
+from operator import le, lt, not_, sub
 
 import msgspec
 
@@ -38,10 +41,11 @@ from flexinfer import freshness, keys
 from flexinfer.arch import AMD, NVIDIA, arch_info
 from flexinfer.compat import Compat, Verdict, check
 from flexinfer.errors import ParseError
-from flexinfer.state import GpuState, NodeView
+from flexinfer.state import GpuState, NodeGpuState, NodeView
 
 from .pod import VENDOR_CPU, PodRequirements
 
+INF = float("inf")
 STRATEGIES = ("binpack", "spread")
 MAX_SCORE = 10
 PREFERRED_BONUS = 2
@@ -78,8 +82,12 @@ class PolicyConfig:
 
 
 class NodeVerdict(msgspec.Struct, frozen=True, gc=False):
-    """One node's answer. A frozen msgspec Struct: built in C (thousands per cold request) and not tracked
-    by the cyclic GC (it holds only strings, numbers and a tuple of ints)."""
+    """One node's answer. A frozen msgspec Struct: built in C and not tracked by the cyclic GC (it holds only
+    strings, numbers and a tuple of ints).
+
+    `valid_until`: the verdict holds while the clock is before this (unix seconds), for the same Node view and
+    the same reservations: the state turning stale, an Xid penalty window ending. Caches read it from here; no
+    other module knows the policy's time-dependent rules."""
 
     node: str
     feasible: bool
@@ -89,6 +97,7 @@ class NodeVerdict(msgspec.Struct, frozen=True, gc=False):
     score: int = 0  # 0..10
     gpus: tuple[int, ...] = ()  # chosen GPU indices
     degraded: str = ""  # compat caveat when DEGRADED
+    valid_until: float = INF
 
     @property
     def result(self) -> str:
@@ -101,8 +110,14 @@ class NodeVerdict(msgspec.Struct, frozen=True, gc=False):
         return ",".join(str(i) for i in self.gpus)
 
 
-def _reject(node: str, reason: str, detail: str = "", *, unresolvable: bool = True) -> NodeVerdict:
-    return NodeVerdict(node, False, unresolvable, reason, detail or reason)
+def _reject(node: str, reason: str, detail: str = "", *, unresolvable: bool = True,
+            valid_until: float = INF) -> NodeVerdict:
+    return NodeVerdict(node, False, unresolvable, reason, detail or reason, valid_until=valid_until)
+
+
+def _before(t: float) -> float:
+    """The float just below `t`: a validity computed as `a + b` must not outlive the exact boundary by rounding."""
+    return math.nextafter(t, -INF)
 
 
 def node_parse_reason(error: str) -> str:
@@ -125,22 +140,45 @@ def _ordinal(n: int) -> str:
     return {1: "best", 2: "2nd best", 3: "3rd best"}.get(n, f"{n}th best")
 
 
+# --- static facts: what depends only on the Node object and the pod's shape ---------------------------
+
 class StaticFit(msgspec.Struct, frozen=True):
     """Result of the static checks: the GPUs that could ever hold the pod (healthy, right vendor,
-    compatible, big enough), with the DEGRADED caveat per GPU. Depends only on the pod's
-    `static_key` and the NodeView, so callers may memoise it per (node view, key)."""
+    compatible, big enough), with the DEGRADED caveat per GPU, and where they sit in `state.gpus`.
+    Depends only on the pod's `static_key` and the node's `static_class`, so one result serves every node
+    of a class (`on(state)` re-targets it at another node's GPUs)."""
 
     gpus: tuple[tuple[GpuState, str], ...]
     count: int
+    positions: tuple[int, ...] = ()
+
+    def on(self, state: NodeGpuState) -> StaticFit:
+        """The same fit for another node of the same static class."""
+        gpus = state.gpus
+        return StaticFit(tuple((gpus[p], d) for p, (_, d) in zip(self.positions, self.gpus, strict=True)),
+                         self.count, self.positions)
 
 
 def static_key(req: PodRequirements) -> tuple[str, int, str, str, int]:
     return (req.vendor, req.gpu_count, req.backend, req.jit_policy, req.vram_estimate_mib)
 
 
+def static_class(view: NodeView) -> tuple:
+    """Every fact of a Node that `static_check` reads, as a hashable key: nodes with equal keys get the same
+    static verdict (reason and candidate GPU positions) for any pod. A fleet of thousands of nodes has a few
+    dozen classes (one per GPU model, count and health pattern)."""
+    if view.error:
+        return ("error", node_parse_reason(view.error))
+    state = view.state
+    if state is None or not state.gpus:
+        status = view.agent_status
+        return ("none", view.vendor in ("none", ""), state is None, bool(status), status != "ok")
+    return ("gpus", *[(g.vendor, g.arch, g.total_mib, g.healthy) for g in state.gpus])
+
+
 def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFit:
     """Vendor, GPU count, health, compatibility and total size: facts that change only when the
-    Node object changes. Returns a rejection, or the candidate GPUs. Pure."""
+    Node object changes (see `static_class`). Returns a rejection, or the candidate GPUs. Pure."""
     name = view.name
     if view.error:
         return _reject(name, node_parse_reason(view.error), view.error)
@@ -153,47 +191,118 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
         if state is None:
             return _reject(name, R_NO_STATE, f"annotation {keys.ANN_GPU_STATE} is missing")
         return _reject(name, R_NO_GPU, "flexinfer-agent reports 0 GPUs")
+    gpus = state.gpus
 
     # Vendor match: nvidia/amd pods never fall back to the other vendor.
     if req.vendor in (NVIDIA, AMD):
-        vendor_gpus = [g for g in state.gpus if g.vendor == req.vendor]
-        if not vendor_gpus:
-            have = ",".join(sorted({g.vendor for g in state.gpus}))
+        vendor_pos = [i for i, g in enumerate(gpus) if g.vendor == req.vendor]
+        if not vendor_pos:
+            have = ",".join(sorted({g.vendor for g in gpus}))
             return _reject(name, R_NO_VENDOR_GPU.format(vendor=req.vendor),
                            f"pod needs {req.vendor}; node has {have} GPUs")
     else:  # auto: any accelerator vendor
-        vendor_gpus = [g for g in state.gpus if g.vendor in (NVIDIA, AMD)] or list(state.gpus)
+        vendor_pos = [i for i, g in enumerate(gpus) if g.vendor in (NVIDIA, AMD)] or list(range(len(gpus)))
     count = max(1, req.gpu_count)
-    if len(vendor_gpus) < count:
-        return _reject(name, R_TOO_FEW_GPUS, f"needs {count} GPUs; node has {len(vendor_gpus)}")
-    healthy = [g for g in vendor_gpus if g.healthy]
+    if len(vendor_pos) < count:
+        return _reject(name, R_TOO_FEW_GPUS, f"needs {count} GPUs; node has {len(vendor_pos)}")
+    healthy = [i for i in vendor_pos if gpus[i].healthy]
     if len(healthy) < count:
-        sick = "; ".join(f"GPU {g.index}: {g.reason or 'unhealthy'}" for g in vendor_gpus if not g.healthy)
+        sick = "; ".join(f"GPU {gpus[i].index}: {gpus[i].reason or 'unhealthy'}"
+                         for i in vendor_pos if not gpus[i].healthy)
         return _reject(name, R_UNHEALTHY, f"needs {count} healthy GPUs; node has {len(healthy)} ({sick})")
 
     # Backend x architecture compatibility, per GPU (mixed nodes keep only the usable cards).
-    usable: list[tuple[GpuState, str]] = []  # (gpu, degraded reason)
+    usable: list[tuple[int, str]] = []  # (position, degraded reason)
     first_no = ""
     if req.backend:
-        for g in healthy:
+        for i in healthy:
+            g = gpus[i]
             c = compat_for(req.backend, g.vendor, g.arch, req.jit_policy)
             if c.verdict is Verdict.UNSUPPORTED:
                 first_no = first_no or c.reason
             else:
-                usable.append((g, c.reason if c.verdict is Verdict.DEGRADED else ""))
+                usable.append((i, c.reason if c.verdict is Verdict.DEGRADED else ""))
         if len(usable) < count:
             return _reject(name, first_no, f"{first_no} ({len(usable)} of {count} GPUs usable)")
     else:
-        usable = [(g, "") for g in healthy]
+        usable = [(i, "") for i in healthy]
 
     est = req.vram_estimate_mib
-    big = tuple((g, d) for g, d in usable if g.total_mib >= est)
+    big = [(i, d) for i, d in usable if gpus[i].total_mib >= est]
     if len(big) < count:
-        largest = max(g.total_mib for g, _ in usable)
+        largest = max(gpus[i].total_mib for i, _ in usable)
         per = "per GPU" if count > 1 else "on one GPU"
         return _reject(name, R_TOO_SMALL,
                        f"needs {est} MiB {per}; largest GPU has {largest} MiB total")
-    return StaticFit(big, count)
+    return StaticFit(tuple((gpus[i], d) for i, d in big), count, tuple(i for i, _ in big))
+
+
+# --- live state: freshness, then picking GPUs, then scoring -------------------------------------------
+
+def stale_after(observed_unix: float, config: PolicyConfig) -> float:
+    """Last moment (unix) at which state observed at `observed_unix` still counts as fresh."""
+    return _before(observed_unix + config.max_state_age_seconds)
+
+
+Chosen = tuple[int, GpuState, str]  # (available MiB, gpu, degraded reason)
+
+
+def pick_gpus(fit: StaticFit, est: int, binpack: bool,
+              reserved: Mapping[int, int] | None = None) -> tuple[list[Chosen] | None, int]:
+    """The GPUs the pod would get: binpack = the tightest that still fit, spread = the most free.
+    Returns (chosen, n) with n = the best available MiB (one GPU) or the count-th best (several); chosen is
+    None when fewer than `fit.count` GPUs have `est` MiB available after `reserved` (GPU index -> MiB)."""
+    big = fit.gpus
+    count = fit.count
+    if count == 1:  # the common case, without sorting
+        pick: Chosen | None = None
+        top = 0
+        for g, d in big:
+            f = g.free_mib - reserved.get(g.index, 0) if reserved else g.free_mib
+            f = max(f, 0)
+            top = max(top, f)
+            if f >= est and (pick is None or (f < pick[0] if binpack else f > pick[0])):
+                pick = (f, g, d)
+        return ([pick] if pick is not None else None), top
+    avail = sorted(((max(0, g.free_mib - (reserved.get(g.index, 0) if reserved else 0)), g, d) for g, d in big),
+                   key=lambda t: (-t[0], t[1].index))
+    fitting = [t for t in avail if t[0] >= est]
+    if len(fitting) < count:
+        return None, avail[count - 1][0]
+    return (sorted(fitting, key=lambda t: (t[0], t[1].index))[:count] if binpack else fitting[:count]), fitting[0][0]
+
+
+def score(req: PodRequirements, chosen: list[Chosen], now_unix: float, config: PolicyConfig,
+          notes: list[str] | None = None) -> tuple[int, str, float]:
+    """(score 1..10, degraded caveat, valid until) for a pod on the chosen GPUs; `notes` gets the reasons."""
+    est = req.vram_estimate_mib
+    binpack = config.strategy == "binpack"
+    total = sum(t[1].total_mib for t in chosen)
+    free_after = sum(t[0] - est for t in chosen)
+    util_after = 1.0 - (free_after / total if total else 0.0)
+    base = BASE_MAX * (util_after if binpack else 1.0 - util_after)
+    value = base
+    if notes is not None:
+        notes.append(f"{config.strategy} base {base:.1f}")
+    pref = req.preferred_archs
+    if pref and any(t[1].arch in pref for t in chosen):
+        value += PREFERRED_BONUS
+        if notes is not None:
+            notes.append(f"+{PREFERRED_BONUS} preferred arch")
+    until = INF
+    window = config.error_window_seconds
+    recent = [t[1] for t in chosen if t[1].last_error_unix and now_unix - t[1].last_error_unix <= window]
+    if recent:
+        value -= ERROR_PENALTY
+        until = _before(min(g.last_error_unix for g in recent) + window)
+        if notes is not None:
+            notes.append(f"-{ERROR_PENALTY} recent Xid/RAS error on GPU {recent[0].index}")
+    degraded = next((t[2] for t in chosen if t[2]), "")
+    if degraded:
+        value -= DEGRADED_PENALTY
+        if notes is not None:
+            notes.append(f"-{DEGRADED_PENALTY} degraded: {degraded}")
+    return max(1, min(MAX_SCORE, round(value))), degraded, until
 
 
 def evaluate(
@@ -206,8 +315,8 @@ def evaluate(
     node: str = "",
     static: NodeVerdict | StaticFit | None = None,
 ) -> NodeVerdict:
-    """Verdict for one pod on one node. `reserved`: GPU index -> MiB held for other pods.
-    `static`: a memoised `static_check(req, view)` for this exact view (optional)."""
+    """Verdict for one pod on one node, with how long it holds (`valid_until`). `reserved`: GPU index -> MiB
+    held for other pods. `static`: a memoised `static_check(req, view)` for this view (optional)."""
     name = view.name if view is not None else node
     if not req.managed:
         return NodeVerdict(name, True)
@@ -222,66 +331,50 @@ def evaluate(
         return fit
     state = view.state
     assert state is not None  # static_check rejected nodes without state
-    count = fit.count
     est = req.vram_estimate_mib
-    big = fit.gpus
-
     age = now_unix - state.observed_unix
-    if age > config.max_state_age_seconds:
+    if age > config.max_state_age_seconds:  # stays stale until the Node object changes
         return _reject(name, R_STALE,
                        f"GPU state observed {age:.0f} s ago (max {config.max_state_age_seconds:.0f} s)")
-
-    reserved = reserved or {}
-    binpack = config.strategy == "binpack"
-    chosen: list[tuple[int, GpuState, str]]  # (available MiB, gpu, degraded reason)
-    if count == 1:  # the common case, without sorting
-        pick: tuple[int, GpuState, str] | None = None
-        top = 0
-        for g, d in big:
-            f = g.free_mib - reserved.get(g.index, 0) if reserved else g.free_mib
-            f = max(f, 0)
-            top = max(top, f)
-            if f >= est and (pick is None or (f < pick[0] if binpack else f > pick[0])):
-                pick = (f, g, d)
-        if pick is None:
-            return _reject(name, R_INSUFFICIENT, _insufficient(est, 1, top, reserved, big), unresolvable=False)
-        chosen = [pick]
-    else:
-        avail = sorted(((max(0, g.free_mib - reserved.get(g.index, 0)), g, d) for g, d in big),
-                       key=lambda t: (-t[0], t[1].index))
-        fitting = [t for t in avail if t[0] >= est]
-        if len(fitting) < count:
-            return _reject(name, R_INSUFFICIENT, _insufficient(est, count, avail[count - 1][0], reserved, big),
-                           unresolvable=False)
-        # binpack = tightest GPUs that still fit, spread = most free
-        chosen = sorted(fitting, key=lambda t: (t[0], t[1].index))[:count] if binpack else fitting[:count]
-    total = sum(t[1].total_mib for t in chosen)
-    free_after = sum(t[0] - est for t in chosen)
-    util_after = 1.0 - (free_after / total if total else 0.0)
-    base = BASE_MAX * (util_after if binpack else 1.0 - util_after)
-    score = base
-    notes = [f"{config.strategy} base {base:.1f}"]
-    pref = set(req.preferred_archs)
-    if pref and any(t[1].arch in pref for t in chosen):
-        score += PREFERRED_BONUS
-        notes.append(f"+{PREFERRED_BONUS} preferred arch")
-    recent = [t[1] for t in chosen
-              if t[1].last_error_unix and now_unix - t[1].last_error_unix <= config.error_window_seconds]
-    if recent:
-        score -= ERROR_PENALTY
-        notes.append(f"-{ERROR_PENALTY} recent Xid/RAS error on GPU {recent[0].index}")
-    degraded = next((t[2] for t in chosen if t[2]), "")
-    if degraded:
-        score -= DEGRADED_PENALTY
-        notes.append(f"-{DEGRADED_PENALTY} degraded: {degraded}")
-    final = max(1, min(MAX_SCORE, round(score)))
+    fresh_until = stale_after(state.observed_unix, config)
+    chosen, nth = pick_gpus(fit, est, config.strategy == "binpack", reserved)
+    if chosen is None:
+        return _reject(name, R_INSUFFICIENT, _insufficient(est, fit.count, nth, reserved, fit.gpus),
+                       unresolvable=False, valid_until=fresh_until)
+    notes: list[str] = []
+    final, degraded, until = score(req, chosen, now_unix, config, notes)
+    count = fit.count
     gpus = tuple(sorted(t[1].index for t in chosen))
     free_text = ", ".join(f"GPU {t[1].index} {t[0]} MiB free" for t in sorted(chosen, key=lambda t: t[1].index))
     detail = f"fits: needs {est} MiB on {count} GPU{'s' if count > 1 else ''}; {free_text}; " + ", ".join(notes)
-    return NodeVerdict(name, True, False, "", detail, final, gpus, degraded)
+    return NodeVerdict(name, True, False, "", detail, final, gpus, degraded, min(until, fresh_until))
 
 
-def _insufficient(est: int, count: int, nth_free: int, reserved: Mapping[int, int],
+def split_class(fit: StaticFit, est: int, names: list[str], observed: list[float], available: list[int],
+                now_unix: float, config: PolicyConfig) -> tuple[list[str], list[str], list[str], float]:
+    """`evaluate` for every node of one static class at once, without reservations, in C-level passes
+    (no Python call per node): `fit` is the class's StaticFit; per node (parallel columns) its observation
+    time and the `fit.count`-th largest free MiB among `fit.positions`. Returns (passing names, names
+    failing for free memory, stale names, valid until). Feasibility only: scores come from `score`."""
+    limit = config.max_state_age_seconds
+    ages = list(map(sub, repeat(now_unix), observed))
+    if any(map(lt, repeat(limit), ages)):  # rare: some nodes' state is stale
+        stale_mask = list(map(lt, repeat(limit), ages))
+        fresh_mask = list(map(not_, stale_mask))
+        stale = list(compress(names, stale_mask))
+        names = list(compress(names, fresh_mask))
+        available = list(compress(available, fresh_mask))
+        observed = list(compress(observed, fresh_mask))
+    else:
+        stale = []
+    fits = list(map(le, repeat(est), available))
+    passed = list(compress(names, fits))
+    failed = list(compress(names, map(not_, fits))) if len(passed) < len(names) else []
+    until = stale_after(min(observed), config) if observed else INF
+    return passed, failed, stale, until
+
+
+def _insufficient(est: int, count: int, nth_free: int, reserved: Mapping[int, int] | None,
                   big: tuple[tuple[GpuState, str], ...]) -> str:
     held = sum(reserved.get(g.index, 0) for g, _ in big) if reserved else 0
     held_text = f" ({held} MiB reserved for pods being placed)" if held else ""

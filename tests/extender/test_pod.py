@@ -79,3 +79,19 @@ def test_both_vendors_requested_is_an_error() -> None:
 def test_malformed_pod_json_raises_parse_error(bad: bytes) -> None:
     with pytest.raises(ParseError):
         requirements_from_json(bad)
+
+
+def test_typed_fields_validated_directly_like_annotations() -> None:
+    """gRPC sends typed fields: pod.validate checks them with the annotation rules, no Pod is built."""
+    from flexinfer.extender.pod import PodFields, validate
+
+    ok = validate(PodFields("m", "p", "u", True, vram_estimate=20480, backend="llama.cpp", vendor="rocm", gpu_count=4))
+    assert (ok.error, ok.vendor, ok.gpu_count, ok.backend, ok.vram_estimate_mib) == ("", "amd", 4, "llamacpp", 20480)
+    assert validate(PodFields(managed=True, vendor="auto", gpu_count=0)).gpu_count == 1  # a model needs a GPU
+    assert validate(PodFields(managed=True, vendor="cpu", gpu_count=3)).gpu_count == 0
+    too_many = validate(PodFields(managed=True, vendor="nvidia", gpu_count=5000))
+    assert too_many.error_key == "resources" and "between 0 and 1024" in too_many.error
+    bad = validate(PodFields(managed=True, vendor="nvidia", backend="tensorrt", gpu_count=1))
+    assert bad.error_key == keys.POD_BACKEND
+    negative = validate(PodFields(managed=True, vram_estimate=-5, vendor="nvidia"))
+    assert negative.error_key == keys.POD_VRAM_ESTIMATE_MB
