@@ -6,7 +6,7 @@
 * RSS: a fresh `python -m flexinfer.agent.main` process (fake 8-GPU node, metrics + gRPC servers,
   publishing to a local fake API server), VmRSS/VmHWM from /proc after it has sampled and been scraped.
 * Node writes per hour: the real Publisher (hysteresis + JSON merge patch over HTTP to
-  flexinfer.fakeapi.FakeApiServer) for 3600 samples at a 1 s interval on a fake clock, every GPU's
+  flexinfer.sim.fakeapi.FakeApiServer) for 3600 samples at a 1 s interval on a fake clock, every GPU's
   used memory jittering by +/-100 MiB each sample (the fleet `noise` fault).
 """
 
@@ -80,7 +80,7 @@ def node_writes_per_hour(samples: int = 3600, interval_s: float = 1.0, noise_mib
     from flexinfer.agent.readers.fake import fleet_reader
 
     from flexinfer import kube
-    from flexinfer.fakeapi import FakeApiServer
+    from flexinfer.sim.fakeapi import FakeApiServer
 
     node = eight_gpu_node("nvidia", noise_mib)
     clock = FakeClock()
@@ -138,7 +138,7 @@ def _sample_count(metrics: str) -> float:
 def agent_process_rss(workdir: Path, seconds: float = 6.0, interval_s: float = 0.25,
                       env: dict[str, str] | None = None) -> dict[str, Any]:
     from bench.extender_bench import free_port
-    from flexinfer.fakeapi import FakeApiServer
+    from flexinfer.sim.fakeapi import FakeApiServer
 
     node = eight_gpu_node("nvidia")
     fleet_file = workdir / "agent-fleet.yaml"

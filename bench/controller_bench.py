@@ -1,5 +1,5 @@
 """Controller benchmark: reconcile 200 Models in 20 shared-GPU groups against the local fake API server
-(flexinfer.fakeapi.FakeApiServer in a separate process, real HTTP through the official client).
+(flexinfer.sim.fakeapi.FakeApiServer in a separate process, real HTTP through the official client).
 
 Passes timed (wall clock, `Controller.reconcile_once()`: list everything, decide, render, apply, status):
 1. cold: nothing exists yet; creates every Deployment and Service and writes every Model status;
@@ -67,7 +67,7 @@ def run(progress: Any, *, quick: bool = False) -> dict[str, Any]:
     server_cpu, _client_cpu = cpus()
     proc = subprocess.Popen([sys.executable, "-m", "bench.fakeapi_proc", "--cpu", str(server_cpu)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out: dict[str, Any] = {"models": len(objs), "groups": n_groups, "api": "flexinfer.fakeapi.FakeApiServer "
+    out: dict[str, Any] = {"models": len(objs), "groups": n_groups, "api": "flexinfer.sim.fakeapi.FakeApiServer "
                            "(separate process, HTTP via the official kubernetes client)"}
     try:
         url = proc.stdout.readline().strip()  # type: ignore[union-attr]

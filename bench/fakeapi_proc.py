@@ -1,4 +1,4 @@
-"""flexinfer.fakeapi.FakeApiServer in its own process (so its CPU is not the measured client's):
+"""flexinfer.sim.fakeapi.FakeApiServer in its own process (so its CPU is not the measured client's):
 prints its URL on stdout, serves until stdin closes.
 
     python -m bench.fakeapi_proc [--cpu 0]
@@ -11,7 +11,7 @@ import os
 import sys
 
 from flexinfer import logs
-from flexinfer.fakeapi import FakeApiServer
+from flexinfer.sim.fakeapi import FakeApiServer
 
 
 def main(argv: list[str] | None = None) -> int:

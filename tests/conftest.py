@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import kubernetes.client
 import pytest
 
-from flexinfer.fakeapi import FakeApiServer
 from flexinfer.kube import api_client
+from flexinfer.sim.fakeapi import FakeApiServer
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import yaml
 from rich.console import Console
 
 from flexinfer.cli.output import table
-from flexinfer.demo.cluster import Attempt, DemoCluster
 from flexinfer.fleet import Fleet
 from flexinfer.model import parse_model
+from flexinfer.sim.cluster import Attempt, DemoCluster
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "daemonset" / "examples"
 

@@ -22,8 +22,8 @@ from flexinfer.extender.pod import requirements_from_dict
 from flexinfer.extender.service import Extender
 
 from flexinfer import keys, kube
-from flexinfer.fakeapi import FakeApiServer
 from flexinfer.nodes import view_of
+from flexinfer.sim.fakeapi import FakeApiServer
 
 from .agent_helpers import node_from, nvidia_gpu
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flexinfer import keys
-from flexinfer.fakeapi import FakeApiServer
+from flexinfer.sim.fakeapi import FakeApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ from flexinfer.agent.publish import Publisher
 from flexinfer.agent.readers.fake import fleet_reader
 
 from flexinfer import keys
-from flexinfer.fakeapi import FakeApiServer
 from flexinfer.fleet import dump_fleet, parse_fleet
 from flexinfer.kube import RetryPolicy
+from flexinfer.sim.fakeapi import FakeApiServer
 
 from .agent_helpers import amd_gpu, node_from, nvidia_gpu
 

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from flexinfer.arch import arch_info
 from flexinfer.cli.main import cli
 from flexinfer.compat import Verdict, check
-from flexinfer.demo.cluster import DemoCluster
 from flexinfer.demo.run import load_example_docs
 from flexinfer.fleet import default_fleet_path, load_fleet
+from flexinfer.sim.cluster import DemoCluster
 
 pytestmark = pytest.mark.integration
 

@@ -144,7 +144,7 @@ def test_watch_mode_against_fake_api_server(fake_api) -> None:
 
 @pytest.mark.integration
 def test_api_server_gone_keeps_serving_and_readiness_says_why() -> None:
-    from flexinfer.fakeapi import FakeApiServer
+    from flexinfer.sim.fakeapi import FakeApiServer
 
     fake = FakeApiServer().start()
     for n in fleet_nodes(time.time())[:2]:

@@ -22,7 +22,7 @@ from flexinfer.extender.http import serve_in_thread
 from flexinfer.extender.main import build
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flexinfer.fakeapi import FakeApiServer
+from flexinfer.sim.fakeapi import FakeApiServer
 
 from .ext_fixtures import fleet_nodes, model_pod
 

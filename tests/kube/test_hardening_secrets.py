@@ -39,8 +39,8 @@ from flexinfer.extender.main import build
 from flexinfer import keys, kube, logs
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
-from flexinfer.fakeapi import FakeApiServer
 from flexinfer.fleet import default_fleet_path, load_fleet
+from flexinfer.sim.fakeapi import FakeApiServer
 
 pytestmark = pytest.mark.integration
 

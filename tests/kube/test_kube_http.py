@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flexinfer import keys, kube
-from flexinfer.fakeapi import FakeApiServer
+from flexinfer.sim.fakeapi import FakeApiServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,11 @@
-"""Pure helpers of flexinfer.kube and flexinfer.fakeapi: exhaustive tables, no I/O."""
+"""Pure helpers of flexinfer.kube and flexinfer.sim.fakeapi: exhaustive tables, no I/O."""
 
 from __future__ import annotations
 
 import pytest
 
 from flexinfer import keys, kube
-from flexinfer.fakeapi import (
+from flexinfer.sim.fakeapi import (
     ParsedPath,
     json_merge_patch,
     json_patch,

@@ -24,10 +24,10 @@ import msgspec
 from flexinfer import keys, kube, logs
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
-from flexinfer.demo.intree import intree_reject
-from flexinfer.fakeapi import FakeApiServer
 from flexinfer.fleet import Fleet
 from flexinfer.nodes import fleet_node_objects
+from flexinfer.sim.fakeapi import FakeApiServer
+from flexinfer.sim.intree import intree_reject
 from flexinfer.state import rfc3339
 
 log = logs.get("flexinfer.demo")
