@@ -8,7 +8,7 @@ import time
 import pytest
 
 from flexinfer import keys, kube
-from flexinfer.fakeapi import FakeApiServer
+from flexinfer.sim.fakeapi import FakeApiServer
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flexinfer.demo.intree import intree_reject, pod_gpu_requests
+from flexinfer.sim.intree import intree_reject, pod_gpu_requests
 
 
 def _node(**kw):
