@@ -2,7 +2,8 @@
 # One image for all four entry points: flexinfer (CLI), flexinfer-agent, flexinfer-extender,
 # flexinfer-controller. The manifests pick one with `command:`.
 #
-#   docker build -t ghcr.io/flexinfer/flexinfer:0.1.0 .
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
+#                -t ghcr.io/flexinfer/flexinfer:0.1.0 .
 #   docker build --build-arg BASE=rocm/dev-ubuntu-24.04:6.4.1 --build-arg ROCM=1 \
 #                -t ghcr.io/flexinfer/flexinfer:0.1.0-rocm6.4.1 .
 #
@@ -15,12 +16,18 @@
 #   Build the ROCm variant (BASE = a ROCm image, ROCM=1): it installs the amdsmi wheel shipped in that
 #   image's /opt/rocm/share/amd_smi, so library and binding come from the same release. On the default
 #   image `import amdsmi` fails; the agent then reports "amdsmi unavailable" and falls back to sysfs.
-ARG BASE=python:3.11-slim
+#
+# Reproducible: both stages start from python:3.11-slim pinned by its manifest-list digest (refresh it with
+# `docker buildx imagetools inspect python:3.11-slim` and commit the new digest), and every Python dependency is
+# installed from requirements/runtime.lock (exact versions + sha256 of every file, `--require-hashes`; regenerate
+# with `bash hack/lock.sh`). An image built twice from the same commit gets the same packages.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+ARG BASE=${PYTHON_IMAGE}
 
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY flexinfer/ flexinfer/
 COPY agent/ agent/
 COPY extender/ extender/
@@ -31,6 +38,17 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${BASE}
 ARG ROCM=0
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="flexinfer" \
+      org.opencontainers.image.description="GPU-aware placement for LLM serving on heterogeneous Kubernetes clusters: node agent, scheduler extender, Model controller, CLI" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/flexinfer/flexinfer" \
+      org.opencontainers.image.url="https://github.com/flexinfer/flexinfer" \
+      org.opencontainers.image.documentation="https://github.com/flexinfer/flexinfer#readme" \
+      org.opencontainers.image.vendor="FlexInfer" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FLEXINFER_LOG_FORMAT=json
 # ROCm base images are Ubuntu with a system Python that pip must not modify (PEP 668): use a venv there.
@@ -42,9 +60,11 @@ RUN if [ "$ROCM" = "1" ]; then \
     fi
 ENV PATH=/opt/venv/bin:$PATH
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/flexinfer-*.whl \
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN pip install --require-hashes --only-binary=:all: -r /tmp/runtime.lock \
+    && pip install --no-deps /wheels/flexinfer-*.whl \
     && if [ "$ROCM" = "1" ]; then pip install /opt/rocm/share/amd_smi; fi \
-    && rm -rf /wheels
+    && rm -rf /wheels /tmp/runtime.lock
 # Non-root by default (uid/gid 10001, matching the manifests' runAsUser). The AMD agent adds the
 # node's video/render groups through supplementalGroups; nothing here needs root at run time.
 RUN groupadd --system --gid 10001 flexinfer \
