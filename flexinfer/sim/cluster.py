@@ -109,7 +109,7 @@ class DemoCluster:
             agent.step()
             self.agents[node.name] = agent
         self.progress("starting flexinfer-extender (HTTP + gRPC on 127.0.0.1, watching Nodes and Pods)")
-        self.running = build(kube_server=self.fake.url, max_state_age_seconds=180.0)
+        self.running = build(kube_server=self.fake.url)  # the one freshness contract (flexinfer.freshness)
         for inf in self.running.informers:
             inf.wait_synced(10)
         self.http = serve_in_thread(uvicorn_config(self.running.app, "127.0.0.1", 0))
