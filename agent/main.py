@@ -59,9 +59,10 @@ def build_real_reader(vendor: str = "auto", sys_root: str = "/sys") -> GpuReader
 def build_fake_reader(path: str, node: str) -> GpuReader:
     from flexinfer.fleet import load_fleet
 
-    from .readers.fake import fleet_reader
+    from .readers.fake import FollowFleetFile, fleet_reader
 
-    return fleet_reader(load_fleet(path).node(node))
+    fleet_node = load_fleet(path).node(node)
+    return FollowFleetFile(fleet_reader(fleet_node), path, fleet_node)
 
 
 @component_command("flexinfer-agent", exit_codes=(

@@ -386,3 +386,68 @@ def fleet_reader(node: FleetNode, amdsmi_module: Any = None, backoff: Backoff | 
             return NullReader("no GPU library found")
         return NullReader("ok")
     return readers[0] if len(readers) == 1 else MultiReader(readers)
+
+
+MAX_FLEET_FILE_BYTES = 4 << 20  # a 5000-node generated fleet is ~2 MiB
+
+
+class FollowFleetFile:
+    """A fleet node's reader that follows later edits of its fleet file: before each sample, when the
+    file changed (mtime, size), each GPU's `usedMiB` and `healthy` are taken from it; everything else stays
+    as read at start. This is how a simulator outside the agent (the e2e tier's model loads on kwok nodes)
+    changes what the fake GPUs report while a `flexinfer-agent --fake-gpus` process runs. A file that
+    is too large, unreadable or invalid is ignored (the previous values stay) and logged once per change."""
+
+    def __init__(self, inner: GpuReader, path: str, node: FleetNode) -> None:
+        self.inner = inner
+        self.vendor = inner.vendor
+        self.path = path
+        self.node = node
+        self._seen = self._stamp()
+        self.reloads = 0
+
+    def _stamp(self) -> tuple[int, int] | None:
+        import os
+
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> None:
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return
+        self._seen = stamp
+        from flexinfer import logs
+        from flexinfer.errors import ParseError
+        from flexinfer.fleet import load_fleet
+
+        if stamp[1] > MAX_FLEET_FILE_BYTES:
+            logs.get("flexinfer.agent.fake").warning("fleet_file_ignored", path=self.path, size_bytes=stamp[1],
+                                                     limit_bytes=MAX_FLEET_FILE_BYTES)
+            return
+        try:
+            fresh = load_fleet(self.path).node(self.node.name)
+        except (ParseError, KeyError) as e:
+            logs.get("flexinfer.agent.fake").warning("fleet_file_ignored", path=self.path, error=str(e))
+            return
+        for gpu, new in zip(self.node.gpus, fresh.gpus, strict=False):
+            gpu.used_mi_b = new.used_mi_b
+            gpu.healthy = new.healthy
+        self.reloads += 1
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def sample(self) -> list[GpuSample]:
+        self.refresh()
+        return self.inner.sample()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def status(self) -> str:
+        return self.inner.status

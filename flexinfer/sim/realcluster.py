@@ -1,0 +1,364 @@
+"""A simulated GPU fleet on the real control plane (:mod:`flexinfer.sim.controlplane`): the e2e tier's,
+the real-mode demo's and the scheduler bench's cluster.
+
+- **Nodes**: one kwok-managed Node per fleet node, carrying what its kubelet and device plugin would
+  report (capacity `nvidia.com/gpu` / `amd.com/gpu`, cpu, memory, taints, the fleet's labels), built by
+  :func:`flexinfer.nodes.fleet_node_objects` with no FlexInfer keys: the agents write those.
+- **Agents**: one ``flexinfer-agent --fake-gpus FLEET --node N`` process per node, as the
+  ``flexinfer-agent`` ServiceAccount with only its shipped ClusterRole, writing through the real API.
+- **GPU load**: :class:`GpuLoad` watches pods; when kwok marks a pod with a VRAM estimate Running on a
+  fleet node, the node's fake GPU(s) show the model's memory in use (the demo's simulated load) by
+  editing the fleet file the agents follow (:class:`flexinfer.agent.readers.fake.FollowFleetFile`), so
+  the agent publishes the drop and the extender sees it. A deleted pod gives the memory back.
+- **Extender** and **controller**: ``flexinfer-extender`` / ``flexinfer-controller`` processes, each as
+  its own ServiceAccount with only its shipped role; kube-scheduler calls the extender over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flexinfer import keys, kube, logs
+from flexinfer.fleet import Fleet, dump_fleet
+from flexinfer.nodes import fleet_node_objects
+from flexinfer.sim.controlplane import (
+    KWOK_NODE_ANNOTATION,
+    ControlPlane,
+    ControlPlaneError,
+    Process,
+    free_port,
+    python_entry_point,
+    wait_until,
+)
+from flexinfer.state import decode_state
+
+log = logs.get("flexinfer.sim.realcluster")
+
+JSON = dict[str, Any]
+NAMESPACE = "flexinfer-system"
+RESOURCE_VENDOR = keys.GPU_RESOURCES
+
+
+def kwok_node_objects(fleet: Fleet, names: Iterable[str] | None = None) -> list[JSON]:
+    """The Node objects a fleet's kubelets (+ device plugins) would register, annotated for kwok. Pure."""
+    wanted = set(names) if names is not None else None
+    out = []
+    for obj in fleet_node_objects(fleet, published=False):
+        if wanted is not None and obj["metadata"]["name"] not in wanted:
+            continue
+        obj = {"apiVersion": "v1", "kind": "Node", **obj}
+        obj["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}),
+                                          KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]}
+        obj["metadata"]["labels"].setdefault("type", "kwok")
+        obj["status"]["conditions"] = []  # kwok's node-initialize stage makes it Ready
+        out.append(obj)
+    return out
+
+
+def pod_gpu_request(pod: JSON) -> tuple[str, int]:
+    """(vendor, count) of the GPU resource a pod requests (limits win), ("", 0) for none. Pure."""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        for source in (res.get("limits") or {}, res.get("requests") or {}):
+            for name, vendor in RESOURCE_VENDOR.items():
+                if name in source:
+                    try:
+                        return vendor, int(str(source[name]))
+                    except ValueError:
+                        return vendor, 0
+    return "", 0
+
+
+class GpuLoad:
+    """The GPU side of a kubelet: models of Running pods occupy fake-GPU memory (see the module doc).
+
+    Each Running pod with a `flexinfer.ai/gpu.vram-estimate-mb` annotation and a GPU request on a fleet
+    node takes `min(estimate, free)` MiB on each of its `count` healthy GPUs of the requested vendor
+    with the most free memory (what a device plugin hands out). The fleet file is rewritten atomically on
+    every change."""
+
+    def __init__(self, api: Any, fleet: Fleet, fleet_path: Path) -> None:
+        self.api = api
+        self.base = fleet
+        self.fleet = copy.deepcopy(fleet)
+        self.fleet_path = fleet_path
+        self.loads: dict[tuple[str, str], list[tuple[str, int, int]]] = {}  # pod key -> [(node, gpu, MiB)]
+        self._lock = threading.Lock()
+        self.informer: kube.Informer | None = None
+        self.writes = 0
+        self.write()
+
+    def start(self) -> GpuLoad:
+        self.informer = kube.Informer(self.api, "pods", self.on_event, field_selector="spec.nodeName!=")
+        self.informer.start()
+        if not self.informer.wait_synced(30):
+            raise ControlPlaneError("the GPU load simulator's pod informer did not sync within 30 s")
+        return self
+
+    def stop(self) -> None:
+        if self.informer is not None:
+            self.informer.stop()
+
+    def used_mib(self, node: str, gpu: int = 0) -> int:
+        with self._lock:
+            return self.fleet.node(node).gpus[gpu].used_mi_b
+
+    def on_event(self, etype: str, obj: JSON) -> None:
+        with self._lock:
+            if etype == "SYNC":
+                live = {self._key(p): p for p in obj.get("items") or []}
+                changed = False
+                for key in list(self.loads):
+                    if key not in live or not self._running(live[key]):
+                        changed |= self._unload(key)
+                for key, pod in live.items():
+                    if self._running(pod):
+                        changed |= self._load(key, pod)
+            elif etype == "DELETED" or not self._running(obj):
+                changed = self._unload(self._key(obj))
+            else:
+                changed = self._load(self._key(obj), obj)
+            if changed:
+                self.write()
+
+    @staticmethod
+    def _key(pod: JSON) -> tuple[str, str]:
+        meta = pod.get("metadata") or {}
+        return meta.get("namespace") or "default", meta.get("name") or ""
+
+    @staticmethod
+    def _running(pod: JSON) -> bool:
+        return (pod.get("status") or {}).get("phase") == "Running" and \
+            not (pod.get("metadata") or {}).get("deletionTimestamp")
+
+    def _load(self, key: tuple[str, str], pod: JSON) -> bool:
+        if key in self.loads:
+            return False
+        ann = (pod.get("metadata") or {}).get("annotations") or {}
+        node_name = (pod.get("spec") or {}).get("nodeName") or ""
+        vendor, count = pod_gpu_request(pod)
+        try:
+            need = int(ann.get(keys.POD_VRAM_ESTIMATE_MB, "0"))
+            node = self.fleet.node(node_name)
+        except (ValueError, KeyError):
+            return False
+        if need <= 0 or count <= 0:
+            return False
+        gpus = sorted((i for i, g in enumerate(node.gpus) if g.vendor.lower() == vendor and g.healthy),
+                      key=lambda i: node.gpus[i].used_mi_b - node.gpus[i].total_mi_b)[:count]
+        placed = []
+        for i in gpus:
+            g = node.gpus[i]
+            add = max(0, min(need, g.total_mi_b - g.used_mi_b))
+            g.used_mi_b += add
+            placed.append((node_name, i, add))
+        self.loads[key] = placed
+        log.info("gpu_load", pod=f"{key[0]}/{key[1]}", node=node_name, gpus=[p[1] for p in placed], mib=need)
+        return True
+
+    def _unload(self, key: tuple[str, str]) -> bool:
+        placed = self.loads.pop(key, None)
+        if not placed:
+            return placed is not None
+        for node_name, i, mib in placed:
+            g = self.fleet.node(node_name).gpus[i]
+            g.used_mi_b = max(0, g.used_mi_b - mib)
+        log.info("gpu_unload", pod=f"{key[0]}/{key[1]}")
+        return True
+
+    def write(self) -> None:
+        tmp = self.fleet_path.with_suffix(".tmp")
+        tmp.write_text(dump_fleet(self.fleet))
+        os.replace(tmp, self.fleet_path)
+        self.writes += 1
+
+
+class RealCluster:
+    """A fleet on a running :class:`ControlPlane` (shipped CRD/RBAC installed by `start`)."""
+
+    def __init__(self, cp: ControlPlane, fleet: Fleet, *, agent_interval_seconds: float = 1.0,
+                 extender_args: Iterable[str] = ()) -> None:
+        self.cp = cp
+        self.fleet = fleet
+        self.agent_interval_seconds = agent_interval_seconds
+        self.extender_args = list(extender_args)
+        self.fleet_path = cp.workdir / "fleet.yaml"
+        self.load: GpuLoad | None = None
+        self.extender_port = 0
+        self.extender_grpc_port = 0
+        self.agents: dict[str, Process] = {}
+        self.controllers: dict[str, Process] = {}
+
+    @property
+    def api(self) -> Any:
+        return self.cp.admin_api()
+
+    @property
+    def extender_url(self) -> str:
+        return f"http://127.0.0.1:{self.extender_port}"
+
+    @property
+    def extender_grpc(self) -> str:
+        return f"127.0.0.1:{self.extender_grpc_port}"
+
+    # -- whole cluster --------------------------------------------------------------------------------
+    def start(self, *, agents: bool = True, extender: bool = True) -> RealCluster:
+        self.cp.install_flexinfer()
+        self.register_nodes()
+        self.load = GpuLoad(self.api, self.fleet, self.fleet_path).start()
+        if agents:
+            self.start_agents()
+        if extender:
+            self.start_extender()
+        return self
+
+    def stop(self) -> None:
+        for p in [*self.controllers.values(), *self.agents.values()]:
+            p.stop(5)
+        ext = self.cp.procs.get("flexinfer-extender")
+        if ext is not None:
+            ext.stop(5)
+        if self.load is not None:
+            self.load.stop()
+
+    # -- nodes --------------------------------------------------------------------------------------------
+    def register_nodes(self, names: Iterable[str] | None = None, timeout_s: float = 60.0) -> list[str]:
+        """Create the kwok Nodes (as their kubelets would) and wait until kwok reports them Ready."""
+        objs = kwok_node_objects(self.fleet, names)
+        for obj in objs:
+            try:
+                kube.create_object(self.api, obj)
+            except kube.KubeError as e:
+                if e.status != 409:
+                    raise
+        created = [o["metadata"]["name"] for o in objs]
+        self.wait_nodes_ready(created, timeout_s)
+        return created
+
+    def wait_nodes_ready(self, names: Iterable[str], timeout_s: float = 60.0) -> None:
+        names = list(names)
+
+        def ready() -> bool:
+            for n in names:
+                node = kube.get_object(self.api, "nodes", n)
+                status = (node or {}).get("status") or {}
+                conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+                if conds.get("Ready") != "True":
+                    return False
+                taints = [t.get("key") for t in ((node or {}).get("spec") or {}).get("taints") or []]
+                if any(str(k).startswith("node.kubernetes.io/") for k in taints):
+                    return False  # node lifecycle controller has not lifted not-ready yet
+            return True
+
+        wait_until(f"kwok nodes Ready: {', '.join(names)}", ready, timeout_s, interval_s=0.2,
+                   procs=[self.cp.procs["kwok"]])
+
+    def delete_node(self, name: str) -> None:
+        kube.delete_object(self.api, "nodes", name)
+
+    # -- agents ---------------------------------------------------------------------------------------------
+    def start_agents(self, names: Iterable[str] | None = None, wait: bool = True) -> None:
+        names = list(names) if names is not None else [n.name for n in self.fleet.nodes]
+        kc = self.cp.service_account_kubeconfig(NAMESPACE, "flexinfer-agent")
+        t0 = time.time()
+        for name in names:
+            self.agents[name] = self.cp.spawn(f"agent-{name}", [
+                *python_entry_point("flexinfer-agent"), "--node", name, "--fake-gpus", str(self.fleet_path),
+                "--kubeconfig", str(kc), "--interval-seconds", str(self.agent_interval_seconds),
+                "--metrics-port", "0", "--grpc-port", "0", "--log-format", "json",
+            ])
+        if wait:
+            self.wait_published(names, since_unix=t0 - 1)
+
+    def stop_agent(self, name: str) -> None:
+        p = self.agents.pop(name, None)
+        if p is not None:
+            p.stop(5)
+
+    def published(self, name: str) -> JSON | None:
+        """The agent's last published state of a node (from its annotations), or None."""
+        node = kube.get_object(self.api, "nodes", name)
+        ann = ((node or {}).get("metadata") or {}).get("annotations") or {}
+        raw = ann.get(keys.ANN_GPU_STATE)
+        if raw is None:
+            return None
+        state = decode_state(name, raw)
+        return {"observed_unix": state.observed_unix,
+                "free_mib": [g.free_mib for g in state.gpus], "annotations": ann,
+                "labels": (node or {}).get("metadata", {}).get("labels") or {}}
+
+    def wait_published(self, names: Iterable[str], since_unix: float = 0.0, timeout_s: float = 60.0,
+                       free_mib: dict[str, int] | None = None) -> None:
+        """Until every node's agent published state observed after `since_unix` (and, when given, GPU 0's
+        free MiB within 200 MiB of `free_mib[node]`)."""
+        names = list(names)
+
+        def done() -> bool:
+            for n in names:
+                pub = self.published(n)
+                if pub is None or pub["observed_unix"] < since_unix:
+                    return False
+                if free_mib and n in free_mib and (
+                        not pub["free_mib"] or abs(pub["free_mib"][0] - free_mib[n]) > 200):
+                    return False
+            return True
+
+        wait_until(f"agents to publish {', '.join(names)}", done, timeout_s, interval_s=0.2,
+                   procs=[self.agents[n] for n in names if n in self.agents])
+
+    # -- extender ----------------------------------------------------------------------------------------------
+    def start_extender(self, port: int | None = None, wait: bool = True) -> Process:
+        """flexinfer-extender as its ServiceAccount on 127.0.0.1 (same port across restarts)."""
+        self.extender_port = port or self.extender_port or free_port()
+        self.extender_grpc_port = self.extender_grpc_port or free_port()
+        kc = self.cp.service_account_kubeconfig(NAMESPACE, "flexinfer-extender")
+        proc = self.cp.spawn("flexinfer-extender", [
+            *python_entry_point("flexinfer-extender"), "--kubeconfig", str(kc), "--bind-address", "127.0.0.1",
+            "--http-port", str(self.extender_port), "--grpc-port", str(self.extender_grpc_port),
+            "--log-format", "json", *self.extender_args,
+        ])
+        if wait:
+            self.wait_extender_ready(proc)
+        return proc
+
+    def wait_extender_ready(self, proc: Process | None = None, timeout_s: float = 60.0) -> None:
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.extender_url}/readyz", timeout=2) as r:
+                    return r.status == 200
+            except urllib.error.HTTPError:
+                return False
+
+        wait_until("flexinfer-extender /readyz", ready, timeout_s,
+                   procs=[proc or self.cp.procs["flexinfer-extender"]])
+
+    def extender_explain(self, pod: JSON, node_names: list[str] | None = None) -> JSON:
+        body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": node_names}).encode()
+        req = urllib.request.Request(f"{self.extender_url}/explain", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    @property
+    def extender(self) -> Process:
+        return self.cp.procs["flexinfer-extender"]
+
+    # -- controller ----------------------------------------------------------------------------------------------
+    def start_controller(self, name: str = "flexinfer-controller", *args: str) -> Process:
+        """flexinfer-controller as its ServiceAccount (leader election on, /metrics off unless asked)."""
+        kc = self.cp.service_account_kubeconfig(NAMESPACE, "flexinfer-controller")
+        proc = self.cp.spawn(name, [
+            *python_entry_point("flexinfer-controller"), "--kubeconfig", str(kc), "--bind-address", "127.0.0.1",
+            "--log-format", "json", *(args or ("--metrics-port", "0")),
+        ], env={"POD_NAMESPACE": NAMESPACE, "POD_NAME": name})
+        self.controllers[name] = proc
+        return proc

@@ -1,0 +1,80 @@
+"""Helpers for the e2e tier: GPU pods, scheduling events, waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from flexinfer import keys, kube
+
+JSON = dict[str, Any]
+RTX_TOLERATION = {"key": "workload.ai/dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+
+
+def gpu_pod(name: str, namespace: str, *, backend: str, vram_mib: int, vendor: str, count: int = 1,
+            node_selector: dict[str, str] | None = None, scheduler_name: str | None = None,
+            annotations: dict[str, str] | None = None, tolerate_dedicated: bool = True,
+            labels: dict[str, str] | None = None) -> JSON:
+    """A model-server pod as the controller renders them: the pod contract annotations and one GPU
+    resource (`nvidia.com/gpu` / `amd.com/gpu`)."""
+    resource = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}[vendor]
+    spec: JSON = {
+        "containers": [{"name": "server", "image": "registry.invalid/flexinfer/model-server:e2e",
+                        "resources": {"limits": {resource: str(count)}}}],
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 0,
+    }
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    if tolerate_dedicated:
+        spec["tolerations"] = [RTX_TOLERATION]
+    if scheduler_name:
+        spec["schedulerName"] = scheduler_name
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name, **(labels or {})},
+                     "annotations": {keys.POD_MODEL: name, keys.POD_BACKEND: backend,
+                                     keys.POD_VRAM_ESTIMATE_MB: str(vram_mib), **(annotations or {})}},
+        "spec": spec,
+    }
+
+
+def create(api: Any, obj: JSON) -> JSON:
+    return kube.create_object(api, obj)
+
+
+def pod(api: Any, namespace: str, name: str) -> JSON | None:
+    return kube.get_object(api, "pods", name, namespace)
+
+
+def node_of(api: Any, namespace: str, name: str) -> str:
+    p = pod(api, namespace, name)
+    return ((p or {}).get("spec") or {}).get("nodeName") or ""
+
+
+def events_for(api: Any, namespace: str, name: str, reason: str | None = None) -> list[JSON]:
+    evs = kube.request(api, "GET", f"/api/v1/namespaces/{namespace}/events",
+                       query={"fieldSelector": f"involvedObject.name={name}"}).get("items") or []
+    return [e for e in evs if reason is None or e.get("reason") == reason]
+
+
+def failed_scheduling_messages(api: Any, namespace: str, name: str) -> list[str]:
+    return [str(e.get("message") or e.get("note") or "") for e in events_for(api, namespace, name, "FailedScheduling")]
+
+
+def pods_in(api: Any, namespace: str, label_selector: str | None = None) -> list[JSON]:
+    return kube.list_objects(api, "pods", namespace, label_selector=label_selector)
+
+
+def delete_namespace_and_wait(api: Any, namespace: str, timeout_s: float = 60.0) -> None:
+    """Delete every pod now (grace 0; kwok finalizes them), then the namespace; wait until the pods are gone."""
+    with contextlib.suppress(kube.KubeError):
+        kube.request(api, "DELETE", f"/api/v1/namespaces/{namespace}/pods", query={"gracePeriodSeconds": "0"})
+    kube.delete_object(api, "namespaces", namespace)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not kube.list_objects(api, "pods", namespace):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"pods of namespace {namespace} still exist after {timeout_s:.0f} s")
