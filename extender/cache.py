@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, KeysView
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,113 @@ from flexinfer import logs
 from flexinfer.nodes import load_node_objects, view_of
 from flexinfer.state import NodeView
 
+from .policy import static_class
+
 log = logs.get("flexinfer.extender.cache")
+
+
+class NodeClass:
+    """The cached nodes of one static class (`policy.static_class`: the same GPU models, count and health, or
+    the same reason to have none), with their live facts in parallel columns: row i is `names[i]`, its
+    observation time `observed[i]` and its GPU at position p has `free[p][i]` MiB free. A pod shape's static
+    verdict is computed once per class; the columns let the policy judge every member in a few C-level passes
+    (`policy.split_class`)."""
+
+    __slots__ = ("_derived", "free", "key", "names", "observed", "rep", "rows")
+
+    def __init__(self, key: tuple, rep: NodeView) -> None:
+        self.key = key
+        self.rep = rep  # the view the class was made from: the class's static facts
+        self.names: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.observed: list[float] = []
+        gpus = rep.state.gpus if key[0] == "gpus" and rep.state is not None else ()
+        self.free: list[list[int]] = [[] for _ in gpus]
+        self._derived: dict[tuple[tuple[int, ...], int], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _set(self, row: int, view: NodeView) -> None:
+        state = view.state
+        if self.free and state is not None:
+            self.observed[row] = state.observed_unix
+            for col, g in zip(self.free, state.gpus, strict=True):
+                col[row] = g.free_mib if g.free_mib > 0 else 0
+        self._derived.clear()
+
+    def add(self, name: str, view: NodeView) -> None:
+        self.rows[name] = len(self.names)
+        self.names.append(name)
+        self.observed.append(0.0)
+        for col in self.free:
+            col.append(0)
+        self._set(len(self.names) - 1, view)
+
+    def update(self, name: str, view: NodeView) -> None:
+        self._set(self.rows[name], view)
+
+    def discard(self, name: str) -> None:
+        row = self.rows.pop(name)
+        last = len(self.names) - 1
+        columns = [self.names, self.observed, *self.free]
+        if row != last:  # move the last row into the hole
+            for col in columns:
+                col[row] = col[last]
+            self.rows[self.names[row]] = row
+        for col in columns:
+            col.pop()
+        self._derived.clear()
+
+    def available(self, positions: tuple[int, ...], count: int) -> list[int]:
+        """Per member, the `count`-th largest free MiB among the GPUs at `positions` (the column the policy
+        compares with a pod's estimate). Kept until a member changes."""
+        key = (positions, count)
+        col = self._derived.get(key)
+        if col is None:
+            cols = [self.free[p] for p in positions]
+            if len(cols) == 1:
+                col = cols[0]
+            elif count == 1:
+                col = list(map(max, *cols))
+            elif count == len(cols):
+                col = list(map(min, *cols))
+            else:
+                col = [sorted(row)[-count] for row in zip(*cols, strict=True)]
+            if len(self._derived) >= 16:
+                self._derived.clear()
+            self._derived[key] = col
+        return col
+
+
+class NodeTable:
+    """Every cached node in its static class (see NodeClass). Written under NodeCache's lock; read under it."""
+
+    def __init__(self) -> None:
+        self.classes: dict[tuple, NodeClass] = {}
+        self.where: dict[str, NodeClass] = {}
+
+    def put(self, name: str, view: NodeView) -> None:
+        key = static_class(view)
+        old = self.where.get(name)
+        if old is not None:
+            if old.key == key:
+                old.update(name, view)
+                return
+            self.remove(name)
+        cls = self.classes.get(key)
+        if cls is None:
+            cls = self.classes[key] = NodeClass(key, view)
+        cls.add(name, view)
+        self.where[name] = cls
+
+    def remove(self, name: str) -> None:
+        cls = self.where.pop(name, None)
+        if cls is not None:
+            cls.discard(name)
+            if not cls.names:
+                del self.classes[cls.key]
+
 
 
 class NodeCache:
@@ -44,12 +150,18 @@ class NodeCache:
         # Verdict memos (extender.memo) replay it instead of re-checking every node on every request.
         self._log: list[str] = []
         self._log_base = 0
+        self.table = NodeTable()  # the same nodes by static class, with columns of live facts
         # Services set this: after each full sync, gc.freeze() moves the (long-lived, acyclic) cached views
         # out of the collector's generations, so full collections on the request path stop walking them
         # (the p99 tail at thousands of nodes). Freed views still go by reference counting.
         self.freeze_gc_on_sync = False
 
     # --- reads ---------------------------------------------------------------------------
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while reading `table` (its columns change in place when a node changes)."""
+        return self._lock
+
     def get(self, name: str) -> NodeView | None:
         return self._views.get(name)  # dict reads are atomic; views are immutable
 
@@ -69,13 +181,20 @@ class NodeCache:
         """Bumped once per changed node (upsert with a new view, removal, a relist that changed it)."""
         return self._log_base + len(self._log)
 
-    def changes_since(self, generation: int) -> tuple[int, list[str] | None]:
-        """(current generation, names changed since `generation`); None when the log no longer reaches back."""
-        with self._lock:
-            now = self._log_base + len(self._log)
-            if generation < self._log_base or generation > now:
-                return now, None
-            return now, self._log[generation - self._log_base:]
+    def changes_since(self, generation: int, *, locked: bool = False) -> tuple[int, list[str] | None]:
+        """(current generation, names changed since `generation`); None when the log no longer reaches back.
+        `locked`: the caller holds `lock`."""
+        if not locked:
+            with self._lock:
+                return self.changes_since(generation, locked=True)
+        now = self._log_base + len(self._log)
+        if generation < self._log_base or generation > now:
+            return now, None
+        return now, self._log[generation - self._log_base:]
+
+    def names_view(self) -> KeysView[str]:
+        """The cached node names (a live view: read under `lock`)."""
+        return self._views.keys()
 
     def _logged(self, names: Iterable[str]) -> None:
         """Append to the change log (lock held); trimmed to about twice the node count."""
@@ -142,6 +261,7 @@ class NodeCache:
         with self._lock:
             self._views[name] = view
             self._rv[name] = rv
+            self.table.put(name, view)
             self._logged((name,))
             self.last_update_unix = self.clock()
         return view
@@ -149,6 +269,7 @@ class NodeCache:
     def remove(self, name: str) -> None:
         with self._lock:
             if self._views.pop(name, None) is not None:
+                self.table.remove(name)
                 self._logged((name,))
             self._rv.pop(name, None)
             self.last_update_unix = self.clock()
@@ -170,6 +291,12 @@ class NodeCache:
             changed.extend(n for n in old if n not in views)
             self._views = views
             self._rv = rvs
+            for n in changed:
+                v = views.get(n)
+                if v is None:
+                    self.table.remove(n)
+                else:
+                    self.table.put(n, v)
             self._logged(changed)
             self.last_update_unix = self.clock()
             self.synced = True

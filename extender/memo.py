@@ -1,32 +1,56 @@
-"""Verdict index: one pod shape's memoised per-node verdicts, kept as C-level lookup tables.
+"""The verdict cache: every memo between the node cache and the policy, and their invalidation, in one place.
+
+Per pod shape (`ShapeMemo`, at most `shape_limit` of them, least recently used dropped):
+* the static verdict per node class (`policy.static_check` once per class of `policy.static_class`, not once
+  per node; bounded);
+* filter tables for EVERY cached node: the passing names (a set), FailedNodes and FailedAndUnresolvableNodes
+  (dicts), built class by class from the node cache's columns (`NodeCache.table`) by `policy.split_class` in
+  C-level passes, so a shape never seen before costs a few comparisons per node, not a Python call;
+* scores of passing nodes, filled for the names prioritize asks about.
 
 A verdict for (pod shape, node) only changes when
-* the Node object changes (the cache logs every changed name: `NodeCache.changes_since`),
-* a reservation lands on the node (nodes holding reservations are never served from here),
-* time passes a boundary (the GPU state turns stale, an Xid penalty window ends: `valid_until`).
+* the Node object changes: the node cache's change log (`NodeCache.changes_since`) rebuilds the tables and
+  drops the changed nodes' scores;
+* time passes a boundary the policy names (`NodeVerdict.valid_until`, `policy.split_class`, `policy.score`):
+  the GPU state turning stale, an Xid penalty window ending;
+* a reservation lands on the node: nodes holding reservations are judged per request by the Extender
+  (`VerdictCache.evaluate`), never from the tables.
 
-Between those events the answer for thousands of nodes is a few set/dict operations done in C
-(`passed`, `failed`, `unresolvable`), not one Python call per node. Entries are filled lazily, for the
-names kube-scheduler actually sends, and dropped (not recomputed) on a change: the next request that
-names the node evaluates it again.
-
-Only verdicts computed from the node cache's own view go in (never a view parsed from a full-`Nodes`
-request, which may differ from the cached one), so the change log is the only invalidation needed.
+Everything here is keyed by data from outside (pod shapes, node names, gfx targets) and bounded. The Extender
+calls it under its reservation lock; table reads happen under the node cache's lock.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import repeat
 
 from flexinfer.state import NodeView
 
-from .policy import NodeVerdict
+from .cache import NodeCache
+from .pod import PodRequirements
+from .policy import (
+    INF,
+    R_INSUFFICIENT,
+    R_NOT_IN_CACHE,
+    R_STALE,
+    NodeVerdict,
+    PolicyConfig,
+    StaticFit,
+    evaluate,
+    pick_gpus,
+    score,
+    split_class,
+    stale_after,
+    static_check,
+    static_class,
+    static_key,
+)
 
-INF = float("inf")
+STATIC_MEMO_CLASSES = 4096  # static verdicts kept per shape (classes of cached nodes and of request-borne views)
 
 
 class NodeNames(tuple[str, ...]):
@@ -72,116 +96,177 @@ class FilterAnswer:
     tally: Counter[tuple[bool, str]]
 
 
-@dataclass(slots=True)
-class VerdictIndex:
-    generation: int  # the node cache generation the entries are current for
-    # name -> (view the verdict was computed from, or None for "not in cache"; verdict; valid until unix)
-    entries: dict[str, tuple[NodeView | None, NodeVerdict, float]] = field(default_factory=dict)
-    passed: set[str] = field(default_factory=set)
-    scores: dict[str, int] = field(default_factory=dict)  # feasible nodes only (1..10)
-    failed: dict[str, str] = field(default_factory=dict)
-    unresolvable: dict[str, str] = field(default_factory=dict)
-    _expiry: list[tuple[float, str]] = field(default_factory=list)  # heap of (valid_until, name)
-    drops: int = 0  # entries removed so far (any cause)
-    version: int = 0  # bumped on every put/drop: derived answers below are keyed by it
-    _answer_key: tuple[object, int] | None = None
-    _answer: FilterAnswer | None = None
-    # The last NodeNames served and what of it was not in `entries` afterwards (nodes holding reservations,
-    # verdicts not memoised): while no entry has been dropped since, that is all a repeat of the list can miss.
-    _last_names: NodeNames | None = None
-    _last_drops: int = -1
-    _last_pending: frozenset[str] = frozenset()
+class ShapeMemo:
+    """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
+
+    __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "passed", "req", "score_generation",
+                 "score_until", "scores", "static", "unresolvable", "until", "version")
+
+    def __init__(self, req: PodRequirements) -> None:
+        self.req = req  # the first pod of this shape: every field the policy reads is part of the shape key
+        self.static: dict[tuple, NodeVerdict | StaticFit] = {}
+        self.generation = -1  # node cache generation the tables were built at
+        self.until = -INF  # the tables hold while the clock is before this
+        self.version = 0  # bumped on every rebuild: derived answers are keyed by it
+        self.passed: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.unresolvable: dict[str, str] = {}
+        self._answer_key: tuple[object, int] | None = None
+        self._answer: FilterAnswer | None = None
+        self.score_generation = -1
+        self.scores: dict[str, int] = {}  # passing nodes only
+        self.score_until: dict[str, float] = {}  # finite validities of `scores`
+        self._expiry: list[tuple[float, str]] = []  # heap of (valid until, name)
+
+    def drop_scores(self, names: Sequence[str] | None) -> None:
+        if names is None:
+            self.scores.clear()
+            self.score_until.clear()
+            self._expiry.clear()
+            return
+        for n in names:
+            if self.scores.pop(n, None) is not None:
+                self.score_until.pop(n, None)
+
+    def expire_scores(self, now: float) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            until, name = heapq.heappop(heap)
+            if self.score_until.get(name) == until:
+                del self.score_until[name]
+                del self.scores[name]
+        if len(heap) > 2 * len(self.score_until) + 1024:  # superseded items pile up under churn: rebuild
+            self._expiry = [(u, n) for n, u in self.score_until.items()]
+            heapq.heapify(self._expiry)
+
+    def put_score(self, name: str, value: int, until: float) -> None:
+        self.scores[name] = value
+        if until != INF:
+            self.score_until[name] = until
+            heapq.heappush(self._expiry, (until, name))
+
+
+class VerdictCache:
+    """Memoised verdicts per pod shape over one NodeCache (see the module doc)."""
+
+    def __init__(self, nodes: NodeCache, config: PolicyConfig, *, shape_limit: int = 64) -> None:
+        self.nodes = nodes
+        self.config = config
+        self.shape_limit = shape_limit
+        self._shapes: OrderedDict[tuple, ShapeMemo] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self.entries)
-
-    def put(self, name: str, view: NodeView | None, verdict: NodeVerdict, valid_until: float) -> None:
-        if name in self.entries:
-            self.drop(name)
-        self.entries[name] = (view, verdict, valid_until)
-        self.version += 1
-        if verdict.feasible:
-            self.passed.add(name)
-            self.scores[name] = verdict.score
-        elif verdict.unresolvable:
-            self.unresolvable[name] = verdict.reason
-        else:
-            self.failed[name] = verdict.reason
-        if valid_until != INF:
-            heapq.heappush(self._expiry, (valid_until, name))
-
-    def drop(self, name: str) -> None:
-        if self.entries.pop(name, None) is not None:
-            self.drops += 1
-            self.version += 1
-            self.passed.discard(name)
-            self.scores.pop(name, None)
-            self.failed.pop(name, None)
-            self.unresolvable.pop(name, None)
-
-    def drop_all(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.drop(name)
+        return len(self._shapes)
 
     def clear(self) -> None:
-        self.drops += 1
-        self.version += 1
-        self.entries.clear()
-        self.passed.clear()
-        self.scores.clear()
-        self.failed.clear()
-        self.unresolvable.clear()
-        self._expiry.clear()
+        self._shapes.clear()
 
-    def answer(self, names: Sequence[str], wanted: Names) -> FilterAnswer:
-        """The index's verdicts for `names` as filter's three answers plus their reason tally (shared: copy
-        before changing). Recomputed only when the index changed or another list comes; a repeat of the same
-        NodeNames object against an unchanged index costs nothing."""
-        key = (names, self.version)
-        if self._answer is not None and self._answer_key is not None and self._answer_key[0] is names \
-                and self._answer_key[1] == self.version:
-            return self._answer
-        unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
-        failed, unresolvable = subset(self.failed, wanted), subset(self.unresolvable, wanted)
-        answer = FilterAnswer(list(filter(self.passed.__contains__, unique)), failed, unresolvable,
-                              tally_of(failed, unresolvable))
-        if isinstance(names, NodeNames):  # immutable: safe to key by identity
-            self._answer_key, self._answer = key, answer
-        return answer
+    # --- shapes ------------------------------------------------------------------------------
+    def shape(self, req: PodRequirements) -> ShapeMemo | None:
+        """The memo for this pod's shape; None when the pod's verdicts are not memoised (it needs no GPU:
+        passthrough, cpu, or a junk annotation: those verdicts cost nothing to compute)."""
+        if not req.needs_gpu:
+            return None
+        key = (static_key(req), req.preferred_archs)
+        memo = self._shapes.get(key)
+        if memo is None:
+            memo = self._shapes[key] = ShapeMemo(req)
+            while len(self._shapes) > self.shape_limit:
+                self._shapes.popitem(last=False)
+        else:
+            self._shapes.move_to_end(key)
+        return memo
 
-    def unknown(self, names: Sequence[str], wanted: Names) -> set[str] | frozenset[str]:
-        """The names with no entry."""
-        if names is self._last_names and self.drops == self._last_drops:
-            return {n for n in self._last_pending if n not in self.entries}
-        return wanted.difference(self.entries)
+    def _static(self, shape: ShapeMemo, key: tuple, view: NodeView) -> NodeVerdict | StaticFit:
+        found = shape.static.get(key)
+        if found is None:
+            if len(shape.static) >= STATIC_MEMO_CLASSES:
+                shape.static.clear()
+            found = shape.static[key] = static_check(shape.req, view)
+        return found
 
-    def served(self, names: Sequence[str], candidates: AbstractSet[str]) -> None:
-        """Remember what a request for `names` left out of `entries` (`candidates`: its unknown and held names)."""
-        if isinstance(names, NodeNames):
-            self._last_names = names
-            self._last_drops = self.drops
-            self._last_pending = frozenset(n for n in candidates if n not in self.entries)
+    def static_for(self, shape: ShapeMemo, view: NodeView) -> NodeVerdict | StaticFit:
+        """`policy.static_check(req, view)`, through the per-class memo."""
+        found = self._static(shape, static_class(view), view)
+        if isinstance(found, StaticFit):
+            return found.on(view.state) if view.state is not None else static_check(shape.req, view)
+        return found if found.node == view.name else static_check(shape.req, view)
 
-    def expire(self, now_unix: float) -> int:
-        """Drop entries whose validity ended at or before `now_unix`; returns how many."""
-        heap = self._expiry
-        dropped = 0
-        while heap and heap[0][0] <= now_unix:
-            until, name = heapq.heappop(heap)
-            entry = self.entries.get(name)
-            if entry is not None and entry[2] == until:
-                self.drop(name)
-                dropped += 1
-        if len(heap) > 4 * len(self.entries) + 1024:  # superseded items pile up under churn: rebuild
-            self._expiry = [(e[2], n) for n, e in self.entries.items() if e[2] != INF]
-            heapq.heapify(self._expiry)
-        return dropped
+    # --- single verdicts ---------------------------------------------------------------------
+    def evaluate(self, req: PodRequirements, shape: ShapeMemo | None, name: str, view: NodeView | None, now: float,
+                 reserved: dict[int, int] | None = None) -> NodeVerdict:
+        """The policy's full verdict (with detail) for one node; `shape` (of `req`, see `shape`): its static
+        part memoised per class."""
+        static = self.static_for(shape, view) if shape is not None and view is not None else None
+        return evaluate(req, view, now, self.config, reserved, node=name, static=static)
 
-    def sync(self, changes: tuple[int, list[str] | None]) -> None:
-        """Apply the node cache's change log since `generation` (None: too old, start over)."""
-        generation, names = changes
-        if names is None:
-            self.clear()
-        elif names:
-            self.drop_all(names)
-        self.generation = generation
+    # --- filter tables -----------------------------------------------------------------------
+    def _current(self, shape: ShapeMemo, now: float) -> None:
+        """Rebuild the shape's tables when the node cache changed or their time is up (node cache lock held)."""
+        if shape.generation == self.nodes.generation and now < shape.until:
+            return
+        est = shape.req.vram_estimate_mib
+        cfg = self.config
+        passed: set[str] = set()
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        until = INF
+        for cls in self.nodes.table.classes.values():
+            fit = self._static(shape, cls.key, cls.rep)
+            if isinstance(fit, NodeVerdict):
+                unresolvable.update(dict.fromkeys(cls.names, fit.reason))
+                continue
+            ok, short, stale, valid = split_class(fit, est, cls.names, cls.observed,
+                                                  cls.available(fit.positions, fit.count), now, cfg)
+            passed.update(ok)
+            if short:
+                failed.update(dict.fromkeys(short, R_INSUFFICIENT))
+            if stale:
+                unresolvable.update(dict.fromkeys(stale, R_STALE))
+            until = min(until, valid)
+        shape.passed, shape.failed, shape.unresolvable = passed, failed, unresolvable
+        shape.generation, shape.until = self.nodes.generation, until
+        shape.version += 1
+
+    def answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
+        """Filter's answer for `names` without reservations (shared: copy before changing). A repeat of the
+        same NodeNames object against unchanged tables costs nothing."""
+        with self.nodes.lock:
+            self._current(shape, now)
+            if shape._answer is not None and shape._answer_key is not None and shape._answer_key[0] is names \
+                    and shape._answer_key[1] == shape.version:
+                return shape._answer
+            unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
+            failed, unresolvable = subset(shape.failed, wanted), subset(shape.unresolvable, wanted)
+            passed = list(filter(shape.passed.__contains__, unique))
+            if len(passed) + len(failed) + len(unresolvable) < len(wanted):  # names the cache does not hold
+                failed.update(dict.fromkeys(wanted.difference(self.nodes.names_view()), R_NOT_IN_CACHE))
+            answer = FilterAnswer(passed, failed, unresolvable, tally_of(failed, unresolvable))
+            if isinstance(names, NodeNames):  # immutable: safe to key by identity
+                shape._answer_key, shape._answer = (names, shape.version), answer
+            return answer
+
+    # --- scores ------------------------------------------------------------------------------
+    def scores(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> list[int]:
+        """Per name, its score without reservations (0 = not feasible), in `names` order."""
+        nodes = self.nodes
+        with nodes.lock:
+            self._current(shape, now)
+            generation, changed = nodes.changes_since(shape.score_generation, locked=True)
+            shape.drop_scores(changed)
+            shape.score_generation = generation
+            shape.expire_scores(now)
+            missing = shape.passed.intersection(wanted).difference(shape.scores)
+            if missing:
+                req, cfg = shape.req, self.config
+                est, binpack = req.vram_estimate_mib, cfg.strategy == "binpack"
+                lookup, where = nodes.lookup, nodes.table.where
+                for name in missing:
+                    view = lookup(name)
+                    state = view.state  # type: ignore[union-attr]  # passing nodes have state
+                    cls = where[name]
+                    fit = self._static(shape, cls.key, cls.rep).on(state)  # type: ignore[union-attr]
+                    chosen, _ = pick_gpus(fit, est, binpack)
+                    value, _, until = score(req, chosen, now, cfg)  # type: ignore[arg-type]
+                    shape.put_score(name, value, min(until, stale_after(state.observed_unix, cfg)))
+            return list(map(shape.scores.get, names, repeat(0)))

@@ -8,10 +8,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as TallyCounter
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 from flexinfer import logs
@@ -19,31 +17,13 @@ from flexinfer.nodes import NodeViewMemo
 from flexinfer.state import NodeView, parse_rfc3339
 
 from .cache import NodeCache
-from .memo import INF, FilterAnswer, Names, NodeNames, VerdictIndex, tally_of
+from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
-from .policy import NodeVerdict, PolicyConfig, StaticFit, evaluate, static_check, static_key
+from .policy import NodeVerdict, PolicyConfig, evaluate
 from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
-
-SETTLE_GC_AFTER_NODES = 1000  # a verdict batch this large freezes the GC's view of the memo (services only)
-
-
-def _valid_until(view: NodeView, now: float, cfg: PolicyConfig) -> float:
-    """Until when a verdict computed at `now` for this exact view stays right (no reservations)."""
-    state = view.state
-    if state is None:
-        return float("inf")
-    stale_at = state.observed_unix + cfg.max_state_age_seconds
-    if now > stale_at:
-        return float("inf")  # already stale: stays stale until the Node object changes
-    until = stale_at
-    for g in state.gpus:
-        end = g.last_error_unix + cfg.error_window_seconds
-        if g.last_error_unix and now <= end:
-            until = min(until, end)
-    return until
 
 
 @dataclass(slots=True)
@@ -123,6 +103,11 @@ def _with_specials(base: FilterAnswer, special: Iterable[NodeVerdict], *, maps: 
 
 
 class Extender:
+    """wire -> cache -> policy -> answer: the HTTP and gRPC faces decode a request into PodRequirements and node
+    names (or views); `verdicts` (extender.memo.VerdictCache) answers from its memos, asking the policy for what
+    it does not hold; nodes holding reservations are judged here, per request; the answer is recorded (metrics,
+    one log line) and, at the end of a pod's cycle, reserved."""
+
     def __init__(
         self,
         cache: NodeCache,
@@ -132,118 +117,69 @@ class Extender:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cache = cache
-        self.config = config or PolicyConfig()
         self.reservations = reservations if reservations is not None else Reservations()
         self.metrics = metrics or ExtenderMetrics()
         self.clock = clock
         # Views parsed from full-Nodes requests, by (name, resourceVersion): for the no-informer setup where
         # kube-scheduler re-sends the same Node objects each cycle (enabled by main.build; see NodeViewMemo).
         self.request_views: NodeViewMemo | None = None
-        self.memo_shape_limit = 32  # pod shapes memoised (least recently used dropped beyond)
-        # static_key -> node -> (view, static_check result); valid while the cache holds that view.
-        self._static: OrderedDict[tuple, dict[str, tuple[NodeView, NodeVerdict | StaticFit]]] = OrderedDict()
-        # verdict key (pod shape + policy) -> VerdictIndex: whole verdicts for nodes that hold no
-        # reservation, invalidated by the cache's change log and by time (see extender.memo).
-        self._indexes: OrderedDict[tuple, VerdictIndex] = OrderedDict()
+        self.verdicts = VerdictCache(cache, config or PolicyConfig())
 
-    # --- memos -----------------------------------------------------------------------------
-    @staticmethod
-    def _lru(memo: OrderedDict, key: tuple, make: Callable[[], Any], limit: int) -> Any:
-        value = memo.get(key)
-        if value is None:
-            value = memo[key] = make()
-            while len(memo) > limit:
-                memo.popitem(last=False)
-        else:
-            memo.move_to_end(key)
-        return value
+    @property
+    def config(self) -> PolicyConfig:
+        return self.verdicts.config
 
-    def _index(self, req: PodRequirements, now: float) -> VerdictIndex | None:
-        """The verdict index for this pod shape, current with the cache; None if verdicts are not memoisable."""
-        if not (req.needs_gpu and req.managed and not req.error):
-            return None
-        cfg = self.config
-        vkey = (static_key(req), tuple(req.preferred_archs), cfg.strategy, cfg.max_state_age_seconds,
-                cfg.error_window_seconds)
-        idx: VerdictIndex = self._lru(self._indexes, vkey, lambda: VerdictIndex(self.cache.generation),
-                                      self.memo_shape_limit)
-        idx.sync(self.cache.changes_since(idx.generation))
-        idx.expire(now)
-        return idx
+    @config.setter
+    def config(self, value: PolicyConfig) -> None:
+        self.verdicts.config = value
+        self.verdicts.clear()
 
     # --- evaluation ------------------------------------------------------------------------
     def _evaluate(self, req: PodRequirements, names: Sequence[str],
-                  views: Mapping[str, NodeView] | None, now: float,
-                  idx: VerdictIndex | None = None) -> list[NodeVerdict]:
-        """Verdicts in `names` order. `views` (nodes mode): views from the request instead of the cache.
-        `idx`: the shape's verdict index (memo hits and fills; only for views the cache holds)."""
-        lookup = self.cache.lookup
-        get = views.get if views is not None else lookup
+                  views: Mapping[str, NodeView] | None, now: float) -> list[NodeVerdict]:
+        """Every named node's full verdict in `names` order, with reservations. `views` (nodes mode): views
+        from the request instead of the cache."""
+        get = views.get if views is not None else self.cache.lookup
+        shape = self.verdicts.shape(req)
+        evaluate = self.verdicts.evaluate
         res = self.reservations if req.needs_gpu else None
-        cfg = self.config
-        memo = (self._lru(self._static, static_key(req), dict, self.memo_shape_limit)
-                if res is not None else {})
-        entries = idx.entries if idx is not None else None
-        held = res.nodes_holding() if entries is not None and res is not None else frozenset()
+        held = res.nodes_holding() if res is not None else frozenset()
         out = []
         for name in names:
             view = get(name)
-            if entries is not None and name not in held:
-                hit = entries.get(name)
-                if hit is not None and hit[0] is view and now < hit[2]:
-                    out.append(hit[1])
-                    continue
             reserved = None
-            static = None
-            if res is not None and view is not None:
-                shit = memo.get(name)
-                if shit is not None and shit[0] is view:
-                    static = shit[1]
-                else:
-                    static = static_check(req, view)
-                    memo[name] = (view, static)
-                if view.state is not None:
-                    reserved = res.reserved_mib(name, now, exclude_pod=req.key,
-                                                observed_unix=view.state.observed_unix)
-            verdict = evaluate(req, view, now, cfg, reserved, node=name, static=static)
-            if (idx is not None and not reserved and name not in held
-                    and (views is None or view is lookup(name))):
-                idx.put(name, view, verdict, _valid_until(view, now, cfg) if view is not None else INF)
-            out.append(verdict)
+            if name in held and view is not None and view.state is not None:
+                reserved = res.reserved_mib(name, now, exclude_pod=req.key,  # type: ignore[union-attr]
+                                            observed_unix=view.state.observed_unix)
+            out.append(evaluate(req, shape, name, view, now, reserved))
         return out
 
-    def _prepare(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
-                 now: float) -> tuple[Names, frozenset[str]]:
-        """Bring the index up to date for `names`: evaluate the names it has no entry for. Returns the set of
-        names and those of them holding reservations (to be evaluated per request, never memoised)."""
+    def _held(self, names: Sequence[str]) -> tuple[Names, frozenset[str]]:
+        """The request's names as a set, and those of them holding reservations."""
         wanted: Names = names.wanted if isinstance(names, NodeNames) else set(names)
-        held = self.reservations.nodes_holding() & wanted
-        unknown = idx.unknown(names, wanted)
-        if unknown:
-            self._evaluate(req, list(unknown), None, now, idx)
-            if len(unknown) >= SETTLE_GC_AFTER_NODES:
-                # thousands of new long-lived memo entries: keep full collections from walking them on
-                # every later request (the p99 tail at 5000 nodes; see NodeCache.settle_gc)
-                self.cache.settle_gc()
-        idx.served(names, unknown | held)
-        return wanted, held
+        held = self.reservations.nodes_holding()
+        return wanted, (held & wanted if held else held)
 
-    def _filter_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
-                        now: float) -> FilterOutcome:
-        """Names mode with a memoisable pod: set operations over the verdict index, Python work only for
-        nodes the index does not know yet and nodes holding reservations."""
-        wanted, held = self._prepare(req, names, idx, now)
-        base = idx.answer(names, wanted)
+    def _lookup(self, req: PodRequirements, shape: ShapeMemo, special: Mapping[str, NodeVerdict],
+                now: float) -> Callable[[str], NodeVerdict]:
+        """Full verdicts on demand (the node to reserve, debug logs): per-request ones first, else the policy."""
+        evaluate, get = self.verdicts.evaluate, self.cache.get
+        return lambda name: special.get(name) or evaluate(req, shape, name, get(name), now)
+
+    def _filter_names(self, req: PodRequirements, shape: ShapeMemo, names: Sequence[str],
+                      now: float) -> FilterOutcome:
+        """Names mode with a memoisable pod: the cache's tables, with the nodes holding reservations judged
+        for this request."""
+        wanted, held = self._held(names)
+        base = self.verdicts.answer(shape, names, wanted, now)
         special = self._evaluate(req, list(held), None, now) if held else []
         failed, unresolvable, tally = _with_specials(base, special)
         out = FilterOutcome(None, base.passed.copy(), failed, unresolvable, count=len(names), tally=tally)
-        if any(v.feasible != (v.node in idx.passed) for v in special):  # a reservation changed who passes
-            passed_set = (idx.passed - held) | {v.node for v in special if v.feasible}
+        if any(v.feasible != (v.node in shape.passed) for v in special):  # a reservation changed who passes
+            passed_set = (set(base.passed) - held) | {v.node for v in special if v.feasible}
             unique = names if len(wanted) == len(names) else dict.fromkeys(names)
             out.passed = list(filter(passed_set.__contains__, unique))
-        by_name = {v.node: v for v in special}
-        entries = idx.entries
-        out.lookup = lambda name: by_name.get(name) or entries[name][1]
+        out.lookup = self._lookup(req, shape, {v.node: v for v in special}, now)
         return out
 
     def _record(self, verb: str, req: PodRequirements, verdicts: Callable[[], list[NodeVerdict]], count: int,
@@ -275,11 +211,11 @@ class Extender:
         now = self.clock()
         if req.needs_gpu:
             with self.reservations.lock:
-                idx = self._index(req, now)
-                if idx is not None and views is None:
-                    out = self._filter_indexed(req, names, idx, now)
+                shape = self.verdicts.shape(req)
+                if shape is not None and views is None:
+                    out = self._filter_names(req, shape, names, now)
                 else:
-                    out = self._split(self._evaluate(req, names, views, now, idx))
+                    out = self._split(self._evaluate(req, names, views, now))
                 if len(out.passed) == 1:
                     # kube-scheduler skips prioritize with one feasible node: this is its choice.
                     v = out.verdict(out.passed[0])
@@ -318,11 +254,11 @@ class Extender:
         now = self.clock()
         if req.needs_gpu:
             with self.reservations.lock:
-                idx = self._index(req, now)
-                if idx is not None and views is None:
-                    out = self._prioritize_indexed(req, names, idx, now)
+                shape = self.verdicts.shape(req)
+                if shape is not None and views is None:
+                    out = self._prioritize_names(req, shape, names, now)
                 else:
-                    out = self._priorities(names, self._evaluate(req, names, views, now, idx))
+                    out = self._priorities(names, self._evaluate(req, names, views, now))
                 if out.best >= 0:
                     v = out.verdict(names[out.best])
                     self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now)
@@ -340,29 +276,28 @@ class Extender:
         return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1, by_name.__getitem__,
                                Extender._split(verdicts).tally)
 
-    def _prioritize_indexed(self, req: PodRequirements, names: Sequence[str], idx: VerdictIndex,
-                            now: float) -> PriorityOutcome:
-        """Names mode with a memoisable pod: scores looked up in the verdict index in C (map over dict.get)."""
-        wanted, held = self._prepare(req, names, idx, now)
-        scores = list(map(idx.scores.get, names, repeat(0)))
+    def _prioritize_names(self, req: PodRequirements, shape: ShapeMemo, names: Sequence[str],
+                          now: float) -> PriorityOutcome:
+        """Names mode with a memoisable pod: scores from the cache (looked up in C), nodes holding reservations
+        judged for this request."""
+        wanted, held = self._held(names)
+        scores = self.verdicts.scores(shape, names, wanted, now)
         special: dict[str, NodeVerdict] = {}
         if held:
             special = {v.node: v for v in self._evaluate(req, list(held), None, now)}
         # prioritize answers scores only: the rejection maps are needed just for the metrics tally
-        _, _, tally = _with_specials(idx.answer(names, wanted), special.values(), maps=False)
-        if special:
-            for name, v in special.items():
-                i = -1
-                while True:  # every position of the name (C-speed scans; held nodes are few)
-                    try:
-                        i = names.index(name, i + 1)
-                    except ValueError:
-                        break
-                    scores[i] = v.score if v.feasible else 0
+        _, _, tally = _with_specials(self.verdicts.answer(shape, names, wanted, now), special.values(), maps=False)
+        for name, v in special.items():
+            i = -1
+            while True:  # every position of the name (C-speed scans; held nodes are few)
+                try:
+                    i = names.index(name, i + 1)
+                except ValueError:
+                    break
+                scores[i] = v.score if v.feasible else 0
         top = max(scores, default=0)
-        entries = idx.entries
         return PriorityOutcome(names, scores, scores.index(top) if top > 0 else -1,
-                               lambda name: special.get(name) or entries[name][1], tally)
+                               self._lookup(req, shape, special, now), tally)
 
     def explain(self, req: PodRequirements, names: Sequence[str] | None = None,
                 views: Mapping[str, NodeView] | None = None) -> list[NodeVerdict]:
@@ -371,7 +306,7 @@ class Extender:
         names = list(names) if names else sorted(self.cache.names())
         now = self.clock()
         with self.reservations.lock:
-            verdicts = self._evaluate(req, names, views, now, self._index(req, now))
+            verdicts = self._evaluate(req, names, views, now)
         split = self._split(verdicts)
         self._record("explain", req, lambda: verdicts, len(verdicts), time.perf_counter() - t0,
                      len(split.passed), split.tally)

@@ -1,6 +1,7 @@
-"""The verdict index (extender.memo) answers filter exactly as a fresh, memo-free evaluation would, through
-any mix of Node updates, removals, relists, reservations, clock jumps (staleness, Xid windows), unknown and
-duplicate node names and several pod shapes."""
+"""The verdict cache (extender.memo, over the node cache's class table) answers filter and prioritize exactly as
+a memo-free evaluation (policy.evaluate per node, with the same reservations) would, through any mix of Node
+updates (static facts and live state), removals, relists, junk annotations, reservations, clock jumps
+(staleness, Xid windows), unknown and duplicate node names and several pod shapes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import random
 from collections import Counter
 
 from flexinfer.extender.cache import NodeCache
-from flexinfer.extender.memo import NodeNames, VerdictIndex
+from flexinfer.extender.memo import NodeNames
 from flexinfer.extender.pod import requirements_from_dict
-from flexinfer.extender.policy import NodeVerdict, PolicyConfig
+from flexinfer.extender.policy import NodeVerdict, PolicyConfig, evaluate, static_class
 from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from flexinfer import keys
 
 from .ext_fixtures import NOW, gpu, model_pod, node_obj
 
@@ -30,22 +33,57 @@ class Clock:
 
 
 def random_node(rng: random.Random, name: str, rv: int, now: float) -> dict:
+    kind = rng.random()
+    if kind < 0.05:  # junk GPU state
+        return node_obj(name, [], now, extra_annotations={keys.ANN_GPU_STATE: "{junk"},
+                        extra_labels={keys.LABEL_VENDOR: "nvidia"}, resource_version=str(rv))
+    if kind < 0.08:  # labels only, no agent data
+        return node_obj(name, [], now, published=False, extra_labels={keys.LABEL_VENDOR: "nvidia"},
+                        resource_version=str(rv))
     gpus = []
+    same = rng.random() < 0.5  # homogeneous nodes (most of a fleet), or mixed ones
+    first = rng.choice(ARCHS)
     for i in range(rng.choice([0, 1, 1, 2, 4])):
-        vendor, arch, total = rng.choice(ARCHS)
+        vendor, arch, total = first if same else rng.choice(ARCHS)
         err = now - rng.choice([10, 5000]) if rng.random() < 0.15 else 0.0
         gpus.append(gpu(i, vendor, arch, total, free=rng.randrange(0, total + 1, 512), last_error_unix=err,
                         healthy=rng.random() > 0.05))
     observed = now - rng.choice([0, 0, 0, 100, 170, 400])
-    return node_obj(name, gpus, observed, resource_version=str(rv))
+    status = "ok" if gpus or rng.random() < 0.5 else "NVML library not found"
+    return node_obj(name, gpus, observed, resource_version=str(rv), agent_status=status)
+
+
+def fresh(ext: Extender, req, names: list[str]) -> list[NodeVerdict]:
+    """What the policy says with no memo at all: policy.evaluate per node, same cache views and reservations."""
+    out = []
+    for name in names:
+        view = ext.cache.get(name)
+        reserved = None
+        if view is not None and view.state is not None:
+            reserved = ext.reservations.reserved_mib(name, ext.clock(), exclude_pod=req.key,
+                                                     observed_unix=view.state.observed_unix)
+        out.append(evaluate(req, view, ext.clock(), ext.config, reserved, node=name))
+    return out
 
 
 def fresh_split(ext: Extender, req, names: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    """What the policy says with no verdict memo (same cache, same reservations)."""
-    verdicts = ext._evaluate(req, names, None, ext.clock())
-    out = Extender._split(verdicts)
-    passed = list(dict.fromkeys(out.passed))
-    return passed, out.failed, out.unresolvable
+    out = Extender._split(fresh(ext, req, names))
+    return list(dict.fromkeys(out.passed)), out.failed, out.unresolvable
+
+
+def check_table(cache: NodeCache) -> None:
+    """Every cached node sits in exactly one class, the one of its view, with its own live facts in its row."""
+    table = cache.table
+    assert sorted(table.where) == sorted(cache.names())
+    assert sum(len(c) for c in table.classes.values()) == len(cache)
+    for key, cls in table.classes.items():
+        assert cls.key == key and len(cls) > 0 and static_class(cls.rep) == key
+        for i, name in enumerate(cls.names):
+            view = cache.get(name)
+            assert table.where[name] is cls and cls.rows[name] == i and static_class(view) == key
+            if cls.free:
+                assert cls.observed[i] == view.state.observed_unix
+                assert [col[i] for col in cls.free] == [g.free_mib for g in view.state.gpus]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -58,10 +96,14 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
     rv = 1
     objs = {n: random_node(rng, n, rv, clock.t) for n in names[:10]}
     cache.replace_all(list(objs.values()))
-    ext = Extender(cache, PolicyConfig(strategy=rng.choice(["binpack", "spread"])), Reservations(), clock=clock)
+    cfg = PolicyConfig(strategy=rng.choice(["binpack", "spread"]), max_state_age_seconds=rng.choice([300, 300.5, 150]))
+    ext = Extender(cache, cfg, Reservations(), clock=clock)
     shapes = [requirements_from_dict(model_pod(est, backend, count, uid=f"u{k}", name=f"p{k}"))
               for k, (est, backend, count) in enumerate([(5000, "llamacpp", 1), (12000, "vllm", 1),
-                                                          (20000, "llamacpp", 2), (3000, "diffusers", 1)])]
+                                                          (20000, "llamacpp", 2), (3000, "diffusers", 1),
+                                                          (4000, "llamacpp", 3), (6000, "vllm", 4)])]
+    shapes.append(requirements_from_dict(model_pod(5000, "llamacpp", 1, uid="pref", name="pref",
+                                                   extra={keys.POD_PREFERRED_ARCHS: "sm_89,gfx1100"})))
     last_asked = None
     for _ in range(40):
         op = rng.random()
@@ -85,11 +127,12 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
             cache.replace_all(list(objs.values()))
         elif op < 0.42:
             node = rng.choice(names)
-            ext.reservations.reserve(f"other-{rng.randrange(5)}", node, (0,), rng.choice([2000, 8000]), clock.t)
+            gpus = rng.choice([(0,), (0,), (0, 1)])
+            ext.reservations.reserve(f"other-{rng.randrange(5)}", node, gpus, rng.choice([2000, 8000]), clock.t)
         elif op < 0.47:
             ext.reservations.release(f"other-{rng.randrange(5)}")
         elif op < 0.57:
-            clock.t += rng.choice([1, 30, 90, 200, 4000])
+            clock.t += rng.choice([1, 30, 90, 200, 4000, 0.25])
         else:
             req = rng.choice(shapes)
             if last_asked is not None and rng.random() < 0.4:
@@ -101,16 +144,19 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 if rng.random() < 0.6:
                     asked = NodeNames(asked)
                 last_asked = asked
+            check_table(cache)
             if rng.random() < 0.3:  # prioritize: same scores and best node as a memo-free evaluation
-                fresh = ext._evaluate(req, asked, None, ext.clock())
+                want = fresh(ext, req, asked)
                 pout = ext.prioritize_scores(req, asked)
-                want_scores = [v.score if v.feasible else 0 for v in fresh]
+                want_scores = [v.score if v.feasible else 0 for v in want]
                 assert pout.scores == want_scores
                 assert pout.best == (want_scores.index(max(want_scores)) if max(want_scores) > 0 else -1)
-                split = Extender._split(fresh)
+                split = Extender._split(want)
                 want_tally = Counter({(False, r): n for r, n in Counter(split.failed.values()).items()})
                 want_tally.update({(True, r): n for r, n in Counter(split.unresolvable.values()).items()})
                 assert pout.tally is not None and +pout.tally == want_tally  # the metrics tally
+                if pout.best >= 0:  # the verdict the reservation is made from is the policy's, detail and all
+                    assert pout.verdict(asked[pout.best]) == want[pout.best]
                 continue
             want = fresh_split(ext, req, asked)
             got = ext.filter(req, asked)
@@ -122,46 +168,63 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 want_tally = Counter({(False, r): n for r, n in Counter(want[1].values()).items()})
                 want_tally.update({(True, r): n for r, n in Counter(want[2].values()).items()})
                 assert +got.tally == want_tally
+            verdicts = dict(zip(asked, fresh(ext, req, asked), strict=True))
             for name in got.passed:
-                assert got.verdict(name).feasible and got.verdict(name).node == name
+                assert got.verdict(name) == verdicts[name]
             # Every node is in exactly one of the three answers.
             assert set(got.passed) | set(got.failed) | set(got.unresolvable) == set(asked)
             assert not (set(got.passed) & (set(got.failed) | set(got.unresolvable)))
 
 
-def test_index_is_used_on_a_warm_cache_and_dropped_on_change() -> None:
+def test_tables_serve_a_warm_cache_and_follow_changes() -> None:
     clock = Clock(NOW + 1)
     cache = NodeCache(clock=clock)
     cache.replace_all([node_obj("a", [gpu(0, "nvidia", "sm_90", 81559, free=80000)]),
                        node_obj("b", [gpu(0, free=2000)])])
     ext = Extender(cache, clock=clock)
-    req = requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1"))
-    first = ext.filter(req, ["a", "b"])
+    names = NodeNames(["a", "b"])
+    first = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1")), names)
     assert first.passed == ["a"]
-    idx = next(iter(ext._indexes.values()))
-    assert set(idx.entries) == {"a", "b"} and idx.passed == {"a"}
-    # A second pod of the same shape answers from the index (no new entries, same verdict objects).
-    before = dict(idx.entries)
-    second = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u2", name="p2")), ["a", "b"])
-    assert second.verdicts is None and second.passed == ["a"]
-    assert idx.entries == before
-    # The node changes: its entry goes, the next request re-evaluates it.
+    shape = next(iter(ext.verdicts._shapes.values()))
+    assert shape.passed == {"a"} and shape.failed == {"b": "Insufficient free GPU memory"}
+    # A second pod of the same shape answers from the tables: nothing rebuilt, the same answer object reused.
+    version = shape.version
+    second = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u2", name="p2")), names)
+    assert second.verdicts is None and second.passed == ["a"] and shape.version == version
+    # The node changes: the tables follow.
     cache.upsert(node_obj("b", [gpu(0, free=23000)], resource_version="2"))
-    third = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u3", name="p3")), ["a", "b"])
-    assert third.passed == ["a", "b"]
-    assert idx.generation == cache.generation
+    third = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u3", name="p3")), names)
+    assert third.passed == ["a", "b"] and shape.version == version + 1
+    assert shape.generation == cache.generation
 
 
-def test_index_expires_at_the_staleness_boundary() -> None:
+def test_tables_expire_at_the_staleness_boundary() -> None:
     clock = Clock(NOW + 1)
     cache = NodeCache(clock=clock)
     cache.replace_all([node_obj("a", [gpu(0, free=20000)], observed=NOW)])
     ext = Extender(cache, PolicyConfig(max_state_age_seconds=60), clock=clock)
     req = requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1"))
     assert ext.filter(req, ["a"]).passed == ["a"]
-    clock.t = NOW + 61
+    clock.t = NOW + 60  # exactly the limit: still fresh
+    assert ext.filter(req, ["a"]).passed == ["a"]
+    clock.t = NOW + 60.001
     out = ext.filter(req, ["a"])
     assert out.passed == [] and out.unresolvable == {"a": "GPU state is stale"}
+
+
+def test_one_static_check_per_class_not_per_node() -> None:
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj(f"n{i}", [gpu(0, free=480 * i)]) for i in range(50)]
+                      + [node_obj(f"m{i}", [gpu(0, "amd", "gfx1100", 24560)]) for i in range(50)])
+    assert len(cache.table.classes) == 2
+    ext = Extender(cache, clock=clock)
+    out = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1")),
+                     NodeNames([f"n{i}" for i in range(50)] + [f"m{i}" for i in range(50)]))
+    assert out.passed == [f"n{i}" for i in range(21, 50)]  # free 480 * i >= 10000
+    assert len(out.failed) == 21 and set(out.unresolvable.values()) == {"node has no nvidia GPU"}
+    shape = next(iter(ext.verdicts._shapes.values()))
+    assert len(shape.static) == 2
 
 
 def test_shape_memos_are_bounded_lru() -> None:
@@ -169,26 +232,29 @@ def test_shape_memos_are_bounded_lru() -> None:
     cache = NodeCache(clock=clock)
     cache.replace_all([node_obj("a", [gpu(0, free=20000)])])
     ext = Extender(cache, clock=clock)
-    ext.memo_shape_limit = 3
+    ext.verdicts.shape_limit = 3
     keep = requirements_from_dict(model_pod(1000, "llamacpp", 1, uid="keep", name="keep"))
     for est in range(2000, 2010):
         ext.filter(keep, ["a"])  # used all along: never evicted
         ext.filter(requirements_from_dict(model_pod(est, "llamacpp", 1, uid=f"u{est}", name="p")), ["a"])
-        assert len(ext._indexes) <= 3 and len(ext._static) <= 3
-    assert any(k[0][4] == 1000 for k in ext._indexes)
+        assert len(ext.verdicts) <= 3
+    assert any(k[0][4] == 1000 for k in ext.verdicts._shapes)
 
 
-def test_change_log_too_old_clears_the_index() -> None:
-    cache = NodeCache()
-    cache.replace_all([node_obj("a", [gpu(0)])])
+def test_change_log_too_old_drops_every_score() -> None:
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj("a", [gpu(0)]), node_obj("b", [gpu(0)])])
+    ext = Extender(cache, clock=clock)
+    req = requirements_from_dict(model_pod(1000, "llamacpp", 1, uid="u1", name="p1"))
+    names = NodeNames(["a", "b"])
+    before = ext.prioritize_scores(req, names).scores
     gen = cache.generation
     for i in range(5000):  # more changes than the log keeps
-        cache.upsert(node_obj("a", [gpu(0, free=i)], resource_version=str(i + 10)))
+        cache.upsert(node_obj("a", [gpu(0, free=1000 + i)], resource_version=str(i + 10)))
     assert cache.changes_since(gen)[1] is None
-    idx = VerdictIndex(gen)
-    idx.put("a", cache.get("a"), NodeVerdict("a", True), float("inf"))
-    idx.sync(cache.changes_since(gen))
-    assert len(idx) == 0 and idx.generation == cache.generation
+    after = ext.prioritize_scores(requirements_from_dict(model_pod(1000, "llamacpp", 1, uid="u2", name="p2")), names)
+    assert after.scores[1] == before[1] and after.scores == [v.score for v in fresh(ext, req, list(names))]
     assert cache.changes_since(cache.generation) == (cache.generation, [])
 
 
@@ -204,7 +270,7 @@ def test_relist_logs_only_changed_nodes() -> None:
     assert sorted(cache.changes_since(gen)[1] or []) == ["b", "c"]
 
 
-def test_repeated_name_list_skips_the_set_difference_but_sees_every_change() -> None:
+def test_repeated_name_list_sees_every_change() -> None:
     clock = Clock(NOW + 1)
     cache = NodeCache(clock=clock)
     cache.replace_all([node_obj(n, [gpu(0, "nvidia", "sm_90", 81559, free=80000)]) for n in "abc"])
@@ -212,9 +278,7 @@ def test_repeated_name_list_skips_the_set_difference_but_sees_every_change() -> 
     names = NodeNames(["a", "b", "c", "ghost"])
     shape = [requirements_from_dict(model_pod(10000, "llamacpp", 1, uid=f"u{i}", name=f"p{i}")) for i in range(4)]
     assert ext.filter(shape[0], names).passed == ["a", "b", "c"]
-    idx = next(iter(ext._indexes.values()))
-    assert idx._last_names is names and "ghost" in idx.entries
-    cache.remove("b")  # dropped from the index: the repeat must not trust its remembered state
+    cache.remove("b")  # the repeat must not trust the answer it kept
     out = ext.filter(shape[1], names)
     gone = "node not in extender cache"
     assert out.passed == ["a", "c"] and out.failed == {"b": gone, "ghost": gone}
@@ -241,27 +305,3 @@ def test_filter_metrics_tally_matches_the_answer_with_reservations() -> None:
     assert sample("flexinfer_extender_verdicts_total", labels) == 3  # 1 (b) in the first request + 2
     assert sample("flexinfer_extender_verdicts_total", {**labels, "result": "unresolvable",
                                                         "reason": "node has no nvidia GPU"}) == 2
-
-
-def test_a_large_verdict_batch_settles_the_gc_only_in_services() -> None:
-    import gc
-
-    from flexinfer.extender.service import SETTLE_GC_AFTER_NODES
-
-    nodes = [node_obj(f"n{i}", [gpu(0)]) for i in range(SETTLE_GC_AFTER_NODES)]
-    req = requirements_from_dict(model_pod(1000, "llamacpp", 1, uid="u1", name="p1"))
-    try:
-        for service in (False, True):
-            gc.unfreeze()
-            cache = NodeCache(clock=Clock(NOW + 1))
-            cache.replace_all(nodes)
-            cache.freeze_gc_on_sync = service
-            ext = Extender(cache, clock=cache.clock)
-            ext.filter(req, NodeNames([f"n{i}" for i in range(SETTLE_GC_AFTER_NODES)]))
-            idx = next(iter(ext._indexes.values()))
-            assert len(idx) == SETTLE_GC_AFTER_NODES
-            # the memo's entries are in the permanent generation only when this process owns the cache
-            assert (gc.get_freeze_count() > 0) is service
-            assert any(e is next(iter(idx.entries.values())) for e in gc.get_objects()) is not service
-    finally:
-        gc.unfreeze()
