@@ -24,22 +24,24 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
 from flexinfer.state import NodeView
 
-from .cache import NodeCache
+from .cache import NodeCache, NodeClass
 from .pod import PodRequirements
 from .policy import (
     INF,
     R_INSUFFICIENT,
     R_NOT_IN_CACHE,
     R_STALE,
+    Chosen,
     NodeVerdict,
     PolicyConfig,
     StaticFit,
+    _before,
     evaluate,
     pick_gpus,
     score,
@@ -247,6 +249,46 @@ class VerdictCache:
             return answer
 
     # --- scores ------------------------------------------------------------------------------
+    def _score(self, shape: ShapeMemo, names: Iterable[str], now: float) -> None:
+        """Score passing nodes without reservations (node cache lock held), class by class: the policy's
+        `pick_gpus` and `score`; for one-GPU pods the pick reads the class's free columns instead of
+        re-targeting the static fit at each node."""
+        nodes, req, cfg = self.nodes, shape.req, self.config
+        est, binpack = req.vram_estimate_mib, cfg.strategy == "binpack"
+        lookup, where = nodes.lookup, nodes.table.where
+        put = shape.put_score
+        limit = cfg.max_state_age_seconds
+        by_class: dict[NodeClass, list[str]] = {}
+        for name in names:
+            by_class.setdefault(where[name], []).append(name)
+        for cls, members in by_class.items():
+            fit = self._static(shape, cls.key, cls.rep)
+            assert isinstance(fit, StaticFit)
+            rows, positions = cls.rows, fit.positions
+            if fit.count == 1 and len(positions) == 1:  # one candidate GPU: it is the pick
+                col, p, deg = cls.free[positions[0]], positions[0], fit.gpus[0][1]
+                for name in members:
+                    state = lookup(name).state  # type: ignore[union-attr]  # passing nodes have state
+                    value, _, until = score(req, [(col[rows[name]], state.gpus[p], deg)], now, cfg)
+                    fresh = _before(state.observed_unix + limit)  # policy.stale_after, inlined
+                    put(name, value, until if until < fresh else fresh)
+                continue
+            for name in members:
+                state = lookup(name).state  # type: ignore[union-attr]
+                if fit.count == 1:
+                    # pick_gpus for one GPU: the tightest (binpack) or emptiest (spread) fitting GPU, first on ties
+                    row = rows[name]
+                    pick, f = -1, 0
+                    for i, p in enumerate(positions):
+                        v = cls.free[p][row]
+                        if v >= est and (pick < 0 or (v < f if binpack else v > f)):
+                            pick, f = i, v
+                    chosen: list[Chosen] | None = [(f, state.gpus[positions[pick]], fit.gpus[pick][1])]
+                else:
+                    chosen, _ = pick_gpus(fit.on(state), est, binpack)
+                value, _, until = score(req, chosen, now, cfg)  # type: ignore[arg-type]
+                put(name, value, min(until, stale_after(state.observed_unix, cfg)))
+
     def scores(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> list[int]:
         """Per name, its score without reservations (0 = not feasible), in `names` order."""
         nodes = self.nodes
@@ -258,15 +300,5 @@ class VerdictCache:
             shape.expire_scores(now)
             missing = shape.passed.intersection(wanted).difference(shape.scores)
             if missing:
-                req, cfg = shape.req, self.config
-                est, binpack = req.vram_estimate_mib, cfg.strategy == "binpack"
-                lookup, where = nodes.lookup, nodes.table.where
-                for name in missing:
-                    view = lookup(name)
-                    state = view.state  # type: ignore[union-attr]  # passing nodes have state
-                    cls = where[name]
-                    fit = self._static(shape, cls.key, cls.rep).on(state)  # type: ignore[union-attr]
-                    chosen, _ = pick_gpus(fit, est, binpack)
-                    value, _, until = score(req, chosen, now, cfg)  # type: ignore[arg-type]
-                    shape.put_score(name, value, min(until, stale_after(state.observed_unix, cfg)))
+                self._score(shape, missing, now)
             return list(map(shape.scores.get, names, repeat(0)))

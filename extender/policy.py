@@ -277,8 +277,11 @@ def score(req: PodRequirements, chosen: list[Chosen], now_unix: float, config: P
     """(score 1..10, degraded caveat, valid until) for a pod on the chosen GPUs; `notes` gets the reasons."""
     est = req.vram_estimate_mib
     binpack = config.strategy == "binpack"
-    total = sum(t[1].total_mib for t in chosen)
-    free_after = sum(t[0] - est for t in chosen)
+    if len(chosen) == 1:  # the common case (same numbers as the sums below)
+        free_after, total = chosen[0][0] - est, chosen[0][1].total_mib
+    else:
+        total = sum(t[1].total_mib for t in chosen)
+        free_after = sum(t[0] - est for t in chosen)
     util_after = 1.0 - (free_after / total if total else 0.0)
     base = BASE_MAX * (util_after if binpack else 1.0 - util_after)
     value = base
@@ -297,7 +300,7 @@ def score(req: PodRequirements, chosen: list[Chosen], now_unix: float, config: P
         until = _before(min(g.last_error_unix for g in recent) + window)
         if notes is not None:
             notes.append(f"-{ERROR_PENALTY} recent Xid/RAS error on GPU {recent[0].index}")
-    degraded = next((t[2] for t in chosen if t[2]), "")
+    degraded = chosen[0][2] if len(chosen) == 1 else next((t[2] for t in chosen if t[2]), "")
     if degraded:
         value -= DEGRADED_PENALTY
         if notes is not None:
