@@ -30,3 +30,14 @@ class ExtenderMetrics:
                                "Seconds since the node cache last changed or synced", registry=r)
         self.reservations = Gauge("flexinfer_extender_reservations",
                                   "Live VRAM reservations for pods being placed", registry=r)
+        # Listener limits (extender.listener; label values: listener in {scheduling, read-only}, reason in
+        # extender.listener.REASONS).
+        self.connections_rejected = Counter(
+            "flexinfer_extender_connections_rejected_total",
+            "Connections closed before a request reached a handler (limits, timeouts, TLS), by listener and reason",
+            ["listener", "reason"], registry=r)
+        self.open_connections = Gauge("flexinfer_extender_open_connections", "Open client connections, by listener",
+                                      ["listener"], registry=r)
+        self.is_leader = Gauge("flexinfer_extender_is_leader",
+                               "1 while this replica holds the extender Lease and answers filter/prioritize itself",
+                               registry=r)
