@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flexinfer import keys
+from flexinfer import backends, keys
 from flexinfer.kube import owner_reference
 from flexinfer.model import Model
 from flexinfer.requirements import vram_need
 
-from .backends import BACKENDS, MODELS_DIR, container_for, pvc_of_source
+from .backends import MODELS_DIR, container_for, pvc_of_source
 
 JSON = dict[str, Any]
 VENDOR_RESOURCE = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}
@@ -192,7 +192,7 @@ def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") 
 
 
 def service_port(model: Model) -> int:
-    return BACKENDS[model.backend].port
+    return backends.REGISTRY[model.backend].port
 
 
 def endpoint(model: Model) -> str:

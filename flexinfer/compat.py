@@ -1,7 +1,9 @@
-"""Backend x architecture compatibility: one table of data, one function that reads it.
+"""Backend x architecture compatibility: the registry's rules, one function that reads them.
 
-Sources are in reference.md section 6.3 (vLLM docs and CMake arch lists, llama.cpp CMake,
-Ollama docs/gpu.mdx, MLC-LLM install docs, PyTorch wheel arch lists for diffusers/ComfyUI).
+The rules are data in the backend registry (:mod:`flexinfer.backends`, one entry per backend); this
+module turns a rule and a GPU architecture into a verdict. Sources are in docs/backend-compatibility.md
+(vLLM docs and CMake arch lists, llama.cpp CMake, Ollama docs/gpu.mdx, MLC-LLM install docs, PyTorch
+wheel arch lists for diffusers/ComfyUI).
 
 Verdicts:
 * SUPPORTED: officially listed.
@@ -9,15 +11,20 @@ Verdicts:
   accepts the node but scores it lower; preflight reports WARN.
 * UNSUPPORTED: will not run. The extender puts the node in FailedAndUnresolvableNodes (preemption
   cannot fix an architecture) and preflight reports BLOCK.
+
+Adding a GPU vendor: a rule type in :mod:`flexinfer.backends.rules`, a checker in :data:`VENDOR_CHECKS`.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
+from flexinfer import backends
 from flexinfer.arch import AMD, INTEL, NONE, NVIDIA, ArchInfo
-from flexinfer.errors import ParseError, text_of
+from flexinfer.backends.rules import AmdRule, BackendRule, NvidiaRule
 
 
 class Verdict(enum.StrEnum):
@@ -36,120 +43,12 @@ class Compat:
         return self.verdict is not Verdict.UNSUPPORTED
 
 
-# Canonical backend names and their aliases (resolved here and nowhere else).
-BACKENDS = ("vllm", "vllm-omni", "llamacpp", "ollama", "mlc-llm", "diffusers", "comfyui")
-ALIASES = {"llama.cpp": "llamacpp", "llama-cpp": "llamacpp", "mlc": "mlc-llm", "mlcllm": "mlc-llm",
-           "vllm_omni": "vllm-omni"}
+# Views of the registry kept for callers: canonical names, alias -> name, name -> rule.
+BACKENDS: tuple[str, ...] = backends.NAMES
+ALIASES: Mapping[str, str] = backends.ALIASES
+RULES: Mapping[str, BackendRule] = MappingProxyType({b.name: b.compat for b in backends.REGISTRY.values()})
 
-
-def canonical_backend(name: str) -> str:
-    b = text_of(name).strip().lower()
-    b = ALIASES.get(b, b)
-    if b not in BACKENDS:
-        raise ParseError("backend", name, "one of " + ", ".join(BACKENDS) + " (aliases: mlc, llama.cpp)")
-    return b
-
-
-@dataclass(frozen=True, slots=True)
-class NvidiaRule:
-    min_cc: tuple[int, int]  # below: UNSUPPORTED
-    supported_cc: tuple[int, int]  # below this but >= min_cc: DEGRADED
-    degraded_reason: str = ""
-    maxwell_readonly_ok: bool = False  # mlc-llm: Maxwell only with a precompiled library
-    explicit_no: dict[str, str] = field(default_factory=dict)  # family -> reason
-
-
-@dataclass(frozen=True, slots=True)
-class AmdRule:
-    supported: frozenset[str]
-    degraded: frozenset[str] = frozenset()
-    degraded_reason: str = ""
-    any_gfx: bool = False  # compiled per target (llama.cpp HIP/Vulkan, MLC TVM): every known gfx works
-    explicit_no: dict[str, str] = field(default_factory=dict)  # gfx -> reason
-
-
-@dataclass(frozen=True, slots=True)
-class BackendRule:
-    nvidia: NvidiaRule | None
-    amd: AmdRule | None
-    intel_reason: str  # why Intel is not SUPPORTED
-    intel_degraded: bool = False
-    cpu_ok: bool = True  # can run on a CPU-only node (vendor cpu models)
-
-
-_VLLM_AMD = frozenset({"gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1150", "gfx1151", "gfx1200",
-                       "gfx1201"})
-_VLLM_AMD_BUILD = frozenset({"gfx906", "gfx908", "gfx1030", "gfx1102", "gfx1103", "gfx1152", "gfx1153"})
-_TORCH_ROCM = frozenset({"gfx900", "gfx906", "gfx908", "gfx90a", "gfx942", "gfx950", "gfx1030", "gfx1100",
-                         "gfx1101", "gfx1102", "gfx1200", "gfx1201"})
-_TORCH_ROCM_NEWER = frozenset({"gfx1103", "gfx1150", "gfx1151"})
-_OLLAMA_AMD = frozenset({"gfx908", "gfx90a", "gfx942", "gfx950", "gfx1010", "gfx1012", "gfx1030", "gfx1100",
-                         "gfx1101", "gfx1102", "gfx1103", "gfx1150", "gfx1151", "gfx1200", "gfx1201"})
-_GFX906_OLLAMA = ("ollama's ROCm build does not list gfx906 (Radeon VII / MI50); "
-                  "use llama.cpp with Vulkan instead")
-
-_VLLM = BackendRule(
-    nvidia=NvidiaRule(
-        min_cc=(7, 5), supported_cc=(7, 5),
-        explicit_no={"maxwell": "vllm does not run on maxwell {arch}",
-                     "pascal": "vllm needs compute capability >= 7.5; pascal {arch} is {cc}",
-                     "volta": "vllm needs compute capability >= 7.5; volta {arch} is {cc} (dropped from wheels)"},
-    ),
-    amd=AmdRule(supported=_VLLM_AMD, degraded=frozenset(), explicit_no={
-        g: f"vllm does not list {g} for ROCm (it only compiles from source)" for g in _VLLM_AMD_BUILD}),
-    intel_reason="vllm GPU images target CUDA and ROCm only",
-    cpu_ok=False,
-)
-
-_TORCH = dict(
-    nvidia=NvidiaRule(
-        min_cc=(6, 0), supported_cc=(7, 5),
-        degraded_reason="needs a cu126 PyTorch build (cu128+ wheels start at compute capability 7.5)",
-        explicit_no={"maxwell": "{backend} does not run on maxwell {arch} (current PyTorch wheels need sm_75+)"},
-    ),
-    amd=AmdRule(supported=_TORCH_ROCM, degraded=_TORCH_ROCM_NEWER,
-                degraded_reason="only in newer PyTorch ROCm wheels"),
-    intel_reason="PyTorch XPU builds are not in the backend image",
-    cpu_ok=True,
-)
-
-RULES: dict[str, BackendRule] = {
-    "vllm": _VLLM,
-    "vllm-omni": BackendRule(
-        nvidia=NvidiaRule(min_cc=(7, 5), supported_cc=(7, 5), explicit_no={
-            "maxwell": "vllm-omni does not run on maxwell {arch}",
-            "pascal": "vllm-omni needs compute capability >= 7.5; pascal {arch} is {cc}",
-            "volta": "vllm-omni needs compute capability >= 7.5; volta {arch} is {cc}"}),
-        amd=AmdRule(supported=_VLLM_AMD, explicit_no={
-            g: f"vllm-omni does not list {g} for ROCm" for g in _VLLM_AMD_BUILD}),
-        intel_reason="vllm-omni targets CUDA and ROCm only",
-        cpu_ok=False,
-    ),
-    "diffusers": BackendRule(**_TORCH),  # type: ignore[arg-type]
-    "comfyui": BackendRule(**_TORCH),  # type: ignore[arg-type]
-    "llamacpp": BackendRule(
-        nvidia=NvidiaRule(min_cc=(5, 0), supported_cc=(5, 0)),
-        amd=AmdRule(supported=frozenset(), any_gfx=True),
-        intel_reason="llama.cpp runs on Intel through SYCL/Vulkan builds only",
-        intel_degraded=True,
-    ),
-    "ollama": BackendRule(
-        nvidia=NvidiaRule(min_cc=(5, 0), supported_cc=(7, 0),
-                          degraded_reason="compute capability 5.0-6.2 needs NVIDIA driver >= 570"),
-        amd=AmdRule(supported=_OLLAMA_AMD, explicit_no={"gfx906": _GFX906_OLLAMA},
-                    degraded=frozenset({"gfx1031", "gfx1032", "gfx1034", "gfx1035", "gfx1036"}),
-                    degraded_reason="needs HSA_OVERRIDE_GFX_VERSION=10.3.0 or the Vulkan backend"),
-        intel_reason="ollama runs on Intel only through the Vulkan backend",
-        intel_degraded=True,
-    ),
-    "mlc-llm": BackendRule(
-        nvidia=NvidiaRule(min_cc=(5, 0), supported_cc=(7, 5), maxwell_readonly_ok=True,
-                          degraded_reason="no prebuilt CUDA wheel below sm_75; runs through Vulkan"),
-        amd=AmdRule(supported=frozenset(), any_gfx=True),
-        intel_reason="mlc-llm runs on Intel only through Vulkan",
-        intel_degraded=True,
-    ),
-}
+canonical_backend = backends.canonical  # resolves aliases; ParseError naming the choices
 
 
 def check(backend: str, arch: ArchInfo, *, jit_policy: str = "") -> Compat:
@@ -160,18 +59,14 @@ def check(backend: str, arch: ArchInfo, *, jit_policy: str = "") -> Compat:
         if rule.cpu_ok:
             return Compat(Verdict.SUPPORTED, "")
         return Compat(Verdict.UNSUPPORTED, f"{b} needs a GPU")
-    if arch.vendor == NVIDIA:
-        return _check_nvidia(b, rule.nvidia, arch, jit_policy)
-    if arch.vendor == AMD:
-        return _check_amd(b, rule.amd, arch)
-    if arch.vendor == INTEL:
-        if rule.intel_degraded:
-            return Compat(Verdict.DEGRADED, rule.intel_reason)
-        return Compat(Verdict.UNSUPPORTED, rule.intel_reason)
-    return Compat(Verdict.UNSUPPORTED, f"unknown GPU vendor {arch.vendor}")
+    checker = VENDOR_CHECKS.get(arch.vendor)
+    if checker is None:
+        return Compat(Verdict.UNSUPPORTED, f"unknown GPU vendor {arch.vendor}")
+    return checker(b, rule, arch, jit_policy)
 
 
-def _check_nvidia(b: str, rule: NvidiaRule | None, arch: ArchInfo, jit_policy: str) -> Compat:
+def _check_nvidia(b: str, backend_rule: BackendRule, arch: ArchInfo, jit_policy: str) -> Compat:
+    rule: NvidiaRule | None = backend_rule.nvidia
     where = f"{arch.family} {arch.arch}"
     if rule is None:
         return Compat(Verdict.UNSUPPORTED, f"{b} does not run on NVIDIA GPUs")
@@ -194,7 +89,8 @@ def _check_nvidia(b: str, rule: NvidiaRule | None, arch: ArchInfo, jit_policy: s
     return Compat(Verdict.SUPPORTED, "")
 
 
-def _check_amd(b: str, rule: AmdRule | None, arch: ArchInfo) -> Compat:
+def _check_amd(b: str, backend_rule: BackendRule, arch: ArchInfo, jit_policy: str) -> Compat:
+    rule: AmdRule | None = backend_rule.amd
     if rule is None:
         return Compat(Verdict.UNSUPPORTED, f"{b} does not run on AMD GPUs")
     g = arch.arch
@@ -208,3 +104,20 @@ def _check_amd(b: str, rule: AmdRule | None, arch: ArchInfo) -> Compat:
         return Compat(Verdict.DEGRADED, f"{b} support for {g} is unknown (not in the architecture table)")
     listed = ", ".join(sorted(rule.supported))
     return Compat(Verdict.UNSUPPORTED, f"{b} does not support {g} (supported: {listed})")
+
+
+def _check_intel(b: str, backend_rule: BackendRule, arch: ArchInfo, jit_policy: str) -> Compat:
+    if backend_rule.intel_degraded:
+        return Compat(Verdict.DEGRADED, backend_rule.intel_reason)
+    return Compat(Verdict.UNSUPPORTED, backend_rule.intel_reason)
+
+
+# GPU vendor -> checker(backend, rule, arch, jit_policy).
+VENDOR_CHECKS: Mapping[str, Callable[[str, BackendRule, ArchInfo, str], Compat]] = MappingProxyType({
+    NVIDIA: _check_nvidia,
+    AMD: _check_amd,
+    INTEL: _check_intel,
+})
+
+__all__ = ["ALIASES", "BACKENDS", "RULES", "VENDOR_CHECKS", "AmdRule", "BackendRule", "Compat", "NvidiaRule",
+           "Verdict", "canonical_backend", "check"]

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from flexinfer import backends
 from flexinfer.errors import ParseError, text_of
 
 MIB = 1024 * 1024
@@ -51,11 +54,10 @@ KV_BYTES: dict[str, float] = {
     "q4_0": 18 / 32, "q4_1": 20 / 32, "iq4_nl": 18 / 32,
 }
 
-# Runtime base per backend (CUDA/ROCm context + backend code + allocator slack).
-RUNTIME_BASE_MIB: dict[str, int] = {
-    "llamacpp": 300, "ollama": 400, "mlc-llm": 400, "vllm": 1024, "vllm-omni": 1024, "diffusers": 800,
-    "comfyui": 800,
-}
+# Runtime base per backend (CUDA/ROCm context + backend code + allocator slack): declared in the backend
+# registry; this is a read-only view of it. An unknown backend is an error, never a silent default.
+RUNTIME_BASE_MIB: Mapping[str, int] = MappingProxyType(
+    {b.name: b.runtime_base_mib for b in backends.REGISTRY.values()})
 
 # (max params in billions, layers) for dense GQA models with 8 KV heads of dim 128.
 _LAYER_TABLE = ((1.0, 16), (2.0, 28), (4.5, 36), (9.0, 32), (15.0, 40), (24.0, 48), (40.0, 64), (80.0, 80),
@@ -145,13 +147,15 @@ def estimate(inp: EstimateInput) -> Estimate:
         notes.append(f"architecture inferred: {layers} layers, {kv_heads} KV heads x {head_dim}")
     kv_bytes = KV_BYTES[normalize_kv_dtype(inp.kv_cache_dtype)]
     kv = 2 * attn_layers * kv_heads * head_dim * inp.context_tokens * inp.parallel * kv_bytes / MIB
-    base = RUNTIME_BASE_MIB.get(inp.backend, 512)
+    backend = backends.get(inp.backend)  # ParseError for an unknown backend
+    base = backend.runtime_base_mib
     compute = max(256.0, inp.context_tokens / 1024 * 0.5 * inp.parallel)
     overhead = base * inp.gpu_count + compute + 0.03 * weights
     w, k, o = math.ceil(weights), math.ceil(kv), math.ceil(overhead)
     total = w + k + o
-    if inp.backend in ("vllm", "vllm-omni"):
-        notes.append("vLLM preallocates gpu_memory_utilization (0.9) of each GPU at start")
+    if backend.preallocates_fraction:
+        notes.append(f"vLLM preallocates gpu_memory_utilization ({backend.preallocates_fraction}) of each GPU "
+                     "at start")
     return Estimate(w, k, o, total, math.ceil(total / inp.gpu_count), tuple(notes))
 
 
@@ -175,4 +179,7 @@ def guess_quant(text: str, backend: str) -> str:
     for q in sorted(BITS_PER_WEIGHT, key=len, reverse=True):
         if re.search(rf"(?<![a-z0-9]){re.escape(q)}(?![a-z0-9])", s):
             return q
-    return {"ollama": "q4_k_m", "llamacpp": "q4_k_m", "mlc-llm": "q4f16_1"}.get(backend, "fp16")
+    try:
+        return backends.get(backend).default_quant
+    except ParseError:
+        return "fp16"  # an unknown backend is reported where it is validated, not here

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flexinfer.controller.backends import BACKENDS, container_for, source_ref
+from flexinfer.controller.backends import container_for, source_ref
 from flexinfer.controller.render import (
     effective_vendor,
     endpoint,
@@ -15,6 +15,7 @@ from flexinfer.controller.render import (
 )
 
 from flexinfer import keys
+from flexinfer.backends import NAMES as BACKENDS
 from flexinfer.model import parse_model
 
 
@@ -48,7 +49,7 @@ def test_gpu_deployment_full():
         keys.POD_MODEL: "qwen3-14b", keys.POD_BACKEND: "llamacpp", keys.POD_VRAM_ESTIMATE_MB: "12000",
         keys.POD_VENDOR: "amd", keys.POD_GROUP: "quality"}
     assert c["resources"] == {"limits": {"amd.com/gpu": "1"}, "requests": {"amd.com/gpu": "1"}}
-    assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server-rocm"
+    assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server-rocm-b6000"  # pinned build, never a moving tag
     assert c["args"][c["args"].index("--hf-repo") + 1] == "Qwen/Qwen3-14B-GGUF"
     assert c["args"][c["args"].index("--hf-file") + 1] == "Qwen3-14B-Q4_K_M.gguf"
     assert c["args"][c["args"].index("-c") + 1] == "8192"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-from flexinfer.controller.backends import BACKENDS
 from flexinfer.controller.render import render_all
 
 from flexinfer import keys
+from flexinfer.backends import NAMES as BACKENDS
 from flexinfer.model import parse_model
 
 K8S_VERSION = kubernetes_validate.latest_version()

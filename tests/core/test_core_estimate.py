@@ -21,7 +21,7 @@ from flexinfer.estimate import (
     parse_params_from_name,
 )
 
-QWEN36_PEAK_MIB = 21648  # seeds/single-gpu-day2-operations.txt: live_peak_mib=21648 on a 24 GB card
+QWEN36_PEAK_MIB = 21648  # docs/homelab.md, the single-GPU lane: 21648 MiB peak on a 24 GB card
 QWEN36 = dict(params_b=35.0, active_params_b=3.0, quant="Q4_K_M", context_tokens=49152, kv_cache_dtype="q8_0",
               backend="llamacpp", layers=40, attention_layers=10, kv_heads=2, head_dim=256)
 
@@ -94,8 +94,16 @@ def test_formula_term_by_term() -> None:
 
 
 def test_long_context_compute_buffer() -> None:
-    e = estimate(EstimateInput(params_b=1.0, context_tokens=1_048_576, layers=16, backend="unknown-backend"))
-    assert e.overhead_mib == math.ceil(512 + 1_048_576 / 1024 * 0.5 + 0.03 * 1e9 * 16 / 8 / MIB)
+    e = estimate(EstimateInput(params_b=1.0, context_tokens=1_048_576, layers=16, backend="diffusers"))
+    assert e.overhead_mib == math.ceil(800 + 1_048_576 / 1024 * 0.5 + 0.03 * 1e9 * 16 / 8 / MIB)
+
+
+def test_unknown_backend_is_an_error_not_a_default_overhead() -> None:
+    """A backend missing from the registry used to get a silent 512 MiB runtime overhead."""
+    with pytest.raises(ParseError, match="backend"):
+        estimate(EstimateInput(params_b=1.0, backend="unknown-backend"))
+    assert estimate(EstimateInput(params_b=1.0, backend="llama.cpp")).overhead_mib == \
+        estimate(EstimateInput(params_b=1.0, backend="llamacpp")).overhead_mib  # aliases resolve
 
 
 @pytest.mark.parametrize("quant", sorted(BITS_PER_WEIGHT))

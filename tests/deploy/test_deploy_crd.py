@@ -170,11 +170,36 @@ def test_crd_shape() -> None:
     assert phases == ["Idle", "Pending", "Loading", "Ready", "Preempted", "Failed"]
 
 
-def test_crd_backend_enum_covers_python_backends() -> None:
-    from flexinfer.compat import ALIASES, BACKENDS
+def test_crd_backend_enum_is_the_registry() -> None:
+    from flexinfer import backends
 
-    enum = set(SCHEMA["properties"]["spec"]["properties"]["backend"]["enum"])
-    assert enum == set(BACKENDS) | set(ALIASES)
+    enum = SCHEMA["properties"]["spec"]["properties"]["backend"]["enum"]
+    assert sorted(enum) == sorted([*backends.NAMES, *backends.ALIASES]) and len(enum) == len(set(enum))
+
+
+def test_crd_maxwell_rules_list_what_the_registry_says() -> None:
+    """The two Maxwell CEL rules name backends by spelling; the lists must be the registry's: every name and
+    alias that never runs on sm_5x, and every name and alias that runs there only precompiled (READONLY)."""
+    from flexinfer import backends
+    from flexinfer.arch import arch_info
+    from flexinfer.compat import Verdict, check
+
+    sm52 = arch_info("nvidia", "sm_52")
+    never, readonly_only = set(), set()
+    for name, b in backends.REGISTRY.items():
+        spellings = {name, *b.aliases}
+        jit = check(name, sm52, jit_policy="").verdict is Verdict.UNSUPPORTED
+        ro = check(name, sm52, jit_policy="READONLY").verdict is Verdict.UNSUPPORTED
+        if jit and ro:
+            never |= spellings
+        elif jit:
+            readonly_only |= spellings
+    lists = []
+    for _, rule in collect_rules(SCHEMA):
+        m = re.search(r"self\.backend in \[([^\]]*)\]", rule["rule"])
+        if m:
+            lists.append({x.strip().strip("'") for x in m.group(1).split(",")})
+    assert sorted(map(sorted, lists)) == sorted(map(sorted, [never, readonly_only]))
 
 
 def test_status_validates() -> None:
