@@ -10,6 +10,7 @@ The standard gRPC health service reports SERVING once the node cache is ready.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 from flexinfer.errors import ParseError
 
+from .grpc_wire import NameListMemo, ResponseEncoder
 from .pod import VENDOR_AUTO, PodFields, PodRequirements, requirements_from_json, validate
 from .policy import NodeVerdict
 from .service import Extender
@@ -59,16 +61,15 @@ def verdict_to_proto(v: NodeVerdict) -> pb.NodeVerdict:
                           detail=v.detail, score=v.score, gpu=v.gpu_text)
 
 
-def _host_priority(host: str, score: int) -> pb.HostPriority:
-    return pb.HostPriority(host=host, score=score)
-
-
 class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
     def __init__(self, extender: Extender) -> None:
         self.extender = extender
+        # Large answers from cached wire pieces, repeated name lists reused (see extender.grpc_wire).
+        self.encoder = ResponseEncoder()
+        self.name_lists = NameListMemo()
 
-    def _names(self, names: list[str]) -> list[str]:
-        return list(names) if names else sorted(self.extender.cache.names())
+    def _names(self, names: list[str]) -> Sequence[str]:
+        return self.name_lists.get(names) if names else sorted(self.extender.cache.names())
 
     def Filter(self, request: pb.FilterRequest, context: grpc.ServicerContext) -> pb.FilterResponse:
         try:
@@ -77,8 +78,7 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
             self.extender.metrics.bad_requests.labels("filter", "grpc").inc()
             return pb.FilterResponse(error=str(e))
         out = self.extender.filter(req, self._names(request.node_names))
-        return pb.FilterResponse(node_names=out.passed, failed_nodes=out.failed,
-                                 failed_and_unresolvable_nodes=out.unresolvable)
+        return pb.FilterResponse.FromString(self.encoder.filter_response(out.passed, out.failed, out.unresolvable))
 
     def Prioritize(self, request: pb.PrioritizeRequest, context: grpc.ServicerContext) -> pb.PrioritizeResponse:
         try:
@@ -87,7 +87,7 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
             self.extender.metrics.bad_requests.labels("prioritize", "grpc").inc()
             return pb.PrioritizeResponse(error=str(e))
         out = self.extender.prioritize_scores(req, self._names(request.node_names))
-        return pb.PrioritizeResponse(priorities=list(map(_host_priority, out.names, out.scores)))
+        return pb.PrioritizeResponse.FromString(self.encoder.prioritize_response(out.names, out.scores))
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         try:
