@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -25,10 +26,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flexinfer import keys, kube, logs
 from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
+from flexinfer.errors import ParseError
 
+from .backends import parse_image_overrides
 from .leader import LeaseLock
 from .metrics import ControllerMetrics
 from .reconcile import Controller, Key, Snapshot, model_key
+from .render import VENDOR_RESOURCE, RenderOptions
 
 log = logs.get("flexinfer.controller.main")
 ALL = ("*", "*")
@@ -225,6 +229,29 @@ def serve_http(address: str, port: int, registry: Any, loop: ControllerLoop | No
     return server
 
 
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+
+
+def render_options(runtime_classes: tuple[str, ...] | list[str], backend_images: tuple[str, ...] | list[str],
+                   scheduler_name: str) -> RenderOptions:
+    """The model-pod options from the CLI; click.BadParameter naming the bad value."""
+    classes: dict[str, str] = {}
+    for item in runtime_classes:
+        vendor, sep, name = item.partition("=")
+        vendor = vendor.strip().lower()
+        if not sep or vendor not in VENDOR_RESOURCE or not _DNS_SUBDOMAIN.match(name.strip()):
+            raise click.BadParameter(f"{item!r}: expected VENDOR=NAME with VENDOR nvidia or amd and a RuntimeClass "
+                                     "name", param_hint="--runtime-class")
+        classes[vendor] = name.strip()
+    try:
+        images = parse_image_overrides(backend_images)
+    except ParseError as e:
+        raise click.BadParameter(str(e), param_hint="--backend-image") from None
+    if scheduler_name and not _DNS_SUBDOMAIN.match(scheduler_name):
+        raise click.BadParameter(f"{scheduler_name!r} is not a valid scheduler name", param_hint="--scheduler-name")
+    return RenderOptions(runtime_class=classes, image_overrides=images, scheduler_name=scheduler_name)
+
+
 def default_lease_namespace(namespace: str | None) -> str:
     return os.environ.get("POD_NAMESPACE") or namespace or "flexinfer-system"
 
@@ -248,21 +275,32 @@ def default_lease_namespace(namespace: str | None) -> str:
               "--namespace, or flexinfer-system).")
 @click.option("--auto-vendor", type=click.Choice(["", "nvidia", "amd"]), default="",
               help="GPU vendor for spec.gpu.vendor auto (default: most common vendor among GPU nodes).")
+@click.option("--runtime-class", multiple=True, metavar="VENDOR=NAME",
+              help="RuntimeClass for model pods of a GPU vendor, e.g. nvidia=nvidia where the NVIDIA container "
+                   "runtime is not the node default (repeatable; env: space-separated).")
+@click.option("--backend-image", multiple=True, metavar="BACKEND[/VENDOR]=IMAGE",
+              help="Replace the registry's image for a backend (and vendor), e.g. to pin a digest: "
+                   "vllm/amd=rocm/vllm@sha256:... Must be a version tag or digest (repeatable).")
+@click.option("--scheduler-name", default="", metavar="NAME",
+              help="spec.schedulerName of model pods: the second scheduler (daemonset/scheduler/second-scheduler, "
+                   "flexinfer-scheduler); empty = the default scheduler.")
 @click.option("--once", is_flag=True, help="Run one reconcile pass and exit.")
 @logging_options
 def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldown_seconds: float,
          resync_seconds: float, bind_address: str, metrics_port: int, leader_elect: bool,
-         lease_namespace: str | None, auto_vendor: str, once: bool, log_level: str,
+         lease_namespace: str | None, auto_vendor: str, runtime_class: tuple[str, ...],
+         backend_image: tuple[str, ...], scheduler_name: str, once: bool, log_level: str,
          log_format: str | None) -> None:
     """Reconcile ai.flexinfer/v1alpha2 Models into Deployments and Services; shared GPU groups."""
     logs.configure(log_level, log_format)
+    options = render_options(runtime_class, backend_image, scheduler_name)
     try:
         api: kubernetes.client.ApiClient = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
     except kube.KubeError as e:
         raise click.ClickException(str(e)) from None
     metrics = ControllerMetrics()
     ctl = Controller(api, namespace=namespace or None, cooldown_seconds=cooldown_seconds, metrics=metrics,
-                     auto_vendor=auto_vendor or None)
+                     auto_vendor=auto_vendor or None, options=options)
     if once:
         result = ctl.reconcile_once()
         for w in result.writes:

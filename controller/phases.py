@@ -12,11 +12,16 @@ observedGeneration); lastTransitionTime only changes when the status of that con
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 IDLE, PENDING, LOADING, READY, PREEMPTED, FAILED = "Idle", "Pending", "Loading", "Ready", "Preempted", "Failed"
 PHASES = (IDLE, PENDING, LOADING, READY, PREEMPTED, FAILED)
+
+# metav1.Condition's reason: CamelCase letters, digits, '_', ',' and ':' (the CRD schema enforces it).
+REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?\Z")
+MAX_MESSAGE_CHARS = 32768
 
 # container waiting reasons that mean "this will not start without a change"
 FATAL_WAITING = {
@@ -126,11 +131,23 @@ def derive_phase(
     return PhaseResult(LOADING, "the pod is starting and loading the model", "Loading")
 
 
+def condition_reason(reason: str) -> str:
+    """`reason` as a valid metav1.Condition reason (CamelCase); anything else is reduced to its letters,
+    digits and underscores, "Unknown" when nothing is left."""
+    if REASON_RE.match(reason):
+        return reason
+    cleaned = "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9_]+", reason) if w).lstrip("0123456789_")
+    return cleaned[:1024] if cleaned and REASON_RE.match(cleaned[:1024]) else "Unknown"
+
+
 def set_condition(
     conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str, now_iso: str,
     generation: int = 0,
 ) -> list[dict[str, Any]]:
-    """Return a new list with `ctype` set; lastTransitionTime is kept when the status did not change."""
+    """Return a new list with `ctype` set; lastTransitionTime is kept when the status did not change.
+    Every condition is a complete metav1.Condition (type, status, reason, message, lastTransitionTime)."""
+    reason = condition_reason(reason)
+    message = (message or "")[:MAX_MESSAGE_CHARS]
     out = [dict(c) for c in conditions or [] if isinstance(c, dict)]
     for c in out:
         if c.get("type") == ctype:
@@ -160,3 +177,12 @@ def conditions_for(
     else:
         sched = ("False", "Waiting", result.message)
     return set_condition(conds, "Scheduled", *sched, now_iso, generation)
+
+
+# Every condition reason the controller writes (tests check each against the CRD's metav1.Condition pattern;
+# condition_reason() guards the rest at run time).
+ALL_REASONS: tuple[str, ...] = (
+    "Preempted", "WaitingForGroup", "ScaledToZero", *FATAL_WAITING, *FATAL_POD_REASONS, "ProgressDeadlineExceeded",
+    "Ready", "CacheNotReady", "Creating", "Unschedulable", "Starting", "Loading", "Scheduled", "Waiting",
+    "InvalidSpec", "Failed",
+)

@@ -117,8 +117,10 @@ class Controller:
         metrics: ControllerMetrics | None = None,
         clock: Callable[[], float] = time.time,
         auto_vendor: str | None = None,
+        options: render.RenderOptions = render.DEFAULT_OPTIONS,
     ) -> None:
         self.api = api
+        self.options = options
         self.namespace = namespace or None
         self.cooldown_seconds = float(cooldown_seconds)
         self.metrics = metrics or ControllerMetrics()
@@ -239,7 +241,7 @@ class Controller:
             if gd.preempted:
                 self._last_swap[gkey] = now
                 group = key[1].removeprefix("group:")
-                self.metrics.preemptions.labels(namespace=ns, group=group).inc(len(gd.preempted))
+                self.metrics.preemptions.labels(model_namespace=ns, group=group).inc(len(gd.preempted))
                 if gd.active:
                     self._swap_started[(ns, gd.active)] = (now, group)
                 log.info("group swap", namespace=ns, group=group, active=gd.active,
@@ -326,7 +328,7 @@ class Controller:
         if pvc is not None and (ns, pvc["metadata"]["name"]) not in pvcs:
             kube.apply_object(self.api, pvc)
             result.writes.append(f"apply PersistentVolumeClaim {ns}/{pvc['metadata']['name']}")
-        want = render.render_deployment(m, d.replicas, vendor)
+        want = render.render_deployment(m, d.replicas, vendor, self.options)
         if dep is None:
             dep = kube.apply_object(self.api, want)
             result.writes.append(f"create Deployment {ns}/{m.name} replicas={d.replicas}")
@@ -373,7 +375,7 @@ class Controller:
         self.metrics.set_phase(m.namespace, m.name, ph.phase, prev_phase)
         if ph.phase == phases.READY and (m.namespace, m.name) in self._swap_started:
             t0, group = self._swap_started.pop((m.namespace, m.name))
-            self.metrics.swap_duration.labels(namespace=m.namespace, group=group).observe(max(0.0, now - t0))
+            self.metrics.swap_duration.labels(model_namespace=m.namespace, group=group).observe(max(0.0, now - t0))
         if _status_view(new) == _status_view(prev):
             return
         kube.patch_model_status(self.api, m.namespace, m.name, new)

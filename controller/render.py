@@ -2,18 +2,27 @@
 
 GPU vendor ``auto``: Kubernetes cannot request "one GPU of either vendor", and requesting no GPU
 resource at all would run the pod without device isolation. So ``auto`` resolves to one vendor:
-``spec.nodeSelector[flexinfer.ai/gpu.vendor]`` if set, else ``auto_vendor`` (the controller passes the
-vendor with the most GPU nodes in the cluster, from the agent's node labels; ``nvidia`` when unknown).
-The extended resource then restricts the pod to that vendor's nodes, and the extender chooses among
-them. No ``flexinfer.ai/gpu.vendor`` pod annotation is written for ``auto`` (the resource decides).
+``spec.nodeSelector[flexinfer.ai/gpu.vendor]`` if set, else ``auto_vendor``, which the controller
+chooses per Model by where it fits now (``controller.placement.choose_vendor``). The extended resource
+then restricts the pod to that vendor's nodes, and the extender chooses among them. No
+``flexinfer.ai/gpu.vendor`` pod annotation is written for ``auto`` (the resource decides).
 
 Deployments of GPU models use strategy Recreate (the old pod must free the GPU before the new one
 starts) and at most one replica (a model is served by one pod; shared groups time-share a GPU).
+
+Model pods run as operators run them (:class:`RenderOptions` carries the operator's settings): no
+service-account token (a model server never talks to the API server), ``/dev/shm`` as a memory-backed
+emptyDir sized by the backend registry (PyTorch/NCCL workers share tensors through it; the container
+runtime's default is 64 MiB), the vendor's RuntimeClass when one is configured (``nvidia`` where the
+NVIDIA container runtime is not the node's default, as on the RTX PRO 4000 node), and the second
+scheduler's name when the operator runs one (``--scheduler-name``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from flexinfer import backends, keys
@@ -21,12 +30,25 @@ from flexinfer.kube import owner_reference
 from flexinfer.model import Model
 from flexinfer.requirements import vram_need
 
-from .backends import MODELS_DIR, container_for, pvc_of_source
+from .backends import MODELS_DIR, ImageOverrides, container_for, pvc_of_source
 
 JSON = dict[str, Any]
 VENDOR_RESOURCE = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}
 DEFAULT_CACHE_SIZE = "50Gi"
 PROBE_PERIOD_S = 10
+SHM_MOUNT = "/dev/shm"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """Operator settings applied to every model pod (controller flags)."""
+
+    runtime_class: Mapping[str, str] = field(default_factory=dict)  # vendor -> RuntimeClass name
+    image_overrides: ImageOverrides = field(default_factory=dict)  # (backend, vendor|"*") -> image
+    scheduler_name: str = ""  # "" = the default scheduler
+
+
+DEFAULT_OPTIONS = RenderOptions()
 
 
 def owner_refs(model: Model) -> list[JSON]:
@@ -147,17 +169,24 @@ def startup_failure_threshold(cold_start_timeout_s: float, period_s: int = PROBE
     return max(1, math.ceil(cold_start_timeout_s / period_s))
 
 
-def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") -> JSON:
+def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia",
+                      options: RenderOptions = DEFAULT_OPTIONS, local: str | None = None) -> JSON:
+    """The Deployment. `local`: directory of the prefetched model in the cache volume (controller.cache)."""
     vendor = effective_vendor(model, auto_vendor)
-    c = container_for(model, vendor)
+    c = container_for(model, vendor, options.image_overrides, local)
     http = {"httpGet": {"path": c.health_path, "port": "http"}, "periodSeconds": PROBE_PERIOD_S}
     probe = {"exec": {"command": c.ready_command}, "periodSeconds": PROBE_PERIOD_S} if c.ready_command else http
+    mounts = [{"name": "models", "mountPath": MODELS_DIR}]
+    volumes = [_volume(model)]
+    if c.shm_mib:
+        mounts.append({"name": "dshm", "mountPath": SHM_MOUNT})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{c.shm_mib}Mi"}})
     container: JSON = {
         "name": "server",
         "image": c.image,
         "ports": [{"name": "http", "containerPort": c.port, "protocol": "TCP"}],
         "env": [{"name": k, "value": v} for k, v in sorted(c.env.items())],
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+        "volumeMounts": mounts,
         "startupProbe": {**probe, "timeoutSeconds": 5,
                          "failureThreshold": startup_failure_threshold(model.cold_start_timeout_seconds)},
         "readinessProbe": {**probe, "timeoutSeconds": 5, "failureThreshold": 3},
@@ -170,7 +199,13 @@ def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia") 
     res = _resources(model, vendor)
     if res:
         container["resources"] = res
-    pod_spec: JSON = {"containers": [container], "volumes": [_volume(model)]}
+    pod_spec: JSON = {"containers": [container], "volumes": volumes,
+                      "automountServiceAccountToken": False, "enableServiceLinks": False}
+    runtime_class = options.runtime_class.get(vendor) if model.needs_gpu else None
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    if options.scheduler_name:
+        pod_spec["schedulerName"] = options.scheduler_name
     if model.spec.node_selector:
         pod_spec["nodeSelector"] = dict(model.spec.node_selector)
     tol = gpu_tolerations(model)
@@ -224,7 +259,8 @@ def render_service(model: Model) -> JSON:
                      "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]}}
 
 
-def render_all(model: Model, replicas: int, auto_vendor: str = "nvidia") -> list[JSON]:
+def render_all(model: Model, replicas: int, auto_vendor: str = "nvidia",
+               options: RenderOptions = DEFAULT_OPTIONS) -> list[JSON]:
     """Everything the controller owns for `model`: [PVC?], Deployment, Service."""
     out = [o for o in (render_pvc(model),) if o is not None]
-    return [*out, render_deployment(model, replicas, auto_vendor), render_service(model)]
+    return [*out, render_deployment(model, replicas, auto_vendor, options), render_service(model)]

@@ -140,7 +140,8 @@ def test_http_health_metrics_and_nodes_forbidden(fake_api, kube_api):
         wait_for(lambda: replicas(fake_api, "big") == 1)
         assert get("/readyz")[0] == 200
         assert get("/healthz")[0] == 200
-        wait_for(lambda: 'flexinfer_model_phase{model="big",namespace="ai",phase="Loading"} 1.0' in get("/metrics")[1])
+        sample = 'flexinfer_model_phase{model="big",model_namespace="ai",phase="Loading"} 1.0'
+        wait_for(lambda: sample in get("/metrics")[1])
         assert get("/nope")[0] == 404
     finally:
         loop.stop()

@@ -1,4 +1,5 @@
-"""Reconcile at the HTTP level against the local fake API server: the seed's three-model quality lane.
+"""Reconcile at the HTTP level against the local fake API server: the homelab's three-model quality lane
+(docs/homelab.md).
 
 qwen3-14b (P:100, minReplicas 1) stays; an activation of qwen3-32b (P:80) preempts it; deepseek-r1 (P:70)
 cannot take the GPU from a busy 32B; after the 32B idles out the 14B reclaims the GPU.
@@ -116,11 +117,11 @@ def test_three_model_group_preempt_and_reclaim(lane):
     assert status(fake, "qwen3-32b")["phase"] == "Ready"
     reg = ctl.metrics.registry
     assert reg.get_sample_value("flexinfer_model_swap_duration_seconds_sum",
-                                {"namespace": NS, "group": "7900xtx-quality"}) == 15.0
+                                {"model_namespace": NS, "group": "7900xtx-quality"}) == 15.0
     assert reg.get_sample_value("flexinfer_group_preemptions_total",
-                                {"namespace": NS, "group": "7900xtx-quality"}) == 1.0
+                                {"model_namespace": NS, "group": "7900xtx-quality"}) == 1.0
     assert reg.get_sample_value("flexinfer_model_phase",
-                                {"model": "qwen3-32b", "namespace": NS, "phase": "Ready"}) == 1.0
+                                {"model": "qwen3-32b", "model_namespace": NS, "phase": "Ready"}) == 1.0
     assert status(fake, "qwen3-14b")["phase"] == "Preempted"  # still wants the GPU (always-on)
 
     # 6. After the 32B idles out (and R1's request expired), the 14B reclaims the GPU.
@@ -138,7 +139,7 @@ def test_three_model_group_preempt_and_reclaim(lane):
     ctl.reconcile_once()
     assert status(fake, "qwen3-14b")["phase"] == "Ready"
     assert reg.get_sample_value("flexinfer_group_preemptions_total",
-                                {"namespace": NS, "group": "7900xtx-quality"}) == 2.0
+                                {"model_namespace": NS, "group": "7900xtx-quality"}) == 2.0
 
 
 def test_last_active_time_is_traffic_and_never_overwritten(lane):
@@ -256,7 +257,7 @@ def test_unparsable_activation_counts_from_first_sight_and_deleted_models_leave_
     ctl.reconcile_once()
     assert dep(fake, "qwen3-32b")["spec"]["replicas"] == 1
     reg = ctl.metrics.registry
-    labels = {"model": "deepseek-r1", "namespace": NS, "phase": "Idle"}
+    labels = {"model": "deepseek-r1", "model_namespace": NS, "phase": "Idle"}
     assert reg.get_sample_value("flexinfer_model_phase", labels) == 1.0
     fake.delete_object("models", "deepseek-r1", NS)
     assert dep(fake, "deepseek-r1") is None  # owner references: deleting the Model cleans up

@@ -56,8 +56,9 @@ def test_gpu_deployment_full():
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     sp = c["startupProbe"]
     assert sp["failureThreshold"] * sp["periodSeconds"] >= 300
-    assert pod["spec"]["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "qwen3-14b-cache"}}]
-    assert c["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+    assert pod["spec"]["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "qwen3-14b-cache"}},
+                                      {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}}]
+    assert c["volumeMounts"] == [{"name": "models", "mountPath": "/models"}, {"name": "dshm", "mountPath": "/dev/shm"}]
     tol = pod["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol
     assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol
@@ -96,7 +97,7 @@ def test_memory_cache_cpu_model_and_estimate():
     m = mk({"backend": "ollama", "source": "ollama://llama3:8b", "cache": {"strategy": "Memory", "size": "8Gi"}})
     d = render_deployment(m, 1)
     pod = d["spec"]["template"]
-    assert pod["spec"]["volumes"] == [{"name": "models", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+    assert pod["spec"]["volumes"][0] == {"name": "models", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
     assert "strategy" not in d["spec"]
     assert "resources" not in pod["spec"]["containers"][0]
     assert "tolerations" not in pod["spec"]
@@ -176,3 +177,56 @@ def test_preferred_archs_from_compiled_cache_and_pinned_arch():
     assert pod_annotations(m, "amd")[keys.POD_PREFERRED_ARCHS] == "gfx1100,gfx942,gfx1151"
     plain = parse_model({"metadata": {"name": "p"}, "spec": {"backend": "ollama", "source": "ollama://x:1b"}})
     assert keys.POD_PREFERRED_ARCHS not in pod_annotations(plain, "nvidia")
+
+
+# --- issue 15 point 6: model pods as operators run them --------------------------------------------------
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_pods_have_no_api_token_and_a_memory_backed_shm_sized_by_the_registry(backend):
+    from flexinfer.backends import REGISTRY
+
+    m = mk({"backend": backend, "source": "HF://org/model-7b", "gpu": {"vendor": "nvidia"}})
+    pod = render_deployment(m, 1)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{REGISTRY[backend].shm_mib}Mi"}}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    assert REGISTRY[backend].shm_mib >= 1024  # the container runtime's 64 MiB default breaks PyTorch workers
+
+
+def test_runtime_class_per_vendor_and_scheduler_name():
+    from flexinfer.controller.render import RenderOptions
+
+    opts = RenderOptions(runtime_class={"nvidia": "nvidia"}, scheduler_name="flexinfer-scheduler")
+    nv = mk({"backend": "vllm", "source": "HF://Qwen/Qwen3-8B", "gpu": {"vendor": "nvidia"}})
+    pod = render_deployment(nv, 1, options=opts)["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia" and pod["schedulerName"] == "flexinfer-scheduler"
+    amd = render_deployment(GPU_MODEL, 1, options=opts)["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in amd and amd["schedulerName"] == "flexinfer-scheduler"
+    cpu = mk({"backend": "ollama", "source": "ollama://llama3:8b"})
+    assert "runtimeClassName" not in render_deployment(cpu, 1, "nvidia", opts)["spec"]["template"]["spec"]
+    plain = render_deployment(nv, 1)["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in plain and "schedulerName" not in plain
+
+
+def test_image_overrides_pin_digests_and_reject_moving_tags():
+    from flexinfer.controller.backends import parse_image_overrides
+    from flexinfer.controller.render import RenderOptions
+
+    from flexinfer.errors import ParseError
+
+    digest = "rocm/vllm@sha256:" + "0" * 64
+    ov = parse_image_overrides([f"vllm/amd={digest}", "llama.cpp=registry.local/llama.cpp:server-b6100"])
+    assert ov == {("vllm", "amd"): digest, ("llamacpp", "*"): "registry.local/llama.cpp:server-b6100"}
+    opts = RenderOptions(image_overrides=ov)
+    vllm_amd = mk({"backend": "vllm", "source": "HF://Qwen/Qwen3-8B", "gpu": {"vendor": "amd"}})
+    assert render_deployment(vllm_amd, 1, options=opts)["spec"]["template"]["spec"]["containers"][0]["image"] == digest
+    vllm_nv = mk({"backend": "vllm", "source": "HF://Qwen/Qwen3-8B", "gpu": {"vendor": "nvidia"}})
+    assert render_deployment(vllm_nv, 1, options=opts)["spec"]["template"]["spec"]["containers"][0]["image"] == \
+        "vllm/vllm-openai:v0.8.5"
+    llama = render_deployment(GPU_MODEL, 1, options=opts)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert llama == "registry.local/llama.cpp:server-b6100"
+    for bad in ("vllm=vllm/vllm-openai:latest", "vllm=vllm/vllm-openai", "vllm/amd=rocm/vllm:latest-rocm",
+                "tgi=x:1", "vllm/intel=x:1", "vllm", "=x:1"):
+        with pytest.raises(ParseError):
+            parse_image_overrides([bad])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-from flexinfer.controller.render import render_all
+from flexinfer.controller.render import RenderOptions, render_all
 
 from flexinfer import keys
 from flexinfer.backends import NAMES as BACKENDS
@@ -29,5 +29,7 @@ SPECS = [
 def test_rendered_objects_validate(spec):
     m = parse_model({"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
                      "metadata": {"name": "m1", "namespace": "ai", "uid": "u"}, "spec": spec})
-    for obj in render_all(m, 1):
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    opts = RenderOptions(runtime_class={"nvidia": "nvidia", "amd": "rocm"}, scheduler_name="flexinfer-scheduler")
+    for vendor in ("nvidia", "amd"):
+        for obj in render_all(m, 1, vendor, opts):
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -163,9 +163,13 @@ def test_crd_shape() -> None:
     (version,) = spec["versions"]
     assert version["name"] == keys.MODEL_VERSION and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
-    cols = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert cols == {"Backend": ".spec.backend", "Phase": ".status.phase", "Group": ".spec.gpu.shared",
-                    "Priority": ".spec.gpu.priority", "Age": ".metadata.creationTimestamp"}
+    cols = {c["name"]: (c["jsonPath"], c.get("priority", 0)) for c in version["additionalPrinterColumns"]}
+    assert cols == {"Backend": (".spec.backend", 0), "Phase": (".status.phase", 0),
+                    "Ready": ('.status.conditions[?(@.type=="Ready")].status', 0),
+                    "Group": (".spec.gpu.shared", 0), "Priority": (".spec.gpu.priority", 0),
+                    "Substage": (".status.loadingSubstage", 1),  # -o wide
+                    "Endpoint": (".status.endpoint", 1),  # -o wide
+                    "Age": (".metadata.creationTimestamp", 0)}
     phases = SCHEMA["properties"]["status"]["properties"]["phase"]["enum"]
     assert phases == ["Idle", "Pending", "Loading", "Ready", "Preempted", "Failed"]
 
@@ -207,11 +211,43 @@ def test_status_validates() -> None:
     obj["status"] = {"phase": "Ready", "endpoint": "http://m1.default.svc:8080", "observedGeneration": 2,
                      "lastActiveTime": "2026-11-23T10:00:00Z", "message": "serving",
                      "cache": {"ready": True, "job": "Complete"},
-                     "conditions": [{"type": "Ready", "status": "True", "reason": "Serving",
+                     "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "serving",
                                      "lastTransitionTime": "2026-11-23T10:00:00Z"}]}
     assert crd_verdict(obj)[0]
     obj["status"]["phase"] = "Running"
     assert not crd_verdict(obj)[0]
+
+
+@pytest.mark.parametrize(("change", "ok"), [
+    ({}, True),
+    ({"reason": "Waiting for GPU"}, False),  # metav1.Condition reason: CamelCase, no blanks
+    ({"reason": ""}, False),
+    ({"reason": "9Lives"}, False),
+    ({"type": "bad type"}, False),
+    ({"status": "Yes"}, False),
+    ({"message": None}, False),  # required (may be empty)
+    ({"lastTransitionTime": None}, False),
+    ({"message": ""}, True),
+    ({"type": "example.com/Custom", "reason": "A_b:c,D"}, True),
+])
+def test_conditions_are_metav1_conditions(change: dict[str, Any], ok: bool) -> None:
+    cond = {"type": "Ready", "status": "False", "reason": "Loading", "message": "loading",
+            "lastTransitionTime": "2026-11-23T10:00:00Z", "observedGeneration": 1}
+    cond.update(change)
+    cond = {k: v for k, v in cond.items() if v is not None}
+    obj = model(BASE)
+    obj["status"] = {"phase": "Loading", "conditions": [cond]}
+    assert crd_verdict(obj)[0] is ok, crd_verdict(obj)
+
+
+def test_every_condition_reason_the_controller_writes_fits_the_schema() -> None:
+    """Every reason the controller can put in a condition matches metav1.Condition's pattern."""
+    from flexinfer.controller import phases
+
+    pattern = re.compile(SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]["properties"]["reason"]
+                         ["pattern"])
+    for reason in phases.ALL_REASONS:
+        assert pattern.match(reason), reason
 
 
 # --- structural schema rules the API server enforces (no kube-apiserver here, so checked directly) -----
