@@ -1,6 +1,6 @@
 """VRAM reservations: memory promised to pods the agent's numbers do not show yet.
 
-The race (reference.md section A): kube-scheduler runs scheduling cycles one at a time, but binds
+The race (docs/extender-protocol.md, "The assume/bind race"): kube-scheduler runs scheduling cycles one at a time, but binds
 asynchronously. Pod A is filtered, prioritized and *assumed* on node X; pod B's cycle starts at
 once and reaches the extender before A is bound, visible in a watch, or loaded on the GPU. Without
 a reservation both "fit" the same GPU.

@@ -2,7 +2,7 @@
 
 The Go structs have no JSON tags, so kube-scheduler sends and expects PascalCase field names.
 Kubernetes <= 1.15 used lowercase tags. We accept either spelling on input and always emit
-PascalCase (reference.md section A). Node items are kept as `msgspec.Raw`: in nodes mode the
+PascalCase (docs/extender-protocol.md). Node items are kept as `msgspec.Raw`: in nodes mode the
 passing nodes are echoed byte for byte, never re-encoded.
 """
 

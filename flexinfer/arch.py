@@ -94,7 +94,7 @@ class _Gfx:
     codename: str
 
 
-# gfx target -> family. Sources: ROCm gpu-specs tables, LLVM AMDGPUUsage (see reference.md 6.2).
+# gfx target -> family. Sources: ROCm gpu-specs tables, LLVM AMDGPUUsage (docs/gpu-architectures.md).
 AMD_GFX: dict[str, _Gfx] = {
     "gfx900": _Gfx("gcn5", "vega10"),
     "gfx906": _Gfx("gcn5", "vega20"),

@@ -1,7 +1,7 @@
 """Preflight: will this Model fit and run, before anything serving is scaled down?
 
 Pure: takes a Model and NodeViews, returns checks with PASS/WARN/BLOCK and a decision.
-Exit codes (CLI): 0 PASS, 10 WARN, 20 BLOCK — the seed's contract.
+Exit codes (CLI): 0 PASS, 10 WARN, 20 BLOCK — the homelab switch contract (docs/homelab.md).
 
 Checks: inventory (GPU nodes of the right vendor exist and report fresh state), vendor,
 architecture compatibility (known-broken backend/arch pairs BLOCK, degraded ones WARN), VRAM fit

@@ -1,4 +1,4 @@
-"""AMD reader on the `amdsmi` Python package (reference.md 4.2, 3.3).
+"""AMD reader on the `amdsmi` Python package (docs/gpu-telemetry.md, docs/gpu-architectures.md).
 
 `import amdsmi` raises KeyError (not ImportError) without libamd_smi.so, so `import_amdsmi()`
 guards it with `except Exception` and returns the reason. The module object is injected into

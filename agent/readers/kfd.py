@@ -1,4 +1,4 @@
-"""AMD static facts from KFD sysfs, no ROCm userspace needed (reference.md 3.3).
+"""AMD static facts from KFD sysfs, no ROCm userspace needed (docs/gpu-architectures.md).
 
 `/sys/class/kfd/kfd/topology/nodes/<n>/properties` holds `key value` lines; GPU nodes have a
 non-zero `gfx_target_version` (decimal major*10000+minor*100+stepping, decoded by

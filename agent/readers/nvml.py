@@ -1,7 +1,7 @@
 """NVIDIA reader on NVML (`nvidia-ml-py`, `import pynvml`).
 
 The pynvml module object is injected (tests and the fake fleet pass a fake module whose functions
-raise the real `pynvml.NVMLError_*` classes). Behaviour (reference.md 4.1, 1.6, 7):
+raise the real `pynvml.NVMLError_*` classes). Behaviour (docs/gpu-telemetry.md):
 
 * memory: `nvmlDeviceGetMemoryInfo(h, version=nvmlMemory_v2)` (reports `reserved`, and `used`
   excludes it), falling back to v1 for good on FunctionNotFound / NotSupported / ArgumentVersionMismatch.

@@ -1,4 +1,4 @@
-"""flexinfer.arch: every row of reference.md 6.1 (NVIDIA) and 6.2 (AMD), KFD decoding, junk."""
+"""flexinfer.arch: every row of the NVIDIA and AMD tables in docs/gpu-architectures.md, KFD decoding, junk."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from flexinfer.arch import (
 )
 from flexinfer.errors import ParseError
 
-# (major, minor, sm, family) -- reference.md 6.1 and the GFD getArchFamily table in 1.3.
+# (major, minor, sm, family) -- docs/gpu-architectures.md (GFD getArchFamily).
 NVIDIA_ROWS = [
     (1, 0, "sm_10", "tesla"), (1, 3, "sm_13", "tesla"),
     (2, 0, "sm_20", "fermi"), (2, 1, "sm_21", "fermi"),
@@ -86,7 +86,7 @@ def test_compute_capability_junk(junk: str) -> None:
         parse_compute_capability(junk)
 
 
-# (gfx, family) -- reference.md 6.2, every row.
+# (gfx, family) -- docs/gpu-architectures.md, every row.
 AMD_ROWS = [
     ("gfx900", "gcn5"), ("gfx906", "gcn5"),
     ("gfx908", "cdna1"), ("gfx90a", "cdna2"), ("gfx942", "cdna3"), ("gfx950", "cdna4"),
@@ -126,7 +126,7 @@ def test_amd_arch_junk(junk: str) -> None:
     assert "e.g. gfx1100" in str(e.value)
 
 
-# KFD gfx_target_version -> ISA name (reference.md 3.3).
+# KFD gfx_target_version -> ISA name (docs/gpu-architectures.md).
 KFD_ROWS = [
     (90000, "gfx900"), (90006, "gfx906"), (90008, "gfx908"), (90010, "gfx90a"), (90402, "gfx942"),
     (90500, "gfx950"), (100100, "gfx1010"), (100102, "gfx1012"), (100300, "gfx1030"), (100301, "gfx1031"),

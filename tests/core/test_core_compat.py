@@ -1,4 +1,4 @@
-"""flexinfer.compat: every compatibility rule of issue 2 / reference.md 6.3, plus a full matrix invariant."""
+"""flexinfer.compat: every compatibility rule of issue 2 / docs/backend-compatibility.md, plus a full matrix invariant."""
 
 from __future__ import annotations
 

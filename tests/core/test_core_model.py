@@ -1,4 +1,4 @@
-"""flexinfer.model: parsing the seed examples, defaults, and every validation error naming its field."""
+"""flexinfer.model: parsing the documented examples (docs/homelab.md), defaults, and every validation error naming its field."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flexinfer import keys
 from flexinfer.errors import ValidationError
 from flexinfer.model import MAX_SERVICE_LABELS, Model, parse_duration_seconds, parse_model, parse_spec
 
-# The minimal example from the seed (model-v1alpha2-crd.txt).
+# The minimal Model of docs/homelab.md ("The Model API").
 MINIMAL = {
     "apiVersion": "ai.flexinfer/v1alpha2",
     "kind": "Model",

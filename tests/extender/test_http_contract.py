@@ -1,4 +1,4 @@
-"""Contract tests: kube-scheduler-shaped JSON in, exact extender/v1 JSON out (reference.md section A)."""
+"""Contract tests: kube-scheduler-shaped JSON in, exact extender/v1 JSON out (docs/extender-protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reservations: a burst of pods must not overcommit one GPU (reference.md section A, the race)."""
+"""Reservations: a burst of pods must not overcommit one GPU (docs/extender-protocol.md, the assume/bind race)."""
 
 from __future__ import annotations
 
