@@ -29,7 +29,7 @@ from flexinfer.cliopts import bind_address_option, component_command, logging_op
 from flexinfer.errors import ParseError
 
 from .backends import parse_image_overrides
-from .leader import LeaseLock
+from .leader import LeaseLock, LeaseTimings
 from .metrics import ControllerMetrics
 from .reconcile import Controller, Key, Snapshot, model_key
 from .render import VENDOR_RESOURCE, RenderOptions
@@ -53,6 +53,8 @@ class ControllerLoop:
         self.resync_seconds = resync_seconds
         self.debounce_seconds = debounce_seconds
         self.lease = lease
+        if lease is not None:  # every write of a pass first asks whether this replica still leads
+            controller.write_guard = lambda: lease.is_leader
         self.queue: queue.Queue[Key] = queue.Queue()
         self._stop = threading.Event()
         self.passes = 0
@@ -146,14 +148,17 @@ class ControllerLoop:
         return self.lease is None or self.lease.is_leader
 
     def _lease_loop(self) -> None:
+        """Try to acquire (follower) or renew (leader) every retry period, as client-go does. Leadership
+        itself expires on its own (LeaseLock.is_leader), so a renewal stuck in a hung call cannot extend it."""
         assert self.lease is not None
-        period = max(1.0, self.lease.lease_duration_s / 3)
+        period = self.lease.timings.retry_period_s
+        was = False
         while not self._stop.is_set():
-            was = self.lease.is_leader
             now_leader = self.lease.try_acquire_or_renew()
             self.ctl.metrics.is_leader.set(1 if now_leader else 0)
             if now_leader and not was:
                 self.queue.put(ALL)
+            was = now_leader
             self._stop.wait(period)
 
     def _work_loop(self) -> None:
@@ -271,6 +276,12 @@ def default_lease_namespace(namespace: str | None) -> str:
 @port_option("metrics", 8080, "/metrics, /healthz, /readyz port")
 @click.option("--leader-elect/--no-leader-elect", default=True,
               help="Take a coordination.k8s.io Lease before reconciling (safe with >1 replica).")
+@click.option("--lease-duration-seconds", default=15.0, type=click.FloatRange(min=2),
+              help="How long followers wait after the last renewal they observed before taking over.")
+@click.option("--renew-deadline-seconds", default=10.0, type=click.FloatRange(min=1),
+              help="The leader stops acting when no renewal succeeded for this long (< lease duration).")
+@click.option("--retry-period-seconds", default=2.0, type=click.FloatRange(min=0.1),
+              help="Time between two acquire/renew attempts (x1.2 < renew deadline).")
 @click.option("--lease-namespace", default=None, help="Namespace of the Lease (default: $POD_NAMESPACE, "
               "--namespace, or flexinfer-system).")
 @click.option("--auto-vendor", type=click.Choice(["", "nvidia", "amd"]), default="",
@@ -288,6 +299,7 @@ def default_lease_namespace(namespace: str | None) -> str:
 @logging_options
 def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldown_seconds: float,
          resync_seconds: float, bind_address: str, metrics_port: int, leader_elect: bool,
+         lease_duration_seconds: float, renew_deadline_seconds: float, retry_period_seconds: float,
          lease_namespace: str | None, auto_vendor: str, runtime_class: tuple[str, ...],
          backend_image: tuple[str, ...], scheduler_name: str, once: bool, log_level: str,
          log_format: str | None) -> None:
@@ -308,7 +320,14 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
         for e in result.errors:
             log.error("error", what=e)
         raise SystemExit(1 if result.errors else 0)
-    lease = LeaseLock(api, lease_namespace or default_lease_namespace(namespace or None)) if leader_elect else None
+    lease = None
+    if leader_elect:
+        try:
+            timings = LeaseTimings(lease_duration_seconds, renew_deadline_seconds, retry_period_seconds,
+                                   api_timeout_s=min(4.0, renew_deadline_seconds / 2))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--renew-deadline-seconds") from None
+        lease = LeaseLock(api, lease_namespace or default_lease_namespace(namespace or None), timings=timings)
     loop = ControllerLoop(ctl, resync_seconds=resync_seconds, lease=lease)
     server = None
     if metrics_port:

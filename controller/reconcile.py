@@ -105,6 +105,10 @@ class PassResult:
     errors: list[str] = field(default_factory=list)
 
 
+class NotLeader(Exception):
+    """Leadership ended in the middle of a pass: the pass stops before its next write."""
+
+
 class Controller:
     """Programmatic controller: ``reconcile_once()`` for a synchronous pass; ``reconcile(snapshot, keys)``
     for the informer-driven loop."""
@@ -130,6 +134,13 @@ class Controller:
         self._swap_started: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, winner) -> (t, group)
         self._activate_seen: dict[tuple[str, str, str], float] = {}
         self._known: set[tuple[str, str]] = set()
+        # Asked before every write (the leader election's is_leader): a replica that lost the lease stops
+        # acting mid-pass instead of finishing it.
+        self.write_guard: Callable[[], bool] | None = None
+
+    def _may_write(self) -> None:
+        if self.write_guard is not None and not self.write_guard():
+            raise NotLeader("not the leader (any more); this pass stops before writing")
 
     # -- snapshot ------------------------------------------------------------------------------
     def list_snapshot(self) -> Snapshot:
@@ -183,6 +194,10 @@ class Controller:
                 continue
             try:
                 self._reconcile_key(key, by_key[key], deps, svcs, pvcs, pods, now, vendor, result)
+            except NotLeader as e:
+                result.errors.append(str(e))
+                log.warning("leadership lost during a pass; stopped before the next write")
+                break
             except kube.KubeError as e:
                 self.metrics.reconcile_errors.labels(kind="api").inc()
                 result.errors.append(f"{key[0]}/{key[1]}: {e}")
@@ -326,19 +341,23 @@ class Controller:
         ns = m.namespace
         pvc = render.render_pvc(m)
         if pvc is not None and (ns, pvc["metadata"]["name"]) not in pvcs:
+            self._may_write()
             kube.apply_object(self.api, pvc)
             result.writes.append(f"apply PersistentVolumeClaim {ns}/{pvc['metadata']['name']}")
         want = render.render_deployment(m, d.replicas, vendor, self.options)
         if dep is None:
+            self._may_write()
             dep = kube.apply_object(self.api, want)
             result.writes.append(f"create Deployment {ns}/{m.name} replicas={d.replicas}")
         else:
             cur_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
             rest = {**want, "spec": {k: v for k, v in want["spec"].items() if k != "replicas"}}
             if not _subset(rest, dep):
+                self._may_write()
                 dep = kube.apply_object(self.api, want)
                 result.writes.append(f"update Deployment {ns}/{m.name} replicas={d.replicas}")
             elif cur_replicas != d.replicas:
+                self._may_write()
                 dep = kube.scale_deployment(self.api, ns, m.name, d.replicas)
                 result.writes.append(f"scale Deployment {ns}/{m.name} {cur_replicas}->{d.replicas}")
                 reason = "ScaledUp" if d.replicas else ("Preempted" if d.preempted else "ScaledToZero")
@@ -346,6 +365,7 @@ class Controller:
         svc = render.render_service(m)
         cur_svc = svcs.get((ns, m.name))
         if cur_svc is None or not _subset(svc, cur_svc):
+            self._may_write()
             kube.apply_object(self.api, svc)
             result.writes.append(f"apply Service {ns}/{m.name}")
         return dep
@@ -360,6 +380,7 @@ class Controller:
               "reason": reason, "message": message[:1024], "type": "Normal", "count": 1,
               "firstTimestamp": now, "lastTimestamp": now,
               "source": {"component": keys.MANAGED_BY}, "reportingComponent": keys.MANAGED_BY}
+        self._may_write()
         try:
             kube.create_object(self.api, ev, retry=kube.NO_RETRY)
         except kube.KubeError as e:
@@ -378,6 +399,7 @@ class Controller:
             self.metrics.swap_duration.labels(model_namespace=m.namespace, group=group).observe(max(0.0, now - t0))
         if _status_view(new) == _status_view(prev):
             return
+        self._may_write()
         kube.patch_model_status(self.api, m.namespace, m.name, new)
         result.writes.append(f"status {m.namespace}/{m.name} {prev_phase}->{ph.phase}")
         log.info("model status", namespace=m.namespace, model=m.name, phase=ph.phase, message=ph.message)
@@ -393,6 +415,7 @@ class Controller:
         result.phases[(ns, name)] = ph.phase
         if _status_view({**new, "endpoint": prev.get("endpoint")}) == _status_view(prev):
             return
+        self._may_write()
         try:
             kube.patch_model_status(self.api, ns, name, new)
             result.writes.append(f"status {ns}/{name} invalid")

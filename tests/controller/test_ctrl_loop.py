@@ -39,42 +39,6 @@ def replicas(fake, name):
     return None if d is None else d["spec"]["replicas"]
 
 
-class Clock:
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-def test_lease_one_leader_takeover_and_release(kube_api):
-    clock = Clock()
-    a = LeaseLock(kube_api, NS, identity="a", lease_duration_s=15, clock=clock)
-    b = LeaseLock(kube_api, NS, identity="b", lease_duration_s=15, clock=clock)
-    assert a.try_acquire_or_renew() is True
-    assert b.try_acquire_or_renew() is False
-    clock.t += 10
-    assert a.try_acquire_or_renew() is True  # renew
-    clock.t += 14
-    assert b.try_acquire_or_renew() is False  # renewed 14 s ago: still valid
-    clock.t += 2
-    assert b.try_acquire_or_renew() is True  # expired: takeover
-    assert a.try_acquire_or_renew() is False
-    b.release()
-    assert a.try_acquire_or_renew() is True
-
-
-def test_lease_race_loser_gets_conflict(fake_api, kube_api):
-    clock = Clock()
-    a = LeaseLock(kube_api, NS, identity="a", clock=clock)
-    assert a.try_acquire_or_renew()
-    fake_api.fail("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/flexinfer-controller",
-                  status=409, times=1)
-    clock.t += 100
-    b = LeaseLock(kube_api, NS, identity="b", clock=clock)
-    assert b.try_acquire_or_renew() is False
-
-
 def test_loop_reacts_to_events_and_follower_stays_passive(fake_api, kube_api):
     fake_api.put_object(model("big", 100, min_replicas=1))
     fake_api.put_object(model("small", 50))
