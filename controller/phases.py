@@ -184,5 +184,5 @@ def conditions_for(
 ALL_REASONS: tuple[str, ...] = (
     "Preempted", "WaitingForGroup", "ScaledToZero", *FATAL_WAITING, *FATAL_POD_REASONS, "ProgressDeadlineExceeded",
     "Ready", "CacheNotReady", "Creating", "Unschedulable", "Starting", "Loading", "Scheduled", "Waiting",
-    "InvalidSpec", "Failed",
+    "InvalidSpec", "Failed", "OwnershipConflict",
 )

@@ -32,7 +32,7 @@ from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
 from flexinfer.state import parse_rfc3339
 
-from . import groups, phases, render
+from . import groups, ownership, phases, render
 from .activation import activate, rfc3339
 from .metrics import ControllerMetrics
 
@@ -41,6 +41,8 @@ __all__ = ["Controller", "PassResult", "Snapshot", "activate", "model_key", "rfc
 log = logs.get("flexinfer.controller")
 JSON = dict[str, Any]
 Key = tuple[str, str]  # (namespace, "group:<name>" | "model:<name>")
+# Failed reasons that end by themselves when their cause goes away (not "the model fails to run").
+RECOVERABLE_FAILURES = frozenset({ownership.REASON})
 
 
 def _meta(obj: JSON) -> JSON:
@@ -214,10 +216,16 @@ class Controller:
         valid: list[tuple[JSON, Model]] = []
         for obj in objs:
             try:
-                valid.append((obj, parse_model(obj)))
+                m = parse_model(obj)
             except ValidationError as e:
                 self.metrics.reconcile_errors.labels(kind="invalid").inc()
                 self._write_invalid(obj, str(e), now, result)
+                continue
+            conflict = self._claim(m, deps, svcs, pvcs)
+            if conflict:
+                self._write_conflict(obj, m, conflict, now, result)
+                continue
+            valid.append((obj, m))
         if not valid:
             return
         members: list[groups.Member] = []
@@ -277,6 +285,43 @@ class Controller:
             result.phases[(ns, m.name)] = ph.phase
             self._write_status(obj, m, ph, infos[m.name], now, result)
 
+    # -- ownership -------------------------------------------------------------------------------
+    def _owned(self, m: Model, plural: str, kind: str, name: str, cache: dict) -> str:
+        """"" when the object named `name` is absent or ours (then it is put into `cache`); else the
+        conflict message. The caches hold only objects with our managed-by label, so an absent entry is
+        looked up once: an object someone else made has no such label."""
+        key = (m.namespace, name)
+        obj = cache.get(key)
+        if obj is None:
+            obj = kube.get_object(self.api, plural, name, m.namespace)
+            if obj is None:
+                return ""
+        if ownership.owned_by(obj, m):
+            cache[key] = obj  # e.g. created by the previous pass, not yet in the informer cache
+            return ""
+        cache.pop(key, None)
+        return ownership.conflict_message(kind, obj)
+
+    def _claim(self, m: Model, deps: dict, svcs: dict, pvcs: dict) -> str:
+        """The first object of `m` that exists but is not ours (its conflict message), else ""."""
+        checks = [("deployments", "Deployment", m.name, deps), ("services", "Service", m.name, svcs)]
+        pvc = render.render_pvc(m)
+        if pvc is not None:
+            checks.append(("persistentvolumeclaims", "PersistentVolumeClaim", pvc["metadata"]["name"], pvcs))
+        for plural, kind, name, cache in checks:
+            conflict = self._owned(m, plural, kind, name, cache)
+            if conflict:
+                return conflict
+        return ""
+
+    def _write_conflict(self, obj: JSON, m: Model, message: str, now: float, result: PassResult) -> None:
+        ph = phases.PhaseResult(phases.FAILED, message, ownership.REASON)
+        result.phases[(m.namespace, m.name)] = ph.phase
+        if self._write_status(obj, m, ph, phases.PodInfo(), now, result):
+            self._event(m, ownership.REASON, message, warning=True)
+        log.warning("ownership conflict: leaving the object alone", namespace=m.namespace, model=m.name,
+                    conflict=message)
+
     # -- inputs ----------------------------------------------------------------------------------
     @staticmethod
     def _cache_ready(m: Model) -> bool | None:
@@ -307,6 +352,8 @@ class Controller:
         st = m.status
         if st.get("phase") != phases.FAILED or st.get("observedGeneration") != m.generation:
             return False
+        if self._ready_reason(m) in RECOVERABLE_FAILURES:
+            return False  # failed because of something outside the model (e.g. a conflicting object): re-check
         failed_at = None
         for c in st.get("conditions") or []:
             if isinstance(c, dict) and c.get("type") == "Ready":
@@ -370,14 +417,14 @@ class Controller:
             result.writes.append(f"apply Service {ns}/{m.name}")
         return dep
 
-    def _event(self, m: Model, reason: str, message: str) -> None:
+    def _event(self, m: Model, reason: str, message: str, *, warning: bool = False) -> None:
         """A Kubernetes Event on the Model (best effort: never fails the pass)."""
         now = rfc3339(self.clock())
         ev = {"apiVersion": "v1", "kind": "Event",
               "metadata": {"name": f"{m.name}.{uuid.uuid4().hex[:16]}", "namespace": m.namespace},
               "involvedObject": {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND, "name": m.name,
                                  "namespace": m.namespace, "uid": m.uid},
-              "reason": reason, "message": message[:1024], "type": "Normal", "count": 1,
+              "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal", "count": 1,
               "firstTimestamp": now, "lastTimestamp": now,
               "source": {"component": keys.MANAGED_BY}, "reportingComponent": keys.MANAGED_BY}
         self._may_write()
@@ -387,7 +434,8 @@ class Controller:
             log.debug("event not recorded", error=str(e))
 
     def _write_status(self, obj: JSON, m: Model, ph: phases.PhaseResult, info: phases.PodInfo, now: float,
-                      result: PassResult) -> None:
+                      result: PassResult) -> bool:
+        """Patch the status when it changed; True when it was written."""
         prev = m.status
         conds = phases.conditions_for(ph, prev.get("conditions") or [], rfc3339(now), m.generation, info)
         new = {"phase": ph.phase, "endpoint": render.endpoint(m), "message": ph.message,
@@ -398,11 +446,12 @@ class Controller:
             t0, group = self._swap_started.pop((m.namespace, m.name))
             self.metrics.swap_duration.labels(model_namespace=m.namespace, group=group).observe(max(0.0, now - t0))
         if _status_view(new) == _status_view(prev):
-            return
+            return False
         self._may_write()
         kube.patch_model_status(self.api, m.namespace, m.name, new)
         result.writes.append(f"status {m.namespace}/{m.name} {prev_phase}->{ph.phase}")
         log.info("model status", namespace=m.namespace, model=m.name, phase=ph.phase, message=ph.message)
+        return True
 
     def _write_invalid(self, obj: JSON, message: str, now: float, result: PassResult) -> None:
         ns, name = _nsname(obj)
