@@ -27,7 +27,7 @@ ARG BASE=${PYTHON_IMAGE}
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY flexinfer/ flexinfer/
 COPY agent/ agent/
 COPY extender/ extender/
