@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import getitem
 
-from .memo import NodeNames
+from .memo import MAX_KEPT_NAMES, NodeNames
 
 MAX_PIECES = 50_000  # cached byte pieces per kind; cleared when over
 MAX_SCORE = 10
@@ -114,7 +114,7 @@ class NameListMemo:
     verdict cache's answer memo), keyed by the list itself. Bounded: `size` lists, and lists longer than
     `max_names` are never kept."""
 
-    def __init__(self, size: int = 8, max_names: int = 20_000) -> None:
+    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES) -> None:
         self.size = size
         self.max_names = max_names
         self._lists: OrderedDict[tuple[str, ...], NodeNames] = OrderedDict()

@@ -52,7 +52,8 @@ from .policy import (
     static_key,
 )
 
-STATIC_MEMO_CLASSES = 4096  # static verdicts kept per shape (classes of cached nodes and of request-borne views)
+STATIC_MEMO_CLASSES = 1024  # static verdicts kept per shape (classes of cached nodes and of request-borne views)
+MAX_KEPT_NAMES = 16_384  # longer name lists and their answers are never kept (3x Kubernetes' largest cluster)
 
 
 class NodeNames(tuple[str, ...]):
@@ -244,7 +245,7 @@ class VerdictCache:
             if len(passed) + len(failed) + len(unresolvable) < len(wanted):  # names the cache does not hold
                 failed.update(dict.fromkeys(wanted.difference(self.nodes.names_view()), R_NOT_IN_CACHE))
             answer = FilterAnswer(passed, failed, unresolvable, tally_of(failed, unresolvable))
-            if isinstance(names, NodeNames):  # immutable: safe to key by identity
+            if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
                 shape._answer_key, shape._answer = (names, shape.version), answer
             return answer
 

@@ -1,11 +1,56 @@
-"""Prometheus metrics for the extender, on a registry of its own (one per app instance)."""
+"""Prometheus metrics for the extender, on a registry of its own (one per app instance).
+
+Label values come from closed sets, whatever the requests carry: `verb` and `result` are ours; `reason` is
+one of the policy's own reasons or a compatibility verdict for a known backend on a known architecture
+(`reason_label`), anything else (an unknown gfx target in a Node, say) is counted as `other`. So a client
+sending 50,000 invented architectures adds one series, not 50,000.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from flexinfer import keys
+from flexinfer.arch import AMD, AMD_GFX, INTEL, NONE, NVIDIA, ArchInfo, amd_arch, nvidia_arch
+from flexinfer.compat import BACKENDS, Verdict, check
+
+from . import policy
 
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _NODE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+OTHER = "other"
+
+
+def _known_archs() -> list[ArchInfo]:
+    nvidia = [nvidia_arch(major, minor) for major in range(1, 14) for minor in range(10)]
+    return ([a for a in nvidia if a.known] + [amd_arch(g) for g in AMD_GFX]
+            + [ArchInfo(INTEL, "xe", "xe", known=False), ArchInfo(NONE, "none", "none", known=False)])
+
+
+@lru_cache(maxsize=1)
+def known_reasons() -> frozenset[str]:
+    """Every reason the policy can give for a known backend on a known architecture (the label's closed set)."""
+    p = policy
+    out = {p.R_NOT_IN_CACHE, p.R_NO_GPU, p.R_TOO_FEW_GPUS, p.R_UNHEALTHY, p.R_TOO_SMALL, p.R_INSUFFICIENT,
+           p.R_STALE, p.R_NO_STATE, p.R_AGENT, *(p.R_NO_VENDOR_GPU.format(vendor=v) for v in (NVIDIA, AMD))}
+    out.update(p.R_BAD_NODE.format(what=w) for w in (f"annotation {keys.ANN_GPU_STATE}", f"label {keys.LABEL_VENDOR}"))
+    out.update(p.R_BAD_POD.format(key=k) for k in (
+        "GPU resource request", *(f"annotation {a}" for a in (keys.POD_VRAM_ESTIMATE_MB, keys.POD_BACKEND,
+                                                              keys.POD_VENDOR, keys.POD_PREFERRED_ARCHS))))
+    for arch in _known_archs():
+        for backend in BACKENDS:
+            for jit in ("", "READONLY"):
+                c = check(backend, arch, jit_policy=jit)
+                if c.verdict is not Verdict.SUPPORTED:
+                    out.add(c.reason)
+    return frozenset(out)
+
+
+def reason_label(reason: str) -> str:
+    """The `reason` label value for a verdict reason: itself when in the closed set, else `other`."""
+    return reason if reason in known_reasons() else OTHER
 
 
 class ExtenderMetrics:
@@ -19,7 +64,8 @@ class ExtenderMetrics:
             "flexinfer_extender_nodes_per_request", "Nodes in one extender request, by verb",
             ["verb"], registry=r, buckets=_NODE_BUCKETS)
         self.verdicts = Counter(
-            "flexinfer_extender_verdicts_total", "Per-node verdicts, by verb, result and short reason",
+            "flexinfer_extender_verdicts_total",
+            "Per-node verdicts, by verb, result and short reason (known reasons; anything else is `other`)",
             ["verb", "result", "reason"], registry=r)
         self.bad_requests = Counter(
             "flexinfer_extender_bad_requests_total", "Requests rejected as malformed, by verb and HTTP status",
@@ -31,7 +77,7 @@ class ExtenderMetrics:
         self.reservations = Gauge("flexinfer_extender_reservations",
                                   "Live VRAM reservations for pods being placed", registry=r)
         # Listener limits (extender.listener; label values: listener in {scheduling, read-only}, reason in
-        # extender.listener.REASONS).
+        # extender.listener.REASONS) and replica leadership (extender.replicas). Owned by extender-edge.
         self.connections_rejected = Counter(
             "flexinfer_extender_connections_rejected_total",
             "Connections closed before a request reached a handler (limits, timeouts, TLS), by listener and reason",

@@ -159,8 +159,14 @@ class StaticFit(msgspec.Struct, frozen=True):
                          self.count, self.positions)
 
 
+def _jit(req: PodRequirements) -> str:
+    """The pod's JIT policy as compatibility reads it (only READONLY means anything): memo keys stay small
+    whatever text the pod carries."""
+    return "READONLY" if req.jit_policy.upper() == "READONLY" else ""
+
+
 def static_key(req: PodRequirements) -> tuple[str, int, str, str, int]:
-    return (req.vendor, req.gpu_count, req.backend, req.jit_policy, req.vram_estimate_mib)
+    return (req.vendor, req.gpu_count, req.backend, _jit(req), req.vram_estimate_mib)
 
 
 def static_class(view: NodeView) -> tuple:
@@ -215,9 +221,10 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
     usable: list[tuple[int, str]] = []  # (position, degraded reason)
     first_no = ""
     if req.backend:
+        jit = _jit(req)
         for i in healthy:
             g = gpus[i]
-            c = compat_for(req.backend, g.vendor, g.arch, req.jit_policy)
+            c = compat_for(req.backend, g.vendor, g.arch, jit)
             if c.verdict is Verdict.UNSUPPORTED:
                 first_no = first_no or c.reason
             else:

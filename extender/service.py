@@ -18,7 +18,7 @@ from flexinfer.state import NodeView, parse_rfc3339
 
 from .cache import NodeCache
 from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
-from .metrics import ExtenderMetrics
+from .metrics import ExtenderMetrics, reason_label
 from .pod import PodRequirements, requirements_from_dict
 from .policy import NodeVerdict, PolicyConfig, evaluate
 from .reservations import Reservations
@@ -192,7 +192,7 @@ class Extender:
         if feasible:
             m.verdicts.labels(verb, "pass", "").inc(feasible)
         for (unresolvable, reason), n in tally.items():
-            m.verdicts.labels(verb, "unresolvable" if unresolvable else "failed", reason[:120]).inc(n)
+            m.verdicts.labels(verb, "unresolvable" if unresolvable else "failed", reason_label(reason)).inc(n)
         m.reservations.set(len(self.reservations))
         reasons = {reason: n for (_, reason), n in tally.items()}
         log.info(f"extender_{verb}", pod=f"{req.namespace}/{req.name}", managed=req.managed,

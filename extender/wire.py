@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import msgspec
 
-from .memo import NodeNames
+from .memo import MAX_KEPT_NAMES, NodeNames
 from .pod import PodWire
 
 
@@ -97,16 +97,23 @@ def names_of(raw: msgspec.Raw) -> list[str]:
         raise msgspec.ValidationError(located) from None
 
 
+
+
 class NameLists:
     """The last few distinct NodeNames lists, keyed by their exact JSON bytes, as `memo.NodeNames`
     (names + their set). kube-scheduler sends the same list (every node that passed its own filters)
     for pod after pod; a repeat costs one bytes hash and compare instead of decoding and hashing
-    thousands of names again. Bounded: `size` lists (least recently used dropped)."""
+    thousands of names again. Bounded whatever clients send: `size` lists (least recently used dropped),
+    and only lists of at most `max_names` names are kept."""
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES) -> None:
         self.size = size
+        self.max_names = max_names
         self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._lists)
 
     def decode(self, raw: msgspec.Raw) -> NodeNames:
         key = bytes(raw)
@@ -116,10 +123,14 @@ class NameLists:
                 self._lists.move_to_end(key)
                 return hit
         names = NodeNames(names_of(raw))
+        if len(names) > self.max_names:
+            return names
         with self._lock:
             self._lists[key] = names
             while len(self._lists) > self.size:
                 self._lists.popitem(last=False)
         return names
+
+
 node_item_decoder = msgspec.json.Decoder(NodeItem)
 encoder = msgspec.json.Encoder()
