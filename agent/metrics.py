@@ -63,8 +63,7 @@ class _GpuCollector(Collector):
             lv = [m.node, str(s.index), s.uuid, s.vendor, s.arch, s.product]
             mem["total"].add_metric(lv, s.memory_total_bytes)
             mem["used"].add_metric(lv, s.memory_used_bytes)
-            mem["free"].add_metric(lv, max(0, s.memory_total_bytes - s.memory_used_bytes
-                                          - (s.memory_reserved_bytes or 0)))
+            mem["free"].add_metric(lv, s.memory_free_bytes)
             if s.memory_reserved_bytes is not None:
                 mem["reserved"].add_metric(lv, s.memory_reserved_bytes)
             for fam, v in ((power, s.power_usage_watts), (limit, s.power_limit_watts),

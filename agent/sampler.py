@@ -18,8 +18,7 @@ MIB = 1024 * 1024
 
 
 def free_mib(s: GpuSample) -> int:
-    free = s.memory_total_bytes - s.memory_used_bytes - (s.memory_reserved_bytes or 0)
-    return max(0, min(s.memory_total_bytes, free)) // MIB
+    return s.memory_free_bytes // MIB
 
 
 def gpu_state(s: GpuSample) -> GpuState:

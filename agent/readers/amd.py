@@ -339,7 +339,7 @@ class AmdSmiReader:
         used = int(_num(vram.get("vram_used")) or 0) * MIB
         s = GpuSample(
             index=dev.index, uuid=dev.uuid, vendor=AMD, arch=dev.arch, product=dev.product, pci_bus_id=dev.bdf,
-            memory_total_bytes=total, memory_used_bytes=used, memory_free_bytes=max(0, total - used),
+            memory_total_bytes=total, memory_used_bytes=used,
             unified_memory=dev.unified, driver_version=self.driver_version, rocm_version=self.rocm_version,
         )
         p = self._metric(dev, "power", "amdsmi_get_power_info")

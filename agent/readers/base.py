@@ -32,7 +32,6 @@ class GpuSample:
     compute_capability: str = ""  # "5.2" (NVIDIA)
     memory_total_bytes: int = 0
     memory_used_bytes: int = 0  # in use by processes; excludes `reserved` when the v2 API is used
-    memory_free_bytes: int = 0
     memory_reserved_bytes: int | None = None  # driver/firmware reserved (NVML v2); None if unknown
     power_usage_watts: float | None = None
     power_limit_watts: float | None = None
@@ -59,6 +58,14 @@ class GpuSample:
     cuda_version: str = ""
     rocm_version: str = ""
     unsupported: frozenset[str] = frozenset()  # metric groups marked unsupported (never polled again)
+
+    @property
+    def memory_free_bytes(self) -> int:
+        """Free memory as the scheduler counts it (the one place this is computed): total - used - reserved,
+        within [0, total]. NVML's v2 API reports driver/firmware `reserved` apart from `used`; NVML v1,
+        amdsmi and KFD include it in `used` (reserved unknown). Either way reserved memory is never free."""
+        total = self.memory_total_bytes
+        return max(0, min(total, total - self.memory_used_bytes - (self.memory_reserved_bytes or 0)))
 
 
 class GpuReader(Protocol):

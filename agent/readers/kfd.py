@@ -158,7 +158,7 @@ class KfdReader:
             out.append(GpuSample(
                 index=i, uuid=f"{n.unique_id:016x}" if n.unique_id else f"kfd-node-{n.node_id}", vendor=AMD,
                 arch=n.gfx, pci_bus_id=n.pci_bus_id, memory_total_bytes=total, memory_used_bytes=used,
-                memory_free_bytes=max(0, total - used), unified_memory=unified,
+                unified_memory=unified,
                 healthy=bool(n.gfx), reason="" if n.gfx else f"unknown gfx_target_version {n.gfx_target_version}",
             ))
         return out

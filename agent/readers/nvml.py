@@ -317,12 +317,13 @@ class NvmlReader:
                 log.debug("nvml_metric_failed", uuid=dev.uuid, metric=metric, error=str(e))
             return None
 
-    def _memory(self, dev: _Device) -> tuple[int, int, int, int | None]:
+    def _memory(self, dev: _Device) -> tuple[int, int, int | None]:
+        """(total, used, reserved) bytes; NVML's own `free` is not needed (GpuSample.memory_free_bytes)."""
         nv, h = self.nv, dev.handle
         if not dev.memory_v1 and "memory_v2" not in dev.unsupported:
             try:
                 m = nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2)
-                return int(m.total), int(m.used), int(m.free), int(m.reserved)
+                return int(m.total), int(m.used), int(m.reserved)
             except nv.NVMLError as e:
                 if self._is(e, _DEVICE_FATAL_NAMES + _LIBRARY_FATAL_NAMES):
                     raise
@@ -330,7 +331,7 @@ class NvmlReader:
                 dev.unsupported.add("memory_v2")
                 log.info("nvml_memory_v1_fallback", uuid=dev.uuid, error=str(e))
         m = nv.nvmlDeviceGetMemoryInfo(h)
-        return int(m.total), int(m.used), int(m.free), None
+        return int(m.total), int(m.used), None
 
     def _temperature(self, dev: _Device) -> float | None:
         nv, h = self.nv, dev.handle
@@ -355,11 +356,11 @@ class NvmlReader:
 
     def _sample_device(self, dev: _Device) -> GpuSample:
         nv, h = self.nv, dev.handle
-        total, used, free, reserved = self._memory(dev)
+        total, used, reserved = self._memory(dev)
         s = GpuSample(
             index=dev.index, uuid=dev.uuid, vendor=NVIDIA, arch=dev.arch, product=dev.name,
             pci_bus_id=dev.pci_bus_id, compute_capability=dev.cc,
-            memory_total_bytes=total, memory_used_bytes=used, memory_free_bytes=free,
+            memory_total_bytes=total, memory_used_bytes=used,
             memory_reserved_bytes=reserved, driver_version=self.driver_version, cuda_version=self.cuda_version,
         )
         mw = self._metric(dev, "power", self._fn("nvmlDeviceGetPowerUsage"), h)
