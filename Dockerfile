@@ -32,6 +32,7 @@ COPY flexinfer/ flexinfer/
 COPY agent/ agent/
 COPY extender/ extender/
 COPY controller/ controller/
+COPY proxy/ proxy/
 # A wheel of the project only (pure Python, non-editable). Dependencies are resolved in the final stage
 # so compiled wheels (grpcio, msgspec, uvloop) match the final image's Python (3.12 on ROCm bases).
 RUN pip wheel --no-deps --wheel-dir /wheels .
@@ -72,7 +73,8 @@ RUN groupadd --system --gid 10001 flexinfer \
        --shell /usr/sbin/nologin flexinfer
 USER 10001:10001
 WORKDIR /tmp
-# agent metrics+health, agent gRPC, extender HTTP (+metrics, health), extender gRPC, controller metrics
-EXPOSE 9400 9401 8888 9090 8080
+# agent metrics+health, agent gRPC, extender HTTP (+metrics, health), extender gRPC, controller metrics (the
+# proxy's API port is 8080 too, in its own pod), proxy metrics+health
+EXPOSE 9400 9401 8888 9090 8080 9402
 ENTRYPOINT []
 CMD ["flexinfer", "--help"]

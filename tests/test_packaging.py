@@ -93,7 +93,8 @@ def test_console_scripts_resolve():
     import importlib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"flexinfer", "flexinfer-agent", "flexinfer-extender", "flexinfer-controller"}
+    assert set(scripts) == {"flexinfer", "flexinfer-agent", "flexinfer-extender", "flexinfer-controller",
+                            "flexinfer-proxy"}
     for target in scripts.values():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func))
