@@ -9,11 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from flexinfer import logs
+from flexinfer.interop import cross_check, gfd_replicas, mismatch_status
 from flexinfer.state import NodeGpuState
 
+from .attribution import Assignment, Holding, attribute, replicas_by_vendor
 from .metrics import AgentMetrics
 from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, Publisher, PublishResult, should_publish
 from .readers.base import GpuReader, GpuSample
@@ -48,11 +51,26 @@ class StateHub:
             return self.version, self.state
 
 
+class AssignmentSource(Protocol):
+    """Who holds which device (agent.podresources.PodResourcesSource, or a simulated kubelet)."""
+
+    def poll(self) -> tuple[list[Assignment], str]: ...
+
+
 @dataclass
 class StepResult:
     state: NodeGpuState
     samples: list[GpuSample]
     publish: PublishResult | None
+    holders: dict[str, Holding] | None = None
+
+
+def devices_by_vendor(samples: list[GpuSample]) -> dict[str, int]:
+    """Schedulable devices per vendor: MIG instances of MIG-enabled GPUs, other GPUs themselves."""
+    out: dict[str, int] = {}
+    for s in samples:
+        out[s.vendor] = out.get(s.vendor, 0) + (len(s.mig_instances) if s.mig_enabled else 1)
+    return out
 
 
 class Agent:
@@ -67,10 +85,12 @@ class Agent:
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        pod_resources: AssignmentSource | None = None,
     ) -> None:
         self.node = node
         self.reader = reader
         self.publisher = publisher
+        self.pod_resources = pod_resources
         self.interval_seconds = interval_seconds
         self.threshold_mib = threshold_mib
         self.heartbeat_seconds = heartbeat_seconds
@@ -107,8 +127,21 @@ class Agent:
             samples, status = [], f"reader error: {type(e).__name__}"
         duration = time.perf_counter() - t0
         now = self.clock() if now is None else now
-        state = node_state(self.node, samples, status, now)
-        self.metrics.observe(samples, duration, type(self.reader).__name__, state.agent_status)
+        holders, extra = self._holders(samples)
+        labels: dict[str, str] = {}
+        capacity: dict[str, Any] = {}
+        if self.publisher is not None:
+            self.publisher.know_node(now)
+            labels = self.publisher.node_labels or {}
+            capacity = self.publisher.node_capacity
+        replicas = replicas_by_vendor(capacity, devices_by_vendor(samples), gfd_replicas(labels))
+        state = node_state(self.node, samples, status, now, holders=holders, replicas=replicas)
+        extra.append(mismatch_status(cross_check(labels, state)))
+        notes = [t for t in extra if t]
+        if notes:
+            own = [] if state.agent_status == "ok" else [state.agent_status]
+            state = replace(state, agent_status="; ".join(own + notes))
+        self.metrics.observe(samples, duration, type(self.reader).__name__, state.agent_status, holders)
         self.hub.update(state, self.threshold_mib, self.heartbeat_seconds)
         result: PublishResult | None = None
         if self.publisher is not None:
@@ -117,9 +150,20 @@ class Agent:
                 self.metrics.wrote("success")
             elif result.error:
                 self.metrics.wrote("error")
-        self.last = StepResult(state, samples, result)
+        self.last = StepResult(state, samples, result, holders)
         self.last_step_monotonic = time.monotonic()
         return self.last
+
+    def _holders(self, samples: list[GpuSample]) -> tuple[dict[str, Holding], list[str]]:
+        """Who holds each GPU (kubelet PodResources) and a status note when the kubelet could not be asked."""
+        if self.pod_resources is None:
+            return {}, []
+        try:
+            assignments, note = self.pod_resources.poll()
+        except Exception as e:  # sources should not raise; never let one stop sampling
+            log.error("pod_resources_error", node=self.node, error=repr(e)[:300])
+            return {}, [f"kubelet pod-resources: {type(e).__name__}"]
+        return attribute(samples, assignments), [note]
 
     def healthy(self) -> bool:
         if self._thread is None:
@@ -150,4 +194,7 @@ class Agent:
             self.reader.close()
         except Exception as e:
             log.warning("reader_close_error", node=self.node, error=repr(e))
+        close = getattr(self.pod_resources, "close", None)
+        if callable(close):
+            close()
         self._opened = False

@@ -15,6 +15,7 @@ from flexinfer.cliopts import bind_address_option, component_command, logging_op
 from flexinfer.errors import ParseError, ValidationError
 
 from .agent import Agent
+from .podresources import DEFAULT_SOCKET, PodResourcesSource
 from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, DryRunPublisher, Publisher
 from .readers.base import GpuReader, MultiReader, NullReader
 
@@ -90,11 +91,13 @@ def build_fake_reader(path: str, node: str) -> GpuReader:
 @click.option("--vendor", type=click.Choice(["auto", "nvidia", "amd"]), default="auto",
               help="Which GPU libraries to open (auto: every one that loads).")
 @click.option("--sys-root", default="/sys", help="sysfs root (KFD topology).")
+@click.option("--pod-resources-socket", default=DEFAULT_SOCKET, show_default=True,
+              help="The kubelet's PodResources socket: which container holds which GPU (empty: do not ask).")
 @logging_options
 def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, interval_seconds: float,
          threshold_mib: int, heartbeat_seconds: float, bind_address: str, metrics_port: int, grpc_port: int,
-         kube_server: str | None, kubeconfig: str | None, vendor: str, sys_root: str, log_level: str,
-         log_format: str | None) -> None:
+         kube_server: str | None, kubeconfig: str | None, vendor: str, sys_root: str, pod_resources_socket: str,
+         log_level: str, log_format: str | None) -> None:
     """Read this node's GPUs and publish labels, annotations, metrics and gRPC state."""
     logs.configure(log_level, log_format)
     if not node:
@@ -108,6 +111,7 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
         reader = build_fake_reader(fake_gpus, node) if fake_gpus else build_real_reader(vendor, sys_root)
     except (ParseError, KeyError) as e:
         raise click.ClickException(str(e).strip('"')) from None
+    pod_resources = PodResourcesSource(socket_path=pod_resources_socket) if pod_resources_socket else None
 
     if dry_run:
         # --once: one pretty JSON document; otherwise one JSON line per write the agent would make
@@ -117,7 +121,7 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
 
         agent = Agent(node, reader, DryRunPublisher(node, emit, threshold_mib, heartbeat_seconds),
                       interval_seconds=interval_seconds, threshold_mib=threshold_mib,
-                      heartbeat_seconds=heartbeat_seconds)
+                      heartbeat_seconds=heartbeat_seconds, pod_resources=pod_resources)
         if once:
             agent.step()
             agent.stop()
@@ -133,7 +137,7 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
         raise click.ClickException(f"cannot configure the Kubernetes client: {e}") from None
     publisher = Publisher(api, node, threshold_mib=threshold_mib, heartbeat_seconds=heartbeat_seconds)
     agent = Agent(node, reader, publisher, interval_seconds=interval_seconds, threshold_mib=threshold_mib,
-                  heartbeat_seconds=heartbeat_seconds)
+                  heartbeat_seconds=heartbeat_seconds, pod_resources=pod_resources)
     if once:
         result = agent.step()
         agent.stop()

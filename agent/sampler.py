@@ -8,13 +8,18 @@ way a scheduler never counts reserved memory as free.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+
 from flexinfer.arch import arch_info
 from flexinfer.errors import ParseError
 from flexinfer.state import GpuState, NodeGpuState
 
-from .readers.base import GpuSample
+from .attribution import Holding
+from .readers.base import GpuSample, MigSample
 
 MIB = 1024 * 1024
+_NOBODY = Holding()
 
 
 def free_mib(s: GpuSample) -> int:
@@ -30,22 +35,62 @@ def gpu_state(s: GpuSample) -> GpuState:
     )
 
 
-def node_state(node: str, samples: list[GpuSample], status: str, now: float) -> NodeGpuState:
-    """One observation. An unhealthy GPU stays listed (with its reason) so the extender can say why.
+def mig_state(s: GpuSample, m: MigSample, index: int) -> GpuState:
+    """A MIG instance as the schedulable entry it is: its own memory, its parent's health and identity."""
+    total = m.memory_total_bytes // MIB
+    free = max(0, min(m.memory_total_bytes, m.memory_total_bytes - m.memory_used_bytes)) // MIB
+    return replace(gpu_state(s), index=index, uuid=m.uuid, total_mib=total, free_mib=free, mig_profile=m.profile,
+                   mig_parent=s.index)
 
-    A GPU whose architecture cannot be determined is left out (labels and fit need it) and the
-    agent status says so.
+
+def _versions(samples: list[GpuSample]) -> tuple[str, str, str]:
+    """(driver, CUDA, ROCm) versions for the node: the driver only when every GPU reports the same one."""
+    drivers = {s.driver_version for s in samples if s.driver_version}
+    cuda = next((s.cuda_version for s in samples if s.cuda_version), "")
+    rocm = next((s.rocm_version for s in samples if s.rocm_version), "")
+    return (drivers.pop() if len(drivers) == 1 else ""), cuda, rocm
+
+
+def node_state(node: str, samples: list[GpuSample], status: str, now: float, *,
+               holders: Mapping[str, Holding] | None = None,
+               replicas: Mapping[str, int] | None = None) -> NodeGpuState:
+    """One observation. An unhealthy GPU stays listed (with its reason) so the extender can say why, and the
+    agent status names it: the status is never "ok" while a GPU is lost or unhealthy.
+
+    Entries are what a pod can be given: a MIG-enabled GPU contributes its MIG instances (numbered in physical
+    order on such a node), any other GPU itself. `holders` (entry UUID -> containers, from the kubelet) and
+    `replicas` (vendor -> time-slicing replicas) add who holds what and how shared it is.
+
+    A GPU whose architecture cannot be determined is left out (labels and fit need it) and the status says so.
     """
+    holders = holders or {}
+    replicas = replicas or {}
+    ordered = sorted(samples, key=lambda s: s.index)
+    renumber = any(s.mig_instances or s.mig_enabled for s in ordered)
     gpus: list[GpuState] = []
-    skipped: list[str] = []
-    for s in sorted(samples, key=lambda s: s.index):
+    notes: list[str] = []
+    for s in ordered:
         try:
             arch_info(s.vendor, s.arch)
         except ParseError:
-            skipped.append(f"gpu {s.index} ({s.vendor}) architecture unknown")
+            notes.append(f"gpu {s.index} ({s.vendor}) architecture unknown")
             continue
-        gpus.append(gpu_state(s))
+        if not s.healthy:
+            notes.append(f"gpu {s.index} unhealthy: {s.reason or 'unknown reason'}")
+        if s.mig_enabled and not s.mig_instances:
+            notes.append(f"gpu {s.index} has MIG enabled but no MIG instances (nothing to schedule on it)")
+            continue
+        entries = [mig_state(s, m, len(gpus) + k) for k, m in enumerate(s.mig_instances)] if s.mig_enabled \
+            else [gpu_state(s) if not renumber else replace(gpu_state(s), index=len(gpus))]
+        for g in entries:
+            held = holders.get(g.uuid, _NOBODY)
+            shared = replicas.get(g.vendor, 1)
+            if held.pods or shared != 1:
+                g = replace(g, pods=held.pods, replicas=shared, replicas_used=held.replicas_used)
+            gpus.append(g)
     status = status or "ok"
-    if skipped:
-        status = "; ".join(([] if status == "ok" else [status]) + skipped)
-    return NodeGpuState(node=node, gpus=tuple(gpus), observed_unix=now, agent_status=status)
+    if notes:
+        status = "; ".join(([] if status == "ok" else [status]) + notes)
+    driver, cuda, rocm = _versions(ordered)
+    return NodeGpuState(node=node, gpus=tuple(gpus), observed_unix=now, agent_status=status,
+                        driver_version=driver, cuda_version=cuda, rocm_version=rocm)

@@ -18,12 +18,28 @@ LABEL_VRAM = PREFIX + "gpu.vram"  # smallest card's total, e.g. "24Gi"
 LABEL_COUNT = PREFIX + "gpu.count"  # number of GPUs the agent sees
 LABEL_PRODUCT = PREFIX + "gpu.product"  # label-safe product name (<= 63 chars) or "mixed"
 LABEL_UNIFIED_MEMORY = PREFIX + "gpu.unified-memory"  # "true" on APUs sharing system RAM
+# Integers for node-affinity Gt/Lt (the GFD labels' meaning, in our namespace; docs/label-interop.md)
+LABEL_MEMORY_MIB = PREFIX + "gpu.memory-mib"  # smallest schedulable GPU's (or MIG instance's) total MiB
+LABEL_COMPUTE_MAJOR = PREFIX + "gpu.compute.major"  # NVIDIA compute capability major ("5")
+LABEL_COMPUTE_MINOR = PREFIX + "gpu.compute.minor"  # NVIDIA compute capability minor ("2")
+LABEL_DRIVER_VERSION = PREFIX + "gpu.driver-version"  # "580.95.05" (single-vendor nodes only)
+LABEL_DRIVER_MAJOR = PREFIX + "gpu.driver-version.major"  # "580"
+LABEL_CUDA_VERSION = PREFIX + "gpu.cuda-version"  # CUDA version the NVIDIA driver supports, "13.0"
+LABEL_CUDA_MAJOR = PREFIX + "gpu.cuda-version.major"
+LABEL_CUDA_MINOR = PREFIX + "gpu.cuda-version.minor"
+LABEL_ROCM_VERSION = PREFIX + "gpu.rocm-version"  # ROCm release of the AMD stack, "7.0.2"
+LABEL_ROCM_MAJOR = PREFIX + "gpu.rocm-version.major"
+LABEL_ROCM_MINOR = PREFIX + "gpu.rocm-version.minor"
+LABEL_SHARING = PREFIX + "gpu.sharing-strategy"  # none | time-slicing | mig
+LABEL_REPLICAS = PREFIX + "gpu.replicas"  # device-plugin replicas per GPU (time-slicing), smallest
 # Per-architecture counts on nodes with mixed GPUs: flexinfer.ai/gpu.arch.<arch> = "<count>"
 LABEL_ARCH_COUNT_PREFIX = PREFIX + "gpu.arch."
 
 NODE_LABEL_KEYS = (
     LABEL_VENDOR, LABEL_ARCH, LABEL_FAMILY, LABEL_COMPUTE, LABEL_VRAM, LABEL_COUNT, LABEL_PRODUCT,
-    LABEL_UNIFIED_MEMORY,
+    LABEL_UNIFIED_MEMORY, LABEL_MEMORY_MIB, LABEL_COMPUTE_MAJOR, LABEL_COMPUTE_MINOR, LABEL_DRIVER_VERSION,
+    LABEL_DRIVER_MAJOR, LABEL_CUDA_VERSION, LABEL_CUDA_MAJOR, LABEL_CUDA_MINOR, LABEL_ROCM_VERSION,
+    LABEL_ROCM_MAJOR, LABEL_ROCM_MINOR, LABEL_SHARING, LABEL_REPLICAS,
 )
 
 MIXED = "mixed"

@@ -7,7 +7,14 @@ Annotation `flexinfer.ai/gpu-state` is compact JSON so a 5000-node cache stays s
 
 v = format version, t = observation time (unix seconds, UTC), g = GPUs with i = index,
 u = uuid, a = arch, t = total MiB, f = free MiB, h = healthy (1/0), e = Xid/RAS error events
-since the agent started, le = unix time of the last error (0 = none), r = reason when unhealthy.
+since the agent started, le = unix time of the last error (0 = none), r = reason when unhealthy,
+p = the containers holding the GPU ("namespace/pod/container", from the kubelet's PodResources API),
+s = device-plugin replicas of the GPU (time-slicing; omitted when 1), su = replicas handed out,
+mp = the physical GPU index of a MIG instance, mn = its MIG profile ("3g.40gb").
+
+Entries are what a pod can be given: a whole GPU, or one MIG instance of a MIG-enabled GPU (its memory
+is all the pod gets). On a node with MIG the entries are numbered in physical order, so `i` is the
+entry's number and `mp` the physical GPU; on other nodes `i` is the GPU index.
 
 Mixed-GPU rule for labels: a label carries a single value only when every GPU on the node agrees.
 Otherwise vendor/arch/family/product/compute get the value `mixed` (compute is omitted), and one
@@ -27,7 +34,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from flexinfer import keys
-from flexinfer.arch import ArchInfo, arch_info, normalize_vendor
+from flexinfer.arch import AMD, NVIDIA, ArchInfo, arch_info, normalize_vendor
 from flexinfer.errors import ParseError
 from flexinfer.units import mib_to_label, parse_mib
 
@@ -48,6 +55,11 @@ class GpuState:
     error_events: int = 0  # Xid (NVIDIA) / uncorrectable+deferred RAS (AMD) since agent start
     last_error_unix: float = 0.0
     unified_memory: bool = False  # APU: VRAM is carved out of system RAM
+    pods: tuple[str, ...] = ()  # "namespace/pod/container" holding it (kubelet PodResources), at most MAX_PODS
+    replicas: int = 1  # device-plugin replicas (time-slicing): how many containers may be given this GPU
+    replicas_used: int = 0  # replicas handed out to containers (distinct device IDs)
+    mig_profile: str = ""  # non-empty: this entry is a MIG instance of that profile ("3g.40gb")
+    mig_parent: int = -1  # a MIG instance's physical GPU index
 
     @property
     def info(self) -> ArchInfo:
@@ -57,6 +69,29 @@ class GpuState:
     def used_mib(self) -> int:
         return max(0, self.total_mib - self.free_mib)
 
+    @property
+    def available_mib(self) -> int:
+        """What a new pod can get here now: the free MiB, or 0 when every time-slicing replica is taken (the
+        device plugin will not hand this GPU out again)."""
+        if self.replicas > 1 and self.replicas_used >= self.replicas:
+            return 0
+        return self.free_mib
+
+    @property
+    def physical_index(self) -> int:
+        return self.mig_parent if self.mig_profile else self.index
+
+    def describe(self) -> str:
+        """'GPU 0', 'MIG 3g.40gb on GPU 1', with ', 4 time-slicing replicas (1 in use)' when shared."""
+        text = f"MIG {self.mig_profile} on GPU {self.mig_parent}" if self.mig_profile else f"GPU {self.index}"
+        if self.replicas > 1:
+            text += f", {self.replicas} time-slicing replicas ({self.replicas_used} in use)"
+        return text
+
+
+MAX_PODS = 64  # containers listed per GPU in the annotation (and as metric label sets); more are counted, not named
+MAX_REPLICAS = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class NodeGpuState:
@@ -64,6 +99,11 @@ class NodeGpuState:
     gpus: tuple[GpuState, ...] = ()
     observed_unix: float = 0.0
     agent_status: str = "ok"
+    # Node-level software versions (labels only; not in the annotation): the NVIDIA or AMD kernel driver,
+    # the CUDA version the NVIDIA driver supports, the ROCm release of the AMD stack.
+    driver_version: str = ""
+    cuda_version: str = ""
+    rocm_version: str = ""
 
     @property
     def healthy_free_mib(self) -> int:
@@ -94,8 +134,48 @@ def label_safe(value: str, limit: int = 63) -> str:
     return s
 
 
-def node_labels(gpus: list[GpuState] | tuple[GpuState, ...]) -> dict[str, str]:
-    """The labels the agent owns for a node with these GPUs (see module doc for the mixed rule)."""
+_LEADING_INT = re.compile(r"^(\d{1,9})(?:\.(\d{1,9}))?")
+
+
+def _version_labels(value: str, full: str, major: str, minor: str | None) -> dict[str, str]:
+    """'580.95.05' -> {full: '580.95.05', major: '580', minor: '95'} (integers for Gt/Lt); {} when unparsable."""
+    text = label_safe(value) if value else ""
+    m = _LEADING_INT.match(text)
+    if not m:
+        return {}
+    out = {full: text, major: str(int(m.group(1)))}
+    if minor is not None and m.group(2) is not None:
+        out[minor] = str(int(m.group(2)))
+    return out
+
+
+def version_labels(vendors: set[str], driver_version: str = "", cuda_version: str = "",
+                   rocm_version: str = "") -> dict[str, str]:
+    """Driver / CUDA / ROCm labels. The driver version is one vendor's, so a node with GPUs of two vendors
+    gets none (its CUDA and ROCm versions are unambiguous and stay)."""
+    out: dict[str, str] = {}
+    if len(vendors) == 1:
+        out.update(_version_labels(driver_version, keys.LABEL_DRIVER_VERSION, keys.LABEL_DRIVER_MAJOR, None))
+    if NVIDIA in vendors:
+        out.update(_version_labels(cuda_version, keys.LABEL_CUDA_VERSION, keys.LABEL_CUDA_MAJOR, keys.LABEL_CUDA_MINOR))
+    if AMD in vendors:
+        out.update(_version_labels(rocm_version, keys.LABEL_ROCM_VERSION, keys.LABEL_ROCM_MAJOR, keys.LABEL_ROCM_MINOR))
+    return out
+
+
+def state_labels(state: NodeGpuState) -> dict[str, str]:
+    """The labels the agent owns for one observation: `node_labels` plus the software versions."""
+    return node_labels(state.gpus, driver_version=state.driver_version, cuda_version=state.cuda_version,
+                       rocm_version=state.rocm_version)
+
+
+def node_labels(gpus: list[GpuState] | tuple[GpuState, ...], *, driver_version: str = "", cuda_version: str = "",
+                rocm_version: str = "") -> dict[str, str]:
+    """The labels the agent owns for a node with these GPUs (see module doc for the mixed rule).
+
+    Counts and sizes are of what a pod can be given: on a MIG node `gpu.count` counts MIG instances and
+    `gpu.memory-mib` / `gpu.vram` are the smallest instance's, as NVIDIA's feature discovery does with its
+    `single` MIG strategy."""
     if not gpus:
         return {keys.LABEL_VENDOR: "none", keys.LABEL_COUNT: "0"}
     infos = [g.info for g in gpus]
@@ -103,16 +183,24 @@ def node_labels(gpus: list[GpuState] | tuple[GpuState, ...]) -> dict[str, str]:
     archs = Counter(i.arch for i in infos)
     families = {i.family for i in infos}
     products = {label_safe(g.product) for g in gpus if g.product}
+    smallest = min(g.total_mib for g in gpus)
     labels: dict[str, str] = {
-        keys.LABEL_VENDOR: vendors.pop() if len(vendors) == 1 else keys.MIXED,
+        keys.LABEL_VENDOR: next(iter(vendors)) if len(vendors) == 1 else keys.MIXED,
         keys.LABEL_COUNT: str(len(gpus)),
-        keys.LABEL_VRAM: mib_to_label(min(g.total_mib for g in gpus)),
+        keys.LABEL_VRAM: mib_to_label(smallest),
+        keys.LABEL_MEMORY_MIB: str(smallest),
+        keys.LABEL_SHARING: ("mig" if any(g.mig_profile for g in gpus)
+                             else "time-slicing" if any(g.replicas > 1 for g in gpus) else "none"),
+        keys.LABEL_REPLICAS: str(min(g.replicas for g in gpus)),
     }
     if len(archs) == 1:
         only = infos[0]
         labels[keys.LABEL_ARCH] = only.arch
         if only.compute:
             labels[keys.LABEL_COMPUTE] = only.compute
+            major, minor = only.compute.split(".")
+            labels[keys.LABEL_COMPUTE_MAJOR] = major
+            labels[keys.LABEL_COMPUTE_MINOR] = minor
     else:
         labels[keys.LABEL_ARCH] = keys.MIXED
         for arch, count in archs.items():
@@ -124,6 +212,7 @@ def node_labels(gpus: list[GpuState] | tuple[GpuState, ...]) -> dict[str, str]:
         labels[keys.LABEL_PRODUCT] = keys.MIXED
     if any(g.unified_memory for g in gpus):
         labels[keys.LABEL_UNIFIED_MEMORY] = "true"
+    labels.update(version_labels(vendors, driver_version, cuda_version, rocm_version))
     return labels
 
 
@@ -145,6 +234,11 @@ class _WireGpu(msgspec.Struct, omit_defaults=True):
     r: str = ""
     v: str = ""  # vendor; omitted when it equals the node-level vendor hint
     m: int = 0  # unified memory
+    p: list[str] = []  # "namespace/pod/container" holding the GPU
+    s: int = 1  # device-plugin replicas
+    su: int = 0  # replicas handed out
+    mp: int = -1  # MIG instance: physical GPU index
+    mn: str = ""  # MIG instance: profile
 
 
 class _WireState(msgspec.Struct):
@@ -189,7 +283,8 @@ def encode_state(state: NodeGpuState) -> str:
             _WireGpu(
                 i=g.index, u=g.uuid, a=g.arch, t=g.total_mib, f=g.free_mib, h=int(g.healthy),
                 e=g.error_events, le=round(g.last_error_unix, 3), r=g.reason, v=g.vendor,
-                m=int(g.unified_memory),
+                m=int(g.unified_memory), p=list(g.pods[:MAX_PODS]), s=g.replicas, su=g.replicas_used,
+                mp=g.mig_parent if g.mig_profile else -1, mn=g.mig_profile,
             )
             for g in state.gpus
         ],
@@ -241,10 +336,35 @@ def decode_state(node: str, raw: str, vendor_hint: str = "", *, agent_status: st
         if free > total:
             raise ParseError(what, raw, f"free <= total on gpu {i}")
         e = w.e
+        pods: tuple[str, ...] = ()
+        if w.p or w.s != 1 or w.su or w.mn or w.mp != -1:  # shared-GPU facts: rare, checked off the hot path
+            pods = _shared_fields(what, raw, i, w)
         gpus.append(GpuState(index=i, uuid=w.u, vendor=info.vendor, arch=info.arch, total_mib=total, free_mib=free,
                              healthy=bool(w.h), reason=w.r, error_events=e if e > 0 else 0, last_error_unix=w.le,
-                             unified_memory=bool(w.m)))
+                             unified_memory=bool(w.m), pods=pods, replicas=w.s, replicas_used=w.su,
+                             mig_profile=w.mn, mig_parent=w.mp if w.mn else -1))
     return NodeGpuState(node, tuple(gpus), wire.t, agent_status)
+
+
+_POD_REF = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/"
+                      r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_MIG_PROFILE = re.compile(r"^[0-9]{1,2}(c\.[0-9]{1,2})?g\.[0-9]{1,4}gb(\+[a-z0-9.]{1,16})?$")
+
+
+def valid_pod_ref(ref: str) -> bool:
+    """'namespace/pod/container' with Kubernetes' name rules (what the state annotation accepts)."""
+    return isinstance(ref, str) and len(ref) <= 381 and _POD_REF.match(ref) is not None
+
+
+def _shared_fields(what: str, raw: str, i: int, w: _WireGpu) -> tuple[str, ...]:
+    """Validate a GPU's pods / replicas / MIG fields; the pods as a tuple. ParseError on junk."""
+    if len(w.p) > MAX_PODS or not all(valid_pod_ref(p) for p in w.p):
+        raise ParseError(what, raw, f"at most {MAX_PODS} 'namespace/pod/container' names on gpu {i}")
+    if not 1 <= w.s <= MAX_REPLICAS or not 0 <= w.su <= MAX_REPLICAS:
+        raise ParseError(what, raw, f"replicas 1..{MAX_REPLICAS} and replicas in use 0..{MAX_REPLICAS} on gpu {i}")
+    if w.mn and (not _MIG_PROFILE.match(w.mn) or w.mp < 0):
+        raise ParseError(what, raw, f"a MIG profile like 3g.40gb with its physical GPU index on gpu {i}")
+    return tuple(w.p)
 
 
 @dataclass(frozen=True, slots=True)

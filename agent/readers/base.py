@@ -22,6 +22,19 @@ class XidEvent:
 
 
 @dataclass(slots=True)
+class MigSample:
+    """One MIG instance of a MIG-enabled NVIDIA GPU: the device a pod is given (its memory is all it gets)."""
+
+    uuid: str  # "MIG-..."
+    profile: str  # "3g.40gb": GPU slices and memory, named as NVIDIA names profiles
+    gpu_instance_id: int
+    compute_instance_id: int
+    memory_total_bytes: int
+    memory_used_bytes: int
+    memory_free_bytes: int
+
+
+@dataclass(slots=True)
 class GpuSample:
     index: int
     uuid: str
@@ -58,6 +71,23 @@ class GpuSample:
     cuda_version: str = ""
     rocm_version: str = ""
     unsupported: frozenset[str] = frozenset()  # metric groups marked unsupported (never polled again)
+    # Telemetry the vendors' exporters publish by default (dcgm-exporter, AMD device-metrics-exporter)
+    energy_joules_total: float | None = None  # since the driver loaded (NVML) / the counter started (amdsmi, hwmon)
+    memory_temperature_celsius: float | None = None
+    pcie_tx_bytes_per_second: float | None = None
+    pcie_rx_bytes_per_second: float | None = None
+    engine_utilization: dict[str, float] | None = None  # ratio 0..1 per engine: memory_copy, encoder, decoder, video
+    remapped_rows: dict[str, int] | None = None  # NVIDIA (Ampere+): correctable / uncorrectable rows remapped
+    row_remap_pending: bool | None = None
+    row_remap_failed: bool | None = None
+    retired_pages: dict[str, int] | None = None  # NVIDIA (pre-Ampere): single_bit / double_bit retired pages
+    retired_pages_pending: bool | None = None
+    gtt_total_bytes: int | None = None  # AMD: system memory the GPU maps (GTT; what an APU's models spill into)
+    gtt_used_bytes: int | None = None
+    # Sharing
+    mig_enabled: bool | None = None  # NVIDIA MIG mode (None: not MIG-capable or unknown)
+    mig_instances: list[MigSample] = field(default_factory=list)
+    drm_card: str = ""  # "card0": how the Intel device plugin names the GPU
 
     @property
     def memory_free_bytes(self) -> int:

@@ -35,7 +35,10 @@ def test_dry_run_gtx980ti() -> None:
     assert labels == {
         keys.LABEL_VENDOR: "nvidia", keys.LABEL_ARCH: "sm_52", keys.LABEL_FAMILY: "maxwell",
         keys.LABEL_COMPUTE: "5.2", keys.LABEL_VRAM: "6Gi", keys.LABEL_COUNT: "1",
-        keys.LABEL_PRODUCT: "NVIDIA-GeForce-GTX-980-Ti",
+        keys.LABEL_PRODUCT: "NVIDIA-GeForce-GTX-980-Ti", keys.LABEL_MEMORY_MIB: "6144",
+        keys.LABEL_COMPUTE_MAJOR: "5", keys.LABEL_COMPUTE_MINOR: "2", keys.LABEL_DRIVER_VERSION: "580.95.05",
+        keys.LABEL_DRIVER_MAJOR: "580", keys.LABEL_CUDA_VERSION: "13.0", keys.LABEL_CUDA_MAJOR: "13",
+        keys.LABEL_CUDA_MINOR: "0", keys.LABEL_SHARING: "none", keys.LABEL_REPLICAS: "1",
     }
     assert ann[keys.ANN_FREE_MEMORY] == "5800" and ann[keys.ANN_AGENT_STATUS] == "ok"
     st = decode_state("cblevins-gtx980ti", ann[keys.ANN_GPU_STATE], "nvidia")

@@ -65,6 +65,8 @@ def test_labels_single_gpu_nvidia() -> None:
     assert labels == {
         keys.LABEL_VENDOR: "nvidia", keys.LABEL_COUNT: "1", keys.LABEL_VRAM: "6Gi", keys.LABEL_ARCH: "sm_52",
         keys.LABEL_COMPUTE: "5.2", keys.LABEL_FAMILY: "maxwell", keys.LABEL_PRODUCT: "NVIDIA-GeForce-GTX-980-Ti",
+        keys.LABEL_MEMORY_MIB: "6144", keys.LABEL_COMPUTE_MAJOR: "5", keys.LABEL_COMPUTE_MINOR: "2",
+        keys.LABEL_SHARING: "none", keys.LABEL_REPLICAS: "1",
     }
     assert_valid_labels(labels)
 

@@ -237,11 +237,17 @@ def test_agent_overlays_device_access() -> None:
     env = {e["name"]: e.get("value") for e in nv["containers"][0]["env"]}
     assert nv["runtimeClassName"] == "nvidia"
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
-    assert "NODE_NAME" in env and not any("hostPath" in v for v in nv["volumes"])
+    assert "NODE_NAME" in env
+    # the only host path on an NVIDIA node: the kubelet's PodResources socket directory, read-only
+    assert [v["hostPath"]["path"] for v in nv["volumes"] if "hostPath" in v] == ["/var/lib/kubelet/pod-resources"]
+    pr = next(m for m in nv["containers"][0]["volumeMounts"] if m["mountPath"] == "/var/lib/kubelet/pod-resources")
+    assert pr["readOnly"] is True
+    sc = nv["containers"][0]["securityContext"]
+    assert sc["runAsUser"] == 0 and sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False
 
     amd = agents(DAEMONSET / "overlays" / "amd-only")["flexinfer-agent"]["spec"]["template"]["spec"]
     paths = {v["hostPath"]["path"] for v in amd["volumes"] if "hostPath" in v}
-    assert paths == {"/dev/kfd", "/dev/dri", "/sys"}
+    assert paths == {"/dev/kfd", "/dev/dri", "/sys", "/var/lib/kubelet/pod-resources"}
     mounts = {m["mountPath"]: m for m in amd["containers"][0]["volumeMounts"]}
     assert mounts["/sys"]["readOnly"] is True
     assert amd["securityContext"]["supplementalGroups"] and "runtimeClassName" not in amd

@@ -1,0 +1,1 @@
+"""Generated gRPC code for the kubelet PodResources API (hack/gen-proto.sh)."""
