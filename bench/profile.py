@@ -1,5 +1,5 @@
 """Where the time goes when a target is missed: cProfile of the extender's request path in-process
-(same code the HTTP handler runs: `parse_args` then `Extender.filter`/`prioritize`), top functions by
+(same code the HTTP handler runs: `parse_request_body` then `Extender.filter`/`prioritize`), top functions by
 own time. py-spy / pyinstrument are used by nobody here: cProfile ships with Python.
 """
 
@@ -32,7 +32,7 @@ def _extender(items: list[dict[str, Any]], workdir: Path) -> Any:
 
 def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, cold: bool = False,
                     new_shape: bool = False, top: int = 14) -> dict[str, Any]:
-    from flexinfer.extender.http import parse_args
+    from flexinfer.extender.http import parse_request_body
 
     from flexinfer import logs
 
@@ -54,7 +54,7 @@ def profile_request(n: int, mode: str, verb: str, iters: int, workdir: Path, *, 
     lists = running.web.name_lists  # as the HTTP handler does
 
     def once() -> None:
-        p = parse_args(next(bodies) if new_shape else next(firsts), ext, name_lists=lists)
+        p = parse_request_body(next(bodies) if new_shape else next(firsts), ext, name_lists=lists)
         if verb == "filter":
             ext.filter(p.req, p.names, p.views)
         else:

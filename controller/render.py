@@ -28,7 +28,7 @@ from typing import Any
 from flexinfer import backends, keys
 from flexinfer.kube import owner_reference
 from flexinfer.model import Model
-from flexinfer.requirements import vram_need
+from flexinfer.vram_need import vram_need
 
 from .backends import MODELS_DIR, ImageOverrides, container_for, pvc_of_source
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,7 @@ class Parsed:
     views: dict[str, NodeView] | None
 
 
-def parse_args(body: bytes, extender: Extender, *, names_optional: bool = False,
+def parse_request_body(body: bytes, extender: Extender, *, names_optional: bool = False,
                name_lists: wire.NameLists | None = None) -> Parsed:
     """Decode ExtenderArgs (either spelling). Raises BadRequest(400) with a clear message.
     `name_lists`: reuse recently seen NodeNames lists (the server keeps one)."""
@@ -168,7 +168,7 @@ class ExtenderApp:
     async def _parse(self, request: Request, verb: str) -> Parsed:
         try:
             body = await _read_body(request, self.max_body_bytes)
-            return parse_args(body, self.extender, names_optional=(verb == "explain"), name_lists=self.name_lists)
+            return parse_request_body(body, self.extender, names_optional=(verb == "explain"), name_lists=self.name_lists)
         except BadRequest as e:
             self.extender.metrics.bad_requests.labels(verb, str(e.status)).inc()
             log.warning("extender_bad_request", verb=verb, status=e.status, error=e.message[:300])
@@ -306,14 +306,3 @@ def serve_in_thread(app_or_config: Any, host: str = "127.0.0.1", port: int = 0, 
         time.sleep(0.01)
     scheme = "https" if config.ssl_certfile else "http"
     return ServerHandle(server, thread, scheme)
-
-
-def views_from_objects(objs: list[Mapping[str, Any]]) -> dict[str, NodeView]:
-    """Helper for embedders: NodeViews keyed by name from Node dicts."""
-    out = {}
-    for o in objs:
-        meta = o.get("metadata") or {}
-        name = str(meta.get("name") or "")
-        if name:
-            out[name] = node_view(name, meta.get("labels") or {}, meta.get("annotations") or {})
-    return out

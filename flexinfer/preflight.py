@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from flexinfer import freshness
 from flexinfer.compat import Verdict, check
 from flexinfer.model import Model, never_runs_reason
-from flexinfer.requirements import vram_need
+from flexinfer.vram_need import vram_need
 from flexinfer.state import GpuState, NodeView
 
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from flexinfer.extender.cache import NodeCache
-from flexinfer.extender.http import BadRequest, parse_args
+from flexinfer.extender.http import BadRequest, parse_request_body
 from flexinfer.extender.pod import requirements_from_dict
 from flexinfer.extender.policy import PolicyConfig, evaluate
 from flexinfer.extender.service import Extender
@@ -44,7 +44,7 @@ EXT.cache.replace_all([node_obj("a", [gpu(0)], NOW)])
 def test_any_json_body_parses_or_is_a_400(doc) -> None:
     body = json.dumps(doc).encode()
     try:
-        p = parse_args(body, EXT)
+        p = parse_request_body(body, EXT)
     except BadRequest as e:
         assert e.status == 400 and e.message
         return

@@ -24,7 +24,7 @@ import grpc
 import httpx
 import pytest
 import structlog
-from flexinfer.extender.http import BadRequest, parse_args
+from flexinfer.extender.http import BadRequest, parse_request_body
 from flexinfer.extender.service import Extender
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -168,7 +168,7 @@ def test_fuzz_http_requests_get_a_verdict_or_a_reasoned_400_and_the_server_keeps
     assert res.status_code in (200, 400), (res.status_code, res.text[:300])
     answer = res.json()
     try:
-        expected = parse_args(body, ext, names_optional=(verb == "/explain"))
+        expected = parse_request_body(body, ext, names_optional=(verb == "/explain"))
     except BadRequest as e:
         assert res.status_code == 400 and answer == {"Error": e.message} and e.message.strip()
     else:

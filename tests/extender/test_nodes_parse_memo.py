@@ -1,4 +1,4 @@
-"""Full-Nodes requests: the bounded (name, resourceVersion) memo of parsed views, and parse_args using it."""
+"""Full-Nodes requests: the bounded (name, resourceVersion) memo of parsed views, and parse_request_body using it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from extender.cache import NodeCache
-from extender.http import parse_args
+from extender.http import parse_request_body
 from extender.service import Extender
 from flexinfer import keys
 from flexinfer.nodes import NodeViewMemo
@@ -55,21 +55,21 @@ def test_memo_bound_drops_least_recently_used() -> None:
         NodeViewMemo(0)
 
 
-def test_parse_args_reuses_view_for_same_rv_and_reparses_a_new_rv() -> None:
+def test_parse_request_body_reuses_view_for_same_rv_and_reparses_a_new_rv() -> None:
     ext = memo_extender()
-    first = parse_args(body([node_obj("n1", [gpu(free=24576)], resource_version="5")]), ext).views
+    first = parse_request_body(body([node_obj("n1", [gpu(free=24576)], resource_version="5")]), ext).views
     assert first is not None and first["n1"].state is not None
-    again = parse_args(body([node_obj("n1", [gpu(free=24576)], resource_version="5")]), ext).views
+    again = parse_request_body(body([node_obj("n1", [gpu(free=24576)], resource_version="5")]), ext).views
     assert again is not None and again["n1"] is first["n1"]
-    changed = parse_args(body([node_obj("n1", [gpu(free=1000)], resource_version="6")]), ext).views
+    changed = parse_request_body(body([node_obj("n1", [gpu(free=1000)], resource_version="6")]), ext).views
     assert changed is not None and changed["n1"] is not first["n1"]
     assert changed["n1"].state is not None and changed["n1"].state.gpus[0].free_mib == 1000
 
 
-def test_parse_args_without_memo_parses_every_time() -> None:
+def test_parse_request_body_without_memo_parses_every_time() -> None:
     ext = Extender(NodeCache())
-    a = parse_args(body([node_obj("n1", [gpu()], resource_version="5")]), ext).views
-    b = parse_args(body([node_obj("n1", [gpu()], resource_version="5")]), ext).views
+    a = parse_request_body(body([node_obj("n1", [gpu()], resource_version="5")]), ext).views
+    b = parse_request_body(body([node_obj("n1", [gpu()], resource_version="5")]), ext).views
     assert a is not None and b is not None and a["n1"] == b["n1"] and a["n1"] is not b["n1"]
 
 
@@ -77,10 +77,10 @@ def test_informer_cache_still_wins_and_is_not_filled_from_requests() -> None:
     ext = memo_extender()
     obj = node_obj("n1", [gpu()], resource_version="9")
     ext.cache.replace_all([obj])
-    views = parse_args(body([obj]), ext).views
+    views = parse_request_body(body([obj]), ext).views
     assert views is not None and views["n1"] is ext.cache.get("n1")
     assert len(ext.request_views) == 0
-    parse_args(body([node_obj("other", [gpu()], resource_version="3")]), ext)
+    parse_request_body(body([node_obj("other", [gpu()], resource_version="3")]), ext)
     assert "other" not in ext.cache and len(ext.request_views) == 1
 
 
@@ -88,5 +88,5 @@ def test_junk_annotation_view_is_memoised_with_its_error_text() -> None:
     ext = memo_extender()
     junk = node_obj("bad", [gpu()], resource_version="2", extra_annotations={keys.ANN_GPU_STATE: "{nope"})
     for _ in range(2):
-        views = parse_args(body([junk]), ext).views
+        views = parse_request_body(body([junk]), ext).views
         assert views is not None and keys.ANN_GPU_STATE in views["bad"].error
