@@ -36,13 +36,34 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"nodenames {verb}, 5000 nodes: p99 within 2x of the do-nothing floor",
             r["ratio_p99"] if r else None, 2.0001, "x floor",
             detail=(f"floor p99 {r['floor']['p99_ms']} ms; p50 ratio {r['ratio_p50']}x" if r else ""))
-    for verb in ("filter",):
-        r = _lat(res, 5000, "names", verb)
-        fresh = r.get("extender-new-shape") if r else None
-        add(f"stress: nodenames {verb}, 5000 nodes, every pod a new shape (no memo hits): p99 vs 10 ms",
-            fresh["p99_ms"] if fresh else None, 10.0, "ms", informational=True,
-            detail=f"p50 {fresh['p50_ms']} ms; {round(fresh['p99_ms'] / r['floor']['p99_ms'], 2)}x floor p99"
-            if fresh else "")
+    for n in (5000, 1000):
+        for verb in ("filter", "prioritize"):
+            r = _lat(res, n, "names", verb)
+            fresh, ffloor = (r.get("extender-new-shape"), r.get("floor-new-shape")) if r else (None, None)
+            ratio = round(fresh["p99_ms"] / ffloor["p99_ms"], 2) if fresh and ffloor else None
+            add(f"nodenames {verb}, {n} nodes, a pod shape never seen before: p99 within 2x of the floor "
+                "(interleaved)", ratio, 2.0001, "x floor", informational=verb == "prioritize",
+                detail=(f"p50 {fresh['p50_ms']} / p99 {fresh['p99_ms']} ms; floor p50 {ffloor['p50_ms']} / p99 "
+                        f"{ffloor['p99_ms']} ms" if fresh and ffloor else ""))
+    c = res.get("extender", {}).get("churn")
+    if c:
+        ratio = round(c["filter"]["p99_ms"] / c["floor-filter"]["p99_ms"], 2)
+        add(f"churn ({c['rate_percent_per_s']:g} % of the Nodes changing per second through the watch, 10 shapes, "
+            f"prioritize after filter), {c['nodes']} nodes: filter p99 within 2x of the floor", ratio, 2.0001,
+            "x floor", detail=f"filter p50 {c['filter']['p50_ms']} / p99 {c['filter']['p99_ms']} ms; floor p50 "
+            f"{c['floor-filter']['p50_ms']} / p99 {c['floor-filter']['p99_ms']} ms; {c['pods']} pods, "
+            f"{c['patches']} Node updates in {c['patch_seconds']} s")
+    else:
+        add("churn, 5000 nodes: filter p99 within 2x of the floor", None, 2.0001, "x floor")
+    for verb, hverb in (("Filter", "filter"), ("Prioritize", "prioritize")):
+        big = max((g["nodes"] for g in res.get("extender", {}).get("grpc", [])), default=0)
+        g = next((g for g in res.get("extender", {}).get("grpc", []) if g["nodes"] == big and g["verb"] == verb), None)
+        h = _lat(res, big, "names", hverb)
+        worst = round(max(g["p50_ms"] / h["extender"]["p50_ms"], g["p99_ms"] / h["extender"]["p99_ms"]), 2) \
+            if g and h else None
+        add(f"gRPC {verb}, {big} nodes: p50 and p99 no slower than HTTP {hverb}", worst, 1.0001, "x HTTP",
+            detail=(f"gRPC {g['p50_ms']} / {g['p99_ms']} ms, HTTP {h['extender']['p50_ms']} / "
+                    f"{h['extender']['p99_ms']} ms (p50 / p99)" if g and h else ""))
     for verb in ("filter", "prioritize"):
         r = _lat(res, 1000, "nodes", verb)
         add(f"full-nodes {verb}, 1000 nodes: p99 < 100 ms (node cache warm)",
@@ -51,6 +72,22 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             r["extender-request-memo"]["p99_ms"] if r and r.get("extender-request-memo") else None, 100.0, "ms")
         add(f"full-nodes {verb}, 1000 nodes: p99 < 100 ms (no node cache, every Node new: all parsed)",
             r["extender-cold-cache"]["p99_ms"] if r else None, 100.0, "ms")
+    rs = res.get("extender", {}).get("rss_shapes")
+    add(f"extender RSS with {rs['nodes'] if rs else 5000} cached Nodes and {rs['shapes'] if rs else 100} pod shapes "
+        "< 300 MiB", rs["rss_after_mib"] if rs else None, 300.0, "MiB",
+        detail=f"{rs['rss_before_mib']} MiB before the shapes" if rs else "")
+    h = res.get("extender", {}).get("hostile")
+    if h:
+        gfx = h["gfx_targets"]
+        add(f"verdict metric series after Nodes with {gfx['distinct_gfx']} invented gfx targets: a closed set",
+            gfx["verdict_series"], 100, "series", detail=f"/metrics {gfx['metrics_bytes']} bytes")
+        parts = [f"HTTP {h['http_unknown_names']['requests']} x {h['http_unknown_names']['names_each']} unknown "
+                 f"names ({h['http_unknown_names']['statuses']}): {h['http_unknown_names']['rss_mib']} MiB"]
+        if h.get("grpc_unknown_names"):
+            gu = h["grpc_unknown_names"]
+            parts.append(f"gRPC {gu['requests']} x {gu['names_each']} ({gu['codes']}): {gu['rss_mib']} MiB")
+        add("extender RSS after the hostile run (issue 14 rows), same server", h["rss_after_mib"], 300.0, "MiB",
+            detail=f"before {h['rss_before_mib']} MiB; " + "; ".join(parts))
     tp = next((t for t in res.get("extender", {}).get("throughput", [])
                if t["nodes"] == 100 and t["mode"] == "names" and t["server"] == "extender"), None)
     add(">= 500 filter requests/s at 100 nodes (nodenames, separate load process)", tp["rps"] if tp else None,
@@ -109,7 +146,8 @@ def markdown(res: dict[str, Any]) -> str:
             v = e.get("verdicts")
             lines.append(
                 f"| {r['nodes']} | {r['mode']} | {r['verb']} | {r['body_bytes'] / 1024:.0f} KiB "
-                f"| {_pp(e)} | {_pp(r.get('extender-new-shape'))} | {_pp(c)} | {_pp(r.get('extender-request-memo'))} "
+                f"| {_pp(e)} | {_pp(r.get('extender-new-shape'))} (floor {_pp(r.get('floor-new-shape'))}) | {_pp(c)} "
+                f"| {_pp(r.get('extender-request-memo'))} "
                 f"| {_pp(f)} "
                 f"| {r['ratio_p50']} / {r['ratio_p99']} | {_vv(v)} |")
         if ext.get("grpc"):
@@ -124,6 +162,26 @@ def markdown(res: dict[str, Any]) -> str:
         for t in ext.get("throughput", []):
             lines.append(f"| {t['nodes']} | {t['mode']} | {t['server']} | {t['concurrency']} | {t['requests']} "
                          f"| {t['errors']} | {t['rps']} | {t['server_cpu_seconds']} | {t['client_cpu_seconds']} |")
+        ch = ext.get("churn")
+        if ch:
+            lines += ["", "## Churn (agent heartbeat fleet through the watch)", "",
+                      f"{ch['nodes']} kubelet-sized Nodes on a fake API server (own process, client CPU); "
+                      f"{ch['rate_percent_per_s']:g} % of them get new GPU annotations every second "
+                      f"({ch['patches']} updates in {ch['patch_seconds']} s); the extender watches them (informer). "
+                      f"10 pod shapes in rotation, each filter (every node) followed by prioritize (the nodes that "
+                      f"passed), as kube-scheduler does; extender and floor interleaved; {ch['pods']} pods in "
+                      f"{ch['seconds']:g} s; extender CPU {ch['extender_cpu_seconds']} s, RSS {ch['rss_mib']} MiB.", "",
+                      "| verb | extender p50 / p99 ms | floor p50 / p99 ms |", "|---|---|---|",
+                      f"| filter | {_pp(ch['filter'])} | {_pp(ch['floor-filter'])} |",
+                      f"| prioritize | {_pp(ch['prioritize'])} | {_pp(ch['floor-prioritize'])} |"]
+        rs, hz = ext.get("rss_shapes"), ext.get("hostile")
+        if rs or hz:
+            lines += ["", "## Memory", ""]
+            if rs:
+                lines.append(f"- {rs['shapes']} pod shapes (filter + prioritize each) over {rs['nodes']} cached Nodes: "
+                             f"RSS {rs['rss_before_mib']} -> {rs['rss_after_mib']} MiB.")
+            if hz:
+                lines.append(f"- Hostile run on the same server: {json.dumps(hz)}")
         if ext.get("server_rss_mib"):
             lines += ["", "Server RSS after the run (MiB): " + ", ".join(
                 f"{k} {v}" for k, v in ext["server_rss_mib"].items()) + "."]

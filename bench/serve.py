@@ -5,6 +5,7 @@ os.sched_setaffinity when --cpu is given.
 
     python -m bench.serve --app extender --nodes nodes.json --port 18080 [--grpc-port 18081] --cpu 0
     python -m bench.serve --app floor --port 18082 --cpu 0
+    python -m bench.serve --app extender --kube-server http://127.0.0.1:8001 --port 18083 --cpu 0
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--app", choices=("extender", "floor"), required=True)
     p.add_argument("--nodes", help="NodeList/fleet file for the extender's static cache")
+    p.add_argument("--kube-server", help="watch Nodes and Pods on this API server instead (informer mode)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--grpc-port", type=int, default=0)
     p.add_argument("--cpu", type=int, default=-1)
@@ -42,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from flexinfer.extender.main import build
 
-        running = build(nodes_from=a.nodes, max_state_age_seconds=a.max_state_age_seconds,
-                        max_body_bytes=256 * 1024 * 1024)
+        running = build(nodes_from=None if a.kube_server else a.nodes, kube_server=a.kube_server,
+                        max_state_age_seconds=a.max_state_age_seconds, max_body_bytes=256 * 1024 * 1024)
         app = running.app
         if a.grpc_port:
             from flexinfer.extender.grpc_server import serve_grpc
