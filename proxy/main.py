@@ -92,8 +92,8 @@ def read_api_keys(path: str) -> frozenset[str]:
 
 @component_command("flexinfer-proxy", exit_codes=(
     "  0  stopped by SIGTERM/SIGINT (requests in progress were given --shutdown-grace-seconds)\n"
-    "  1  bad configuration (no usable kubeconfig, unreadable --api-keys-file, a port in use)\n"
-    "  2  usage error"))
+    "  1  no usable kubeconfig, or a port that cannot be bound\n"
+    "  2  usage error (including an unreadable or unusable --api-keys-file)"))
 @bind_address_option()
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8080,
               help="Port of the OpenAI-compatible API (/v1/...).")
@@ -141,10 +141,7 @@ def main(bind_address: str, http_port: int, metrics_port: int, namespace: str, k
          max_body_bytes: int, body_timeout_seconds: float, request_timeout_seconds: float,
          upstream_read_timeout_seconds: float, clamp: bool, clamp_margin_tokens: int, api_keys_file: str | None,
          shutdown_grace_seconds: float, access_log: bool, log_level: str, log_format: str | None) -> None:
-    """OpenAI-compatible proxy in front of a namespace's Models.
-
-    Routes each request by Model name or serviceLabel, activates Models that are scaled to zero and holds
-    their requests until they are Ready, and writes status.lastActiveTime from traffic."""
+    """OpenAI-compatible proxy for a namespace's Models: routes by name or serviceLabel, wakes idle Models."""
     logs.configure(log_level, log_format)
     keys_set = read_api_keys(api_keys_file) if api_keys_file else frozenset()
     if not keys_set and bind_address != LOOPBACK:

@@ -441,7 +441,7 @@ def test_project_builds_as_a_wheel_with_the_entry_points(tmp_path: pathlib.Path)
     ctx.mkdir()
     for item in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / item, ctx / item)
-    for item in ("flexinfer", "agent", "extender", "controller"):
+    for item in ("flexinfer", "agent", "extender", "controller", "proxy"):
         shutil.copytree(ROOT / item, ctx / item, symlinks=False,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -451,7 +451,7 @@ def test_project_builds_as_a_wheel_with_the_entry_points(tmp_path: pathlib.Path)
     with zipfile.ZipFile(whl) as z:
         names = z.namelist()
         eps = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for script in ("flexinfer", "flexinfer-agent", "flexinfer-extender", "flexinfer-controller"):
+    for script in ("flexinfer", "flexinfer-agent", "flexinfer-extender", "flexinfer-controller", "flexinfer-proxy"):
         assert re.search(rf"^{script} = ", eps, re.M), script
     assert any(n.startswith("flexinfer/agent/") for n in names)
     assert any(n.startswith("flexinfer/data/") and n.endswith(".yaml") for n in names)
