@@ -37,8 +37,7 @@ def gpu_state(s: GpuSample) -> GpuState:
 
 def mig_state(s: GpuSample, m: MigSample, index: int) -> GpuState:
     """A MIG instance as the schedulable entry it is: its own memory, its parent's health and identity."""
-    total = m.memory_total_bytes // MIB
-    free = max(0, min(m.memory_total_bytes, m.memory_total_bytes - m.memory_used_bytes)) // MIB
+    total, free = m.memory_total_bytes // MIB, m.memory_free_bytes // MIB
     return replace(gpu_state(s), index=index, uuid=m.uuid, total_mib=total, free_mib=free, mig_profile=m.profile,
                    mig_parent=s.index)
 

@@ -31,14 +31,22 @@ Format (YAML; MiB, watts, celsius, percent carry their unit in the key):
               - {type: lost, atSample: 5}           # GPU falls off the bus
               - {type: not-supported, metric: power}   # NVML/amdsmi NotSupported forever
 
-GPU faults: noise, xid, ecc, lost, not-supported, throttle (reasons list). Node faults:
-library-missing (the vendor library cannot be loaded), driver-mismatch.
+Telemetry and sharing (all optional): memoryTemperatureC (absent: the GPU has no memory sensor, as on
+GeForce cards), memoryUtilizationPct, encoderPct, decoderPct, pcie {txKBps, rxKBps}, gttTotalMiB /
+gttUsedMiB (AMD), mig: [{profile: 3g.40gb, totalMiB: 40192, usedMiB: 0}] (NVIDIA MIG mode on, one entry per
+MIG instance), driver: xe | i915 (Intel). Node: cudaVersion / rocmVersion next to driverVersion.
+
+GPU faults: noise, xid, ecc, lost, not-supported, throttle (reasons list), row-remap {correctable,
+uncorrectable, pending, failed} (NVIDIA Ampere+), retired-pages {correctable = single-bit,
+uncorrectable = double-bit, pending} (NVIDIA before Ampere). Node faults: library-missing (the vendor
+library cannot be loaded), driver-mismatch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -50,8 +58,17 @@ from flexinfer.arch import arch_info
 from flexinfer.errors import ParseError
 
 FaultType = Literal["noise", "xid", "ecc", "lost", "not-supported", "throttle", "library-missing",
-                    "driver-mismatch"]
-METRICS = ("power", "temperature", "utilization", "clocks", "pcie", "ecc", "memory_v2", "throttle", "events")
+                    "driver-mismatch", "row-remap", "retired-pages"]
+METRICS = ("power", "temperature", "utilization", "clocks", "pcie", "ecc", "memory_v2", "throttle", "events",
+           "energy", "memory_temperature", "pcie_throughput", "encoder", "decoder", "row_remap", "retired_pages",
+           "mig", "gtt")
+
+# What the fake libraries report when the fleet file does not say (and what offline labels assume).
+DEFAULT_NVIDIA_DRIVER = "580.95.05"
+DEFAULT_CUDA_VERSION = "13.0"
+DEFAULT_AMD_DRIVER = "6.12.12"
+DEFAULT_ROCM_VERSION = "7.0.2"
+DEFAULT_INTEL_DRIVER = "6.12.12"
 
 
 class Fault(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
@@ -63,6 +80,8 @@ class Fault(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_def
     correctable: int = 0
     metric: str = ""
     reasons: list[str] = []
+    pending: bool = False
+    failed: bool = False
 
 
 class Pcie(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -70,6 +89,17 @@ class Pcie(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     width: int = 16
     max_gen: int = 4
     max_width: int = 16
+    tx_k_bps: int = msgspec.field(default=0, name="txKBps")  # throughput, KiB/s
+    rx_k_bps: int = msgspec.field(default=0, name="rxKBps")
+
+
+class FleetMig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    """One MIG instance of an NVIDIA GPU in MIG mode."""
+
+    profile: str  # "3g.40gb" (or "1c.3g.40gb")
+    total_mi_b: int = msgspec.field(name="totalMiB")
+    used_mi_b: int = msgspec.field(default=0, name="usedMiB")
+    uuid: str = ""
 
 
 class FleetGpu(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
@@ -89,6 +119,14 @@ class FleetGpu(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_
     unified_memory: bool = False
     healthy: bool = True
     faults: list[Fault] = []
+    memory_temperature_c: float | None = None
+    memory_utilization_pct: float = 0.0
+    encoder_pct: float = 0.0
+    decoder_pct: float = 0.0
+    gtt_total_mi_b: int = msgspec.field(default=16384, name="gttTotalMiB")
+    gtt_used_mi_b: int = msgspec.field(default=64, name="gttUsedMiB")
+    mig: list[FleetMig] = []
+    driver: str = ""  # Intel kernel driver: xe (default) or i915
 
     @property
     def total_mib(self) -> int:
@@ -105,6 +143,8 @@ class FleetNode(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit
     labels: dict[str, str] = {}
     taints: list[dict[str, str]] = []
     driver_version: str = ""
+    cuda_version: str = ""
+    rocm_version: str = ""
     gpu_replicas: int = 1  # device-plugin time-slicing replicas per GPU (nvidia.com/gpu: count x replicas)
     cpu: str = "16"
     memory: str = "64Gi"
@@ -122,6 +162,16 @@ class Fleet(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_def
             if n.name == name:
                 return n
         raise KeyError(f"node {name!r} is not in the fleet (nodes: {', '.join(n.name for n in self.nodes)})")
+
+
+_MIG_PROFILE = re.compile(r"^([0-9]{1,2}c\.)?[0-9]{1,2}g\.[0-9]{1,4}gb$")
+
+
+def mig_uuid(node: str, index: int, k: int, m: FleetMig) -> str:
+    if m.uuid:
+        return m.uuid
+    d = hashlib.sha256(f"{node}/{index}/mig/{k}".encode()).hexdigest()
+    return f"MIG-{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:32]}"
 
 
 def gpu_uuid(node: str, index: int, gpu: FleetGpu) -> str:
@@ -159,6 +209,16 @@ def parse_fleet(data: object, source: str = "fleet") -> Fleet:
                 raise ParseError(where, f"{g.vendor}/{g.arch}", str(e)) from None
             if g.total_mi_b <= 0 or not 0 <= g.used_mi_b <= g.total_mi_b:
                 raise ParseError(where, (g.total_mi_b, g.used_mi_b), "totalMiB > 0 and 0 <= usedMiB <= totalMiB")
+            if g.mig and g.vendor.lower() != "nvidia":
+                raise ParseError(f"{where}.mig", g.vendor, "MIG instances on an NVIDIA GPU only")
+            if len(g.mig) > 7 or sum(m.total_mi_b for m in g.mig) > g.total_mi_b:
+                raise ParseError(f"{where}.mig", len(g.mig), "at most 7 MIG instances within the GPU's memory")
+            for k, m in enumerate(g.mig):
+                if not _MIG_PROFILE.match(m.profile) or m.total_mi_b <= 0 or not 0 <= m.used_mi_b <= m.total_mi_b:
+                    raise ParseError(f"{where}.mig[{k}]", m.profile,
+                                     "a profile like 3g.40gb with totalMiB > 0 and 0 <= usedMiB <= totalMiB")
+            if g.driver not in ("", "xe", "i915") or (g.driver and g.vendor.lower() != "intel"):
+                raise ParseError(f"{where}.driver", g.driver, "xe or i915, on an Intel GPU")
     return fleet
 
 

@@ -85,14 +85,18 @@ class _Dev:
     last_error_unix: float = 0.0
     last_ecc: tuple[int, int] | None = None  # (uncorrectable, deferred) baseline
     last: GpuSample | None = None
+    pcie_rate: tuple[float | None, float | None] | None = None  # (tx, rx) bytes/s, last read
+    pcie_rate_at: float = 0.0
 
 
 class AmdSmiReader:
     vendor = AMD
 
     def __init__(self, amdsmi: Any, *, sys_root: str | Path = "/sys", backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.time, events: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, events: bool = True,
+                 pcie_throughput_interval_seconds: float = 60.0) -> None:
         self.smi = amdsmi
+        self.pcie_throughput_interval_seconds = pcie_throughput_interval_seconds
         self.sys_root = sys_root
         self.backoff = backoff or Backoff()
         self.clock = clock
@@ -140,9 +144,7 @@ class AmdSmiReader:
             log.warning("amdsmi_init_failed", error=self._describe(e), retry_seconds=delay)
             return False
         kfd = read_kfd_nodes(self.sys_root)
-        lib = self._opt(smi.amdsmi_get_lib_version) if hasattr(smi, "amdsmi_get_lib_version") else None
-        if isinstance(lib, dict):
-            self.rocm_version = ".".join(str(lib.get(k, "")) for k in ("major", "minor", "release") if k in lib)
+        self.rocm_version = self._rocm_version()
         found: dict[str, _Dev] = {}
         for i, h in enumerate(handles):
             try:
@@ -168,6 +170,18 @@ class AmdSmiReader:
         self._status = "ok"
         log.info("amdsmi_ready", gpus=len(found), rocm=self.rocm_version)
         return True
+
+    def _rocm_version(self) -> str:
+        """The ROCm release (librocm-core through amdsmi_get_rocm_version, ROCm 6.2+); the amd-smi library's own
+        version is a different number line, used only when nothing else says."""
+        smi = self.smi
+        got = self._opt(smi.amdsmi_get_rocm_version) if hasattr(smi, "amdsmi_get_rocm_version") else None
+        if isinstance(got, tuple) and len(got) == 2 and got[0] and isinstance(got[1], str):
+            return got[1].strip()[:32]
+        lib = self._opt(smi.amdsmi_get_lib_version) if hasattr(smi, "amdsmi_get_lib_version") else None
+        if isinstance(lib, dict):
+            return ".".join(str(lib.get(k, "")) for k in ("major", "minor", "release") if k in lib)
+        return ""
 
     def _describe(self, e: BaseException) -> str:
         info = getattr(e, "get_error_info", None)
@@ -362,8 +376,13 @@ class AmdSmiReader:
                     s.temperature_celsius = c
                     break
         act = self._metric(dev, "utilization", "amdsmi_get_gpu_activity")
-        if isinstance(act, dict) and (a := _num(act.get("gfx_activity"))) is not None:
-            s.utilization_ratio = a / 100.0
+        if isinstance(act, dict):
+            if (a := _num(act.get("gfx_activity"))) is not None:
+                s.utilization_ratio = a / 100.0
+            engines = {name: v / 100.0 for name, key in (("memory_copy", "umc_activity"), ("video", "mm_activity"))
+                       if (v := _num(act.get(key))) is not None}
+            s.engine_utilization = engines or None
+        self._telemetry(dev, s)
         clk_type = getattr(smi, "AmdSmiClkType", None)
         if clk_type is not None:  # GFX clock is the SM-clock equivalent; MHz
             for attr, kind in (("sm_clock_hertz", "GFX"), ("memory_clock_hertz", "MEM")):
@@ -391,6 +410,43 @@ class AmdSmiReader:
         s.unsupported = frozenset(dev.unsupported)
         dev.last = s
         return s
+
+    def _telemetry(self, dev: _Dev, s: GpuSample) -> None:
+        """Energy, memory temperature, PCIe traffic and GTT, as AMD's device-metrics-exporter reports them."""
+        smi = self.smi
+        energy = self._metric(dev, "energy", "amdsmi_get_energy_count")
+        if isinstance(energy, dict):
+            acc, res = _num(energy.get("energy_accumulator")), _num(energy.get("counter_resolution"))
+            if acc is not None and res is not None:
+                s.energy_joules_total = acc * res / 1e6  # counts x microjoules per count
+        temp_type = getattr(smi, "AmdSmiTemperatureType", None)
+        temp_metric = getattr(getattr(smi, "AmdSmiTemperatureMetric", None), "CURRENT", 0)
+        for sensor, metric in (("VRAM", "memory_temperature"), ("HBM_0", "memory_temperature_hbm")):
+            sid = getattr(temp_type, sensor, None)
+            if sid is None:
+                continue
+            if (c := _num(self._metric(dev, metric, "amdsmi_get_temp_metric", sid, temp_metric))) is not None:
+                s.memory_temperature_celsius = c
+                break
+        self._pcie_throughput(dev, s)
+        mem_type = getattr(getattr(smi, "AmdSmiMemoryType", None), "GTT", None)
+        if mem_type is not None:
+            total = self._metric(dev, "gtt", "amdsmi_get_gpu_memory_total", mem_type)
+            used = self._metric(dev, "gtt", "amdsmi_get_gpu_memory_usage", mem_type)
+            s.gtt_total_bytes, s.gtt_used_bytes = _int(total), _int(used)
+
+    def _pcie_throughput(self, dev: _Dev, s: GpuSample) -> None:
+        """PCIe traffic (messages per second x the largest message). The driver measures it over a second per
+        read, so it is read at most every `pcie_throughput_interval_seconds` and the value reused in between."""
+        now = self.clock()
+        if dev.pcie_rate is None or now - dev.pcie_rate_at >= self.pcie_throughput_interval_seconds:
+            got = self._metric(dev, "pcie_throughput", "amdsmi_get_gpu_pci_throughput")
+            if isinstance(got, dict) and (size := _num(got.get("max_pkt_sz"))) is not None:
+                sent, received = _num(got.get("sent")), _num(got.get("received"))
+                dev.pcie_rate = (None if sent is None else sent * size, None if received is None else received * size)
+                dev.pcie_rate_at = now
+        if dev.pcie_rate is not None:
+            s.pcie_tx_bytes_per_second, s.pcie_rx_bytes_per_second = dev.pcie_rate
 
     def _ecc_health(self, dev: _Dev, unc: int, deferred: int) -> None:
         if dev.last_ecc is None:  # baseline at start: history before the agent is not an event

@@ -31,7 +31,11 @@ class MigSample:
     compute_instance_id: int
     memory_total_bytes: int
     memory_used_bytes: int
-    memory_free_bytes: int
+
+    @property
+    def memory_free_bytes(self) -> int:
+        total = self.memory_total_bytes
+        return max(0, min(total, total - self.memory_used_bytes))
 
 
 @dataclass(slots=True)

@@ -27,13 +27,36 @@ from typing import Any
 
 import pynvml
 
-from flexinfer.fleet import Fault, FleetGpu, FleetNode, gpu_uuid
+from flexinfer.fleet import (
+    DEFAULT_AMD_DRIVER,
+    DEFAULT_CUDA_VERSION,
+    DEFAULT_NVIDIA_DRIVER,
+    DEFAULT_ROCM_VERSION,
+    Fault,
+    FleetGpu,
+    FleetNode,
+    gpu_uuid,
+    mig_uuid,
+)
 
 from .amd import AmdSmiReader
 from .base import Backoff, GpuReader, GpuSample, MultiReader, NullReader
 from .nvml import THROTTLE_REASONS, NvmlReader
 
 _THROTTLE_BITS = {name: bit for bit, name in THROTTLE_REASONS}
+SAMPLE_SECONDS = 10.0  # energy counters advance by power x this per sample
+
+
+class MigHandle:
+    """A MIG device handle of FakeNvml (real NVML hands out opaque handles too)."""
+
+    __slots__ = ("parent", "slot")
+
+    def __init__(self, parent: int, slot: int) -> None:
+        self.parent, self.slot = parent, slot
+
+    def __repr__(self) -> str:
+        return f"MigHandle({self.parent}, {self.slot})"
 
 
 class _FleetGpus:
@@ -74,13 +97,21 @@ class _FleetGpus:
             used += rng.randint(-f.mib, f.mib)
         return max(0, min(g.total_mib, used))
 
-    def ecc(self, h: int) -> tuple[int, int]:
+    def ecc(self, h: int, kind: str = "ecc") -> tuple[int, int]:
         corr = unc = 0
-        for f in self.faults(h, "ecc"):
+        for f in self.faults(h, kind):
             if self.sample_no >= f.at_sample:
                 corr += f.correctable
                 unc += f.uncorrectable
         return corr, unc
+
+    def flags(self, h: int, kind: str) -> tuple[bool, bool]:
+        """(pending, failed) of the active faults of a kind."""
+        active = [f for f in self.faults(h, kind) if self.sample_no >= f.at_sample]
+        return any(f.pending for f in active), any(f.failed for f in active)
+
+    def energy_joules(self, h: int) -> float:
+        return self.gpus[h][1].power_w * SAMPLE_SECONDS * self.sample_no
 
 
 class FakeNvml(_FleetGpus):
@@ -99,13 +130,24 @@ class FakeNvml(_FleetGpus):
             return missing
         return real  # constants, structs and the real NVMLError classes
 
-    def _dev(self, h: int, metric: str = "") -> FleetGpu:
+    def _dev(self, h: int | MigHandle, metric: str = "") -> FleetGpu:
         self.calls[metric or "device"] = self.calls.get(metric or "device", 0) + 1
-        if self.lost(h):
+        parent = h.parent if isinstance(h, MigHandle) else h
+        if self.lost(parent):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
-        if metric and self.unsupported(h, metric):
+        if metric and self.unsupported(parent, metric):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return self.gpus[h][1]
+        return self.gpus[parent][1]
+
+    def _cc(self, h: int) -> tuple[int, int]:
+        digits = self.gpus[h][1].arch.removeprefix("sm_")
+        return int(digits[:-1]), int(digits[-1])
+
+    def _mig(self, h: MigHandle) -> Any:
+        g = self._dev(h)
+        if not 0 <= h.slot < len(g.mig):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return g.mig[h.slot]
 
     # library
     def nvmlInit(self) -> None:
@@ -118,10 +160,11 @@ class FakeNvml(_FleetGpus):
         pass
 
     def nvmlSystemGetDriverVersion(self) -> str:
-        return self.node.driver_version or "580.95.05"
+        return self.node.driver_version or DEFAULT_NVIDIA_DRIVER
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:
-        return 13000
+        major, _, minor = (self.node.cuda_version or DEFAULT_CUDA_VERSION).partition(".")
+        return int(major) * 1000 + int(minor or 0) * 10
 
     # identity
     def nvmlDeviceGetCount(self) -> int:
@@ -133,7 +176,9 @@ class FakeNvml(_FleetGpus):
         self._dev(i)
         return i
 
-    def nvmlDeviceGetUUID(self, h: int) -> str:
+    def nvmlDeviceGetUUID(self, h: int | MigHandle) -> str:
+        if isinstance(h, MigHandle):
+            return mig_uuid(self.node.name, self.gpus[h.parent][0], h.slot, self._mig(h))
         self._dev(h)
         return self.gpus[h][2]
 
@@ -145,14 +190,20 @@ class FakeNvml(_FleetGpus):
         return SimpleNamespace(busId=f"00000000:{self.gpus[h][0] + 1:02X}:00.0")
 
     def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
-        digits = self._dev(h).arch.removeprefix("sm_")
-        return int(digits[:-1]), int(digits[-1])
+        self._dev(h)
+        return self._cc(h)
 
     # metrics
-    def nvmlDeviceGetMemoryInfo(self, h: int, version: int | None = None) -> Any:
-        g = self._dev(h, "memory_v2" if version else "")
+    def nvmlDeviceGetMemoryInfo(self, h: int | MigHandle, version: int | None = None) -> Any:
         mib = 1024 * 1024
-        used = self.used_mib(h) * mib
+        if isinstance(h, MigHandle):  # a MIG instance's own memory (v1 layout; v2 is answered alike)
+            m = self._mig(h)
+            total, used = m.total_mi_b * mib, m.used_mi_b * mib
+            if version:
+                return SimpleNamespace(version=version, total=total, reserved=0, used=used, free=total - used)
+            return SimpleNamespace(total=total, used=used, free=total - used)
+        g = self._dev(h, "memory_v2" if version else "")
+        used = (sum(m.used_mi_b for m in g.mig) if g.mig else self.used_mib(h)) * mib
         total = g.total_mib * mib
         if version:
             return SimpleNamespace(version=version, total=total, reserved=0, used=used, free=total - used)
@@ -169,7 +220,94 @@ class FakeNvml(_FleetGpus):
 
     def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
         g = self._dev(h, "utilization")
-        return SimpleNamespace(gpu=int(g.utilization_pct), memory=0)
+        if g.mig:  # not supported on MIG-enabled GPUs
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(gpu=int(g.utilization_pct), memory=int(g.memory_utilization_pct))
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        self._dev(h, "energy")
+        if self._cc(h) < (7, 0):  # Volta and newer
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(self.energy_joules(h) * 1000)  # millijoules
+
+    def nvmlDeviceGetFieldValues(self, h: int, field_ids: list[Any]) -> Any:
+        """The real call's shape: an array of c_nvmlFieldValue_t, each with its own return code."""
+        g = self._dev(h)
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for i, fid in enumerate(field_ids):
+            fid = fid[0] if isinstance(fid, tuple) else fid
+            values[i].fieldId = fid
+            values[i].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+            if (fid == pynvml.NVML_FI_DEV_MEMORY_TEMP and g.memory_temperature_c is not None
+                    and not self.unsupported(h, "memory_temperature")):
+                values[i].nvmlReturn = pynvml.NVML_SUCCESS
+                values[i].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                values[i].value.uiVal = int(g.memory_temperature_c)
+        return values
+
+    def nvmlDeviceGetPcieThroughput(self, h: int, counter: int) -> int:
+        p = self._dev(h, "pcie_throughput").pcie
+        return p.tx_k_bps if counter == pynvml.NVML_PCIE_UTIL_TX_BYTES else p.rx_k_bps
+
+    def nvmlDeviceGetEncoderUtilization(self, h: int) -> list[int]:
+        return [int(self._dev(h, "encoder").encoder_pct), 167000]
+
+    def nvmlDeviceGetDecoderUtilization(self, h: int) -> list[int]:
+        return [int(self._dev(h, "decoder").decoder_pct), 167000]
+
+    def nvmlDeviceGetRemappedRows(self, h: int) -> tuple[int, int, int, int]:
+        self._dev(h, "row_remap")
+        if self._cc(h) < (8, 0):  # row remapping is Ampere's; older GPUs retire pages
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        corr, unc = self.ecc(h, "row-remap")
+        pending, failed = self.flags(h, "row-remap")
+        return corr, unc, int(pending), int(failed)
+
+    def nvmlDeviceGetRetiredPages(self, h: int, cause: int) -> list[int]:
+        self._dev(h, "retired_pages")
+        if self._cc(h) >= (8, 0):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        single, double = self.ecc(h, "retired-pages")
+        n = double if cause == pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR else single
+        return [0x1000 * (i + 1) for i in range(n)]  # page addresses
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: int) -> int:
+        self._dev(h, "retired_pages")
+        if self._cc(h) >= (8, 0):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(self.flags(h, "retired-pages")[0])
+
+    # MIG
+    def nvmlDeviceGetMigMode(self, h: int) -> list[int]:
+        g = self._dev(h, "mig")
+        if not g.mig:  # the fleet describes MIG only for GPUs running it
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [pynvml.NVML_DEVICE_MIG_ENABLE, pynvml.NVML_DEVICE_MIG_ENABLE]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: int) -> int:
+        self._dev(h, "mig")
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: int, index: int) -> MigHandle:
+        mh = MigHandle(h, index)
+        self._mig(mh)
+        return mh
+
+    def nvmlDeviceGetGpuInstanceId(self, h: MigHandle) -> int:
+        self._mig(h)
+        return h.slot + 1
+
+    def nvmlDeviceGetComputeInstanceId(self, h: MigHandle) -> int:
+        self._mig(h)
+        return 0
+
+    def nvmlDeviceGetAttributes(self, h: MigHandle) -> Any:
+        m = self._mig(h)
+        parts = m.profile.split(".")
+        gi = next(int(p[:-1]) for p in parts if p.endswith("g"))
+        ci = next((int(p[:-1]) for p in parts if p.endswith("c")), gi)
+        return pynvml.c_nvmlDeviceAttributes(multiprocessorCount=14 * gi, gpuInstanceSliceCount=gi,
+                                             computeInstanceSliceCount=ci, memorySizeMB=m.total_mi_b)
 
     def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:
         g = self._dev(h, "clocks")
@@ -260,6 +398,8 @@ class FakeAmdSmi(_FleetGpus):
     AmdSmiTemperatureType = SimpleNamespace(EDGE=0, HOTSPOT=1, JUNCTION=1, VRAM=2)
     AmdSmiTemperatureMetric = SimpleNamespace(CURRENT=0)
     AmdSmiClkType = SimpleNamespace(GFX=1, MEM=5)
+    AmdSmiMemoryType = SimpleNamespace(VRAM=0, VIS_VRAM=1, GTT=2)
+    ENERGY_RESOLUTION_UJ = 15.259  # the accumulator's unit on current parts (microjoules per count)
 
     def __init__(self, node: FleetNode, amdsmi_module: Any = None) -> None:
         super().__init__(node, "amd")
@@ -286,7 +426,10 @@ class FakeAmdSmi(_FleetGpus):
         return [h for h in range(len(self.gpus)) if not self.lost(h)]
 
     def amdsmi_get_lib_version(self) -> dict[str, int]:
-        return {"major": 7, "minor": 0, "release": 2, "build": 0}
+        return {"major": 25, "minor": 5, "release": 1, "build": 0}  # the amd-smi library's own version
+
+    def amdsmi_get_rocm_version(self) -> tuple[bool, str]:
+        return True, self.node.rocm_version or DEFAULT_ROCM_VERSION
 
     def amdsmi_get_gpu_device_uuid(self, h: int) -> str:
         self._dev(h)
@@ -305,7 +448,7 @@ class FakeAmdSmi(_FleetGpus):
 
     def amdsmi_get_gpu_driver_info(self, h: int) -> dict[str, str]:
         self._dev(h)
-        return {"driver_name": "amdgpu", "driver_version": self.node.driver_version or "6.12.12"}
+        return {"driver_name": "amdgpu", "driver_version": self.node.driver_version or DEFAULT_AMD_DRIVER}
 
     def amdsmi_get_gpu_vram_usage(self, h: int) -> dict[str, int]:
         g = self._dev(h)
@@ -320,7 +463,30 @@ class FakeAmdSmi(_FleetGpus):
         return {"power_cap": int(g.power_cap_w * 1e6), "default_power_cap": int(g.power_cap_w * 1e6)}
 
     def amdsmi_get_temp_metric(self, h: int, sensor: int, metric: int) -> int:
+        if sensor == self.AmdSmiTemperatureType.VRAM:
+            g = self._dev(h, "memory_temperature")
+            if g.memory_temperature_c is None:
+                raise self.AmdSmiLibraryException(2)
+            return int(g.memory_temperature_c)
         return int(self._dev(h, "temperature").temperature_c) + (3 if sensor == 1 else 0)
+
+    def amdsmi_get_energy_count(self, h: int) -> dict[str, Any]:
+        self._dev(h, "energy")
+        acc = int(self.energy_joules(h) * 1e6 / self.ENERGY_RESOLUTION_UJ)
+        return {"energy_accumulator": acc, "counter_resolution": self.ENERGY_RESOLUTION_UJ,
+                "timestamp": self.sample_no * 10_000_000_000}
+
+    def amdsmi_get_gpu_pci_throughput(self, h: int) -> dict[str, int]:
+        p = self._dev(h, "pcie_throughput").pcie
+        return {"sent": p.tx_k_bps * 1024 // 256, "received": p.rx_k_bps * 1024 // 256, "max_pkt_sz": 256}
+
+    def amdsmi_get_gpu_memory_total(self, h: int, mem_type: int) -> int:
+        g = self._dev(h, "gtt" if mem_type == self.AmdSmiMemoryType.GTT else "")
+        return (g.gtt_total_mi_b if mem_type == self.AmdSmiMemoryType.GTT else g.total_mib) * 1024 * 1024
+
+    def amdsmi_get_gpu_memory_usage(self, h: int, mem_type: int) -> int:
+        g = self._dev(h, "gtt" if mem_type == self.AmdSmiMemoryType.GTT else "")
+        return (g.gtt_used_mi_b if mem_type == self.AmdSmiMemoryType.GTT else self.used_mib(h)) * 1024 * 1024
 
     def amdsmi_get_clock_info(self, h: int, clk_type: int) -> dict[str, Any]:
         g = self._dev(h, "clocks")
@@ -328,7 +494,8 @@ class FakeAmdSmi(_FleetGpus):
 
     def amdsmi_get_gpu_activity(self, h: int) -> dict[str, Any]:
         g = self._dev(h, "utilization")
-        return {"gfx_activity": int(g.utilization_pct), "umc_activity": 0, "mm_activity": "N/A"}
+        return {"gfx_activity": int(g.utilization_pct), "umc_activity": int(g.memory_utilization_pct),
+                "mm_activity": int(max(g.encoder_pct, g.decoder_pct))}
 
     def amdsmi_get_pcie_info(self, h: int) -> dict[str, Any]:
         p = self._dev(h, "pcie").pcie

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from flexinfer import logs
 from flexinfer.arch import NVIDIA, nvidia_arch
 
-from .base import Backoff, GpuSample, XidEvent
+from .base import Backoff, GpuSample, MigSample, XidEvent
 
 log = logs.get("flexinfer.agent.nvml")
 
@@ -370,6 +370,7 @@ class NvmlReader:
         s.temperature_celsius = self._temperature(dev)
         util = self._metric(dev, "utilization", self._fn("nvmlDeviceGetUtilizationRates"), h)
         s.utilization_ratio = None if util is None else float(util.gpu) / 100.0
+        self._telemetry(dev, s, util)
         sm = self._metric(dev, "clocks", self._fn("nvmlDeviceGetClockInfo"), h, nv.NVML_CLOCK_SM)
         mem = self._metric(dev, "clocks", self._fn("nvmlDeviceGetClockInfo"), h, nv.NVML_CLOCK_MEM)
         s.sm_clock_hertz = None if sm is None else sm * 1e6
@@ -389,12 +390,107 @@ class NvmlReader:
         s.ecc_uncorrectable_total = self._metric(
             dev, "ecc", self._fn("nvmlDeviceGetTotalEccErrors"), h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
             nv.NVML_VOLATILE_ECC)
+        self._memory_health(dev, s)
+        self._mig(dev, s)
         s.xid_events = self._take_xids(dev)
         s.error_events, s.last_error_unix = dev.error_events, dev.last_error_unix
         s.healthy, s.reason = dev.healthy, dev.reason
         s.unsupported = frozenset(dev.unsupported)
         dev.last = s
         return s
+
+    def _telemetry(self, dev: _Device, s: GpuSample, util: Any) -> None:
+        """What dcgm-exporter exports by default beyond the basics: energy, memory temperature, PCIe throughput,
+        memory-copy / encoder / decoder utilisation."""
+        nv, h = self.nv, dev.handle
+        mj = self._metric(dev, "energy", self._fn("nvmlDeviceGetTotalEnergyConsumption"), h)
+        s.energy_joules_total = None if mj is None else mj / 1000.0
+        s.memory_temperature_celsius = self._field(dev, "memory_temperature", nv.NVML_FI_DEV_MEMORY_TEMP)
+        # NVML measures each direction over a 20 ms window per call (KB/s, KB = 1024 bytes).
+        fn = self._fn("nvmlDeviceGetPcieThroughput")
+        tx = self._metric(dev, "pcie_throughput", fn, h, nv.NVML_PCIE_UTIL_TX_BYTES)
+        rx = self._metric(dev, "pcie_throughput", fn, h, nv.NVML_PCIE_UTIL_RX_BYTES)
+        s.pcie_tx_bytes_per_second = None if tx is None else tx * 1024.0
+        s.pcie_rx_bytes_per_second = None if rx is None else rx * 1024.0
+        engines: dict[str, float] = {}
+        if util is not None:
+            engines["memory_copy"] = float(util.memory) / 100.0
+        for name, getter in (("encoder", "nvmlDeviceGetEncoderUtilization"),
+                             ("decoder", "nvmlDeviceGetDecoderUtilization")):
+            got = self._metric(dev, name, self._fn(getter), h)
+            if got is not None:
+                engines[name] = float(got[0]) / 100.0  # [utilisation %, sampling period us]
+        s.engine_utilization = engines or None
+
+    def _field(self, dev: _Device, metric: str, field_id: int) -> float | None:
+        """One NVML field value (nvmlDeviceGetFieldValues): each field carries its own return code, so a field
+        the GPU does not have is NotSupported there, not an exception."""
+        got = self._metric(dev, metric, self._fn("nvmlDeviceGetFieldValues"), dev.handle, [field_id])
+        if got is None:
+            return None
+        v = got[0]
+        if int(v.nvmlReturn) != self.nv.NVML_SUCCESS:
+            if int(v.nvmlReturn) in (self.nv.NVML_ERROR_NOT_SUPPORTED, self.nv.NVML_ERROR_NO_PERMISSION):
+                dev.unsupported.add(metric)
+                log.info("nvml_metric_unsupported", uuid=dev.uuid, metric=metric, error=f"field {field_id}")
+            return None
+        return _field_value(self.nv, v)
+
+    def _memory_health(self, dev: _Device, s: GpuSample) -> None:
+        """Row remapping (Ampere and newer) and page retirement (older): counters, pending flags, and a failed
+        remap, which makes the GPU unhealthy until the agent restarts (it needs a reset or service)."""
+        nv, h = self.nv, dev.handle
+        rows = self._metric(dev, "row_remap", self._fn("nvmlDeviceGetRemappedRows"), h)
+        if rows is not None:
+            corr, unc, pending, failed = (int(x) for x in rows)
+            s.remapped_rows = {"correctable": corr, "uncorrectable": unc}
+            s.row_remap_pending, s.row_remap_failed = bool(pending), bool(failed)
+            if failed and not dev.sticky_reason:
+                dev.healthy = False
+                dev.reason = dev.sticky_reason = "row remapping failed"
+                dev.error_events += 1
+                dev.last_error_unix = self.clock()
+                log.warning("nvml_row_remap_failed", uuid=dev.uuid)
+        fn = self._fn("nvmlDeviceGetRetiredPages")
+        single = self._metric(dev, "retired_pages", fn, h, nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
+        double = self._metric(dev, "retired_pages", fn, h, nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+        if single is not None or double is not None:
+            s.retired_pages = {"single_bit": len(single or ()), "double_bit": len(double or ())}
+            pending = self._metric(dev, "retired_pages", self._fn("nvmlDeviceGetRetiredPagesPendingStatus"), h)
+            s.retired_pages_pending = None if pending is None else bool(pending)
+
+    def _mig(self, dev: _Device, s: GpuSample) -> None:
+        """MIG mode and, when enabled, every MIG instance: its UUID (what the device plugin hands out), profile and
+        memory (all a pod on it gets). An empty slot answers NotFound."""
+        nv, h = self.nv, dev.handle
+        mode = self._metric(dev, "mig", self._fn("nvmlDeviceGetMigMode"), h)
+        if mode is None:
+            return
+        s.mig_enabled = int(mode[0]) == nv.NVML_DEVICE_MIG_ENABLE
+        if not s.mig_enabled:
+            return
+        slots = self._metric(dev, "mig", self._fn("nvmlDeviceGetMaxMigDeviceCount"), h) or 0
+        for i in range(min(int(slots), 16)):
+            try:
+                mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
+            except nv.NVMLError as e:
+                if self._is(e, _DEVICE_FATAL_NAMES + _LIBRARY_FATAL_NAMES):
+                    raise
+                continue  # NotFound: no instance in this slot
+            try:
+                uuid = nv.nvmlDeviceGetUUID(mh)
+                mem = nv.nvmlDeviceGetMemoryInfo(mh)
+                gi = int(nv.nvmlDeviceGetGpuInstanceId(mh))
+                ci = int(nv.nvmlDeviceGetComputeInstanceId(mh))
+                attrs = nv.nvmlDeviceGetAttributes(mh)
+            except nv.NVMLError as e:
+                if self._is(e, _DEVICE_FATAL_NAMES + _LIBRARY_FATAL_NAMES):
+                    raise
+                log.debug("nvml_mig_instance_unreadable", uuid=dev.uuid, slot=i, error=str(e))
+                continue
+            s.mig_instances.append(MigSample(
+                uuid=str(uuid), profile=mig_profile(attrs), gpu_instance_id=gi, compute_instance_id=ci,
+                memory_total_bytes=int(mem.total), memory_used_bytes=int(mem.used)))
 
     # -- Xid events -----------------------------------------------------------------------------
     def _start_events(self) -> None:
@@ -492,3 +588,23 @@ class NvmlReader:
                     dev.last_error_unix = now
                     dev.healthy = False
                     dev.reason = dev.sticky_reason = "double-bit ECC error"
+
+
+def mig_profile(attrs: Any) -> str:
+    """A MIG instance's profile as NVIDIA names them: `<GPU slices>g.<memory GiB, rounded up>gb`, prefixed with
+    `<compute slices>c.` when the compute instance has fewer slices than its GPU instance ("1c.3g.40gb")."""
+    g = int(attrs.gpuInstanceSliceCount)
+    c = int(attrs.computeInstanceSliceCount)
+    gb = -(-int(attrs.memorySizeMB) // 1024)
+    name = f"{g}g.{gb}gb"
+    return f"{c}c.{name}" if 0 < c < g else name
+
+
+_FIELD_VALUE_ATTRS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")  # by nvmlValueType
+
+
+def _field_value(nv: Any, v: Any) -> float | None:
+    kind = int(v.valueType)
+    if not 0 <= kind < len(_FIELD_VALUE_ATTRS):
+        return None
+    return float(getattr(v.value, _FIELD_VALUE_ATTRS[kind]))

@@ -109,7 +109,7 @@ def sample(uuid: str, vendor: str = "nvidia", **kw: object) -> GpuSample:
 
 
 def test_attribute_matches_each_vendors_ids_and_counts_replicas() -> None:
-    mig = MigSample("MIG-1", "3g.40gb", 1, 0, 40 << 30, 0, 40 << 30)
+    mig = MigSample("MIG-1", "3g.40gb", 1, 0, 40 << 30, 0)
     samples = [sample("GPU-A"), sample("amd-uuid", "amd", pci_bus_id="0000:03:00.0"),
                sample("GPU-M", mig_enabled=True, mig_instances=[mig]),
                sample("intel-1", "intel", drm_card="card1")]
