@@ -13,7 +13,7 @@ Modules:
   sampler.py        samples -> flexinfer.state.NodeGpuState (free = total - used - reserved)
   publish.py        should_publish() pure hysteresis policy, desired_metadata(), Publisher
                     (flexinfer.kube.patch_node_metadata), DryRunPublisher
-  metrics.py        AgentMetrics (own registry per agent), HealthServer (/metrics /healthz /readyz)
+  metrics.py        AgentMetrics (own registry per agent), served by flexinfer.ops_http (/metrics /healthz /readyz)
   grpc_server.py    NodeAgent GetState/WatchState + grpc health
   agent.py          Agent(node, reader, publisher=None): step() / start() / stop(); StateHub
   main.py           the `flexinfer-agent` CLI

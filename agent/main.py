@@ -149,10 +149,11 @@ def main(node: str | None, fake_gpus: str | None, once: bool, dry_run: bool, int
     host = bind_address
     http = grpc_srv = None
     if metrics_port:
-        from .metrics import HealthServer
+        from flexinfer.ops_http import OpsServer
 
-        http = HealthServer(agent.metrics, host, metrics_port, agent.healthy, agent.ready)
-        http.start()
+        http = OpsServer(host, metrics_port, metrics=agent.metrics.exposition, healthy=agent.healthy,
+                         ready=agent.ready, not_healthy="sampling loop stalled", not_ready="no sample yet",
+                         name="agent-http").start()
     if grpc_port:
         from .grpc_server import GrpcServer
 

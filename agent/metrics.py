@@ -16,12 +16,10 @@ from __future__ import annotations
 import threading
 from collections import Counter as _Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from flexinfer import buildinfo
@@ -244,49 +242,3 @@ class AgentMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class HealthServer:
-    """/metrics, /healthz (process alive and sampling), /readyz (first sample taken)."""
-
-    def __init__(self, metrics: AgentMetrics, host: str, port: int, is_healthy: Any, is_ready: Any) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path == "/metrics":
-                    self._send(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = bool(outer.is_healthy())
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"sampling loop stalled\n")
-                elif path == "/readyz":
-                    ok = bool(outer.is_ready())
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"no sample yet\n")
-                else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.metrics = metrics
-        self.is_healthy = is_healthy
-        self.is_ready = is_ready
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="agent-http", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

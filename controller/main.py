@@ -17,16 +17,16 @@ import re
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import click
 import kubernetes.client
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from flexinfer import keys, kube, logs
 from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
 from flexinfer.errors import ParseError
+from flexinfer.ops_http import OpsServer
 
 from .backends import parse_image_overrides
 from .leader import LeaseLock, LeaseTimings
@@ -198,40 +198,11 @@ def nodes_readable(api: kubernetes.client.ApiClient) -> bool:
         return False
 
 
-class _Handler(BaseHTTPRequestHandler):
-    loop: ControllerLoop | None = None
-    registry: Any = None
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        loop = self.loop
-        if path == "/metrics":
-            body, ctype, code = generate_latest(self.registry), CONTENT_TYPE_LATEST, 200
-        elif path == "/healthz":
-            ok = loop is None or loop.healthy()
-            body, ctype, code = (b"ok\n" if ok else b"worker stalled\n"), "text/plain", 200 if ok else 503
-        elif path == "/readyz":
-            ok = loop is None or loop.synced()
-            body, ctype, code = (b"ok\n" if ok else b"caches not synced\n"), "text/plain", 200 if ok else 503
-        else:
-            body, ctype, code = b"not found\n", "text/plain", 404
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:  # quiet: probes every few seconds
-        return
-
-
-def serve_http(address: str, port: int, registry: Any, loop: ControllerLoop | None) -> ThreadingHTTPServer:
-    """/metrics, /healthz (worker alive), /readyz (caches synced) in a daemon thread."""
-    handler = type("Handler", (_Handler,), {"loop": loop, "registry": registry})
-    server = ThreadingHTTPServer((address, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="controller-http", daemon=True).start()
-    return server
+def serve_http(address: str, port: int, registry: Any, loop: ControllerLoop | None) -> OpsServer:
+    """/metrics, /healthz (worker alive), /readyz (caches synced) in a daemon thread (flexinfer.ops_http)."""
+    return OpsServer(address, port, metrics=lambda: generate_latest(registry),
+                     healthy=lambda: loop is None or loop.healthy(), ready=lambda: loop is None or loop.synced(),
+                     not_healthy="worker stalled", not_ready="caches not synced", name="controller-http").start()
 
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
@@ -342,4 +313,4 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
     stop.wait()
     loop.stop()
     if server is not None:
-        server.shutdown()
+        server.stop()

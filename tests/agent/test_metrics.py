@@ -9,8 +9,10 @@ import urllib.request
 
 import pytest
 from flexinfer.agent.agent import Agent
-from flexinfer.agent.metrics import AgentMetrics, HealthServer
+from flexinfer.agent.metrics import AgentMetrics
 from flexinfer.agent.readers.fake import fleet_reader
+
+from flexinfer.ops_http import OpsServer
 
 from .agent_helpers import amd_gpu, node_from, nvidia_gpu
 
@@ -92,7 +94,7 @@ def test_promtool_check_metrics_passes() -> None:
 @pytest.mark.integration
 def test_http_endpoints() -> None:
     agent = Agent("n1", fleet_reader(node_from([nvidia_gpu()])))
-    srv = HealthServer(agent.metrics, "127.0.0.1", 0, agent.healthy, agent.ready)
+    srv = OpsServer("127.0.0.1", 0, metrics=agent.metrics.exposition, healthy=agent.healthy, ready=agent.ready)
     srv.start()
     base = f"http://127.0.0.1:{srv.port}"
     try:

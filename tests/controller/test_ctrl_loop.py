@@ -89,7 +89,7 @@ def test_http_health_metrics_and_nodes_forbidden(fake_api, kube_api):
     loop = ControllerLoop(ctl, resync_seconds=5, lease=None)
     assert "nodes" not in loop.informers  # forbidden: auto vendor falls back, no failing informer
     server = serve_http("127.0.0.1", 0, ctl.metrics.registry, loop)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    base = f"http://127.0.0.1:{server.port}"
 
     def get(path):
         try:
@@ -109,4 +109,4 @@ def test_http_health_metrics_and_nodes_forbidden(fake_api, kube_api):
         assert get("/nope")[0] == 404
     finally:
         loop.stop()
-        server.shutdown()
+        server.stop()

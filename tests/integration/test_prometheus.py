@@ -61,14 +61,15 @@ def _get(url: str, timeout: float = 2.0) -> bytes:
 @pytest.fixture
 def agent_url() -> Iterator[str]:
     from flexinfer.agent.agent import Agent
-    from flexinfer.agent.metrics import HealthServer
     from flexinfer.agent.readers.fake import fleet_reader
+
+    from flexinfer.ops_http import OpsServer
 
     node = load_fleet(default_fleet_path()).node(NODE)
     agent = Agent(NODE, fleet_reader(node), None, interval_seconds=0.5)
     agent.step()  # the first sample is there before anyone scrapes
-    http = HealthServer(agent.metrics, "127.0.0.1", 0, agent.healthy, agent.ready)
-    http.start()
+    http = OpsServer("127.0.0.1", 0, metrics=agent.metrics.exposition, healthy=agent.healthy,
+                     ready=agent.ready).start()
     agent.start()
     try:
         yield f"http://127.0.0.1:{http.port}"
