@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent import futures
-from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,13 +22,15 @@ from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 from flexinfer.errors import ParseError
 
+from .grpc_edge import SERVICE_NAME, Guard, server_options
 from .grpc_wire import NameListMemo, ResponseEncoder
+from .listener import Limits, connection_cap
 from .pod import VENDOR_AUTO, PodFields, PodRequirements, requirements_from_json, validate
 from .policy import NodeVerdict
 from .service import Extender
+from .tls import TlsFiles, grpc_server_credentials
 
 log = logs.get("flexinfer.extender.grpc")
-SERVICE_NAME = "flexinfer.api.v1.SchedulerExtender"
 
 
 def requirements_from_proto(m: pb.PodRequirements) -> PodRequirements:
@@ -102,9 +104,10 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
 
 class GrpcServer:
     def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
-                 stop_event: threading.Event) -> None:
+                 stop_event: threading.Event, read_only_port: int = 0) -> None:
         self.server = server
         self.port = port
+        self.read_only_port = read_only_port
         self.health = health_servicer
         self._stop_event = stop_event
 
@@ -114,21 +117,34 @@ class GrpcServer:
 
 
 def serve_grpc(extender: Extender, host: str = "127.0.0.1", port: int = 0, *, tls_cert: str | None = None,
-               tls_key: str | None = None, max_workers: int = 8, health_interval_s: float = 1.0) -> GrpcServer:
-    """Start the gRPC server (port 0 = pick a free one; see .port)."""
+               tls_key: str | None = None, client_ca: str | None = None, read_only_port: int | None = None,
+               limits: Limits | None = None, replicas: Any = None, listeners: int = 1, max_workers: int = 8,
+               health_interval_s: float = 1.0) -> GrpcServer:
+    """Start the gRPC server (port 0 = pick a free one; see .port).
+
+    TLS like the HTTP port (extender.tls): with `client_ca`, a verified client certificate is required on
+    `port`. `read_only_port` (None = none; 0 = pick one) adds a plaintext port on which Explain and health
+    answer and Filter/Prioritize need mutual TLS (UNAUTHENTICATED). Limits and caller policy:
+    extender.grpc_edge."""
+    limits = limits or Limits()
+    files = TlsFiles(tls_cert, tls_key, client_ca).check()
+    guard = Guard(limits, extender.metrics, mutual=files.mutual, replicas=replicas)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="extender-grpc"),
-                         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+                         interceptors=[guard], maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+                         options=server_options(limits, connection_cap(limits.max_connections, listeners)))
     pb_grpc.add_SchedulerExtenderServicer_to_server(SchedulerExtenderServicer(extender), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     addr = f"{host}:{port}"
-    if tls_cert and tls_key:
-        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
-        bound = server.add_secure_port(addr, creds)
-    else:
-        bound = server.add_insecure_port(addr)
+    bound = server.add_secure_port(addr, grpc_server_credentials(files)) if files.enabled \
+        else server.add_insecure_port(addr)
     if not bound:
         raise OSError(f"cannot bind gRPC port {addr}")
+    ro_bound = 0
+    if read_only_port is not None:
+        ro_bound = server.add_insecure_port(f"{host}:{read_only_port}")
+        if not ro_bound:
+            raise OSError(f"cannot bind gRPC read-only port {host}:{read_only_port}")
     stop_event = threading.Event()
 
     def set_health() -> None:
@@ -144,5 +160,6 @@ def serve_grpc(extender: Extender, host: str = "127.0.0.1", port: int = 0, *, tl
     set_health()
     server.start()
     threading.Thread(target=update_health, name="extender-grpc-health", daemon=True).start()
-    log.info("extender_grpc_started", address=f"{host}:{bound}", tls=bool(tls_cert))
-    return GrpcServer(server, bound, health_servicer, stop_event)
+    log.info("extender_grpc_started", address=f"{host}:{bound}", tls=files.enabled, mutual_tls=files.mutual,
+             read_only_port=ro_bound or None)
+    return GrpcServer(server, bound, health_servicer, stop_event, ro_bound)

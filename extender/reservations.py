@@ -1,7 +1,7 @@
 """VRAM reservations: memory promised to pods the agent's numbers do not show yet.
 
-The race (docs/extender-protocol.md, "The assume/bind race"): kube-scheduler runs scheduling cycles one at a time, but binds
-asynchronously. Pod A is filtered, prioritized and *assumed* on node X; pod B's cycle starts at
+The race (docs/extender-protocol.md, "The assume/bind race"): kube-scheduler runs scheduling cycles one at
+a time, but binds asynchronously. Pod A is filtered, prioritized and *assumed* on node X; pod B's cycle starts at
 once and reaches the extender before A is bound, visible in a watch, or loaded on the GPU. Without
 a reservation both "fit" the same GPU.
 
@@ -19,6 +19,12 @@ Design (cheap, self-healing, no node locks, no API calls on the request path):
    `bound_ttl_seconds` (15 min) as a backstop for pods that never get Ready.
 3. Dropped when the pod is deleted, finishes (Succeeded/Failed), or the TTL passes.
 
+Bounds (the reservation map is keyed by pod UIDs from requests): one reservation per pod identity (a
+retry replaces it), each exactly what that pod asks for (its GPU count x its per-GPU estimate, on GPUs the
+policy found free for it), and at most `max_tentative` tentative reservations in all: beyond, the oldest
+tentative one is dropped (counted in `evicted`). Who may reserve at all is decided at the edge: with mutual
+TLS only kube-scheduler (and the other replicas forwarding to the leader) reach filter/prioritize.
+
 A tentative reservation on the wrong node (the scheduler picked another one) only makes the
 extender conservative for at most the TTL or until the bind shows up in the watch. Without a pod
 watch (static `--nodes-from` mode) reservations expire by TTL; embedders (the demo) call
@@ -30,6 +36,7 @@ Thread-safe: one lock; every operation is O(reservations on a node) or O(1).
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -46,13 +53,20 @@ class Reservation:
     ready_unix: float = 0.0  # when the pod became Ready (0 = not yet)
 
 
+DEFAULT_MAX_TENTATIVE = 4096  # pods between an extender answer and their bind; kube-scheduler binds in ms
+
+
 class Reservations:
-    def __init__(self, tentative_ttl_seconds: float = 30.0, bound_ttl_seconds: float = 900.0) -> None:
+    def __init__(self, tentative_ttl_seconds: float = 30.0, bound_ttl_seconds: float = 900.0,
+                 max_tentative: int = DEFAULT_MAX_TENTATIVE) -> None:
         self.tentative_ttl_seconds = tentative_ttl_seconds
         self.bound_ttl_seconds = bound_ttl_seconds
+        self.max_tentative = max_tentative
+        self.evicted = 0  # tentative reservations dropped at the cap
         self._lock = threading.RLock()
         self._by_pod: dict[str, Reservation] = {}
         self._by_node: dict[str, dict[str, Reservation]] = {}
+        self._tentative: OrderedDict[str, None] = OrderedDict()  # tentative pods, oldest first
 
     @property
     def lock(self) -> threading.RLock:
@@ -73,10 +87,20 @@ class Reservations:
 
     def _put(self, r: Reservation) -> None:
         self._drop(r.pod)
+        if not r.bound:
+            while len(self._tentative) >= self.max_tentative:
+                self._drop(next(iter(self._tentative)))
+                self.evicted += 1
+            self._tentative[r.pod] = None
         self._by_pod[r.pod] = r
         self._by_node.setdefault(r.node, {})[r.pod] = r
 
+    def tentative_count(self) -> int:
+        with self._lock:
+            return len(self._tentative)
+
     def _drop(self, pod: str) -> Reservation | None:
+        self._tentative.pop(pod, None)
         old = self._by_pod.pop(pod, None)
         if old is not None:
             per = self._by_node.get(old.node)
