@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ class Built:
 
 def build(api: Any, namespace: str, config: ProxyConfig | None = None, *, fit_check: str = "extender",
           activity_interval_s: float = 10.0, metrics: ProxyMetrics | None = None,
-          fit: FitChecker | None = None) -> Built:
+          fit: FitChecker | None = None, clock: Callable[[], float] = time.time) -> Built:
     """Catalog + informers (Models, EndpointSlices, and Nodes for the fit check) + activity writer + Proxy.
     The informers are started; the caller serves ``built.proxy`` (ProxyServer) and stops them at the end."""
     metrics = metrics or ProxyMetrics()
@@ -65,8 +67,8 @@ def build(api: Any, namespace: str, config: ProxyConfig | None = None, *, fit_ch
         return st.last_active_unix if st else None
 
     activity = ActivityWriter(last_active, activation, interval_s=activity_interval_s, stored_time=stored,
-                              metrics=metrics)
-    return Built(Proxy(catalog, activity, fit=fit, config=config, metrics=metrics), informers)
+                              metrics=metrics, clock=clock)
+    return Built(Proxy(catalog, activity, fit=fit, config=config, metrics=metrics, clock=clock), informers)
 
 
 def read_api_keys(path: str) -> frozenset[str]:

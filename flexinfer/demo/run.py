@@ -11,6 +11,7 @@ import yaml
 from rich.console import Console
 
 from flexinfer.cli.output import table
+from flexinfer.demo import proxystory
 from flexinfer.fleet import Fleet
 from flexinfer.model import parse_model
 from flexinfer.sim.cluster import Attempt, DemoCluster
@@ -150,6 +151,7 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
                 third = cluster.settle()
                 final_status = cluster.model_status()
                 acts.append((reclaim_heading(story, final_status), third, final_status))
+            served = proxystory.play(cluster, progress)
             progress("done")
     console.print()
     console.print(placement_table(first, f"Placements on fleet '{fleet.description or 'fleet'}' "
@@ -173,6 +175,11 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
             if fresh:
                 console.print(placement_table(fresh, None))
             console.print(status_table({k: v for k, v in st.items() if k in names}))
+    console.print()
+    console.print(f"[bold]{served.heading()}[/bold]")
+    fresh = [a for a in served.attempts if a.node]
+    if fresh:
+        console.print(placement_table(fresh, None))
     console.print()
     console.print(f"demo finished in {time.monotonic() - t0:.1f} s")
     return 0

@@ -148,17 +148,7 @@ class SimServing:
         if server is None:
             self.errors.append(f"no fake model server for {model}: no endpoint published")
             return
-        svc = kube.get_object(self.api, "services", model, self.namespace) or {}
-        labels = {**((svc.get("metadata") or {}).get("labels") or {}), keys.LABEL_MODEL: model,
-                  "kubernetes.io/service-name": model,
-                  "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
-        kube.apply_object(self.api, {
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{model}-sim", "namespace": self.namespace, "labels": labels},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [server.host], "conditions": {"ready": True, "serving": True},
-                           "nodeName": self.node}],
-            "ports": [{"name": "http", "port": server.port, "protocol": "TCP"}]})
+        publish_endpoint(self.api, self.namespace, model, server, self.node)
 
     # -- thread ---------------------------------------------------------------------------------------
     def start(self, interval_s: float = 0.05) -> SimServing:
@@ -181,3 +171,33 @@ class SimServing:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+
+
+def publish_endpoint(api: Any, namespace: str, model: str, server: Any, node: str = "") -> None:
+    """What the EndpointSlice controller writes for a Model's Service once its pod is ready, with the fake
+    model server's loopback address as the pod's."""
+    svc = kube.get_object(api, "services", model, namespace) or {}
+    labels = {**((svc.get("metadata") or {}).get("labels") or {}), keys.LABEL_MODEL: model,
+              "kubernetes.io/service-name": model,
+              "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
+    endpoint: JSON = {"addresses": [server.host], "conditions": {"ready": True, "serving": True}}
+    if node:
+        endpoint["nodeName"] = node
+    kube.apply_object(api, {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{model}-sim", "namespace": namespace, "labels": labels},
+        "addressType": "IPv4", "endpoints": [endpoint],
+        "ports": [{"name": "http", "port": server.port, "protocol": "TCP"}]})
+
+
+def publish_ready_endpoints(api: Any, namespace: str, servers: dict[str, Any]) -> list[str]:
+    """For every ready pod of a Model in `servers`: its EndpointSlice (idempotent). Returns those Models."""
+    done = []
+    for pod in kube.list_objects(api, "pods", namespace, label_selector=keys.LABEL_MODEL):
+        model = ((pod.get("metadata") or {}).get("labels") or {}).get(keys.LABEL_MODEL)
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (pod.get("status") or {}).get("conditions") or [])
+        if ready and model in servers:
+            publish_endpoint(api, namespace, model, servers[model], (pod.get("spec") or {}).get("nodeName") or "")
+            done.append(model)
+    return done
