@@ -144,6 +144,13 @@ class LeaseLock:
                             identity=self.identity, renew_deadline_s=self.timings.renew_deadline_s)
             return self._leader
 
+    @property
+    def holder(self) -> str:
+        """holderIdentity as last observed ("" before the first attempt or when released). Read-only, for
+        replicas that need to know who leads (the extender forwards to the holder)."""
+        with self._lock:
+            return self._observed[0] if self._observed else ""
+
     # -- one attempt ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         return kube.request(self.api, method, path, body=body, timeout_s=self.timings.api_timeout_s)
