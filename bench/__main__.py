@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import agent_bench, controller_bench, extender_bench, fuzz, report
 from bench.machine import machine
+from flexinfer.state import rfc3339
 
 SECTIONS = ("extender", "agent", "controller", "fuzz")
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "started_utc": rfc3339(time.time()),
         "command": "python -m bench" + ("" if argv is None and len(sys.argv) < 2
                                         else " " + shlex.join(argv if argv is not None else sys.argv[1:])),
         "mode": "quick" if a.quick else "full",

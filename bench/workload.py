@@ -18,6 +18,7 @@ import msgspec
 from flexinfer import keys
 from flexinfer.fleet import generate_fleet
 from flexinfer.nodes import fleet_node_objects
+from flexinfer.state import rfc3339
 
 _IMAGES = (
     "registry.k8s.io/kube-proxy:v1.31.4", "registry.k8s.io/pause:3.10", "docker.io/calico/node:v3.28.2",
@@ -49,10 +50,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _ts(unix: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
-
-
 def realistic_node(obj: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """Add kubelet/API-server bulk to a Node dict (returns a new dict; FlexInfer keys untouched)."""
     now = time.time() if now is None else now
@@ -77,31 +74,31 @@ def realistic_node(obj: dict[str, Any], now: float | None = None) -> dict[str, A
     meta.update({
         "uid": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}",
         "resourceVersion": str(int(h[:7], 16)),
-        "creationTimestamp": _ts(now - 86400 * 90),
+        "creationTimestamp": rfc3339(now - 86400 * 90),
     })
     fields_labels = {f"f:{k}": {} for k in labels}
     fields_ann = {f"f:{k}": {} for k in ann}
     meta["managedFields"] = [
-        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": _ts(now - 86400 * 90),
+        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": rfc3339(now - 86400 * 90),
          "fieldsType": "FieldsV1", "fieldsV1": {
              "f:metadata": {"f:annotations": {".": {}, "f:volumes.kubernetes.io/controller-managed-attach-detach": {}},
                             "f:labels": {".": {}, **{k: {} for k in list(fields_labels)[:8]}}},
              "f:spec": {"f:providerID": {}}}},
         {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
-         "time": _ts(now - 86400 * 90), "fieldsType": "FieldsV1", "fieldsV1": {
+         "time": rfc3339(now - 86400 * 90), "fieldsType": "FieldsV1", "fieldsV1": {
              "f:metadata": {"f:annotations": {"f:node.alpha.kubernetes.io/ttl": {}}},
              "f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, 'v:"10.244.3.0/24"': {}}}}},
-        {"manager": "calico-node", "operation": "Update", "apiVersion": "v1", "time": _ts(now - 3600),
+        {"manager": "calico-node", "operation": "Update", "apiVersion": "v1", "time": rfc3339(now - 3600),
          "fieldsType": "FieldsV1", "subresource": "status", "fieldsV1": {
              "f:metadata": {"f:annotations": {"f:projectcalico.org/IPv4Address": {},
                                               "f:projectcalico.org/IPv4VXLANTunnelAddr": {}}},
              "f:status": {"f:conditions": {'k:{"type":"NetworkUnavailable"}': {
                  ".": {}, "f:lastHeartbeatTime": {}, "f:lastTransitionTime": {}, "f:message": {},
                  "f:reason": {}, "f:status": {}, "f:type": {}}}}}},
-        {"manager": "flexinfer-agent", "operation": "Update", "apiVersion": "v1", "time": _ts(now - 30),
+        {"manager": "flexinfer-agent", "operation": "Update", "apiVersion": "v1", "time": rfc3339(now - 30),
          "fieldsType": "FieldsV1",
          "fieldsV1": {"f:metadata": {"f:annotations": fields_ann, "f:labels": fields_labels}}},
-        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": _ts(now - 10),
+        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": rfc3339(now - 10),
          "fieldsType": "FieldsV1", "subresource": "status", "fieldsV1": {"f:status": {
              "f:allocatable": {f"f:{k}": {} for k in n.get("status", {}).get("allocatable", {})},
              "f:capacity": {f"f:{k}": {} for k in n.get("status", {}).get("capacity", {})},
@@ -113,9 +110,9 @@ def realistic_node(obj: dict[str, Any], now: float | None = None) -> dict[str, A
     spec = n.setdefault("spec", {})
     spec.update({"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"], "providerID": f"k3s://{name}"})
     status = n.setdefault("status", {})
-    hb, tr = _ts(now - 10), _ts(now - 86400 * 30)
+    hb, tr = rfc3339(now - 10), rfc3339(now - 86400 * 30)
     status["conditions"] = [
-        {"type": "NetworkUnavailable", "status": "False", "lastHeartbeatTime": _ts(now - 3600),
+        {"type": "NetworkUnavailable", "status": "False", "lastHeartbeatTime": rfc3339(now - 3600),
          "lastTransitionTime": tr, "reason": "CalicoIsUp", "message": "Calico is running on this node"},
         {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": hb, "lastTransitionTime": tr,
          "reason": "KubeletHasSufficientMemory", "message": "kubelet has sufficient memory available"},
@@ -161,7 +158,7 @@ def managed_pod(name: str = "qwen3-14b-7d9f-abcde", *, vram_mib: int = 12000, ba
         "metadata": {
             "name": name, "generateName": name.rsplit("-", 1)[0] + "-", "namespace": "llm",
             "uid": "5f3c8f5e-1b7a-4f59-9d0e-" + _digest(name)[:12], "resourceVersion": "918273",
-            "creationTimestamp": _ts(now),
+            "creationTimestamp": rfc3339(now),
             "labels": {keys.LABEL_MODEL: "qwen3-14b", "pod-template-hash": "7d9f",
                        keys.LABEL_MANAGED_BY: "flexinfer-controller"},
             "annotations": {keys.POD_MODEL: "qwen3-14b", keys.POD_BACKEND: backend,
@@ -170,7 +167,7 @@ def managed_pod(name: str = "qwen3-14b-7d9f-abcde", *, vram_mib: int = 12000, ba
                                  "uid": "0b6e7a57-3c9d-4b8e-9f0a-1d2c3b4a5f60", "controller": True,
                                  "blockOwnerDeletion": True}],
             "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
-                               "time": _ts(now), "fieldsType": "FieldsV1",
+                               "time": rfc3339(now), "fieldsType": "FieldsV1",
                                "fieldsV1": {"f:metadata": {"f:annotations": {".": {}}, "f:labels": {".": {}}},
                                             "f:spec": {"f:containers": {'k:{"name":"server"}': {".": {}}}}}}],
         },

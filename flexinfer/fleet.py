@@ -59,6 +59,7 @@ from flexinfer.errors import ParseError
 
 FaultType = Literal["noise", "xid", "ecc", "lost", "not-supported", "throttle", "library-missing",
                     "driver-mismatch", "row-remap", "retired-pages"]
+# Metric groups a `not-supported` fault can switch off (the readers' names for them).
 METRICS = ("power", "temperature", "utilization", "clocks", "pcie", "ecc", "memory_v2", "throttle", "events",
            "energy", "memory_temperature", "pcie_throughput", "encoder", "decoder", "row_remap", "retired_pages",
            "mig", "gtt")
@@ -219,6 +220,9 @@ def parse_fleet(data: object, source: str = "fleet") -> Fleet:
                                      "a profile like 3g.40gb with totalMiB > 0 and 0 <= usedMiB <= totalMiB")
             if g.driver not in ("", "xe", "i915") or (g.driver and g.vendor.lower() != "intel"):
                 raise ParseError(f"{where}.driver", g.driver, "xe or i915, on an Intel GPU")
+            for k, f in enumerate(g.faults):
+                if f.type == "not-supported" and f.metric not in METRICS:  # a typo would silently do nothing
+                    raise ParseError(f"{where}.faults[{k}].metric", f.metric, "one of " + ", ".join(METRICS))
     return fleet
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
@@ -108,9 +108,6 @@ class NodeGpuState:
     @property
     def healthy_free_mib(self) -> int:
         return sum(g.free_mib for g in self.gpus if g.healthy)
-
-    def with_gpus(self, gpus: list[GpuState]) -> NodeGpuState:
-        return replace(self, gpus=tuple(gpus))
 
 
 # --- labels ---------------------------------------------------------------------------------

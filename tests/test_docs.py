@@ -69,6 +69,8 @@ def test_nothing_outside_docs_cites_material_the_repository_does_not_contain() -
 def test_every_cited_docs_page_exists() -> None:
     missing = set()
     for rel in tracked_files():
+        if rel.startswith("docs/"):
+            continue  # the pages themselves also name upstream projects' docs/ files
         text = text_of(rel)
         if text is None:
             continue

@@ -33,7 +33,6 @@ from flexinfer.state import rfc3339
 log = logs.get("flexinfer.demo")
 
 JSON = dict[str, Any]
-EXTENDER_WEIGHT = 5  # as in daemonset/scheduler: kube-scheduler adds Score x weight x 10
 
 
 @dataclass

@@ -51,7 +51,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -59,6 +58,7 @@ from aiohttp import web
 
 from flexinfer import logs
 from flexinfer.kube import RESOURCES, resource_for
+from flexinfer.state import rfc3339
 
 log = logs.get("flexinfer.sim.fakeapi")
 
@@ -261,10 +261,6 @@ def decode_continue(token: str) -> tuple[int, tuple[str, str]]:
     except (ValueError, TypeError, KeyError, msgspec.DecodeError, UnicodeEncodeError):
         raise ApiError(400, "invalid continue token") from None
     return rv, (ns, name)
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(code: int, reason: str, message: str, details: JSON | None = None) -> JSON:
@@ -635,7 +631,7 @@ class FakeApiServer:
         else:
             meta["namespace"] = namespace or meta.get("namespace") or "default"
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", _now_rfc3339())
+        meta.setdefault("creationTimestamp", rfc3339(time.time()))
         meta.setdefault("generation", 1)
         out = {**obj, "metadata": meta}
         if rkey in _KINDS:
@@ -932,7 +928,7 @@ class FakeApiServer:
             raise ApiError(409, f'pod {p.name} is already assigned to node "{cur["spec"]["nodeName"]}"')
         conditions = [c for c in ((cur.get("status") or {}).get("conditions") or [])
                       if c.get("type") != "PodScheduled"]
-        conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": _now_rfc3339()})
+        conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc3339(time.time())})
         new = {**cur, "spec": {**(cur.get("spec") or {}), "nodeName": node},
                "status": {**(cur.get("status") or {}), "conditions": conditions}}
         self._store(self._key(p), new, "MODIFIED")

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from flexinfer import keys
+from flexinfer.errors import ParseError
+from flexinfer.extender.pod import PodWire, gpu_requests
 
 
 def _is_int(s: str) -> bool:
@@ -15,18 +19,19 @@ def _is_int(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
 
+_RESOURCE_OF_VENDOR = {vendor: resource for resource, vendor in keys.GPU_RESOURCES.items()}
+
+
 def pod_gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
-    """Extended GPU resources a pod asks for (max of requests/limits per container, summed)."""
-    out: dict[str, int] = {}
-    spec = pod.get("spec") or {}
-    for c in spec.get("containers") or []:
-        res = c.get("resources") or {}
-        for name in keys.GPU_RESOURCES:
-            vals = [int(str(d.get(name))) for d in (res.get("requests") or {}, res.get("limits") or {})
-                    if _is_int(str(d.get(name, "")))]
-            if vals:
-                out[name] = out.get(name, 0) + max(vals)
-    return out
+    """Extended GPU resources a pod asks for, by resource name, counted as the extender counts them
+    (`flexinfer.extender.pod.gpu_requests`: a container's limit, else its request; summed over the containers;
+    at least the largest init container's). A pod the API server would have refused (not a Pod, a quantity
+    that is not a whole number of devices) asks for nothing here: the extender names its error."""
+    try:
+        by_vendor = gpu_requests(msgspec.convert(pod, PodWire).spec)
+    except (msgspec.ValidationError, ParseError):
+        return {}
+    return {_RESOURCE_OF_VENDOR[vendor]: n for vendor, n in by_vendor.items()}
 
 
 def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:

@@ -128,6 +128,10 @@ JUNK: list[tuple[str, object, str]] = [
     ("fault type", doc(gpu_doc(faults=[{"type": "meteor"}])), ".nodes[0].gpus[0].faults[0].type"),
     ("fault field", doc(gpu_doc(faults=[{"type": "xid", "code": 79}])), ".nodes[0].gpus[0].faults[0]"),
     ("pcie junk", doc(gpu_doc(pcie={"gen": "four"})), ".nodes[0].gpus[0].pcie.gen"),
+    ("not-supported typo", doc(gpu_doc(faults=[{"type": "not-supported", "metric": "powr"}])),
+     "nodes[0].gpus[0].faults[0].metric"),
+    ("not-supported without metric", doc(gpu_doc(faults=[{"type": "not-supported"}])),
+     "nodes[0].gpus[0].faults[0].metric"),
     ("labels not strings", doc(labels={"a": 1}), ".nodes[0].labels"),
     ("node faults junk", doc(faults="lost"), ".nodes[0].faults"),
 ]

@@ -33,7 +33,7 @@ def states(*ms: ModelState) -> dict[str, ModelState]:
     return {m.name: m for m in ms}
 
 
-# The seed's quality lane: 14B always-on (P100), 32B (P80) and R1 (P70) on demand, one shared GPU.
+# The homelab's quality lane (docs/homelab.md): 14B always-on (P100), 32B (P80) and R1 (P70) on demand, one shared GPU.
 def lane(r1_labels: tuple[str, ...] = ("reasoning",), busy_14b: bool = True) -> dict[str, ModelState]:
     return states(
         st("qwen3-14b-mlc", ("chat", "reasoning"), "Ready", group="q", priority=100, endpoints=EP, min_replicas=1,

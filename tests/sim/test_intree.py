@@ -20,13 +20,27 @@ def _pod(gpus=1, resource="nvidia.com/gpu", **spec):
     return {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "resources": res}], **spec}}
 
 
-def test_gpu_requests_take_max_of_requests_and_limits_and_sum_containers():
+def test_gpu_requests_are_counted_as_the_extender_counts_them():
     pod = {"spec": {"containers": [
-        {"resources": {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "2"}}},
-        {"resources": {"limits": {"amd.com/gpu": "1", "cpu": "2"}}},
-        {"resources": {"limits": {"nvidia.com/gpu": "junk"}}},
+        {"resources": {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "2"}}},  # the limit counts
+        {"resources": {"limits": {"amd.com/gpu": 1, "cpu": "2"}}},
+        {"resources": {"requests": {"nvidia.com/gpu": "1"}}},  # a request alone counts too
     ]}}
-    assert pod_gpu_requests(pod) == {"amd.com/gpu": 3}
+    assert pod_gpu_requests(pod) == {"amd.com/gpu": 3, "nvidia.com/gpu": 1}
+    init = {"spec": {"initContainers": [{"resources": {"limits": {"amd.com/gpu": "4"}}}],
+                     "containers": [{"resources": {"limits": {"amd.com/gpu": "1"}}}]}}
+    assert pod_gpu_requests(init) == {"amd.com/gpu": 4}  # max(sum of containers, largest init container)
+    assert pod_gpu_requests({"spec": {"containers": [{"resources": {}}]}}) == {}
+
+
+@pytest.mark.parametrize("pod", [
+    {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "junk"}}}]}},
+    {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "-1"}}}]}},
+    {"spec": {"containers": "not a list"}},
+    {"spec": None},
+])
+def test_a_pod_the_api_server_would_refuse_asks_for_nothing(pod):
+    assert pod_gpu_requests(pod) == {}
 
 
 @pytest.mark.parametrize(("node", "pod", "bound", "expected"), [
