@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,51 @@ import yaml
 
 from flexinfer import keys
 from flexinfer.errors import ParseError
-from flexinfer.fleet import Fleet, FleetNode, gpu_uuid, parse_fleet
-from flexinfer.state import GpuState, NodeGpuState, NodeView, node_annotations, node_labels, node_view
+from flexinfer.fleet import (
+    DEFAULT_AMD_DRIVER,
+    DEFAULT_CUDA_VERSION,
+    DEFAULT_INTEL_DRIVER,
+    DEFAULT_NVIDIA_DRIVER,
+    DEFAULT_ROCM_VERSION,
+    Fleet,
+    FleetNode,
+    gpu_uuid,
+    mig_uuid,
+    parse_fleet,
+)
+from flexinfer.state import GpuState, NodeGpuState, NodeView, node_annotations, node_view, state_labels
 
 
 def fleet_gpu_states(node: FleetNode) -> list[GpuState]:
     """The GPU states an agent would report for a fleet node at its first sample (no faults applied
-    except a GPU marked unhealthy in the file)."""
-    out = []
+    except a GPU marked unhealthy in the file): MIG instances as their own entries (numbered in physical
+    order on a node with MIG), each GPU's time-slicing replicas from `gpuReplicas`, no holders yet."""
+    out: list[GpuState] = []
+    renumber = any(g.mig for g in node.gpus)
     for i, g in enumerate(node.gpus):
-        out.append(
-            GpuState(
-                index=i, uuid=gpu_uuid(node.name, i, g), vendor=g.vendor.lower(), arch=g.arch.lower(),
-                total_mib=g.total_mib, free_mib=g.total_mib - g.used_mib, healthy=g.healthy,
-                product=g.product, reason="" if g.healthy else "marked unhealthy in fleet file",
-                unified_memory=g.unified_memory,
-            )
+        base = GpuState(
+            index=len(out) if renumber else i, uuid=gpu_uuid(node.name, i, g), vendor=g.vendor.lower(),
+            arch=g.arch.lower(), total_mib=g.total_mib, free_mib=g.total_mib - g.used_mib, healthy=g.healthy,
+            product=g.product, reason="" if g.healthy else "marked unhealthy in fleet file",
+            unified_memory=g.unified_memory, replicas=node.gpu_replicas,
         )
+        if not g.mig:
+            out.append(base)
+            continue
+        for k, m in enumerate(g.mig):
+            out.append(replace(base, index=len(out), uuid=mig_uuid(node.name, i, k, m), total_mib=m.total_mi_b,
+                               free_mib=m.total_mi_b - m.used_mi_b, mig_profile=m.profile, mig_parent=i))
     return out
+
+
+def fleet_versions(node: FleetNode) -> dict[str, str]:
+    """The driver / CUDA / ROCm versions the fake libraries report for a fleet node (the agent's labels)."""
+    vendors = {g.vendor.lower() for g in node.gpus}
+    default_driver = {"nvidia": DEFAULT_NVIDIA_DRIVER, "amd": DEFAULT_AMD_DRIVER, "intel": DEFAULT_INTEL_DRIVER}
+    driver = node.driver_version or (default_driver.get(next(iter(vendors)), "") if len(vendors) == 1 else "")
+    return {"driver_version": driver,
+            "cuda_version": (node.cuda_version or DEFAULT_CUDA_VERSION) if "nvidia" in vendors else "",
+            "rocm_version": (node.rocm_version or DEFAULT_ROCM_VERSION) if "amd" in vendors else ""}
 
 
 def node_object(name: str, labels: dict[str, str], annotations: dict[str, str], *,
@@ -70,12 +98,13 @@ def fleet_node_objects(fleet: Fleet, now: float | None = None, *, published: boo
         for g in gpus:
             res = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}.get(g.vendor)
             if res:
-                resources[res] = resources.get(res, 0) + n.gpu_replicas
+                resources[res] = resources.get(res, 0) + g.replicas
         labels = {**n.labels}
         annotations: dict[str, str] = {}
         if published:
-            labels.update(node_labels(gpus))
-            annotations = node_annotations(NodeGpuState(node=n.name, gpus=tuple(gpus), observed_unix=now))
+            state = NodeGpuState(node=n.name, gpus=tuple(gpus), observed_unix=now, **fleet_versions(n))
+            labels.update(state_labels(state))
+            annotations = node_annotations(state)
         objs.append(node_object(n.name, labels, annotations, gpu_resources=resources, taints=n.taints,
                                 cpu=n.cpu, memory=n.memory))
     return objs

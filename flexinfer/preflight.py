@@ -15,8 +15,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from flexinfer import freshness
-from flexinfer.compat import Verdict, check
+from flexinfer import freshness, keys
+from flexinfer.arch import NVIDIA
+from flexinfer.compat import RULES, Compat, Verdict, canonical_backend, check
 from flexinfer.model import Model, never_runs_reason
 from flexinfer.vram_need import vram_need
 from flexinfer.state import GpuState, NodeView
@@ -72,6 +73,27 @@ class _Candidate:
 
 def _vendor_ok(model_vendor: str, gpu: GpuState) -> bool:
     return model_vendor in ("auto", gpu.vendor)
+
+
+def _with_driver(backend: str, gpu: GpuState, verdict: Compat, view: NodeView) -> Compat:
+    """Decide a DEGRADED verdict that hinges on the NVIDIA driver version (Ollama on compute capability 5.0-6.2
+    needs driver >= 570) from the node's `gpu.driver-version.major` label: met -> SUPPORTED, not met ->
+    UNSUPPORTED, unknown -> DEGRADED as before, saying that the version is unknown."""
+    if verdict.verdict is not Verdict.DEGRADED or gpu.vendor != NVIDIA:
+        return verdict
+    rule = RULES[canonical_backend(backend)].nvidia
+    need = rule.degraded_min_driver if rule is not None else 0
+    if not need:
+        return verdict
+    raw = view.labels.get(keys.LABEL_DRIVER_MAJOR, "")
+    if not (raw.isascii() and raw.isdigit()):
+        return Compat(Verdict.DEGRADED, f"{verdict.reason} (node {view.name} does not say its driver version)")
+    have = int(raw)
+    if have >= need:
+        return Compat(Verdict.SUPPORTED, "")
+    version = view.labels.get(keys.LABEL_DRIVER_VERSION, raw)
+    return Compat(Verdict.UNSUPPORTED, f"{canonical_backend(backend)} on {gpu.info.family} {gpu.arch} needs "
+                                       f"NVIDIA driver >= {need}; node has {version}")
 
 
 def run(model: Model, views: list[NodeView], now: float, *, node: str | None = None,
@@ -138,7 +160,8 @@ def run(model: Model, views: list[NodeView], now: float, *, node: str | None = N
         for g in v.state.gpus:  # type: ignore[union-attr]
             if not g.healthy and _vendor_ok(vendor, g):
                 reasons.setdefault(f"GPU unhealthy ({g.reason or 'reported by the agent'})", []).append(v.name)
-        verdicts = {g.arch: check(backend, g.info, jit_policy=model.jit_policy) for g in usable}
+        verdicts = {g.arch: _with_driver(backend, g, check(backend, g.info, jit_policy=model.jit_policy), v)
+                    for g in usable}
         ok = [g for g in usable if verdicts[g.arch].verdict is not Verdict.UNSUPPORTED]
         if not ok:
             for g in usable:

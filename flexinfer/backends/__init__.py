@@ -122,7 +122,8 @@ _ENTRIES = (
         name="ollama", aliases=(),
         compat=BackendRule(
             nvidia=NvidiaRule(min_cc=(5, 0), supported_cc=(7, 0),
-                              degraded_reason="compute capability 5.0-6.2 needs NVIDIA driver >= 570"),
+                              degraded_reason="compute capability 5.0-6.2 needs NVIDIA driver >= 570",
+                              degraded_min_driver=570),
             amd=AmdRule(supported=OLLAMA_AMD, explicit_no={"gfx906": GFX906_OLLAMA},
                         degraded=frozenset({"gfx1031", "gfx1032", "gfx1034", "gfx1035", "gfx1036"}),
                         degraded_reason="needs HSA_OVERRIDE_GFX_VERSION=10.3.0 or the Vulkan backend"),

@@ -20,6 +20,9 @@ class NvidiaRule:
     degraded_reason: str = ""
     maxwell_readonly_ok: bool = False  # mlc-llm: Maxwell only with a precompiled library
     explicit_no: dict[str, str] = field(default_factory=dict)  # family -> reason
+    # The DEGRADED range runs only with an NVIDIA driver of at least this major version (0: no such
+    # requirement). Preflight decides it from the node's flexinfer.ai/gpu.driver-version.major label.
+    degraded_min_driver: int = 0
 
 
 @dataclass(frozen=True, slots=True)
