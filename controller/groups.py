@@ -40,6 +40,9 @@ Rules (one active member per group)
    R1 (P:70) cannot take it from a 14B that is serving traffic.
 5. A member known to fail (phase Failed, scaled down) never displaces a serving member; it is retried
    only when nothing else in the group serves (rule 2 prefers members that are not Failed).
+8. Never tear down what you would roll back to: a member listed in ``unplaceable`` (the controller found,
+   with the extender's policy, that its pod fits on no node even after the holder released its GPU)
+   neither displaces the holder nor is started; it waits, and its decision says why (``blocked``).
 6. The displaced member is marked preempted (phase ``Preempted``) while it still wants to run; a
    member that wants to run but never held the GPU waits (replicas 0, reason says for whom).
 7. Non-group models (serverless): replicas = 1 while they want to run, ``minReplicas`` otherwise;
@@ -48,7 +51,7 @@ Rules (one active member per group)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 NONE, BASELINE, DEMAND = 0, 1, 2
@@ -79,6 +82,7 @@ class MemberDecision:
     preempted: bool
     reason: str
     demand: int
+    blocked: bool = False  # wants to run but cannot be placed (rule 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +143,12 @@ def _best(cands: Iterable[Member], dem: dict[str, int]) -> Member | None:
 
 
 def decide_group(
-    members: Iterable[Member], now: float, cooldown_seconds: float, last_swap_unix: float | None = None
+    members: Iterable[Member], now: float, cooldown_seconds: float, last_swap_unix: float | None = None,
+    unplaceable: Mapping[str, str] | None = None,
 ) -> GroupDecision:
-    """Decide which member of one shared group holds the GPU and every member's replicas."""
+    """Decide which member of one shared group holds the GPU and every member's replicas. `unplaceable`:
+    members whose pod cannot be placed even if the holder releases its GPU -> why (rule 8)."""
+    blocked = dict(unplaceable or {})
     ms = sorted(members, key=lambda m: m.name)
     if not ms:
         return GroupDecision(None, {}, (), "empty group")
@@ -165,15 +172,19 @@ def decide_group(
         # A holder that no longer wants to run only keeps the GPU while a swap is on cooldown.
         if holder is None:
             wanting = [m for m in ms if dem[m.name] > NONE]
-            active = _best([m for m in wanting if m.phase != FAILED], dem) or _best(wanting, dem)
-            note = f"nothing serving; starting {active.name}" if active else "nobody wants to run"
+            startable = [m for m in wanting if m.name not in blocked]
+            active = _best([m for m in startable if m.phase != FAILED], dem) or _best(startable, dem)
+            if active:
+                note = f"nothing serving; starting {active.name}"
+            else:
+                note = "no member can be placed now" if wanting else "nobody wants to run"
         else:
             active = holder
             note = f"{holder.name} holds the GPU"
             winners = []
             for c in ms:
-                if c.name == holder.name or dem[c.name] == NONE or c.phase == FAILED:
-                    continue  # a member known to fail never displaces one that serves
+                if c.name == holder.name or dem[c.name] == NONE or c.phase == FAILED or c.name in blocked:
+                    continue  # a member known to fail (or that cannot be placed) never displaces one that serves
                 if c.priority > holder.priority and dem[c.name] >= dem[holder.name]:
                     winners.append(c)  # rule 3
                 elif dem[c.name] > dem[holder.name] and cooldown_left <= 0:
@@ -187,8 +198,10 @@ def decide_group(
                 note = (f"{winner.name} (priority {winner.priority}) preempts {holder.name} "
                         f"(priority {holder.priority}): {why}")
             elif dem[holder.name] == NONE:
-                waiting = [c for c in ms if c.name != holder.name and dem[c.name] > NONE and c.phase != FAILED]
-                retry = _best([c for c in ms if c.name != holder.name and dem[c.name] > NONE], dem)
+                waiting = [c for c in ms if c.name != holder.name and dem[c.name] > NONE and c.phase != FAILED
+                           and c.name not in blocked]
+                retry = _best([c for c in ms if c.name != holder.name and dem[c.name] > NONE
+                               and c.name not in blocked], dem)
                 if not waiting and retry is not None:
                     active = retry  # only members that failed before want the GPU: retry the best one
                     note = f"{holder.name} is idle; retrying {retry.name}, which failed before"
@@ -212,6 +225,10 @@ def decide_group(
         was_preempted = m.name in preempted or (m.phase == PREEMPTED and d > NONE) or (
             m.running and d > NONE and m.phase != FAILED)
         holder_name = active.name if active else None
+        if d > NONE and m.name in blocked and not was_preempted:
+            held = f" (the GPU stays with {holder_name})" if holder_name else ""
+            out[m.name] = MemberDecision(m.name, 0, False, f"{blocked[m.name]}{held}", d, blocked=True)
+            continue
         if d == NONE:
             reason = f"scaled to zero: {_idle_words(m, now)}"
             was_preempted = False

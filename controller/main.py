@@ -1,11 +1,12 @@
 """`flexinfer-controller`: informers + work queue + periodic resync around :class:`Controller`.
 
 Informers (list, then watch with relist on 410) keep caches of Models, owned Deployments, Services,
-PVCs, the models' pods and (for GPU vendor ``auto``) Nodes. Every event enqueues the key of the
-affected group ``(namespace, group)`` or lone model; a worker drains the queue (debounced), builds a
-snapshot from the caches and reconciles just those keys. A periodic resync enqueues everything:
-idle timeouts are time-based, no event announces them. Only the Lease holder reconciles (see
-``leader``).
+PVCs and Jobs, the models' pods and Nodes (the node cache of the fit checks: preemption, vendor ``auto``,
+loading progress). Every event enqueues the key of the affected group ``(namespace, group)`` or lone
+model; a worker drains the queue (debounced), builds a snapshot from the caches and reconciles just those
+keys. Node events do not enqueue anything (agents republish every node every couple of minutes): the
+periodic resync, which enqueues everything, reads them; idle timeouts are time-based too. Only the Lease
+holder reconciles (see ``leader``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import click
 import kubernetes.client
 from prometheus_client import generate_latest
 
-from flexinfer import keys, kube, logs
+from flexinfer import backends, keys, kube, logs
 from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
 from flexinfer.errors import ParseError
 from flexinfer.ops_http import OpsServer
 
+from . import cache
 from .backends import parse_image_overrides
 from .leader import LeaseLock, LeaseTimings
 from .metrics import ControllerMetrics
@@ -67,18 +69,21 @@ class ControllerLoop:
             "deployments": mk(api, "deployments", self._handler("deployments"), ns, managed),
             "services": mk(api, "services", self._handler("services"), ns, managed),
             "persistentvolumeclaims": mk(api, "persistentvolumeclaims", self._handler("pvcs"), ns, managed),
+            "jobs": mk(api, "jobs", self._handler("jobs"), ns, managed),
             "pods": mk(api, "pods", self._handler("pods"), ns, keys.LABEL_MODEL),
         }
-        if watch_nodes and controller.auto_vendor is None and nodes_readable(api):
+        if watch_nodes and nodes_readable(api):
             self.informers["nodes"] = mk(api, "nodes", self._handler("nodes"))
         self._threads: list[threading.Thread] = []
 
     # -- events ----------------------------------------------------------------------------------
     def _handler(self, kind: str):
         def on_event(etype: str, obj: dict[str, Any]) -> None:
-            if etype == "SYNC" or kind == "nodes":
+            if etype == "SYNC":
                 self.queue.put(ALL)
                 return
+            if kind == "nodes":
+                return  # read by the next resync (see the module docstring)
             if kind == "models":
                 self.queue.put(model_key(obj))
                 return
@@ -98,7 +103,8 @@ class ControllerLoop:
         inf = self.informers
         return Snapshot(models=inf["models"].items(), deployments=inf["deployments"].items(),
                         services=inf["services"].items(), pvcs=inf["persistentvolumeclaims"].items(),
-                        pods=inf["pods"].items(), nodes=inf["nodes"].items() if "nodes" in inf else None)
+                        pods=inf["pods"].items(), nodes=inf["nodes"].items() if "nodes" in inf else None,
+                        jobs=inf["jobs"].items())
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, sync_timeout_s: float = 30.0) -> ControllerLoop:
@@ -193,8 +199,8 @@ def nodes_readable(api: kubernetes.client.ApiClient) -> bool:
         kube.list_raw(api, "nodes", retry=kube.NO_RETRY)
         return True
     except kube.KubeError as e:
-        log.warning("cannot list nodes; GPU vendor auto resolves to nvidia (grant nodes get/list/watch "
-                    "or pass --auto-vendor)", error=str(e))
+        log.warning("cannot list nodes: no fit checks before preemption, GPU vendor auto resolves to "
+                    "--auto-vendor (grant nodes list/watch)", error=str(e))
         return False
 
 
@@ -256,7 +262,11 @@ def default_lease_namespace(namespace: str | None) -> str:
 @click.option("--lease-namespace", default=None, help="Namespace of the Lease (default: $POD_NAMESPACE, "
               "--namespace, or flexinfer-system).")
 @click.option("--auto-vendor", type=click.Choice(["", "nvidia", "amd"]), default="",
-              help="GPU vendor for spec.gpu.vendor auto (default: most common vendor among GPU nodes).")
+              help="spec.gpu.vendor auto picks the vendor whose nodes fit the model now; this vendor is used when "
+                   "Nodes cannot be read or it fits nowhere yet (default: nvidia).")
+@click.option("--prefetch-image", default=cache.HF_PREFETCH_IMAGE, metavar="IMAGE",
+              help="Image of the Hugging Face prefetch Job (pinned; installs huggingface_hub from PyPI unless the "
+                   "image already has it).")
 @click.option("--runtime-class", multiple=True, metavar="VENDOR=NAME",
               help="RuntimeClass for model pods of a GPU vendor, e.g. nvidia=nvidia where the NVIDIA container "
                    "runtime is not the node default (repeatable; env: space-separated).")
@@ -272,18 +282,21 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
          resync_seconds: float, bind_address: str, metrics_port: int, leader_elect: bool,
          lease_duration_seconds: float, renew_deadline_seconds: float, retry_period_seconds: float,
          lease_namespace: str | None, auto_vendor: str, runtime_class: tuple[str, ...],
-         backend_image: tuple[str, ...], scheduler_name: str, once: bool, log_level: str,
+         backend_image: tuple[str, ...], scheduler_name: str, prefetch_image: str, once: bool, log_level: str,
          log_format: str | None) -> None:
     """Reconcile ai.flexinfer/v1alpha2 Models into Deployments and Services; shared GPU groups."""
     logs.configure(log_level, log_format)
     options = render_options(runtime_class, backend_image, scheduler_name)
+    problem = backends.image_pin_problem(prefetch_image)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--prefetch-image")
     try:
         api: kubernetes.client.ApiClient = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
     except kube.KubeError as e:
         raise click.ClickException(str(e)) from None
     metrics = ControllerMetrics()
     ctl = Controller(api, namespace=namespace or None, cooldown_seconds=cooldown_seconds, metrics=metrics,
-                     auto_vendor=auto_vendor or None, options=options)
+                     auto_vendor=auto_vendor or None, options=options, hf_prefetch_image=prefetch_image)
     if once:
         result = ctl.reconcile_once()
         for w in result.writes:

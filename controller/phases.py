@@ -94,8 +94,10 @@ def derive_phase(
     preempted: bool = False,
     decision_reason: str = "",
     waiting: bool = False,
+    blocked: str = "",
 ) -> PhaseResult:
-    """Phase + human message. `deployment` is the Deployment object (or None if not created yet)."""
+    """Phase + human message. `deployment` is the Deployment object (or None if not created yet). `blocked`:
+    the condition reason when the model wants to run but its pod fits on no node (PreemptionBlocked/NoNodeFits)."""
     pods = pods or PodInfo()
     dstatus = (deployment or {}).get("status") or {}
     ready = int(dstatus.get("readyReplicas") or 0)
@@ -106,6 +108,8 @@ def derive_phase(
         if preempted:
             return PhaseResult(PREEMPTED, f"scaled to zero: {decision_reason or 'preempted'}{draining}",
                                "Preempted")
+        if blocked:  # wants to run, fits nowhere (even after its group's holder would release the GPU)
+            return PhaseResult(PENDING, f"{decision_reason or 'no node fits'}{draining}", blocked)
         if waiting:  # wants to run, its GPU group is busy
             return PhaseResult(PENDING, f"{decision_reason or 'waiting for the GPU'}{draining}", "WaitingForGroup")
         idle = decision_reason if decision_reason.startswith("scaled to zero") else f"scaled to zero{why}"
@@ -168,7 +172,7 @@ def conditions_for(
     pods = pods or PodInfo()
     ready = "True" if result.phase == READY else "False"
     conds = set_condition(previous, "Ready", ready, result.reason, result.message, now_iso, generation)
-    if result.phase in (READY, LOADING) or pods.scheduled:
+    if result.phase == READY or pods.scheduled:  # a bound pod, not just a Deployment asking for one
         sched = ("True", "Scheduled", "the pod is placed on a node")
     elif result.reason == "Unschedulable":
         sched = ("False", "Unschedulable", result.message)
@@ -184,5 +188,6 @@ def conditions_for(
 ALL_REASONS: tuple[str, ...] = (
     "Preempted", "WaitingForGroup", "ScaledToZero", *FATAL_WAITING, *FATAL_POD_REASONS, "ProgressDeadlineExceeded",
     "Ready", "CacheNotReady", "Creating", "Unschedulable", "Starting", "Loading", "Scheduled", "Waiting",
-    "InvalidSpec", "Failed", "OwnershipConflict",
+    "InvalidSpec", "Failed", "OwnershipConflict", "PreemptionBlocked", "NoNodeFits", "ColdStartTimeout",
+    "VendorSelected", "Pinned", "FitsNow", "NoFitNow", "Kept", "NodesUnknown",
 )

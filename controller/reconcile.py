@@ -1,18 +1,24 @@
-"""Reconcile Models into Deployments/Services/PVCs, scale per the group decision, write status.
+"""Reconcile Models into Deployments/Services/PVCs/Jobs, scale per the group decision, write status.
 
-Flow (one pass over a set of keys): snapshot (Models, Deployments, Services, PVCs, pods) -> per model
-the observed phase -> per group ``(namespace, spec.gpu.shared)`` the pure decision
-(:mod:`flexinfer.controller.groups`; non-group models: serverless) -> render (pure) -> apply only what
-differs -> status patch only when it changed. ``reconcile_once()`` lists everything from the API and
-runs one pass synchronously (the demo and tests use it); :class:`ControllerLoop` in ``main`` keeps
-informer caches, a work queue of keys and a periodic resync (idle timeouts are time-based).
+Flow (one pass over a set of keys): snapshot (Models, Deployments, Services, PVCs, Jobs, pods, Nodes) -> per
+model the observed phase (a preemptor not Ready within its coldStartTimeout counts as Failed: rollback) and
+its cache state (:mod:`controller.cache`) -> per group ``(namespace, spec.gpu.shared)`` the pure decision
+(:mod:`controller.groups`; non-group models: serverless), re-made until the member it would start can be
+placed by the extender's policy with the holder's GPU released (:mod:`controller.placement`) -> the vendor
+of ``auto`` models by where they fit -> render (pure) -> apply only what differs -> status patch only when
+it changed (phase, conditions, resolvedVendor, loadingSubstage/loadingProgressAt, cache) and an Event when
+a model is blocked, rolled back or in conflict. ``reconcile_once()`` lists everything from the API and runs
+one pass synchronously (the demo and tests use it); :class:`ControllerLoop` in ``main`` keeps informer
+caches, a work queue of keys and a periodic resync (idle timeouts are time-based).
 
 State kept in memory (and why it is safe to lose): the time of the last swap per group (recovered on
 start from the members' ``Ready`` conditions with reason ``Preempted``; losing it at worst allows one
-early equal-priority swap), and preemption start times for the swap-duration histogram.
+early equal-priority swap), preemption start times (swap-duration histogram; the rollback of a preemptor
+that was never scheduled; a scheduled one is judged by its persisted ``Scheduled`` condition), and the GPU
+memory seen on a loading pod's node (loading progress; losing it restarts the progress clock).
 
 Invalid Models never crash the loop: their status gets phase Failed and the validation message, and
-their existing objects are left alone.
+their existing objects are left alone. Objects the Model does not own are never touched (``ownership``).
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes.client
+from flexinfer.extender.policy import PolicyConfig
 
 from flexinfer import keys, kube, logs
 from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
-from flexinfer.state import parse_rfc3339
+from flexinfer.nodes import view_of
+from flexinfer.state import NodeView, parse_rfc3339
 
-from . import groups, ownership, phases, render
+from . import cache as cache_mod
+from . import groups, loading, ownership, phases, placement, render
 from .activation import activate, rfc3339
 from .metrics import ControllerMetrics
 
@@ -42,7 +51,13 @@ log = logs.get("flexinfer.controller")
 JSON = dict[str, Any]
 Key = tuple[str, str]  # (namespace, "group:<name>" | "model:<name>")
 # Failed reasons that end by themselves when their cause goes away (not "the model fails to run").
-RECOVERABLE_FAILURES = frozenset({ownership.REASON})
+RECOVERABLE_FAILURES = frozenset({ownership.REASON, "CacheFailed"})
+ROLLBACK = "ColdStartTimeout"  # Ready reason of a preemptor rolled back for not becoming Ready in time
+VENDOR_CONDITION = "VendorSelected"
+# Ready reasons announced with a Warning Event when a Model enters them (once, not every pass).
+WARNING_EVENTS = frozenset({"PreemptionBlocked", "NoNodeFits", ROLLBACK, "CacheFailed"})
+STATUS_KEYS = ("phase", "endpoint", "message", "observedGeneration", "conditions", "resolvedVendor",
+               loading.STATUS_SUBSTAGE, loading.STATUS_PROGRESS_AT, "cache")
 
 
 def _meta(obj: JSON) -> JSON:
@@ -61,7 +76,8 @@ class Snapshot:
     services: list[JSON] = field(default_factory=list)
     pvcs: list[JSON] = field(default_factory=list)
     pods: list[JSON] = field(default_factory=list)
-    nodes: list[JSON] | None = None
+    nodes: list[JSON] | None = None  # None: not readable (no fit checks)
+    jobs: list[JSON] = field(default_factory=list)
 
 
 def model_key(model_obj: JSON) -> Key:
@@ -74,14 +90,14 @@ def model_key(model_obj: JSON) -> Key:
     return ns, f"model:{name}"
 
 
-def auto_vendor_from_nodes(nodes: Iterable[JSON] | None) -> str:
-    """The vendor with the most GPU nodes (agent labels); nvidia when unknown or tied."""
-    count = {"nvidia": 0, "amd": 0}
-    for n in nodes or []:
-        v = str((_meta(n).get("labels") or {}).get(keys.LABEL_VENDOR, "")).lower()
-        if v in count:
-            count[v] += 1
-    return "amd" if count["amd"] > count["nvidia"] else "nvidia"
+def _deployment_vendor(dep: JSON | None) -> str:
+    """The GPU vendor whose resource a Deployment's pods request ("" for none)."""
+    for c in (((dep or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
+        limits = (c.get("resources") or {}).get("limits") or {}
+        for res, vendor in keys.GPU_RESOURCES.items():
+            if res in limits:
+                return vendor
+    return ""
 
 
 def _subset(want: Any, have: Any) -> bool:
@@ -94,7 +110,7 @@ def _subset(want: Any, have: Any) -> bool:
 
 
 def _status_view(status: JSON) -> JSON:
-    return {k: status.get(k) for k in ("phase", "endpoint", "message", "observedGeneration", "conditions")}
+    return {k: status.get(k) for k in STATUS_KEYS}
 
 
 @dataclass
@@ -111,6 +127,49 @@ class NotLeader(Exception):
     """Leadership ended in the middle of a pass: the pass stops before its next write."""
 
 
+@dataclass
+class _Entry:
+    """One valid Model during a pass."""
+
+    obj: JSON
+    m: Model
+    dep: JSON | None
+    replicas: int
+    info: phases.PodInfo
+    obs: phases.PhaseResult
+    pods: list[JSON]
+    cache: cache_mod.CacheState | None = None
+    plan: cache_mod.Plan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    ok: bool
+    vendor: str
+    reason: str  # VendorSelected condition reason
+    message: str  # why this vendor / why it fits nowhere
+
+
+@dataclass
+class _Pass:
+    now: float
+    deps: dict[tuple[str, str], JSON]
+    svcs: dict[tuple[str, str], JSON]
+    pvcs: dict[tuple[str, str], JSON]
+    jobs: dict[tuple[str, str], JSON]
+    pods: dict[tuple[str, str], list[JSON]]
+    nodes: list[JSON] | None
+    placed: dict[tuple, _Placed] = field(default_factory=dict)
+    _views: dict[str, NodeView] | None = None
+
+    def view(self, node: str) -> NodeView | None:
+        if self.nodes is None:
+            return None
+        if self._views is None:
+            self._views = {str(_meta(n).get("name") or ""): view_of(n) for n in self.nodes}
+        return self._views.get(node)
+
+
 class Controller:
     """Programmatic controller: ``reconcile_once()`` for a synchronous pass; ``reconcile(snapshot, keys)``
     for the informer-driven loop."""
@@ -124,6 +183,8 @@ class Controller:
         clock: Callable[[], float] = time.time,
         auto_vendor: str | None = None,
         options: render.RenderOptions = render.DEFAULT_OPTIONS,
+        hf_prefetch_image: str = cache_mod.HF_PREFETCH_IMAGE,
+        policy_clock: Callable[[], float] | None = None,
     ) -> None:
         self.api = api
         self.options = options
@@ -131,11 +192,18 @@ class Controller:
         self.cooldown_seconds = float(cooldown_seconds)
         self.metrics = metrics or ControllerMetrics()
         self.clock = clock
+        # "now" for the extender's policy (freshness of the agents' data); the same clock unless an embedder
+        # runs the controller on simulated time while the agents publish on the wall clock (the demo)
+        self.policy_clock = policy_clock or clock
+        # Vendor for spec.gpu.vendor auto when Nodes cannot be read or the model fits nowhere yet.
         self.auto_vendor = auto_vendor
+        self.hf_prefetch_image = hf_prefetch_image
+        self.policy = PolicyConfig()
         self._last_swap: dict[Key, float] = {}
         self._swap_started: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, winner) -> (t, group)
         self._activate_seen: dict[tuple[str, str, str], float] = {}
         self._known: set[tuple[str, str]] = set()
+        self._vram_seen: dict[tuple[str, str], int] = {}  # (ns, model) -> GPU MiB in use on its pod's node
         # Asked before every write (the leader election's is_leader): a replica that lost the lease stops
         # acting mid-pass instead of finishing it.
         self.write_guard: Callable[[], bool] | None = None
@@ -154,12 +222,12 @@ class Controller:
             services=kube.list_objects(self.api, "services", ns, label_selector=managed),
             pvcs=kube.list_objects(self.api, "persistentvolumeclaims", ns, label_selector=managed),
             pods=kube.list_objects(self.api, "pods", ns, label_selector=keys.LABEL_MODEL),
+            jobs=kube.list_objects(self.api, "jobs", ns, label_selector=managed),
         )
-        if self.auto_vendor is None:
-            try:
-                snap.nodes = kube.list_objects(self.api, "nodes")
-            except kube.KubeError as e:  # namespaced RBAC: no node access; fall back to nvidia
-                log.debug("nodes not listable", error=str(e))
+        try:
+            snap.nodes = kube.list_objects(self.api, "nodes")
+        except kube.KubeError as e:  # namespaced RBAC: no node access; no fit checks, auto -> --auto-vendor
+            log.debug("nodes not listable", error=str(e))
         return snap
 
     def reconcile_once(self) -> PassResult:
@@ -170,16 +238,14 @@ class Controller:
     def reconcile(self, snap: Snapshot, only: set[Key] | None) -> PassResult:
         now = self.clock()
         result = PassResult()
-        vendor = self.auto_vendor or auto_vendor_from_nodes(snap.nodes)
-        deps = {_nsname(d): d for d in snap.deployments}
-        svcs = {_nsname(s): s for s in snap.services}
-        pvcs = {_nsname(p): p for p in snap.pvcs}
         pods: dict[tuple[str, str], list[JSON]] = defaultdict(list)
         for p in snap.pods:
             ns, _ = _nsname(p)
             owner = (_meta(p).get("labels") or {}).get(keys.LABEL_MODEL)
             if owner:
                 pods[(ns, owner)].append(p)
+        ctx = _Pass(now, {_nsname(d): d for d in snap.deployments}, {_nsname(s): s for s in snap.services},
+                    {_nsname(p): p for p in snap.pvcs}, {_nsname(j): j for j in snap.jobs}, pods, snap.nodes)
         by_key: dict[Key, list[JSON]] = defaultdict(list)
         for obj in snap.models:
             if self.namespace and _nsname(obj)[0] != self.namespace:
@@ -190,12 +256,13 @@ class Controller:
             for ns_name in self._known - present:
                 self.metrics.forget(*ns_name)
                 self._swap_started.pop(ns_name, None)
+                self._vram_seen.pop(ns_name, None)
             self._known = present
         for key in sorted(by_key):
             if only is not None and key not in only:
                 continue
             try:
-                self._reconcile_key(key, by_key[key], deps, svcs, pvcs, pods, now, vendor, result)
+                self._reconcile_key(key, by_key[key], ctx, result)
             except NotLeader as e:
                 result.errors.append(str(e))
                 log.warning("leadership lost during a pass; stopped before the next write")
@@ -210,10 +277,10 @@ class Controller:
                 log.exception("reconcile crashed for one key", key=f"{key[0]}/{key[1]}")
         return result
 
-    def _reconcile_key(self, key: Key, objs: list[JSON], deps: dict, svcs: dict, pvcs: dict,
-                       pods: dict, now: float, vendor: str, result: PassResult) -> None:
-        ns = key[0]
-        valid: list[tuple[JSON, Model]] = []
+    def _reconcile_key(self, key: Key, objs: list[JSON], ctx: _Pass, result: PassResult) -> None:
+        now = ctx.now
+        in_group = key[1].startswith("group:")
+        entries: dict[str, _Entry] = {}
         for obj in objs:
             try:
                 m = parse_model(obj)
@@ -221,69 +288,239 @@ class Controller:
                 self.metrics.reconcile_errors.labels(kind="invalid").inc()
                 self._write_invalid(obj, str(e), now, result)
                 continue
-            conflict = self._claim(m, deps, svcs, pvcs)
+            conflict = self._claim(m, ctx)
             if conflict:
                 self._write_conflict(obj, m, conflict, now, result)
                 continue
-            valid.append((obj, m))
-        if not valid:
+            entries[m.name] = self._observe(obj, m, ctx)
+        if not entries:
             return
-        members: list[groups.Member] = []
-        observed: dict[str, phases.PhaseResult] = {}
-        infos: dict[str, phases.PodInfo] = {}
-        for _obj, m in valid:
-            dep = deps.get((ns, m.name))
-            cur_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0) if dep else 0
-            info = phases.pod_info(pods.get((ns, m.name), []))
-            infos[m.name] = info
-            prev_phase = m.status.get("phase")
-            obs = phases.derive_phase(cur_replicas, dep, info, self._cache_ready(m),
-                                      preempted=prev_phase == phases.PREEMPTED)
-            if cur_replicas == 0 and self._known_failed(m, now):
-                obs = phases.PhaseResult(phases.FAILED, str(m.status.get("message") or "failed"),
-                                         self._ready_reason(m) or "Failed")
-            observed[m.name] = obs
-            members.append(groups.Member(
-                name=m.name, priority=m.priority, phase=obs.phase, running=cur_replicas >= 1,
-                min_replicas=m.min_replicas, idle_timeout_seconds=m.idle_timeout_seconds,
-                last_active_unix=parse_rfc3339(m.status.get("lastActiveTime")),
-                activate_unix=self._activate_time(m, now),
-                ready_since_unix=self._ready_since(m, now) if obs.phase == phases.READY else None,
-                cold_start_timeout_seconds=m.cold_start_timeout_seconds,
-            ))
+        if in_group:  # rollback: a preemptor that did not become Ready in time gives the GPU back
+            preempted = [e.m.name for e in entries.values() if e.m.status.get("phase") == phases.PREEMPTED]
+            for e in entries.values():
+                stuck = self._stuck(e, preempted, now) if preempted and e.replicas >= 1 else ""
+                if stuck:
+                    e.obs = phases.PhaseResult(phases.FAILED, stuck, ROLLBACK)
+        members = [self._member(e, now) for e in entries.values()]
+        gate: dict[str, tuple[str, str]] = {}  # name -> (condition reason, message): cannot start now
+        for name, e in entries.items():
+            if e.obs.reason == ROLLBACK and e.replicas >= 1:
+                gate[name] = (ROLLBACK, e.obs.message)  # rolled back now: never the one started in its place
+        for name, e in entries.items():
+            if e.cache is not None and not e.cache.ready and e.plan is not None and e.plan.key:
+                failed = e.cache.status.get("phase") == cache_mod.FAILED
+                gate[name] = ("CacheFailed" if failed else "CacheNotReady",
+                              f"the model cache is not ready: {e.cache.status.get('message', '')}")
         decisions: dict[str, groups.MemberDecision]
-        if key[1].startswith("group:"):
-            gkey = key
-            if gkey not in self._last_swap:
-                recovered = self._recover_last_swap([m for _, m in valid])
-                if recovered is not None:
-                    self._last_swap[gkey] = recovered
-            gd = groups.decide_group(members, now, self.cooldown_seconds, self._last_swap.get(gkey))
-            result.decisions[key] = gd
-            decisions = gd.members
-            if gd.preempted:
-                self._last_swap[gkey] = now
-                group = key[1].removeprefix("group:")
-                self.metrics.preemptions.labels(model_namespace=ns, group=group).inc(len(gd.preempted))
-                if gd.active:
-                    self._swap_started[(ns, gd.active)] = (now, group)
-                log.info("group swap", namespace=ns, group=group, active=gd.active,
-                         preempted=list(gd.preempted), reason=gd.reason)
+        if in_group:
+            decisions = self._decide_group(key, entries, members, gate, ctx, result)
         else:
             md = groups.decide_single(members[0], now)
+            e = next(iter(entries.values()))
+            if md.replicas and not e.replicas and e.m.name in gate:
+                md = groups.MemberDecision(md.name, 0, False, gate[md.name][1], md.demand, blocked=True)
             result.decisions[key] = md
             decisions = {md.name: md}
-        for obj, m in valid:
-            d = decisions[m.name]
-            dep = self._apply_model(m, d, deps.get((ns, m.name)), svcs, pvcs, vendor, result)
-            waiting = d.replicas == 0 and not d.preempted and d.demand > groups.NONE
-            ph = phases.derive_phase(d.replicas, dep, infos[m.name], self._cache_ready(m), d.preempted, d.reason,
-                                     waiting)
-            if d.replicas == 0 and (observed[m.name].phase == phases.FAILED or self._known_failed(m, now)):
-                # scaled down because it fails: keep saying so (until the spec changes or someone activates it)
-                ph = phases.PhaseResult(phases.FAILED, observed[m.name].message, observed[m.name].reason)
-            result.phases[(ns, m.name)] = ph.phase
-            self._write_status(obj, m, ph, infos[m.name], now, result)
+        releases = [r for e in entries.values() if e.replicas >= 1 and not decisions[e.m.name].replicas
+                    for r in placement.release_of(e.pods)]
+        for name, e in entries.items():
+            self._finish(e, decisions[name], gate.get(name), releases, ctx, result)
+
+    def _observe(self, obj: JSON, m: Model, ctx: _Pass) -> _Entry:
+        dep = ctx.deps.get((m.namespace, m.name))
+        replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0) if dep else 0
+        pods = ctx.pods.get((m.namespace, m.name), [])
+        info = phases.pod_info(pods)
+        plan = cache_mod.plan(m)
+        cstate = None
+        if plan is not None:
+            jobs = {n: ctx.jobs.get((m.namespace, n)) for n in self._job_names(m, plan)}
+            cstate = cache_mod.evaluate(m, plan, jobs, m.status.get("cache") if isinstance(m.status.get("cache"),
+                                                                                      dict) else None,
+                                        hf_image=self.hf_prefetch_image)
+        cache_ready = cstate.ready if cstate is not None and plan is not None and plan.key else self._cache_ready(m)
+        obs = phases.derive_phase(replicas, dep, info, cache_ready, preempted=m.status.get("phase") == phases.PREEMPTED)
+        if replicas == 0 and self._known_failed(m, ctx.now):
+            obs = phases.PhaseResult(phases.FAILED, str(m.status.get("message") or "failed"),
+                                     self._ready_reason(m) or "Failed")
+        return _Entry(obj, m, dep, replicas, info, obs, pods, cstate, plan)
+
+    def _job_names(self, m: Model, plan: cache_mod.Plan) -> list[str]:
+        return [cache_mod.job_name(m, what, plan.key) for what in ("prefetch", "cache-check")] if plan.key else []
+
+    def _member(self, e: _Entry, now: float) -> groups.Member:
+        m = e.m
+        return groups.Member(
+            name=m.name, priority=m.priority, phase=e.obs.phase, running=e.replicas >= 1,
+            min_replicas=m.min_replicas, idle_timeout_seconds=m.idle_timeout_seconds,
+            last_active_unix=parse_rfc3339(m.status.get("lastActiveTime")),
+            activate_unix=self._activate_time(m, now),
+            ready_since_unix=self._ready_since(m, now) if e.obs.phase == phases.READY else None,
+            cold_start_timeout_seconds=m.cold_start_timeout_seconds,
+        )
+
+    def _stuck(self, e: _Entry, preempted: list[str], now: float) -> str:
+        """A running member that took the GPU and is not Ready within its coldStartTimeout (since it was
+        scheduled, or since the swap when it never was): the rollback message, else ""."""
+        if e.obs.phase not in (phases.LOADING, phases.PENDING):
+            return ""
+        others = [p for p in preempted if p != e.m.name]
+        if not others:
+            return ""
+        cold = e.m.cold_start_timeout_seconds
+        since = None
+        for c in e.m.status.get("conditions") or []:
+            if isinstance(c, dict) and c.get("type") == "Scheduled" and c.get("status") == "True":
+                since = parse_rfc3339(c.get("lastTransitionTime"))
+        what = "scheduled"
+        if since is None and (e.m.namespace, e.m.name) in self._swap_started:
+            since, what = self._swap_started[(e.m.namespace, e.m.name)][0], "given the GPU"
+        if since is None or now - since <= cold:
+            return ""
+        names = ", ".join(others)
+        return (f"not Ready {int(now - since)}s after it was {what} (coldStartTimeout {int(cold)}s): rolled back, "
+                f"the GPU goes back to {names}; activate it to try again")
+
+    def _decide_group(self, key: Key, entries: dict[str, _Entry], members: list[groups.Member],
+                      gate: dict[str, tuple[str, str]], ctx: _Pass, result: PassResult
+                      ) -> dict[str, groups.MemberDecision]:
+        ns, now = key[0], ctx.now
+        if key not in self._last_swap:
+            recovered = self._recover_last_swap([e.m for e in entries.values()])
+            if recovered is not None:
+                self._last_swap[key] = recovered
+        unplaceable = {name: msg for name, (_, msg) in gate.items()}
+        while True:  # ends: every round adds a member to `unplaceable`
+            gd = groups.decide_group(members, now, self.cooldown_seconds, self._last_swap.get(key), unplaceable)
+            starting = gd.active
+            if starting is None or ctx.nodes is None or entries[starting].replicas >= 1:
+                break
+            holders = [x.name for x in members if x.running and x.name != starting]
+            releases = [r for h in holders for r in placement.release_of(entries[h].pods)]
+            placed = self._placement(entries[starting].m, releases, ctx)
+            if placed.ok:
+                break
+            if holders:
+                who = ", ".join(holders)
+                msg = (f"cannot preempt {who}: {starting} fits on no node even with the GPU {who} holds "
+                       f"released ({placed.message})")
+                gate[starting] = ("PreemptionBlocked", msg)
+            else:
+                gate[starting] = ("NoNodeFits", f"fits on no node now ({placed.message})")
+            unplaceable[starting] = gate[starting][1]
+            log.debug("start blocked: the model fits nowhere", namespace=ns, model=starting, holders=holders,
+                      why=placed.message)
+        result.decisions[key] = gd
+        if gd.preempted:
+            self._last_swap[key] = now
+            group = key[1].removeprefix("group:")
+            self.metrics.preemptions.labels(model_namespace=ns, group=group).inc(len(gd.preempted))
+            if gd.active:
+                self._swap_started[(ns, gd.active)] = (now, group)
+            log.info("group swap", namespace=ns, group=group, active=gd.active, preempted=list(gd.preempted),
+                     reason=gd.reason)
+        return gd.members
+
+    # -- placement and vendor ------------------------------------------------------------------
+    def _placement(self, m: Model, releases: list[placement.Release], ctx: _Pass) -> _Placed:
+        """Where `m` would go now (after `releases`), with the extender's policy. Memoised per pass."""
+        memo_key = (m.namespace, m.name, tuple(releases))
+        hit = ctx.placed.get(memo_key)
+        if hit is not None:
+            return hit
+        assert ctx.nodes is not None
+        fixed = self._fixed_vendor(m)
+        vendors = [fixed[0]] if fixed else ["nvidia", "amd"]
+        now = self.policy_clock()
+        fits = {v: placement.place(placement.pod_of(render.render_deployment(m, 1, v, self.options)), ctx.nodes,
+                                   now, releases=releases, config=self.policy) for v in vendors}
+        if fixed:
+            f = fits[fixed[0]]
+            where = f"fits on {f.node} (GPU {','.join(map(str, f.gpus))}, score {f.score})" if f.ok else f.reason
+            out = _Placed(f.ok, fixed[0], fixed[1], f"{fixed[2]}; {where}")
+        else:
+            pinned = self.auto_vendor or ""
+            vendor, why = placement.choose_vendor(fits, pinned)
+            out = _Placed(fits[vendor].ok, vendor, "FitsNow" if fits[vendor].ok else "NoFitNow", why)
+        ctx.placed[memo_key] = out
+        return out
+
+    @staticmethod
+    def _fixed_vendor(m: Model) -> tuple[str, str, str] | None:
+        """(vendor, reason, message) when the Model pins its vendor."""
+        if m.vendor in ("nvidia", "amd", "cpu"):
+            return m.vendor, "Pinned", f"spec.gpu.vendor is {m.vendor}"
+        sel = str(m.spec.node_selector.get(keys.LABEL_VENDOR, "")).lower()
+        if sel in render.VENDOR_RESOURCE:
+            return sel, "Pinned", f"spec.nodeSelector pins {keys.LABEL_VENDOR}={sel}"
+        return None
+
+    def _vendor(self, e: _Entry, d: groups.MemberDecision, releases: list[placement.Release], ctx: _Pass
+                ) -> tuple[str, str, str]:
+        """(vendor, condition reason, message) of the GPU resource the pod requests."""
+        m = e.m
+        fixed = self._fixed_vendor(m)
+        if fixed:
+            return fixed
+        current = _deployment_vendor(e.dep)
+        starting = d.replicas >= 1 and e.replicas == 0
+        if current and not starting:  # never switch a running (or parked) Deployment's vendor in passing
+            prev = next((c for c in m.status.get("conditions") or []
+                         if isinstance(c, dict) and c.get("type") == VENDOR_CONDITION), None)
+            if prev is not None and m.status.get("resolvedVendor") == current:
+                return current, str(prev.get("reason") or "Kept"), str(prev.get("message") or "")
+            return current, "Kept", f"{current}: the Deployment already requests it"
+        if ctx.nodes is None:
+            fallback = self.auto_vendor or current or "nvidia"
+            return fallback, "NodesUnknown", (f"cannot read Nodes (RBAC): requesting {fallback} "
+                                              "(flexinfer-controller --auto-vendor)")
+        placed = self._placement(m, releases if starting else [], ctx)
+        return placed.vendor, placed.reason, f"{placed.vendor}: {placed.message}"
+
+    # -- per model -----------------------------------------------------------------------------
+    def _finish(self, e: _Entry, d: groups.MemberDecision, gated: tuple[str, str] | None,
+                releases: list[placement.Release], ctx: _Pass, result: PassResult) -> None:
+        m, now = e.m, ctx.now
+        vendor, v_reason, v_message = self._vendor(e, d, releases, ctx) if m.needs_gpu else ("cpu", "", "")
+        if e.plan is not None:
+            self._apply_cache(e, ctx, result)
+        dep = self._apply_model(m, d, e.dep, ctx, vendor, result)
+        waiting = d.replicas == 0 and not d.preempted and d.demand > groups.NONE
+        blocked = gated[0] if (d.blocked and gated) else ("Unschedulable" if d.blocked else "")
+        cache_ready = e.cache.ready if e.cache is not None and e.plan is not None and e.plan.key \
+            else self._cache_ready(m)
+        ph = phases.derive_phase(d.replicas, dep, e.info, cache_ready, d.preempted, d.reason, waiting, blocked)
+        if d.replicas == 0 and blocked == "CacheFailed":
+            ph = phases.PhaseResult(phases.FAILED, d.reason, "CacheFailed")
+        elif d.replicas == 0 and (e.obs.phase == phases.FAILED or self._known_failed(m, now)):
+            # scaled down because it fails: keep saying so (until the spec changes or someone activates it)
+            ph = phases.PhaseResult(phases.FAILED, e.obs.message, e.obs.reason)
+        result.phases[(m.namespace, m.name)] = ph.phase
+        extra: JSON = {"resolvedVendor": vendor if m.needs_gpu else None,
+                       "cache": e.cache.status if e.cache is not None else None}
+        extra.update(self._loading(e, ph, ctx))
+        vendor_cond = (VENDOR_CONDITION, "False" if v_reason in ("NoFitNow", "NodesUnknown") else "True",
+                       v_reason, v_message) if m.needs_gpu else None
+        self._write_status(e.obj, m, ph, e.info, now, result, extra, vendor_cond)
+
+    def _loading(self, e: _Entry, ph: phases.PhaseResult, ctx: _Pass) -> JSON:
+        """status.loadingSubstage / loadingProgressAt (controller.loading) while the pod loads."""
+        key = (e.m.namespace, e.m.name)
+        if ph.phase not in (phases.LOADING, phases.PENDING) or not e.pods:
+            self._vram_seen.pop(key, None)
+            return {loading.STATUS_SUBSTAGE: None, loading.STATUS_PROGRESS_AT: None}
+        pod = loading.current_pod(e.pods)
+        node = str(((pod or {}).get("spec") or {}).get("nodeName") or "")
+        view = ctx.view(node) if node else None
+        used = sum(g.used_mib for g in view.state.gpus) if view is not None and view.state is not None else None
+        before = self._vram_seen.get(key)
+        if used is not None:
+            self._vram_seen[key] = used
+        state = loading.derive(e.pods, e.m.status, ctx.now, vram_used_mib=used, previous_vram_used_mib=before)
+        if not state.substage:
+            return {loading.STATUS_SUBSTAGE: None, loading.STATUS_PROGRESS_AT: None}
+        at = rfc3339(state.progress_unix) if state.progress_unix is not None else None
+        return {loading.STATUS_SUBSTAGE: state.substage, loading.STATUS_PROGRESS_AT: at}
 
     # -- ownership -------------------------------------------------------------------------------
     def _owned(self, m: Model, plural: str, kind: str, name: str, cache: dict) -> str:
@@ -302,12 +539,15 @@ class Controller:
         cache.pop(key, None)
         return ownership.conflict_message(kind, obj)
 
-    def _claim(self, m: Model, deps: dict, svcs: dict, pvcs: dict) -> str:
+    def _claim(self, m: Model, ctx: _Pass) -> str:
         """The first object of `m` that exists but is not ours (its conflict message), else ""."""
-        checks = [("deployments", "Deployment", m.name, deps), ("services", "Service", m.name, svcs)]
+        checks = [("deployments", "Deployment", m.name, ctx.deps), ("services", "Service", m.name, ctx.svcs)]
         pvc = render.render_pvc(m)
         if pvc is not None:
-            checks.append(("persistentvolumeclaims", "PersistentVolumeClaim", pvc["metadata"]["name"], pvcs))
+            checks.append(("persistentvolumeclaims", "PersistentVolumeClaim", pvc["metadata"]["name"], ctx.pvcs))
+        plan = cache_mod.plan(m)
+        if plan is not None:
+            checks += [("jobs", "Job", name, ctx.jobs) for name in self._job_names(m, plan)]
         for plural, kind, name, cache in checks:
             conflict = self._owned(m, plural, kind, name, cache)
             if conflict:
@@ -382,15 +622,46 @@ class Controller:
         return max(times) if times else None
 
     # -- writes ----------------------------------------------------------------------------------
-    def _apply_model(self, m: Model, d: groups.MemberDecision, dep: JSON | None, svcs: dict, pvcs: dict,
-                     vendor: str, result: PassResult) -> JSON | None:
-        """Make the owned objects match; returns the Deployment as it now stands."""
-        ns = m.namespace
+    def _apply_cache(self, e: _Entry, ctx: _Pass, result: PassResult) -> None:
+        """The cache PVC (access mode from its storage class) and the prefetch/check Jobs the state asks for."""
+        m, ns = e.m, e.m.namespace
         pvc = render.render_pvc(m)
-        if pvc is not None and (ns, pvc["metadata"]["name"]) not in pvcs:
+        access = ""
+        if pvc is not None:
+            cur = ctx.pvcs.get((ns, pvc["metadata"]["name"]))
+            if cur is None:
+                access, why = cache_mod.access_mode(self._storage_class(m.spec.cache.storage_class))
+                pvc = render.render_pvc(m, access)
+                self._may_write()
+                kube.apply_object(self.api, pvc)
+                result.writes.append(f"apply PersistentVolumeClaim {ns}/{pvc['metadata']['name']} {access}")
+                log.info("cache PVC created", namespace=ns, model=m.name, access_mode=access, why=why)
+            else:
+                access = ",".join((cur.get("spec") or {}).get("accessModes") or [])
+        if e.cache is None:
+            return
+        if access and e.cache.status.get("accessMode") != access:
+            e.cache = cache_mod.CacheState({**e.cache.status, "accessMode": access}, e.cache.create)
+        for job in e.cache.create:
             self._may_write()
-            kube.apply_object(self.api, pvc)
-            result.writes.append(f"apply PersistentVolumeClaim {ns}/{pvc['metadata']['name']}")
+            kube.create_object(self.api, job, retry=kube.NO_RETRY)
+            result.writes.append(f"create Job {ns}/{job['metadata']['name']}")
+            self._event(m, "CacheJob", f"started Job {job['metadata']['name']}")
+
+    def _storage_class(self, name: str | None) -> JSON | None:
+        """The named StorageClass, else the cluster's default one; None when unknown or not readable."""
+        try:
+            if name:
+                return kube.get_object(self.api, "storageclasses", name, retry=kube.NO_RETRY)
+            return cache_mod.default_class(kube.list_objects(self.api, "storageclasses", retry=kube.NO_RETRY))
+        except kube.KubeError as e:
+            log.info("storage class not readable; the cache PVC asks for ReadWriteOnce", error=str(e))
+            return None
+
+    def _apply_model(self, m: Model, d: groups.MemberDecision, dep: JSON | None, ctx: _Pass,
+                     vendor: str, result: PassResult) -> JSON | None:
+        """Make the Deployment and Service match; returns the Deployment as it now stands."""
+        ns = m.namespace
         want = render.render_deployment(m, d.replicas, vendor, self.options)
         if dep is None:
             self._may_write()
@@ -410,7 +681,7 @@ class Controller:
                 reason = "ScaledUp" if d.replicas else ("Preempted" if d.preempted else "ScaledToZero")
                 self._event(m, reason, f"{cur_replicas} -> {d.replicas} replicas: {d.reason}")
         svc = render.render_service(m)
-        cur_svc = svcs.get((ns, m.name))
+        cur_svc = ctx.svcs.get((ns, m.name))
         if cur_svc is None or not _subset(svc, cur_svc):
             self._may_write()
             kube.apply_object(self.api, svc)
@@ -434,12 +705,16 @@ class Controller:
             log.debug("event not recorded", error=str(e))
 
     def _write_status(self, obj: JSON, m: Model, ph: phases.PhaseResult, info: phases.PodInfo, now: float,
-                      result: PassResult) -> bool:
-        """Patch the status when it changed; True when it was written."""
+                      result: PassResult, extra: JSON | None = None,
+                      vendor_cond: tuple[str, str, str, str] | None = None) -> bool:
+        """Patch the status when it changed; True when it was written. `extra`: further status fields (None
+        removes one); `vendor_cond`: the VendorSelected condition (type, status, reason, message)."""
         prev = m.status
         conds = phases.conditions_for(ph, prev.get("conditions") or [], rfc3339(now), m.generation, info)
+        if vendor_cond is not None:
+            conds = phases.set_condition(conds, *vendor_cond, rfc3339(now), m.generation)
         new = {"phase": ph.phase, "endpoint": render.endpoint(m), "message": ph.message,
-               "observedGeneration": m.generation, "conditions": conds}
+               "observedGeneration": m.generation, "conditions": conds, **(extra or {})}
         prev_phase = prev.get("phase")
         self.metrics.set_phase(m.namespace, m.name, ph.phase, prev_phase)
         if ph.phase == phases.READY and (m.namespace, m.name) in self._swap_started:
@@ -451,6 +726,9 @@ class Controller:
         kube.patch_model_status(self.api, m.namespace, m.name, new)
         result.writes.append(f"status {m.namespace}/{m.name} {prev_phase}->{ph.phase}")
         log.info("model status", namespace=m.namespace, model=m.name, phase=ph.phase, message=ph.message)
+        reason = phases.condition_reason(ph.reason)
+        if reason in WARNING_EVENTS and reason != self._ready_reason(m):
+            self._event(m, reason, ph.message, warning=True)
         return True
 
     def _write_invalid(self, obj: JSON, message: str, now: float, result: PassResult) -> None:

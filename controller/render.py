@@ -30,6 +30,7 @@ from flexinfer.kube import owner_reference
 from flexinfer.model import Model
 from flexinfer.vram_need import vram_need
 
+from . import cache
 from .backends import MODELS_DIR, ImageOverrides, container_for, pvc_of_source
 
 JSON = dict[str, Any]
@@ -76,23 +77,17 @@ def common_labels(model: Model) -> dict[str, str]:
     return {keys.LABEL_MODEL: model.name, keys.LABEL_MANAGED_BY: keys.MANAGED_BY, **service_label_labels(model)}
 
 
-def cache_pvc_name(model: Model) -> str | None:
-    """The PVC mounted at /models, or None for emptyDir/Memory."""
-    src = pvc_of_source(model.spec.source)
-    if src:
-        return src
-    if model.spec.cache.strategy == "SharedPVC":
-        return model.spec.cache.pvc_name or f"{model.name}-cache"
-    return None
+cache_pvc_name = cache.cache_pvc  # the PVC mounted at /models, or None for emptyDir/Memory
 
 
-def render_pvc(model: Model) -> JSON | None:
-    """The auto-created cache PVC (SharedPVC without pvcName), else None."""
+def render_pvc(model: Model, access_mode: str = "ReadWriteOnce") -> JSON | None:
+    """The auto-created cache PVC (SharedPVC without pvcName), else None. `access_mode`: what its storage
+    class can give (controller.cache.access_mode)."""
     c = model.spec.cache
     if pvc_of_source(model.spec.source) or c.strategy != "SharedPVC" or c.pvc_name:
         return None
     size = c.size or DEFAULT_CACHE_SIZE
-    spec: JSON = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    spec: JSON = {"accessModes": [access_mode], "resources": {"requests": {"storage": size}}}
     if c.storage_class:
         spec["storageClassName"] = c.storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -170,9 +165,12 @@ def startup_failure_threshold(cold_start_timeout_s: float, period_s: int = PROBE
 
 
 def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia",
-                      options: RenderOptions = DEFAULT_OPTIONS, local: str | None = None) -> JSON:
-    """The Deployment. `local`: directory of the prefetched model in the cache volume (controller.cache)."""
+                      options: RenderOptions = DEFAULT_OPTIONS) -> JSON:
+    """The Deployment. When the controller prefetches the model into the cache PVC (controller.cache), the
+    server reads the prefetched directory instead of downloading."""
     vendor = effective_vendor(model, auto_vendor)
+    plan = cache.plan(model)
+    local = plan.local if plan is not None and plan.prefetch == "hf" else None
     c = container_for(model, vendor, options.image_overrides, local)
     http = {"httpGet": {"path": c.health_path, "port": "http"}, "periodSeconds": PROBE_PERIOD_S}
     probe = {"exec": {"command": c.ready_command}, "periodSeconds": PROBE_PERIOD_S} if c.ready_command else http

@@ -38,6 +38,8 @@ RESOURCES: dict[str, Resource] = {
         Resource("", "v1", "events", True, "Event"),
         Resource("apps", "v1", "deployments", True, "Deployment"),
         Resource("coordination.k8s.io", "v1", "leases", True, "Lease"),
+        Resource("batch", "v1", "jobs", True, "Job"),
+        Resource("storage.k8s.io", "v1", "storageclasses", False, "StorageClass"),
         Resource("discovery.k8s.io", "v1", "endpointslices", True, "EndpointSlice"),
         Resource(keys.MODEL_GROUP, keys.MODEL_VERSION, keys.MODEL_PLURAL, True, keys.MODEL_KIND),
     )

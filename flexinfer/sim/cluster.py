@@ -118,7 +118,9 @@ class DemoCluster:
         self.client = httpx.Client(base_url=self.http.url, timeout=5.0)
         self.wait_for_extender_cache()
         self.progress("starting flexinfer-controller")
-        self.controller = Controller(self.api, namespace=self.namespace, cooldown_seconds=60.0, clock=self.clock)
+        # group timing on the simulated clock; the agents' data (and so its freshness) is on the wall clock
+        self.controller = Controller(self.api, namespace=self.namespace, cooldown_seconds=60.0, clock=self.clock,
+                                     policy_clock=time.time)
         return self
 
     def stop(self) -> None:
@@ -188,8 +190,9 @@ class DemoCluster:
                 for m in kube.list_objects(self.api, keys.MODEL_PLURAL, self.namespace)}
 
     # -- the ReplicaSet + kubelet side -------------------------------------------------------------
-    def sync_pods(self) -> None:
-        """One pod per Deployment with replicas >= 1; pods of Deployments at 0 are deleted."""
+    def sync_pods(self) -> bool:
+        """One pod per Deployment with replicas >= 1; pods of Deployments at 0 are deleted; Jobs (the
+        controller's cache prefetch and check) run to completion at once. True when a Job completed."""
         deps = kube.list_objects(self.api, "deployments", self.namespace)
         pods = kube.list_objects(self.api, "pods", self.namespace)
         by_owner: dict[str, list[JSON]] = {}
@@ -208,6 +211,15 @@ class DemoCluster:
                 kube.merge_patch(self.api, "deployments", name,
                                  {"status": {"replicas": 0, "readyReplicas": 0, "availableReplicas": 0}},
                                  self.namespace, subresource="status")
+        completed = False
+        for job in kube.list_objects(self.api, "jobs", self.namespace):
+            if not (job.get("status") or {}).get("conditions"):
+                now = rfc3339(self.clock())
+                kube.merge_patch(self.api, "jobs", job["metadata"]["name"], {"status": {
+                    "succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}]}},
+                    self.namespace, subresource="status")
+                completed = True
+        return completed
 
     def _create_pod(self, dep: JSON) -> None:
         tmpl = (dep.get("spec") or {}).get("template") or {}
@@ -339,7 +351,7 @@ class DemoCluster:
         done: list[Attempt] = []
         for _ in range(6):
             self.reconcile()
-            self.sync_pods()
+            jobs_done = self.sync_pods()
             self.sample_all()
             self.wait_for_extender_cache()
             pending = self.pending_pods()
@@ -355,7 +367,7 @@ class DemoCluster:
                     self.wait_for_extender_cache()
                     attempt.free_after_mib = self.best_free_mib(attempt.node)
             done.extend(new)
-            if not new and not pending:
+            if not new and not pending and not jobs_done:
                 self.reconcile()
                 break
         self.attempts.extend(done)

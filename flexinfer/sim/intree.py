@@ -12,6 +12,7 @@ import msgspec
 from flexinfer import keys
 from flexinfer.errors import ParseError
 from flexinfer.extender.pod import PodWire, gpu_requests
+from flexinfer.nodefilters import node_filter_reject
 
 
 def _is_int(s: str) -> bool:
@@ -34,39 +35,14 @@ def pod_gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
     return {_RESOURCE_OF_VENDOR[vendor]: n for vendor, n in by_vendor.items()}
 
 
-def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
-    for t in tolerations:
-        if t.get("effect") and t.get("effect") != taint.get("effect"):
-            continue
-        op = t.get("operator", "Equal")
-        if op == "Exists" and (not t.get("key") or t.get("key") == taint.get("key")):
-            return True
-        if op == "Equal" and t.get("key") == taint.get("key") and t.get("value", "") == taint.get("value", ""):
-            return True
-    return False
-
-
 def intree_reject(pod: dict[str, Any], node: dict[str, Any], bound: list[dict[str, Any]]) -> str | None:
     """Why kube-scheduler's own plugins would reject `node` for `pod` (None = feasible).
 
     `bound` are the pods already bound to this node (for extended-resource accounting).
     """
-    spec = pod.get("spec") or {}
-    meta = node.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    nspec = node.get("spec") or {}
-    if nspec.get("unschedulable"):
-        return "node is unschedulable"
-    ready = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
-    if ready and ready[0].get("status") != "True":
-        return "node is not Ready"
-    for k, v in (spec.get("nodeSelector") or {}).items():
-        if labels.get(k) != v:
-            return f"node(s) didn't match Pod's node selector ({k}={v})"
-    tolerations = spec.get("tolerations") or []
-    for taint in nspec.get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(tolerations, taint):
-            return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
+    why = node_filter_reject(pod.get("spec") or {}, node)
+    if why:
+        return why
     want = pod_gpu_requests(pod)
     alloc = (node.get("status") or {}).get("allocatable") or {}
     for res, n in want.items():

@@ -12,6 +12,8 @@ from flexinfer.controller.reconcile import Controller, activate, rfc3339
 
 from flexinfer import keys
 
+from .conftest import publish_nodes
+
 pytestmark = pytest.mark.integration
 NS = "ai"
 
@@ -21,6 +23,8 @@ def model(name, prio, min_replicas=0):
             "metadata": {"name": name, "namespace": NS},
             "spec": {"backend": "vllm", "source": f"HF://Qwen/{name}",
                      "gpu": {"vendor": "nvidia", "shared": "lane", "priority": prio},
+                     # the homelab's RTX PRO 4000 node is tainted for GPU workloads
+                     "tolerations": [{"key": "workload.ai/dedicated", "operator": "Exists"}],
                      "serverless": {"minReplicas": min_replicas, "idleTimeout": "10m"}}}
 
 
@@ -40,6 +44,7 @@ def replicas(fake, name):
 
 
 def test_loop_reacts_to_events_and_follower_stays_passive(fake_api, kube_api):
+    publish_nodes(fake_api, time.time())
     fake_api.put_object(model("big", 100, min_replicas=1))
     fake_api.put_object(model("small", 50))
     leader = ControllerLoop(Controller(kube_api, namespace=NS), resync_seconds=5,
@@ -69,6 +74,7 @@ def test_loop_reacts_to_events_and_follower_stays_passive(fake_api, kube_api):
 
 
 def test_cli_once(fake_api):
+    publish_nodes(fake_api, time.time())
     fake_api.put_object(model("big", 100, min_replicas=1))
     r = CliRunner().invoke(main, ["--kube-server", fake_api.url, "--namespace", NS, "--once",
                                   "--metrics-port", "0", "--log-format", "json"])

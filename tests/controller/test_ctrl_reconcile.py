@@ -12,6 +12,8 @@ from flexinfer.controller.reconcile import Controller, activate, rfc3339
 
 from flexinfer import keys
 
+from .conftest import publish_nodes
+
 pytestmark = pytest.mark.integration
 
 NS = "ai"
@@ -51,6 +53,7 @@ def kubelet(fake, name, ready):
 
 @pytest.fixture
 def lane(fake_api, kube_api):
+    publish_nodes(fake_api, T0)  # the homelab's GPUs, so the controller's fit checks have somewhere to place
     for obj in (model("qwen3-14b", 100, min_replicas=1), model("qwen3-32b", 80), model("deepseek-r1", 70)):
         fake_api.put_object(obj)
     clock = Clock()
@@ -253,6 +256,7 @@ def test_unparsable_activation_counts_from_first_sight_and_deleted_models_leave_
     kubelet(fake, "qwen3-14b", ready=True)
     ctl.reconcile_once()  # 14B Ready (busy for its idle timeout from now)
     clock.t += 1000
+    publish_nodes(fake, clock.t)  # the agents kept publishing meanwhile
     fake.patch_object("models", "qwen3-32b", {"metadata": {"annotations": {keys.MODEL_ACTIVATE: "please"}}}, NS)
     ctl.reconcile_once()
     assert dep(fake, "qwen3-32b")["spec"]["replicas"] == 1

@@ -50,8 +50,9 @@ def test_gpu_deployment_full():
         keys.POD_VENDOR: "amd", keys.POD_GROUP: "quality"}
     assert c["resources"] == {"limits": {"amd.com/gpu": "1"}, "requests": {"amd.com/gpu": "1"}}
     assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server-rocm-b6000"  # pinned build, never a moving tag
-    assert c["args"][c["args"].index("--hf-repo") + 1] == "Qwen/Qwen3-14B-GGUF"
-    assert c["args"][c["args"].index("--hf-file") + 1] == "Qwen3-14B-Q4_K_M.gguf"
+    # the cache PVC is prefetched with just that GGUF (controller.cache): the server reads it from there
+    assert c["args"][c["args"].index("-m") + 1] == "/models/hf-local/Qwen/Qwen3-14B-GGUF/Qwen3-14B-Q4_K_M.gguf"
+    assert "--hf-repo" not in c["args"]
     assert c["args"][c["args"].index("-c") + 1] == "8192"
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     sp = c["startupProbe"]

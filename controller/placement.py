@@ -1,0 +1,179 @@
+"""Where could a Model's pod go right now? The extender's policy over the controller's node cache (pure).
+
+The controller answers two questions with the code kube-scheduler itself runs through:
+
+* **Can a preemptor be placed** if the group's holder released its GPU? (issue: never tear down what you
+  would roll back to.) Before scaling a holder down, the controller renders the preemptor's pod, applies
+  kube-scheduler's own node filters (:mod:`flexinfer.nodefilters`: Ready, nodeSelector, taints, the GPU
+  extended resource) and then ``extender.policy.evaluate`` (per-GPU VRAM, arch/backend compatibility,
+  vendor, health, fresh agent data) to every Node, with the holder's memory given back on the GPU(s) it uses.
+* **Which vendor for ``spec.gpu.vendor: auto``**: the vendor of the best node the model fits on now
+  (:func:`choose_vendor`).
+
+The release is credited to the GPUs the holder's pod uses: the agent lists the pods holding each GPU (from
+the kubelet's PodResources API) in ``flexinfer.ai/gpu-state``; on each of them ``min(in use, the holder's
+per-GPU estimate)`` MiB become free. Where the agent cannot tell (no PodResources access), the release goes
+to the ``count`` GPUs of the holder's vendor with the most memory in use: exact on single-GPU nodes (the
+homelab lanes), an assumption on multi-GPU nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flexinfer.extender.pod import PodRequirements, requirements_from_dict
+from flexinfer.extender.policy import PolicyConfig, evaluate
+
+from flexinfer import keys
+from flexinfer.nodefilters import node_filter_reject
+from flexinfer.nodes import view_of
+from flexinfer.state import NodeView
+
+JSON = dict[str, Any]
+MAX_REASONS = 3  # distinct rejection reasons named in a summary
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """GPU memory a running pod gives back when it is scaled down."""
+
+    node: str
+    vendor: str  # nvidia | amd | auto
+    per_gpu_mib: int
+    gpu_count: int
+    pod: str = ""  # "namespace/name" of the pod
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    ok: bool
+    node: str = ""
+    vendor: str = ""  # vendor of the chosen GPUs
+    gpus: tuple[int, ...] = ()
+    score: int = 0
+    detail: str = ""  # the extender's detail for the chosen node
+    reason: str = ""  # why not: the most common rejections, with a node each
+    feasible_by_vendor: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+def pod_of(deployment: JSON) -> JSON:
+    """The pod a Deployment would create (metadata and spec of its template)."""
+    template = (deployment.get("spec") or {}).get("template") or {}
+    meta = dict(template.get("metadata") or {})
+    meta.setdefault("namespace", (deployment.get("metadata") or {}).get("namespace", ""))
+    meta.setdefault("name", (deployment.get("metadata") or {}).get("name", ""))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec") or {}}
+
+
+def release_of(pods: Iterable[JSON]) -> list[Release]:
+    """What the given (running) pods of a holder free when it is scaled to zero."""
+    out = []
+    for pod in pods:
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        try:
+            req = requirements_from_dict(pod)
+        except ValueError:
+            continue
+        if req.needs_gpu and req.vram_estimate_mib:
+            meta = pod.get("metadata") or {}
+            out.append(Release(node, req.vendor, req.vram_estimate_mib, max(1, req.gpu_count),
+                               f"{meta.get('namespace', '')}/{meta.get('name', '')}"))
+    return out
+
+
+def released_view(view: NodeView, release: Release) -> NodeView:
+    """`view` with the holder's memory given back (see the module docstring)."""
+    state = view.state
+    if state is None:
+        return view
+    prefix = release.pod + "/"
+    holding = [g for g in state.gpus if release.pod and any(p.startswith(prefix) for p in g.pods)]
+    if not holding:  # the agent does not say which GPU: the holder's vendor's busiest cards
+        candidates = [g for g in state.gpus if g.healthy and (release.vendor not in ("nvidia", "amd")
+                                                              or g.vendor == release.vendor)]
+        holding = sorted(candidates, key=lambda g: (-g.used_mib, g.index))[:release.gpu_count]
+    freed = {g.index: min(g.used_mib, release.per_gpu_mib) for g in holding}
+    gpus = tuple(dataclasses.replace(g, free_mib=min(g.total_mib, g.free_mib + freed.get(g.index, 0)))
+                 for g in state.gpus)
+    return dataclasses.replace(view, state=dataclasses.replace(state, gpus=gpus))
+
+
+def _resource_reject(req: PodRequirements, pod_spec: JSON, node: JSON) -> str | None:
+    """The GPU extended resource the pod requests must be allocatable on the node at all."""
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    for c in pod_spec.get("containers") or []:
+        for res in keys.GPU_RESOURCES:
+            want = ((c.get("resources") or {}).get("limits") or {}).get(res)
+            if want is None:
+                continue
+            have = str(alloc.get(res, "0"))
+            if not have.isdigit() or int(have) < int(str(want)):
+                return f"Insufficient {res}"
+    return None
+
+
+def place(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterable[Release] = (),
+          config: PolicyConfig | None = None) -> Fit:
+    """Would `pod` (a rendered model pod) be placed on one of `nodes` now, after `releases`? The best node by
+    the extender's score (ties: name)."""
+    config = config or PolicyConfig()
+    req = requirements_from_dict(pod)
+    spec = pod.get("spec") or {}
+    by_node: dict[str, list[Release]] = {}
+    for r in releases:
+        by_node.setdefault(r.node, []).append(r)
+    rejections: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    feasible: Counter[str] = Counter()
+    best: Fit | None = None
+    for node in nodes:
+        name = str((node.get("metadata") or {}).get("name") or "")
+        why = node_filter_reject(spec, node) or _resource_reject(req, spec, node)
+        if why is None:
+            view = view_of(node)
+            for r in by_node.get(name, ()):
+                view = released_view(view, r)
+            verdict = evaluate(req, view, now_unix, config, node=name)
+            if verdict.feasible:
+                gpu_vendor = next((g.vendor for g in (view.state.gpus if view.state else ())
+                                   if g.index in verdict.gpus), "")
+                feasible[gpu_vendor] += 1
+                cand = Fit(True, name, gpu_vendor, verdict.gpus, verdict.score, verdict.detail)
+                if best is None or (cand.score, best.node) > (best.score, cand.node):
+                    best = cand
+                continue
+            why = verdict.reason
+            example.setdefault(why, f"{name}: {verdict.detail}")
+        else:
+            example.setdefault(why, name)
+        rejections[why] += 1
+    if best is not None:
+        return dataclasses.replace(best, feasible_by_vendor=dict(feasible))
+    if not rejections:
+        return Fit(False, reason="no nodes known")
+    parts = [f"{n}x {why} (e.g. {example[why]})" for why, n in rejections.most_common(MAX_REASONS)]
+    more = len(rejections) - MAX_REASONS
+    return Fit(False, reason="; ".join(parts) + (f"; and {more} more reasons" if more > 0 else ""))
+
+
+def choose_vendor(fits: Mapping[str, Fit], pinned: str = "") -> tuple[str, str]:
+    """(vendor, why) for ``spec.gpu.vendor: auto`` from the fit of the pod rendered for each vendor. The vendor
+    whose best node scores highest wins (ties: more nodes that fit, then nvidia); when it fits nowhere, the
+    vendor in `pinned` (what the Deployment requests today), else nvidia."""
+    ok = {v: f for v, f in fits.items() if f.ok}
+    if ok:
+        vendor = max(ok, key=lambda v: (ok[v].score, sum(ok[v].feasible_by_vendor.values()), v == "nvidia"))
+        f = ok[vendor]
+        others = ", ".join(f"{v}: {'fits on ' + fits[v].node if fits[v].ok else 'no node fits'}"
+                           for v in sorted(fits) if v != vendor)
+        return vendor, (f"fits now on {f.node} (GPU {','.join(map(str, f.gpus))}, score {f.score})"
+                        + (f"; {others}" if others else ""))
+    fallback = pinned if pinned in fits else ("nvidia" if "nvidia" in fits else next(iter(sorted(fits)), "nvidia"))
+    why = "; ".join(f"{v}: {fits[v].reason}" for v in sorted(fits))
+    return fallback, f"fits on no node of either vendor now ({why}); requesting {fallback}"
