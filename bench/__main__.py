@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out bench/results] [--only extender,agent,controller,fuzz]`
+"""`python -m bench [--quick] [--out bench/results] [--only extender,agent,controller,proxy,fuzz]`
 
 Runs every benchmark and writes bench/results/<date>-<host>.md and .json (see bench/README.md).
 """
@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import agent_bench, controller_bench, extender_bench, fuzz, report
+from bench import agent_bench, controller_bench, extender_bench, fuzz, proxy_bench, report
 from bench.machine import machine
 from flexinfer.state import rfc3339
 
-SECTIONS = ("extender", "agent", "controller", "fuzz")
+SECTIONS = ("extender", "agent", "controller", "proxy", "fuzz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                 res["controller"] = controller_bench.run(progress, quick=a.quick)
             except Exception as e:
                 res["notes"].append(f"controller bench failed: {type(e).__name__}: {e}")
+        if "proxy" in only:
+            try:
+                res["proxy"] = proxy_bench.run(progress, quick=a.quick)
+            except Exception as e:
+                res["notes"].append(f"proxy bench failed: {type(e).__name__}: {e}")
         if "fuzz" in only:
             res["fuzz"] = fuzz.run(a.fuzz_examples or (300 if a.quick else 1500), progress,
                                    timeout_s=120 if a.quick else 300)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import proxy_bench
 from bench.machine import machine_line
 
 
@@ -103,6 +104,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     w = agent.get("writes")
     add("agent: <= 1 Node write per minute under +/-100 MiB noise", w["writes_per_minute"] if w else None, 1.0001,
         "writes/min", detail=f"{w['writes']} writes in {w['samples']} samples ({w['writes_per_hour']}/h)" if w else "")
+    if "proxy" in res:
+        for name, measured, limit, unit, detail in proxy_bench.targets(res):
+            add(name, measured, limit, unit, detail=detail)
     return out
 
 
@@ -224,6 +228,7 @@ def markdown(res: dict[str, Any]) -> str:
                       f"{ctl.get('pure_decision_ms_for_200_models')} ms. Deployments running after the activation "
                       f"pass: {ctl.get('deployments_running_after')} (activated members running: "
                       f"{ctl.get('activated_members_running')})."]
+    lines += proxy_bench.markdown_lines(res.get("proxy"))
     fz = res.get("fuzz")
     if fz:
         lines += ["", "## Fuzz (hypothesis)", "", f"`{fz['command']}` with FLEXINFER_FUZZ_EXAMPLES={fz['examples']}: "

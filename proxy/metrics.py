@@ -9,6 +9,7 @@ most :data:`MAX_MODEL_LABELS` distinct values (beyond that ``"other"``); ``api``
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,6 +28,7 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
         self._models: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
         self.requests = Counter("flexinfer_proxy_requests_total",
                                 "Requests answered, by Model, API and HTTP status", ["model", "api", "code"],
@@ -64,6 +66,15 @@ class ProxyMetrics:
                                           registry=r)
         self.models = Gauge("flexinfer_proxy_models", "Models the proxy routes to, by phase", ["phase"],
                             registry=r)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised (the hot path asks for the same few children per request; the
+        label sets are bounded, see the module docstring)."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def model_label(self, name: str | None) -> str:
         """A bounded label value for a Model name that exists (callers pass None for unknown ones)."""

@@ -431,7 +431,7 @@ class Proxy:
         assert self.session is not None, "Proxy.start() not called"
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         self._endpoint_load[endpoint] = self._endpoint_load.get(endpoint, 0) + 1
-        self.metrics.in_flight.labels(label).inc()
+        self.metrics.child(self.metrics.in_flight, label).inc()
         resp: web.StreamResponse | None = None
         code = "502"
         try:
@@ -445,7 +445,7 @@ class Proxy:
                     or up.content_length > cfg.buffer_limit_bytes
                 if not streamed:
                     data = await up.read()
-                    self.metrics.ttfb.labels(label, api).observe(time.perf_counter() - t0)
+                    self.metrics.child(self.metrics.ttfb, label, api).observe(time.perf_counter() - t0)
                     resp = web.Response(status=up.status, body=data, headers=headers)
                     return resp
                 if ctype.startswith("text/event-stream"):
@@ -457,7 +457,7 @@ class Proxy:
                 first = True
                 async for chunk in up.content.iter_any():
                     if first:
-                        self.metrics.ttfb.labels(label, api).observe(time.perf_counter() - t0)
+                        self.metrics.child(self.metrics.ttfb, label, api).observe(time.perf_counter() - t0)
                         first = False
                     await resp.write(chunk)
                 await resp.write_eof()
@@ -500,12 +500,12 @@ class Proxy:
             self._endpoint_load[endpoint] -= 1
             if self._endpoint_load[endpoint] <= 0:
                 del self._endpoint_load[endpoint]
-            self.metrics.in_flight.labels(label).dec()
+            self.metrics.child(self.metrics.in_flight, label).dec()
             self.activity.touch(name)  # completion (or failure) is traffic too
             elapsed = time.perf_counter() - t0
             if code not in ("502", "504") or resp is not None:
-                self.metrics.requests.labels(label, api, code).inc()
-            self.metrics.latency.labels(label, api).observe(elapsed)
+                self.metrics.child(self.metrics.requests, label, api, code).inc()
+            self.metrics.child(self.metrics.latency, label, api).observe(elapsed)
             if cfg.access_log:
                 log.info("request", model=name, api=api, status=code, endpoint=endpoint,
                          duration_ms=round(elapsed * 1000, 1))

@@ -7,7 +7,7 @@ the proxy bench.
 - ``GET /v1/models``, ``GET /health``;
 - ``POST /v1/chat/completions`` and ``/v1/completions``: ``stream: true`` answers server-sent events, one
   chunk per token, ``token_delay_s`` apart (``first_token_delay_s`` before the first), then ``data: [DONE]``;
-  otherwise one JSON completion. The number of tokens is ``max_tokens`` (default ``tokens``), at most
+  otherwise one JSON completion (after the same delays unless ``delay_unstreamed`` is off). The number of tokens is ``max_tokens`` (default ``tokens``), at most
   ``max_tokens_cap``;
 - ``POST /v1/embeddings``: one small vector per input;
 - ``max_model_len``: like vLLM, a request whose ``max_tokens`` is at or above it is rejected with 400
@@ -47,7 +47,7 @@ class ServerStats:
 class FakeModelServer:
     def __init__(self, name: str = "model", host: str = "127.0.0.1", port: int = 0, *, tokens: int = 8,
                  token_delay_s: float = 0.0, first_token_delay_s: float = 0.0, max_model_len: int | None = None,
-                 max_tokens_cap: int = 100_000) -> None:
+                 max_tokens_cap: int = 100_000, delay_unstreamed: bool = True) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -56,6 +56,7 @@ class FakeModelServer:
         self.first_token_delay_s = first_token_delay_s
         self.max_model_len = max_model_len
         self.max_tokens_cap = max_tokens_cap
+        self.delay_unstreamed = delay_unstreamed
         self.stats = ServerStats()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,7 +108,7 @@ class FakeModelServer:
         text = " ".join(f"t{i}" for i in range(n))
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
                   if chat else {"index": 0, "text": text, "finish_reason": "length"})
-        if self.first_token_delay_s or self.token_delay_s:
+        if self.delay_unstreamed and (self.first_token_delay_s or self.token_delay_s):
             await asyncio.sleep(self.first_token_delay_s + self.token_delay_s * n)
         return web.Response(body=_enc.encode({
             "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,

@@ -18,6 +18,8 @@ from flexinfer.proxy.runner import ProxyServer
 from flexinfer.proxy.server import ProxyConfig
 
 from flexinfer import keys, kube
+from flexinfer.fleet import default_fleet_path, load_fleet
+from flexinfer.nodes import fleet_node_objects
 from flexinfer.sim.fakeapi import FakeApiServer
 from flexinfer.sim.modelserver import FakeModelServer
 from flexinfer.sim.serving import SimServing
@@ -100,6 +102,8 @@ def lab(docs: list[dict], *, config: ProxyConfig | None = None, load_s: float | 
             stack.enter_context(s)
         api = kube.api_client(server=fake.url)
         fake.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        for node in fleet_node_objects(load_fleet(default_fleet_path())):  # the homelab, as its agents publish it
+            fake.put_object({"apiVersion": "v1", "kind": "Node", **node})
         for d in docs:
             kube.apply_object(api, {**d, "metadata": {**d["metadata"], "namespace": NS}})
         sim = SimServing(api, NS, servers, load_s=load_s, stalled=stalled or set(),
