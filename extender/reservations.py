@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 
@@ -51,6 +51,7 @@ class Reservation:
     expires_unix: float
     bound: bool = False
     ready_unix: float = 0.0  # when the pod became Ready (0 = not yet)
+    name: str = ""  # "namespace/pod": matched with the GPUs the node's agent says the pod holds
 
 
 DEFAULT_MAX_TENTATIVE = 4096  # pods between an extender answer and their bind; kube-scheduler binds in ms
@@ -116,8 +117,11 @@ class Reservations:
             return frozenset(self._by_node)
 
     def reserved_mib(self, node: str, now_unix: float, *, exclude_pod: str = "",
-                     observed_unix: float = 0.0) -> dict[int, int]:
-        """GPU index -> MiB held on `node` by other pods' live reservations."""
+                     observed_unix: float = 0.0,
+                     placed: Mapping[str, tuple[int, ...]] | None = None) -> dict[int, int]:
+        """GPU index -> MiB held on `node` by other pods' live reservations. `placed` ("namespace/pod" -> GPU
+        indexes, from the agent's kubelet attribution in the node's state): a bound pod the device plugin gave
+        other GPUs than the ones reserved for it holds its memory on the GPUs it actually got."""
         with self._lock:
             per = self._by_node.get(node)
             if not per:
@@ -129,7 +133,8 @@ class Reservations:
                 if self._expired(r, now_unix, observed_unix):
                     self._drop(r.pod)
                     continue
-                for i in r.gpus:
+                gpus = placed.get(r.name, r.gpus) if placed and r.bound and r.name else r.gpus
+                for i in gpus:
                     out[i] = out.get(i, 0) + r.mib_per_gpu
             return out
 
@@ -139,18 +144,21 @@ class Reservations:
             return True
         return bool(r.bound and r.ready_unix and observed_unix > r.ready_unix)
 
-    def reserve(self, pod: str, node: str, gpus: tuple[int, ...], mib_per_gpu: int, now_unix: float) -> Reservation:
+    def reserve(self, pod: str, node: str, gpus: tuple[int, ...], mib_per_gpu: int, now_unix: float, *,
+                name: str = "") -> Reservation:
         """Tentative reservation (replaces the pod's previous one unless that one is bound)."""
         with self._lock:
             old = self._by_pod.get(pod)
             if old is not None and old.bound:
                 return old
-            r = Reservation(pod, node, tuple(gpus), mib_per_gpu, now_unix, now_unix + self.tentative_ttl_seconds)
+            r = Reservation(pod, node, tuple(gpus), mib_per_gpu, now_unix, now_unix + self.tentative_ttl_seconds,
+                            name=name)
             self._put(r)
             return r
 
     def confirm(self, pod: str, node: str, now_unix: float, *, ready_unix: float = 0.0,
-                pick: Callable[[str], tuple[tuple[int, ...], int] | None] | None = None) -> Reservation | None:
+                pick: Callable[[str], tuple[tuple[int, ...], int] | None] | None = None,
+                name: str = "") -> Reservation | None:
         """The pod is bound to `node`. Keep (or move) its reservation with the bound TTL.
 
         `pick(node)` returns (gpus, mib_per_gpu) when the pod was bound to a node it was not
@@ -160,7 +168,8 @@ class Reservations:
             old = self._by_pod.get(pod)
             if old is not None and old.node == node:
                 expires = old.expires_unix if old.bound else now_unix + self.bound_ttl_seconds
-                r = replace(old, bound=True, expires_unix=expires, ready_unix=ready_unix or old.ready_unix)
+                r = replace(old, bound=True, expires_unix=expires, ready_unix=ready_unix or old.ready_unix,
+                            name=name or old.name)
                 self._put(r)
                 return r
             if old is not None and old.bound:
@@ -172,7 +181,7 @@ class Reservations:
                 return None
             gpus, mib = picked
             r = Reservation(pod, node, tuple(gpus), mib, now_unix, now_unix + self.bound_ttl_seconds, True,
-                            ready_unix)
+                            ready_unix, name)
             self._put(r)
             return r
 

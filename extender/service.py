@@ -150,7 +150,8 @@ class Extender:
             reserved = None
             if name in held and view is not None and view.state is not None:
                 reserved = res.reserved_mib(name, now, exclude_pod=req.key,  # type: ignore[union-attr]
-                                            observed_unix=view.state.observed_unix)
+                                            observed_unix=view.state.observed_unix,
+                                            placed=view.state.placements())
             out.append(evaluate(req, shape, name, view, now, reserved))
         return out
 
@@ -219,7 +220,8 @@ class Extender:
                 if len(out.passed) == 1:
                     # kube-scheduler skips prioritize with one feasible node: this is its choice.
                     v = out.verdict(out.passed[0])
-                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now)
+                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now,
+                                              name=f"{req.namespace}/{req.name}")
         else:
             out = self._split(self._evaluate(req, names, views, now))
         self._record("filter", req, lambda: out.all_verdicts(names), out.count, time.perf_counter() - t0,
@@ -261,7 +263,8 @@ class Extender:
                     out = self._priorities(names, self._evaluate(req, names, views, now))
                 if out.best >= 0:
                     v = out.verdict(names[out.best])
-                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now)
+                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now,
+                                              name=f"{req.namespace}/{req.name}")
         else:
             out = self._priorities(names, self._evaluate(req, names, views, now))
         self._record("prioritize", req, out.verdicts, len(names), time.perf_counter() - t0,
@@ -359,11 +362,14 @@ class Extender:
 
         def pick(n: str) -> tuple[tuple[int, ...], int] | None:
             view = self.cache.get(n)
-            observed = view.state.observed_unix if view is not None and view.state is not None else 0.0
-            reserved = self.reservations.reserved_mib(n, now, exclude_pod=key, observed_unix=observed)
+            state = view.state if view is not None else None
+            reserved = self.reservations.reserved_mib(n, now, exclude_pod=key,
+                                                      observed_unix=state.observed_unix if state else 0.0,
+                                                      placed=state.placements() if state else None)
             v = evaluate(req, view, now, self.config, reserved, node=n)
             return (v.gpus, req.vram_estimate_mib) if v.feasible else None
 
         with self.reservations.lock:
-            self.reservations.confirm(key, node, now, ready_unix=_ready_unix(pod), pick=pick)
+            self.reservations.confirm(key, node, now, ready_unix=_ready_unix(pod), pick=pick,
+                                      name=f"{req.namespace}/{req.name}")
         return key

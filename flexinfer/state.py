@@ -109,6 +109,17 @@ class NodeGpuState:
     def healthy_free_mib(self) -> int:
         return sum(g.free_mib for g in self.gpus if g.healthy)
 
+    def placements(self) -> dict[str, tuple[int, ...]]:
+        """"namespace/pod" -> indexes of the GPUs (or MIG instances) its containers hold, from the kubelet's
+        attribution the agent published; {} when nobody holds a GPU (or the agent cannot ask the kubelet)."""
+        out: dict[str, list[int]] = {}
+        for g in self.gpus:
+            for ref in g.pods:
+                held = out.setdefault(ref.rsplit("/", 1)[0], [])
+                if g.index not in held:
+                    held.append(g.index)
+        return {pod: tuple(ix) for pod, ix in out.items()}
+
 
 # --- labels ---------------------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""A bound pod's reservation follows the GPU the device plugin actually gave it (the agent's kubelet attribution in
+the state annotation), so the next pod is not put on the GPU the first one really occupies."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from flexinfer.extender.cache import NodeCache
+from flexinfer.extender.pod import requirements_from_dict
+from flexinfer.extender.policy import PolicyConfig
+from flexinfer.extender.reservations import Reservations
+from flexinfer.extender.service import Extender
+
+from flexinfer.state import NodeGpuState
+
+from .ext_fixtures import gpu, model_pod, node_obj
+
+T0 = 1000.0
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _extender(nodes: list[dict[str, Any]], clock: Clock) -> Extender:
+    cache = NodeCache(clock=clock)
+    cache.replace_all(nodes)
+    return Extender(cache, PolicyConfig(max_state_age_seconds=1e9), Reservations(), clock=clock)
+
+
+def _bound(p: dict[str, Any], node: str) -> dict[str, Any]:
+    return {**p, "spec": {**p["spec"], "nodeName": node}, "status": {"phase": "Pending"}}
+
+
+def test_reservations_follow_the_gpu_the_pod_got() -> None:
+    r = Reservations()
+    r.reserve("uid-a", "n1", (0,), 20000, T0, name="ml/a")
+    r.confirm("uid-a", "n1", T0 + 1)
+    assert r.reserved_mib("n1", T0 + 2) == {0: 20000}
+    assert r.reserved_mib("n1", T0 + 2, placed={"ml/a": (1,)}) == {1: 20000}
+    assert r.reserved_mib("n1", T0 + 2, placed={"ml/other": (0,)}) == {0: 20000}
+    r.reserve("uid-b", "n1", (0,), 5000, T0, name="ml/b")  # tentative: not bound, nothing to follow
+    assert r.reserved_mib("n1", T0 + 2, placed={"ml/b": (1,), "ml/a": (1,)}) == {0: 5000, 1: 20000}
+
+
+def test_state_placements() -> None:
+    g0 = replace(gpu(0), pods=("ml/a/server", "ml/a/sidecar"))
+    g1 = replace(gpu(1), pods=("ml/a/server", "web/b/c"))
+    assert NodeGpuState("n", (g0, g1, gpu(2)), T0).placements() == {"ml/a": (0, 1), "web/b": (1,)}
+    assert NodeGpuState("n", (gpu(0),), T0).placements() == {}
+
+
+def test_next_pod_avoids_the_gpu_the_first_one_really_got() -> None:
+    clock = Clock(T0)
+    two = [gpu(0, free=24000), gpu(1, free=24000)]
+    ext = _extender([node_obj("n1", two, T0 - 1, resource_version="1")], clock)
+    first = model_pod(20000, "vllm", 1, uid="uid-a", name="a")
+    req_a = requirements_from_dict(first)
+    ext.filter(req_a, ["n1"])  # one feasible node: filter reserves
+    reserved = ext.reservations.get("uid-a")
+    assert reserved is not None and reserved.name == f"{req_a.namespace}/a"
+    chosen = reserved.gpus[0]
+    other = 1 - chosen
+    ext.on_pod_event("MODIFIED", _bound(first, "n1"))
+    # the device plugin gave the pod the other GPU; the model is not loaded yet (free memory unchanged)
+    held = [replace(g, pods=(f"{req_a.namespace}/a/server",)) if g.index == other else g for g in two]
+    clock.t = T0 + 5
+    ext.cache.upsert(node_obj("n1", held, T0 + 4, resource_version="2"))
+    second = requirements_from_dict(model_pod(20000, "vllm", 1, uid="uid-b", name="b"))
+    verdict = next(v for v in ext.prioritize(second, ["n1"]) if v.node == "n1")
+    assert verdict.feasible and verdict.gpus == (chosen,), verdict.detail  # not `other`, where pod a really is
+
+
+def test_without_attribution_the_reservation_stays_where_it_was_made() -> None:
+    clock = Clock(T0)
+    two = [gpu(0, free=24000), gpu(1, free=24000)]
+    ext = _extender([node_obj("n1", two, T0 - 1)], clock)
+    first = model_pod(20000, "vllm", 1, uid="uid-a", name="a")
+    ext.filter(requirements_from_dict(first), ["n1"])
+    chosen = ext.reservations.get("uid-a").gpus[0]  # type: ignore[union-attr]
+    ext.on_pod_event("MODIFIED", _bound(first, "n1"))
+    second = requirements_from_dict(model_pod(20000, "vllm", 1, uid="uid-b", name="b"))
+    verdict = next(v for v in ext.prioritize(second, ["n1"]) if v.node == "n1")
+    assert verdict.gpus == (1 - chosen,)
