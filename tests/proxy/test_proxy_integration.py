@@ -68,14 +68,14 @@ def test_label_routing_balances_ready_models_and_never_wakes_an_idle_one() -> No
 
 
 def _quality_lane() -> list[dict]:
-    """The example quality lane (14B P100 always on, 32B P80, R1 P70 on one GPU), with the blog's overlapping
-    label: `reasoning` on both the 14B and R1. Caches off: the simulated kubelet runs no prefetch Jobs."""
+    """The example quality lane (14B P100 always on, 32B P80, R1 P70 on one GPU), with the overlapping label
+    `reasoning` on both the 14B and R1 (docs/proxy.md). Caches off: the simulated kubelet runs no prefetch Jobs."""
     return [example("qwen3-14b-mlc", serviceLabels=["textgen", "chat", "reasoning"], cache={"strategy": "None"}),
             example("qwen3-32b-quality", serviceLabels=["quality"], cache={"strategy": "None"}),
             example("deepseek-r1", serviceLabels=["reasoning"])]
 
 
-def test_blog_r1_vs_14b_the_ready_model_serves_and_r1_is_never_activated_into_a_timeout() -> None:
+def test_r1_vs_14b_the_ready_model_serves_and_r1_is_never_activated_into_a_timeout() -> None:
     with lab(_quality_lane(), fit=homelab_fit()) as lb:
         wait_for(lambda: lb.serving("qwen3-14b-mlc"), what="the always-on 14B serving")
         r = lb.chat("reasoning")

@@ -59,12 +59,12 @@ def test_several_ready_models_with_the_label_are_all_candidates_for_balancing() 
     assert route("fast", s, NOW) == Serve(("a", "b"))
 
 
-def test_blog_r1_vs_14b_a_ready_model_serves_the_label_so_the_idle_one_is_never_activated() -> None:
+def test_r1_vs_14b_a_ready_model_serves_the_label_so_the_idle_one_is_never_activated() -> None:
     # reasoning is on the busy 14B (Ready) and on R1 (Idle, lower priority): use the 14B, activate nothing
     assert route("reasoning", lane(), NOW) == Serve(("qwen3-14b-mlc",))
 
 
-def test_blog_r1_vs_14b_only_idle_models_that_cannot_preempt_the_busy_holder_are_refused_at_once() -> None:
+def test_r1_vs_14b_only_idle_models_that_cannot_preempt_the_busy_holder_are_refused_at_once() -> None:
     s = lane()
     s = {**s, "qwen3-14b-mlc": st("qwen3-14b-mlc", ("chat",), "Ready", group="q", priority=100, endpoints=EP,
                                   min_replicas=1, last_active=NOW - 30)}
