@@ -151,6 +151,7 @@ class NodeCache:
         self._log: list[str] = []
         self._log_base = 0
         self.table = NodeTable()  # the same nodes by static class, with columns of live facts
+        self.members = 0  # bumped when the SET of cached names changes (a node added or removed)
         # Services set this: after each full sync, gc.freeze() moves the (long-lived, acyclic) cached views
         # out of the collector's generations, so full collections on the request path stop walking them
         # (the p99 tail at thousands of nodes). Freed views still go by reference counting.
@@ -259,6 +260,8 @@ class NodeCache:
                 return self._views[name]
         view = view_of(obj)
         with self._lock:
+            if name not in self._views:
+                self.members += 1
             self._views[name] = view
             self._rv[name] = rv
             self.table.put(name, view)
@@ -269,6 +272,7 @@ class NodeCache:
     def remove(self, name: str) -> None:
         with self._lock:
             if self._views.pop(name, None) is not None:
+                self.members += 1
                 self.table.remove(name)
                 self._logged((name,))
             self._rv.pop(name, None)
@@ -289,6 +293,8 @@ class NodeCache:
             old = self._views
             changed = [n for n, v in views.items() if old.get(n) is not v]
             changed.extend(n for n in old if n not in views)
+            if any(n not in old or n not in views for n in changed):
+                self.members += 1
             self._views = views
             self._rv = rvs
             for n in changed:

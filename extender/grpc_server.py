@@ -80,7 +80,7 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
             self.extender.metrics.bad_requests.labels("filter", "grpc").inc()
             return pb.FilterResponse(error=str(e))
         out = self.extender.filter(req, self._names(request.node_names))
-        return pb.FilterResponse.FromString(self.encoder.filter_response(out.passed, out.failed, out.unresolvable))
+        return self.encoder.filter_message(out.passed, out.failed, out.unresolvable)
 
     def Prioritize(self, request: pb.PrioritizeRequest, context: grpc.ServicerContext) -> pb.PrioritizeResponse:
         try:
@@ -89,7 +89,7 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
             self.extender.metrics.bad_requests.labels("prioritize", "grpc").inc()
             return pb.PrioritizeResponse(error=str(e))
         out = self.extender.prioritize_scores(req, self._names(request.node_names))
-        return pb.PrioritizeResponse.FromString(self.encoder.prioritize_response(out.names, out.scores))
+        return self.encoder.prioritize_message(out.names, out.scores)
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         try:

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import getitem
 
+from flexinfer.api.v1 import scheduler_extender_pb2 as pb
+
 from .memo import MAX_KEPT_NAMES, NodeNames
 
 MAX_PIECES = 50_000  # cached byte pieces per kind; cleared when over
@@ -67,6 +69,29 @@ class ResponseEncoder:
         self._names: dict[str, bytes] = {}
         self._hosts: dict[str, tuple[bytes, ...]] = {}
         self._entries: dict[tuple[int, str, str], bytes] = {}
+        # The last answers as messages, reused while the same (shared, never changed) answer objects come again.
+        self._last_filter: tuple[object, object, object, pb.FilterResponse] | None = None
+        self._last_priorities: tuple[object, list[int], pb.PrioritizeResponse] | None = None
+
+    def filter_message(self, passed: Sequence[str], failed: Mapping[str, str],
+                       unresolvable: Mapping[str, str]) -> pb.FilterResponse:
+        """FilterResponse for the answer; the same message again for the same answer objects (the extender shares
+        its cached answer while nothing changed)."""
+        last = self._last_filter
+        if last is not None and last[0] is passed and last[1] is failed and last[2] is unresolvable:
+            return last[3]
+        msg = pb.FilterResponse.FromString(self.filter_response(passed, failed, unresolvable))
+        self._last_filter = (passed, failed, unresolvable, msg)
+        return msg
+
+    def prioritize_message(self, names: Sequence[str], scores: list[int]) -> pb.PrioritizeResponse:
+        """PrioritizeResponse; the same message again for the same name list with equal scores."""
+        last = self._last_priorities
+        if last is not None and last[0] is names and last[1] == scores:
+            return last[2]
+        msg = pb.PrioritizeResponse.FromString(self.prioritize_response(names, scores))
+        self._last_priorities = (names, scores, msg)
+        return msg
 
     def _fill(self, memo: dict, keys: Sequence, make: object) -> bool:
         """Make the pieces `keys` lacks; False when they are too many to keep (the caller makes them unkept)."""

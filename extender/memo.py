@@ -103,7 +103,7 @@ class ShapeMemo:
     """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
 
     __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "passed", "req", "score_generation",
-                 "score_until", "scores", "static", "unresolvable", "until", "version")
+                 "score_until", "scores", "static", "tally", "unresolvable", "until", "version")
 
     def __init__(self, req: PodRequirements) -> None:
         self.req = req  # the first pod of this shape: every field the policy reads is part of the shape key
@@ -114,6 +114,7 @@ class ShapeMemo:
         self.passed: set[str] = set()
         self.failed: dict[str, str] = {}
         self.unresolvable: dict[str, str] = {}
+        self.tally: Counter[tuple[bool, str]] = Counter()  # of failed + unresolvable
         self._answer_key: tuple[object, int] | None = None
         self._answer: FilterAnswer | None = None
         self.score_generation = -1
@@ -157,6 +158,7 @@ class VerdictCache:
         self.config = config
         self.shape_limit = shape_limit
         self._shapes: OrderedDict[tuple, ShapeMemo] = OrderedDict()
+        self._covers: dict[int, tuple[NodeNames, int, bool, frozenset[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._shapes)
@@ -205,31 +207,98 @@ class VerdictCache:
 
     # --- filter tables -----------------------------------------------------------------------
     def _current(self, shape: ShapeMemo, now: float) -> None:
-        """Rebuild the shape's tables when the node cache changed or their time is up (node cache lock held)."""
-        if shape.generation == self.nodes.generation and now < shape.until:
+        """Bring the shape's tables up to date (node cache lock held): when a few nodes changed, judge just those
+        (`_patch`); when many did, the log no longer reaches back, or the tables' time is up, rebuild them."""
+        nodes = self.nodes
+        if shape.generation == nodes.generation and now < shape.until:
             return
+        if now < shape.until:
+            _, changed = nodes.changes_since(shape.generation, locked=True)
+            if changed is not None and len(changed) <= max(64, len(nodes) // 8):
+                self._patch(shape, set(changed), now)
+                shape.generation = nodes.generation
+                shape.version += 1
+                return
+        self._rebuild(shape, now)
+
+    def _rebuild(self, shape: ShapeMemo, now: float) -> None:
         est = shape.req.vram_estimate_mib
         cfg = self.config
         passed: set[str] = set()
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
+        tally: Counter[tuple[bool, str]] = Counter()
         until = INF
         for cls in self.nodes.table.classes.values():
             fit = self._static(shape, cls.key, cls.rep)
             if isinstance(fit, NodeVerdict):
                 unresolvable.update(dict.fromkeys(cls.names, fit.reason))
+                tally[(True, fit.reason)] += len(cls.names)
                 continue
             ok, short, stale, valid = split_class(fit, est, cls.names, cls.observed,
                                                   cls.available(fit.positions, fit.count), now, cfg)
             passed.update(ok)
             if short:
                 failed.update(dict.fromkeys(short, R_INSUFFICIENT))
+                tally[(False, R_INSUFFICIENT)] += len(short)
             if stale:
                 unresolvable.update(dict.fromkeys(stale, R_STALE))
+                tally[(True, R_STALE)] += len(stale)
             until = min(until, valid)
-        shape.passed, shape.failed, shape.unresolvable = passed, failed, unresolvable
+        shape.passed, shape.failed, shape.unresolvable, shape.tally = passed, failed, unresolvable, tally
         shape.generation, shape.until = self.nodes.generation, until
         shape.version += 1
+
+    def _patch(self, shape: ShapeMemo, names: set[str], now: float) -> None:
+        """`_rebuild`'s verdicts for just these nodes (the same rules as `policy.split_class`, one node at a time)."""
+        est, limit = shape.req.vram_estimate_mib, self.config.max_state_age_seconds
+        passed, failed, unresolvable, tally = shape.passed, shape.failed, shape.unresolvable, shape.tally
+        where = self.nodes.table.where
+        for name in names:
+            passed.discard(name)
+            for flag, table in ((False, failed), (True, unresolvable)):
+                old = table.pop(name, None)
+                if old is not None:
+                    key = (flag, old)
+                    tally[key] -= 1
+                    if not tally[key]:
+                        del tally[key]
+            cls = where.get(name)
+            if cls is None:  # removed from the cache
+                continue
+            fit = self._static(shape, cls.key, cls.rep)
+            if isinstance(fit, NodeVerdict):
+                unresolvable[name] = fit.reason
+                tally[(True, fit.reason)] += 1
+                continue
+            row = cls.rows[name]
+            observed = cls.observed[row]
+            if now - observed > limit:
+                unresolvable[name] = R_STALE
+                tally[(True, R_STALE)] += 1
+                continue
+            shape.until = min(shape.until, stale_after(observed, self.config))
+            if est <= cls.available(fit.positions, fit.count)[row]:
+                passed.add(name)
+            else:
+                failed[name] = R_INSUFFICIENT
+                tally[(False, R_INSUFFICIENT)] += 1
+
+    def _coverage(self, names: Sequence[str], wanted: Names) -> tuple[bool, frozenset[str]]:
+        """(every cached node is named, the names the cache does not hold), remembered per NodeNames list while
+        the set of cached names stays the same (node cache lock held)."""
+        members = self.nodes.members
+        if isinstance(names, NodeNames):
+            hit = self._covers.get(id(names))
+            if hit is not None and hit[0] is names and hit[1] == members:
+                return hit[2], hit[3]
+        unknown = frozenset(wanted.difference(self.nodes.names_view()))
+        covers = len(wanted) - len(unknown) == len(self.nodes)
+        if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:
+            if len(self._covers) >= 8:
+                self._covers.pop(next(iter(self._covers)))
+            self._covers[id(names)] = (names, members, covers, unknown)
+        return covers, unknown
 
     def answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
         """Filter's answer for `names` without reservations (shared: copy before changing). A repeat of the
@@ -240,11 +309,17 @@ class VerdictCache:
                     and shape._answer_key[1] == shape.version:
                 return shape._answer
             unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
-            failed, unresolvable = subset(shape.failed, wanted), subset(shape.unresolvable, wanted)
             passed = list(filter(shape.passed.__contains__, unique))
-            if len(passed) + len(failed) + len(unresolvable) < len(wanted):  # names the cache does not hold
-                failed.update(dict.fromkeys(wanted.difference(self.nodes.names_view()), R_NOT_IN_CACHE))
-            answer = FilterAnswer(passed, failed, unresolvable, tally_of(failed, unresolvable))
+            covers, unknown = self._coverage(names, wanted)
+            if covers:  # kube-scheduler named every cached node: the tables as they are
+                failed, unresolvable, tally = dict(shape.failed), dict(shape.unresolvable), shape.tally.copy()
+            else:
+                failed, unresolvable = subset(shape.failed, wanted), subset(shape.unresolvable, wanted)
+                tally = tally_of(failed, unresolvable)
+            if unknown:
+                failed.update(dict.fromkeys(unknown, R_NOT_IN_CACHE))
+                tally[(False, R_NOT_IN_CACHE)] += len(unknown)
+            answer = FilterAnswer(passed, failed, unresolvable, tally)
             if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
                 shape._answer_key, shape._answer = (names, shape.version), answer
             return answer

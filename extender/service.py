@@ -29,7 +29,8 @@ log = logs.get("flexinfer.extender")
 @dataclass(slots=True)
 class FilterOutcome:
     """Filter's answer. `verdicts` (in request order) is None when the answer came from the verdict
-    index; `verdict(name)` / `all_verdicts(names)` give them either way."""
+    cache; `verdict(name)` / `all_verdicts(names)` give them either way. The lists and maps may be the verdict
+    cache's own (shared between requests): read them, never change them."""
 
     verdicts: list[NodeVerdict] | None
     passed: list[str] = field(default_factory=list)
@@ -83,6 +84,9 @@ def _with_specials(base: FilterAnswer, special: Iterable[NodeVerdict], *, maps: 
     """Copies of the index answer's FailedNodes, FailedAndUnresolvableNodes and tally, with the verdicts of
     nodes holding reservations (evaluated for this request) in place of the index's. `maps=False`: the tally
     only (the two maps come back empty)."""
+    special = list(special)
+    if not special:  # the cached answer itself (shared: never changed by its users)
+        return (base.failed, base.unresolvable, base.tally) if maps else ({}, {}, base.tally)
     failed, unresolvable = (dict(base.failed), dict(base.unresolvable)) if maps else ({}, {})
     tally = base.tally.copy()
     changed = False
@@ -175,7 +179,7 @@ class Extender:
         base = self.verdicts.answer(shape, names, wanted, now)
         special = self._evaluate(req, list(held), None, now) if held else []
         failed, unresolvable, tally = _with_specials(base, special)
-        out = FilterOutcome(None, base.passed.copy(), failed, unresolvable, count=len(names), tally=tally)
+        out = FilterOutcome(None, base.passed, failed, unresolvable, count=len(names), tally=tally)
         if any(v.feasible != (v.node in shape.passed) for v in special):  # a reservation changed who passes
             passed_set = (set(base.passed) - held) | {v.node for v in special if v.feasible}
             unique = names if len(wanted) == len(names) else dict.fromkeys(names)
