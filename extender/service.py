@@ -53,10 +53,15 @@ class FilterOutcome:
 
 
 def _ready_unix(pod: Mapping[str, Any]) -> float:
+    """When the pod surely was Ready. The API stores lastTransitionTime with whole seconds (metav1.Time), so
+    the pod became Ready up to 1 s after the stamp: an agent observation within that second may predate
+    the model's memory, and dropping the reservation on it overcommitted a GPU (found by the e2e tier's
+    burst with the extender restarted midway)."""
     status = pod.get("status") or {}
     for c in status.get("conditions") or ():
         if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True":
-            return parse_rfc3339(c.get("lastTransitionTime")) or time.time()
+            stamp = parse_rfc3339(c.get("lastTransitionTime"))
+            return stamp + 1.0 if stamp is not None else time.time()
     return 0.0
 
 

@@ -315,6 +315,32 @@ class RealCluster:
         wait_until(f"agents to publish {', '.join(names)}", done, timeout_s, interval_s=0.2,
                    procs=[self.agents[n] for n in names if n in self.agents])
 
+    def expected_free_mib(self) -> dict[str, list[int]]:
+        """What every node's GPUs have free right now according to the load simulator (the truth)."""
+        assert self.load is not None
+        with self.load._lock:
+            return {n.name: [g.total_mi_b - g.used_mi_b for g in n.gpus] for n in self.load.fleet.nodes if n.gpus}
+
+    def wait_settled(self, timeout_s: float = 30.0, tolerance_mib: int = 1200) -> None:
+        """Until every running agent has published its GPUs' free memory as the load simulator has it
+        (within the agent's write threshold + noise), and the extender had a moment to see it."""
+
+        def settled() -> bool:
+            want = self.expected_free_mib()
+            for name, free in want.items():
+                if name not in self.agents:
+                    continue
+                pub = self.published(name)
+                if pub is None or len(pub["free_mib"]) != len(free):
+                    return False
+                if any(abs(a - b) > tolerance_mib for a, b in zip(pub["free_mib"], free, strict=True)):
+                    return False
+            return True
+
+        wait_until("agents to publish the simulated GPU load", settled, timeout_s, interval_s=0.2,
+                   procs=list(self.agents.values()))
+        time.sleep(0.3)  # the extender's node watch delivers within milliseconds
+
     # -- extender ----------------------------------------------------------------------------------------------
     def start_extender(self, port: int | None = None, wait: bool = True) -> Process:
         """flexinfer-extender as its ServiceAccount on 127.0.0.1 (same port across restarts)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,7 +76,7 @@ def api(control_plane: ControlPlane) -> Any:
 @pytest.fixture
 def ns(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test; deleted (pods gone, GPU memory back) afterwards."""
-    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().removeprefix("test_"))[:40].strip("-")
     name = f"e2e-{next(_COUNTER)}-{base}"[:63].rstrip("-")
     control_plane.create_namespace(name)
     yield name

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
+import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from flexinfer import keys, kube
@@ -78,3 +83,63 @@ def delete_namespace_and_wait(api: Any, namespace: str, timeout_s: float = 60.0)
             return
         time.sleep(0.2)
     raise AssertionError(f"pods of namespace {namespace} still exist after {timeout_s:.0f} s")
+
+
+def scheduled_condition(api: Any, namespace: str, name: str) -> JSON:
+    """The pod's PodScheduled condition (kube-scheduler's latest verdict: reason + message), or {}."""
+    p = pod(api, namespace, name) or {}
+    for c in (p.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled":
+            return c
+    return {}
+
+
+def bound_pods(api: Any, namespace: str, label_selector: str | None = None) -> dict[str, str]:
+    """pod name -> node for the bound pods of a namespace."""
+    return {p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods_in(api, namespace, label_selector)
+            if (p.get("spec") or {}).get("nodeName")}
+
+
+class RecordingProxy:
+    """A loopback HTTP proxy between kube-scheduler and the extender that records each request's verb and
+    body (to check the wire form kube-scheduler really sends) and forwards it unchanged."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.requests: list[tuple[str, JSON]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    proxy.requests.append((self.path, json.loads(body)))
+                except ValueError:
+                    proxy.requests.append((self.path, {}))
+                req = urllib.request.Request(proxy.target + self.path, data=body,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        status, data = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

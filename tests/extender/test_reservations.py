@@ -159,9 +159,10 @@ def test_pod_watch_confirms_moves_and_releases() -> None:
     ready = {**bound, "status": {"phase": "Running", "conditions": [
         {"type": "Ready", "status": "True", "lastTransitionTime": "1970-01-01T00:18:20Z"}]}}  # 1100
     ext.on_pod_event("MODIFIED", ready)
-    assert ext.reservations.get("uid-1").ready_unix == 1100.0
+    # lastTransitionTime has whole seconds: the pod was surely Ready at the end of the stamped second
+    assert ext.reservations.get("uid-1").ready_unix == 1101.0
     # the agent publishes a sample taken after the pod became Ready: its memory is in the numbers now
-    ext.cache.upsert(node_obj(other, [gpu(0, free=14000)], 1101.0, resource_version="2"))
+    ext.cache.upsert(node_obj(other, [gpu(0, free=14000)], 1101.5, resource_version="2"))
     ext.refresh_gauges()
     assert ext.reservations.get("uid-1") is None
     # deletion releases
