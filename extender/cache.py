@@ -57,7 +57,7 @@ class NodeClass:
         if self.free and state is not None:
             self.observed[row] = state.observed_unix
             for col, g in zip(self.free, state.gpus, strict=True):
-                col[row] = g.free_mib if g.free_mib > 0 else 0
+                col[row] = g.available_mib if g.available_mib > 0 else 0  # 0 when no time-slicing replica is left
         self._derived.clear()
 
     def add(self, name: str, view: NodeView) -> None:

@@ -58,6 +58,7 @@ R_NOT_IN_CACHE = "node not in extender cache"
 R_NO_GPU = "node has no GPU"
 R_NO_VENDOR_GPU = "node has no {vendor} GPU"
 R_TOO_FEW_GPUS = "node has fewer GPUs than requested"
+R_TIME_SLICED = "time-sliced GPUs cannot give a pod several distinct GPUs"
 R_UNHEALTHY = "not enough healthy GPUs"
 R_TOO_SMALL = "GPU memory too small for model"
 R_INSUFFICIENT = "Insufficient free GPU memory"
@@ -179,7 +180,7 @@ def static_class(view: NodeView) -> tuple:
     if state is None or not state.gpus:
         status = view.agent_status
         return ("none", view.vendor in ("none", ""), state is None, bool(status), status != "ok")
-    return ("gpus", *[(g.vendor, g.arch, g.total_mib, g.healthy) for g in state.gpus])
+    return ("gpus", *[(g.vendor, g.arch, g.total_mib, g.healthy, g.replicas > 1) for g in state.gpus])
 
 
 def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFit:
@@ -211,6 +212,11 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
     count = max(1, req.gpu_count)
     if len(vendor_pos) < count:
         return _reject(name, R_TOO_FEW_GPUS, f"needs {count} GPUs; node has {len(vendor_pos)}")
+    if count > 1 and any(gpus[i].replicas > 1 for i in vendor_pos):
+        # The device plugin may hand one container several replicas of the same GPU: "2 GPUs" can be one.
+        shared = next(gpus[i] for i in vendor_pos if gpus[i].replicas > 1)
+        return _reject(name, R_TIME_SLICED,
+                       f"needs {count} GPUs; {shared.describe()}: replicas of one GPU may be handed out together")
     healthy = [i for i in vendor_pos if gpus[i].healthy]
     if len(healthy) < count:
         sick = "; ".join(f"GPU {gpus[i].index}: {gpus[i].reason or 'unhealthy'}"
@@ -239,8 +245,9 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
     if len(big) < count:
         largest = max(gpus[i].total_mib for i, _ in usable)
         per = "per GPU" if count > 1 else "on one GPU"
+        unit = "MIG instance" if any(gpus[i].mig_profile for i, _ in usable) else "GPU"  # all a pod can get
         return _reject(name, R_TOO_SMALL,
-                       f"needs {est} MiB {per}; largest GPU has {largest} MiB total")
+                       f"needs {est} MiB {per}; largest {unit} has {largest} MiB total")
     return StaticFit(tuple((gpus[i], d) for i, d in big), count, tuple(i for i, _ in big))
 
 
@@ -265,13 +272,13 @@ def pick_gpus(fit: StaticFit, est: int, binpack: bool,
         pick: Chosen | None = None
         top = 0
         for g, d in big:
-            f = g.free_mib - reserved.get(g.index, 0) if reserved else g.free_mib
+            f = g.available_mib - reserved.get(g.index, 0) if reserved else g.available_mib
             f = max(f, 0)
             top = max(top, f)
             if f >= est and (pick is None or (f < pick[0] if binpack else f > pick[0])):
                 pick = (f, g, d)
         return ([pick] if pick is not None else None), top
-    avail = sorted(((max(0, g.free_mib - (reserved.get(g.index, 0) if reserved else 0)), g, d) for g, d in big),
+    avail = sorted(((max(0, g.available_mib - (reserved.get(g.index, 0) if reserved else 0)), g, d) for g, d in big),
                    key=lambda t: (-t[0], t[1].index))
     fitting = [t for t in avail if t[0] >= est]
     if len(fitting) < count:
@@ -355,7 +362,8 @@ def evaluate(
     final, degraded, until = score(req, chosen, now_unix, config, notes)
     count = fit.count
     gpus = tuple(sorted(t[1].index for t in chosen))
-    free_text = ", ".join(f"GPU {t[1].index} {t[0]} MiB free" for t in sorted(chosen, key=lambda t: t[1].index))
+    free_text = ", ".join(f"{t[1].describe()}: {t[0]} MiB free" if t[1].mig_profile or t[1].replicas > 1
+                          else f"GPU {t[1].index} {t[0]} MiB free" for t in sorted(chosen, key=lambda t: t[1].index))
     detail = f"fits: needs {est} MiB on {count} GPU{'s' if count > 1 else ''}; {free_text}; " + ", ".join(notes)
     return NodeVerdict(name, True, False, "", detail, final, gpus, degraded, min(until, fresh_until))
 
@@ -388,6 +396,9 @@ def _insufficient(est: int, count: int, nth_free: int, reserved: Mapping[int, in
                   big: tuple[tuple[GpuState, str], ...]) -> str:
     held = sum(reserved.get(g.index, 0) for g, _ in big) if reserved else 0
     held_text = f" ({held} MiB reserved for pods being placed)" if held else ""
+    taken = [g for g, _ in big if g.replicas > 1 and g.replicas_used >= g.replicas]
+    if taken:  # time-slicing: free memory, but the device plugin has no replica left to hand out
+        held_text += "; " + ", ".join(f"GPU {g.index}: all {g.replicas} time-slicing replicas in use" for g in taken)
     if count == 1:
         return f"needs {est} MiB on one GPU; best GPU has {nth_free} MiB free{held_text}"
     return f"needs {est} MiB on each of {count} GPUs; {_ordinal(count)} GPU has {nth_free} MiB free{held_text}"

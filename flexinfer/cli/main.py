@@ -15,6 +15,7 @@ from flexinfer.cli.sources import node_views, source_options
 from flexinfer.cliopts import CONTEXT_SETTINGS, LOG_FORMATS, LOG_LEVELS, show_envvars, version
 from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
+from flexinfer.state import GpuState
 
 
 def load_models(path: str, *, allow_never_runs: bool = False) -> list[Model]:
@@ -102,7 +103,8 @@ def preflight(model_file: str, fleet: str | None, nodes_from: str | None, cluste
 @OUTPUT_OPTION
 def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
           kubeconfig: str | None, max_state_age_seconds: float, output: str) -> None:
-    """Nodes x GPUs: arch, free/total VRAM, health, age of the agent's data."""
+    """Nodes x GPUs: arch, free/total VRAM, sharing (MIG instance, time-slicing replicas), pods holding each,
+    health, age of the agent's data."""
     now = time.time()
     views = node_views(fleet, nodes_from, cluster, kube_server, kubeconfig, now)
     rows: list[dict] = []
@@ -124,15 +126,26 @@ def nodes(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server:
                 health += " (stale)"
             rows.append({"node": v.name, "gpu": g.index, "vendor": g.vendor, "arch": g.arch,
                          "family": g.info.family, "freeMiB": g.free_mib, "totalMiB": g.total_mib,
-                         "health": health, "ageSeconds": age})
+                         "sharing": _sharing(g), "pods": list(g.pods), "health": health, "ageSeconds": age})
     if output != "table":
         emit(rows, output)
         return
     console().print(table(
-        ["NODE", "GPU", "VENDOR", "ARCH", "FREE MiB", "TOTAL MiB", "HEALTH", "AGE s"],
+        ["NODE", "GPU", "VENDOR", "ARCH", "FREE MiB", "TOTAL MiB", "SHARING", "PODS", "HEALTH", "AGE s"],
         [[r["node"], r["gpu"], r["vendor"], r["arch"], "-" if r["freeMiB"] is None else r["freeMiB"],
-          "-" if r["totalMiB"] is None else r["totalMiB"], r["health"],
+          "-" if r["totalMiB"] is None else r["totalMiB"], r.get("sharing") or "-",
+          ", ".join(r.get("pods") or []) or "-", r["health"],
           "-" if r["ageSeconds"] is None else r["ageSeconds"]] for r in rows]))
+
+
+def _sharing(g: GpuState) -> str:
+    """What a pod gets of this GPU: 'MIG 3g.40gb of GPU 0', '4 replicas, 1 in use (no replica left)', ''."""
+    if g.mig_profile:
+        return f"MIG {g.mig_profile} of GPU {g.mig_parent}"
+    if g.replicas > 1:
+        full = " (no replica left)" if g.replicas_used >= g.replicas else ""
+        return f"{g.replicas} replicas, {g.replicas_used} in use{full}"
+    return ""
 
 
 @cli.command()
