@@ -23,6 +23,9 @@ from .server import Proxy
 
 log = logs.get("flexinfer.proxy.runner")
 
+# A client connection with no request in progress is closed after this long (aiohttp's default is an hour).
+IDLE_CONNECTION_TIMEOUT_S = 75.0
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed (it comes with uvicorn[standard]), else asyncio's default loop."""
@@ -64,7 +67,7 @@ class ProxyServer:
         proxy = self.proxy
         await proxy.start()
         api = web.AppRunner(proxy.api_app, handler_cancellation=True, access_log=None,
-                            shutdown_timeout=self.grace_s)
+                            shutdown_timeout=self.grace_s, keepalive_timeout=IDLE_CONNECTION_TIMEOUT_S)
         ops = web.AppRunner(proxy.ops_app, access_log=None, shutdown_timeout=1.0)
         await api.setup()
         await ops.setup()
