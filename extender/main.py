@@ -151,10 +151,10 @@ def check_exposure(bind_address: str, files: TlsFiles, allow_unauthenticated: bo
                    "off with --nodes-from].")
 @click.option("--filter-path", default="/filter", help="Path of the filter verb.")
 @click.option("--prioritize-path", default="/prioritize", help="Path of the prioritize verb.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+@click.option("--tls-cert", type=click.Path(dir_okay=False),
               help="Serve HTTPS and gRPC over TLS with this certificate (re-read when the file changes).")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key for --tls-cert.")
-@click.option("--client-ca-file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key for --tls-cert.")
+@click.option("--client-ca-file", type=click.Path(dir_okay=False),
               help="Require client certificates signed by this CA on --http-port and --grpc-port (mutual TLS): "
                    "kube-scheduler's tlsConfig certFile/keyFile, and the other replicas. Use a CA of its own.")
 @click.option("--allow-unauthenticated", is_flag=True,

@@ -1,7 +1,7 @@
 """Helpers for the deploy tests: load manifests, render kustomize trees, CRD schema -> JSON Schema, CEL.
 
 The kustomize renderer is deliberately tiny: it supports exactly what daemonset/ uses (resources that are
-files or directories with a kustomization.yaml, `components`, `namespace`, `nameSuffix`, and
+files or directories with a kustomization.yaml, `components` (their resources and patches), `namespace`, `nameSuffix`, and
 strategic-merge `patches` given as files with a `target` (kind, name, equality label selector) or matched
 by kind+name). Strategic merge is implemented for the list shapes our patches touch: lists of objects
 merged by `name` (containers, volumes, volumeMounts, env); all other lists are replaced, as strategic
@@ -115,7 +115,11 @@ def _render(directory: pathlib.Path) -> Tracked:
             objs.extend((d["metadata"]["name"], d) for d in load_docs(path))
     for comp in kust.get("components", []):
         comp_dir = (directory / comp).resolve()
-        _apply_patches(comp_dir, load_kustomization(comp_dir), objs)
+        comp_kust = load_kustomization(comp_dir)
+        for res in comp_kust.get("resources", []):  # a component may add objects too
+            path = (comp_dir / res).resolve()
+            objs.extend(_render(path) if path.is_dir() else [(d["metadata"]["name"], d) for d in load_docs(path)])
+        _apply_patches(comp_dir, comp_kust, objs)
     _apply_patches(directory, kust, objs)
     suffix = kust.get("nameSuffix", "")
     ns = kust.get("namespace")

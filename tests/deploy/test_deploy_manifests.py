@@ -35,6 +35,8 @@ CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
     ("kubescheduler.config.k8s.io/v1", "KubeSchedulerConfiguration"): "kubescheduler-config-v1.json",
+    ("cert-manager.io/v1", "Issuer"): "certmanager-issuer.json",
+    ("cert-manager.io/v1", "Certificate"): "certmanager-certificate.json",
 }
 # Metric names the components export (agent, extender, controller helpers' contract).
 KNOWN_METRICS = {
@@ -95,8 +97,6 @@ def test_every_manifest_is_used_by_some_kustomization() -> None:
         for ref in [*kust.get("resources", []), *(p["path"] for p in kust.get("patches", []))]:
             used.add((kdir / ref).resolve())
     optional = {DAEMONSET / "components" / "amd" / "privileged-patch.yaml",  # opt-in, commented out
-                DAEMONSET / "components" / "extender-tls" / "extender-patch.yaml",  # opt-in component
-                DAEMONSET / "components" / "extender-tls" / "servicemonitor-patch.yaml",
                 DAEMONSET / "scheduler" / "second-scheduler" / "scheduler-config.yaml"}  # embedded in configmap.yaml
     standalone = {DAEMONSET / "examples", DAEMONSET / "scheduler"}  # applied by hand (README)
     for path in DAEMONSET.rglob("*.yaml"):
@@ -285,7 +285,7 @@ def test_extender_and_controller_shape() -> None:
     pdb = next(o for o in objs if o["kind"] == "PodDisruptionBudget")
     assert pdb["spec"]["selector"] == ext["spec"]["selector"]
     svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "flexinfer-extender")
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"http": 8888, "grpc": 9090}
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"https": 8888, "read-only": 8889, "grpc": 9090}
     ctl = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "flexinfer-controller")
     assert ctl["spec"]["replicas"] == 1 and ctl["spec"]["strategy"] == {"type": "Recreate"}
     for w in _workloads(objs):
@@ -314,7 +314,7 @@ def test_monitors_select_real_ports() -> None:
 # --- scheduler configuration ---------------------------------------------------------------------
 def test_scheduler_configs_point_at_the_extender_service() -> None:
     svc = next(o for o in rendered(DAEMONSET / "base") if o["kind"] == "Service")
-    http_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    http_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "https")
     host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{http_port}"
     files = [*(DAEMONSET / "scheduler").glob("*.yaml"), DAEMONSET / "scheduler/second-scheduler/scheduler-config.yaml"]
     for path in files:
@@ -325,11 +325,12 @@ def test_scheduler_configs_point_at_the_extender_service() -> None:
         assert ext["nodeCacheCapable"] is True and isinstance(ext["ignorable"], bool)
         assert {r["name"]: r["ignoredByScheduler"] for r in ext["managedResources"]} == {
             "nvidia.com/gpu": False, "amd.com/gpu": False}
-        if ext.get("enableHTTPS"):
-            assert ext["urlPrefix"].startswith("https://")
-            assert ext["tlsConfig"].get("caFile") or ext["tlsConfig"].get("caData"), "no CA = no verification"
-        else:
-            assert ext["urlPrefix"].startswith("http://")
+        # mutual TLS by default: only kube-scheduler (its client certificate) can reserve GPU memory
+        assert ext["enableHTTPS"] is True and ext["urlPrefix"].startswith("https://"), path.name
+        tls = ext["tlsConfig"]
+        assert tls.get("caFile") or tls.get("caData"), "no CA = kube-scheduler skips verification"
+        assert tls["certFile"] and tls["keyFile"] and not tls.get("insecure"), path.name
+        assert tls["serverName"] == host.rsplit(":", 1)[0], path.name
     (second,) = load_docs(DAEMONSET / "scheduler/second-scheduler/scheduler-config.yaml")
     assert second["profiles"] == [{"schedulerName": "flexinfer-scheduler", "percentageOfNodesToScore": 100}]
 
@@ -457,37 +458,98 @@ def test_project_builds_as_a_wheel_with_the_entry_points(tmp_path: pathlib.Path)
     assert any(n.startswith("flexinfer/data/") and n.endswith(".yaml") for n in names)
 
 
-def test_extender_tls_component(tmp_path: pathlib.Path) -> None:
-    """components/extender-tls on top of an overlay: valid objects, HTTPS probes and scrape, CLI accepts args."""
+def _extender(objs: Any) -> dict[str, Any]:
+    return next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "flexinfer-extender")
+
+
+def test_extender_serves_the_scheduling_verbs_over_mutual_tls_by_default(tmp_path: pathlib.Path) -> None:
+    """Every overlay: the extender requires client certificates from the CA in its Secret, probes and scrapes use
+    the plaintext read-only port, the replicas elect a leader (with a Role for their Lease), and the CLI accepts
+    the args and passes its own exposure check with the mounted files."""
+    from flexinfer.extender.main import check_exposure
+    from flexinfer.extender.main import main as extender_main
+    from flexinfer.extender.tls import TlsFiles
+
+    for root in OVERLAYS:
+        objs = rendered(root)
+        pod = _extender(objs)["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        secret = next(v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "tls")
+        assert secret == "flexinfer-extender-tls" and pod["securityContext"]["fsGroup"] == 10001
+        args = dict(a.split("=", 1) if "=" in a else (a, "") for a in c["args"])
+        for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"), ("--client-ca-file", "ca.crt")):
+            assert args[flag] == f"{mounts['tls']}/{key}", flag
+        assert "--leader-elect" in args and args["--advertise-address"] == "$(POD_IP)"
+        assert args["--peer-server-name"] == "flexinfer-extender.flexinfer-system.svc"
+        assert c["livenessProbe"]["httpGet"]["port"] == c["readinessProbe"]["httpGet"]["port"] == "read-only"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["read-only"] == int(args["--read-only-port"]) and ports["https"] == int(args["--http-port"])
+        sm = next(o for o in objs if o["kind"] == "ServiceMonitor" and o["metadata"]["name"] == "flexinfer-extender")
+        assert [e["port"] for e in sm["spec"]["endpoints"]] == ["read-only"]
+        role = next(o for o in objs
+                    if o["kind"] == "Role" and o["metadata"]["name"] == "flexinfer-extender-leader-election")
+        assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == {"flexinfer-extender"}
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / key).write_text("x")
+    real = [a.replace(f"{mounts['tls']}/", f"{tmp_path}/") for a in c["args"]]
+    p = extender_main.make_context("flexinfer-extender", real).params
+    files = TlsFiles(p["tls_cert"], p["tls_key"], p["client_ca_file"]).check()
+    check_exposure(p["bind_address"], files, p["allow_unauthenticated"])  # raises without mutual TLS
+
+
+def test_extender_cert_manager_component(tmp_path: pathlib.Path) -> None:
+    """components/extender-cert-manager on top of an overlay: valid objects; the Secrets it makes are the ones the
+    extender mounts and the scheduler configs expect, for the Service name kube-scheduler verifies."""
     import os
 
-    overlay = tmp_path / "tls"
+    overlay = tmp_path / "cm"
     overlay.mkdir()
     rel = os.path.relpath(DAEMONSET, overlay)
     (overlay / "kustomization.yaml").write_text(
-        f"resources: [{rel}/overlays/nvidia-only]\ncomponents: [{rel}/components/extender-tls]\n")
+        f"resources: [{rel}/overlays/nvidia-only]\ncomponents: [{rel}/components/extender-cert-manager]\n")
     objs = render(overlay)
     for obj in objs:
         validate_object(obj)
-    ext = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "flexinfer-extender")
-    c = ext["spec"]["template"]["spec"]["containers"][0]
-    assert "--tls-cert=/etc/flexinfer/tls/tls.crt" in c["args"]
-    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    assert c["securityContext"]["readOnlyRootFilesystem"] is True  # the patch keeps the lockdown
-    sm = next(o for o in objs if o["kind"] == "ServiceMonitor")
-    assert sm["spec"]["endpoints"][0]["scheme"] == "https"
-    from flexinfer.extender.main import main as extender_main
-
-    cert = tmp_path / "tls.crt"
-    cert.write_text("x")
-    args = [a.replace("/etc/flexinfer/tls/tls.crt", str(cert)).replace("/etc/flexinfer/tls/tls.key", str(cert))
-            for a in c["args"]]
-    ctx = extender_main.make_context("flexinfer-extender", args)
-    assert ctx.params["tls_cert"] == str(cert)
+    certs = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Certificate"}
+    assert all(o["metadata"]["namespace"] == "flexinfer-system" for o in objs if o["kind"] in ("Certificate", "Issuer"))
+    server, client = certs["flexinfer-extender-tls"], certs["flexinfer-scheduler-client"]
+    mounted = next(v["secret"]["secretName"] for v in _extender(objs)["spec"]["template"]["spec"]["volumes"]
+                   if v["name"] == "tls")
+    assert server["secretName"] == mounted
+    assert {"server auth", "client auth"} <= set(server["usages"]) and "server auth" not in client["usages"]
+    assert "flexinfer-extender.flexinfer-system.svc" in server["dnsNames"]
+    assert server["issuerRef"]["name"] == client["issuerRef"]["name"] == "flexinfer-extender-ca"
+    assert certs["flexinfer-extender-ca"]["isCA"] is True
+    (dep,) = load_docs(DAEMONSET / "scheduler/second-scheduler/deployment.yaml")
+    secrets = {v["secret"]["secretName"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert secrets == {client["secretName"]}
     if shutil.which("kubectl"):
         out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert "--tls-cert=/etc/flexinfer/tls/tls.crt" in out.stdout
+        assert "kind: Certificate" in out.stdout
+
+
+def test_hack_extender_certs_script_makes_the_secrets_layout(tmp_path: pathlib.Path) -> None:
+    """hack/extender-certs.sh (no cert-manager): the files chain to the CA, with the usages and SAN the
+    manifests rely on (tests/extender/test_who_can_reserve.py serves real mutual TLS with them)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    out = subprocess.run(["bash", str(ROOT / "hack/extender-certs.sh"), "--out", str(tmp_path), "--no-apply"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ext = x509.load_pem_x509_certificate((tmp_path / "extender.crt").read_bytes())
+    sched = x509.load_pem_x509_certificate((tmp_path / "scheduler.crt").read_bytes())
+    usages = set(ext.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= usages
+    sans = ext.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "flexinfer-extender.flexinfer-system.svc" in sans
+    assert set(sched.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == {
+        ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert oct((tmp_path / "ca.key").stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.parametrize("root", OVERLAYS, ids=lambda p: str(p.relative_to(DAEMONSET)))
@@ -513,7 +575,7 @@ def test_container_args_are_accepted_by_the_real_clis(root: pathlib.Path, monkey
                         m.setenv("NODE_NAME", "node-a")
                 ctx = cmd.make_context(c["command"][0], list(c.get("args", [])))
             ports = {p["containerPort"] for p in c["ports"]}
-            for opt in ("metrics_port", "grpc_port", "port"):
+            for opt in ("metrics_port", "grpc_port", "port", "http_port", "read_only_port"):
                 if ctx.params.get(opt):
                     assert ctx.params[opt] in ports, f"{_id(w)}: --{opt} {ctx.params[opt]} not a container port"
             if "vendor" in ctx.params and c["command"][0] == "flexinfer-agent" and root.name != "mixed":

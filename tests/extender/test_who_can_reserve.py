@@ -215,3 +215,30 @@ def test_scheduling_verbs_are_never_served_to_the_network_without_mutual_tls(pki
     assert code is None and '"mutual_tls": true' in out and '"url": "https://0.0.0.0:' in out
     code, out = run_cli("--bind-address", "0.0.0.0", "--allow-unauthenticated")  # an explicit choice
     assert code is None and '"mutual_tls": false' in out
+
+
+def test_certificates_from_hack_extender_certs_work_end_to_end(tmp_path) -> None:
+    """What the manifests mount by default (hack/extender-certs.sh): kube-scheduler's certificate reserves, the
+    extender is verified under its Service name, and nothing else gets in."""
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    script = Path(__file__).resolve().parents[2] / "hack" / "extender-certs.sh"
+    subprocess.run(["bash", str(script), "--out", str(tmp_path), "--no-apply"], check=True, capture_output=True)
+    d = tmp_path
+    ext = make_extender()
+    web = ExtenderApp(ext)
+    with serve_in_thread(web.app, "127.0.0.1", 0, tls_cert=str(d / "extender.crt"), tls_key=str(d / "extender.key"),
+                         client_ca=str(d / "ca.crt")) as h:
+        sni = {"sni_hostname": "flexinfer-extender.flexinfer-system.svc"}  # what tlsConfig.serverName checks
+        body = {"Pod": model_pod(8192, uid="real", name="real"), "NodeNames": [NODES[0]]}
+        ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        ctx.load_cert_chain(str(d / "scheduler.crt"), str(d / "scheduler.key"))
+        with httpx.Client(verify=ctx, timeout=10) as c:
+            assert c.post(f"{h.url}/filter", json=body, extensions=sni).json()["NodeNames"] == [NODES[0]]
+        assert len(ext.reservations) == 1
+        bare = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        with pytest.raises(httpx.HTTPError), httpx.Client(verify=bare, timeout=5) as c:
+            c.post(f"{h.url}/filter", json=body, extensions=sni)
