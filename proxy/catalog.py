@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from flexinfer.controller import loading
+
 from flexinfer import keys, logs
 from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
@@ -35,11 +37,10 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 SLICE_SELECTOR = keys.LABEL_MODEL  # the controller's Service labels are copied onto its slices
-# Model status fields the controller publishes while a Model loads (see the CRD): the substage
-# (PullingImage, LoadingWeights, WarmingUp) and the last time loading visibly progressed.
-STATUS_SUBSTAGE = "loadingSubstage"
-STATUS_PROGRESS_AT = "loadingProgressAt"
-PULLING_IMAGE, LOADING_WEIGHTS, WARMING_UP = "PullingImage", "LoadingWeights", "WarmingUp"
+# The Model status fields the controller publishes while a Model loads (flexinfer.controller.loading): the
+# substage (PullingImage, LoadingWeights, WarmingUp) and the last time loading visibly progressed.
+STATUS_SUBSTAGE, STATUS_PROGRESS_AT = loading.STATUS_SUBSTAGE, loading.STATUS_PROGRESS_AT
+PULLING_IMAGE, LOADING_WEIGHTS, WARMING_UP = loading.PULLING_IMAGE, loading.LOADING_WEIGHTS, loading.WARMING_UP
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,9 @@ import httpx
 import pytest
 from flexinfer.proxy.server import ProxyConfig
 
-from flexinfer import keys, kube
-from flexinfer.state import rfc3339
+from flexinfer import keys
 
-from .lab import NS, example, homelab_fit, lab, model_doc, wait_for
+from .lab import example, homelab_fit, lab, model_doc, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,26 +105,15 @@ def test_fit_check_activates_the_candidate_that_can_be_placed() -> None:
         assert r.status_code == 503 and "fits on no node" in err["message"] and "too small" in err["message"]
 
 
-def publish_substage_like_the_controller(lb, name: str) -> None:
-    """While the controller does not publish loading substages itself, write what it would publish for a pod
-    whose server runs but never passes its startup probe: LoadingWeights since the container started."""
-    wait_for(lambda: lb.status(name).get("phase") == "Loading", what=f"{name} Loading")
-    if wait_for(lambda: lb.status(name).get("loadingSubstage") or "absent", 1.0) != "absent":
-        return
-    pods = kube.list_objects(lb.api, "pods", NS, label_selector=f"{keys.LABEL_MODEL}={name}")
-    cs = wait_for(lambda: (pods[0].get("status") or {}).get("containerStatuses") or
-                  (kube.list_objects(lb.api, "pods", NS, label_selector=f"{keys.LABEL_MODEL}={name}")[0]
-                   .get("status") or {}).get("containerStatuses"), what="container status")
-    started = (cs[0].get("state") or {}).get("running", {}).get("startedAt") or rfc3339(time.time())
-    kube.patch_model_status(lb.api, NS, name, {"loadingSubstage": "LoadingWeights", "loadingProgressAt": started})
-
-
 def test_stalled_load_answers_503_with_retry_after() -> None:
     cfg = ProxyConfig(stall_timeout_s=1.0, retry_after_s=42)
     with lab([model_doc("stuck", ["chat"], cold="10m")], config=cfg, stalled={"stuck"}) as lb:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(lb.chat, "stuck")
-            publish_substage_like_the_controller(lb, "stuck")
+            # the controller publishes what the pod shows: its server runs, its startup probe never passes
+            wait_for(lambda: lb.status("stuck").get("loadingSubstage") == "LoadingWeights", 10.0,
+                     "the controller's loading substage")
+            assert lb.status("stuck").get("loadingProgressAt")
             r = first.result(timeout=15)
         assert r.status_code == 503 and r.headers["Retry-After"] == "42"
         err = error_of(r)
