@@ -37,7 +37,7 @@ class NodeClass:
     verdict is computed once per class; the columns let the policy judge every member in a few C-level passes
     (`policy.split_class`)."""
 
-    __slots__ = ("_derived", "free", "key", "names", "observed", "rep", "rows")
+    __slots__ = ("_derived", "_rejected", "free", "key", "names", "observed", "rep", "rows")
 
     def __init__(self, key: tuple, rep: NodeView) -> None:
         self.key = key
@@ -48,6 +48,7 @@ class NodeClass:
         gpus = rep.state.gpus if key[0] == "gpus" and rep.state is not None else ()
         self.free: list[list[int]] = [[] for _ in gpus]
         self._derived: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        self._rejected: dict[str, dict[str, str]] = {}  # reason -> {member: reason}, kept while members stay
 
     def __len__(self) -> int:
         return len(self.names)
@@ -61,6 +62,7 @@ class NodeClass:
         self._derived.clear()
 
     def add(self, name: str, view: NodeView) -> None:
+        self._rejected.clear()
         self.rows[name] = len(self.names)
         self.names.append(name)
         self.observed.append(0.0)
@@ -72,6 +74,7 @@ class NodeClass:
         self._set(self.rows[name], view)
 
     def discard(self, name: str) -> None:
+        self._rejected.clear()
         row = self.rows.pop(name)
         last = len(self.names) - 1
         columns = [self.names, self.observed, *self.free]
@@ -82,6 +85,16 @@ class NodeClass:
         for col in columns:
             col.pop()
         self._derived.clear()
+
+    def rejected(self, reason: str) -> dict[str, str]:
+        """Every member mapped to `reason` (a static rejection shared by every pod shape that gets it), kept
+        until the membership changes (read-only: callers merge it into their own maps)."""
+        found = self._rejected.get(reason)
+        if found is None:
+            if len(self._rejected) >= 16:
+                self._rejected.clear()
+            found = self._rejected[reason] = dict.fromkeys(self.names, reason)
+        return found
 
     def available(self, positions: tuple[int, ...], count: int) -> list[int]:
         """Per member, the `count`-th largest free MiB among the GPUs at `positions` (the column the policy

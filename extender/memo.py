@@ -232,7 +232,7 @@ class VerdictCache:
         for cls in self.nodes.table.classes.values():
             fit = self._static(shape, cls.key, cls.rep)
             if isinstance(fit, NodeVerdict):
-                unresolvable.update(dict.fromkeys(cls.names, fit.reason))
+                unresolvable.update(cls.rejected(fit.reason))
                 tally[(True, fit.reason)] += len(cls.names)
                 continue
             ok, short, stale, valid = split_class(fit, est, cls.names, cls.observed,

@@ -38,7 +38,7 @@ from operator import le, lt, not_, sub
 import msgspec
 
 from flexinfer import freshness, keys
-from flexinfer.arch import AMD, NVIDIA, arch_info
+from flexinfer.arch import AMD, INTEL, NVIDIA, arch_info
 from flexinfer.compat import Compat, Verdict, check
 from flexinfer.errors import ParseError
 from flexinfer.state import GpuState, NodeGpuState, NodeView
@@ -200,8 +200,8 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
         return _reject(name, R_NO_GPU, "flexinfer-agent reports 0 GPUs")
     gpus = state.gpus
 
-    # Vendor match: nvidia/amd pods never fall back to the other vendor.
-    if req.vendor in (NVIDIA, AMD):
+    # Vendor match: nvidia/amd/intel pods never fall back to another vendor.
+    if req.vendor in (NVIDIA, AMD, INTEL):
         vendor_pos = [i for i, g in enumerate(gpus) if g.vendor == req.vendor]
         if not vendor_pos:
             have = ",".join(sorted({g.vendor for g in gpus}))
@@ -375,21 +375,23 @@ def split_class(fit: StaticFit, est: int, names: list[str], observed: list[float
     time and the `fit.count`-th largest free MiB among `fit.positions`. Returns (passing names, names
     failing for free memory, stale names, valid until). Feasibility only: scores come from `score`."""
     limit = config.max_state_age_seconds
-    ages = list(map(sub, repeat(now_unix), observed))
-    if any(map(lt, repeat(limit), ages)):  # rare: some nodes' state is stale
-        stale_mask = list(map(lt, repeat(limit), ages))
+    if not observed:
+        return [], [], [], INF
+    oldest = min(observed)
+    if now_unix - oldest > limit:  # rare: some nodes' state is stale (the oldest is, at least)
+        stale_mask = list(map(lt, repeat(limit), map(sub, repeat(now_unix), observed)))
         fresh_mask = list(map(not_, stale_mask))
         stale = list(compress(names, stale_mask))
         names = list(compress(names, fresh_mask))
         available = list(compress(available, fresh_mask))
         observed = list(compress(observed, fresh_mask))
+        oldest = min(observed) if observed else INF
     else:
         stale = []
     fits = list(map(le, repeat(est), available))
     passed = list(compress(names, fits))
     failed = list(compress(names, map(not_, fits))) if len(passed) < len(names) else []
-    until = stale_after(min(observed), config) if observed else INF
-    return passed, failed, stale, until
+    return passed, failed, stale, (stale_after(oldest, config) if observed else INF)
 
 
 def _insufficient(est: int, count: int, nth_free: int, reserved: Mapping[int, int] | None,
