@@ -256,6 +256,36 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed: {res.stderr.strip()[-500:]}")
 
 
+_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def make_ca(directory: Path, name: str, cn: str) -> Path:
+    """A self-signed CA `<name>.crt` + `<name>.key` in `directory` (EC P-256, 3 days)."""
+    if shutil.which("openssl") is None:
+        raise ControlPlaneError("the openssl command is needed to create the test certificates")
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", *_EC, "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "3",
+             "-subj", f"/CN={cn}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", cwd=directory)
+    return directory / f"{name}.crt"
+
+
+def make_cert(directory: Path, name: str, ca: str, cn: str, *, orgs: Iterable[str] = (),
+              sans: Iterable[str] = (), server: bool = False, client: bool = False) -> tuple[Path, Path]:
+    """`<name>.crt` + `<name>.key` signed by the CA `<ca>.crt`/`<ca>.key` in the same directory.
+    `sans` like "DNS:host" / "IP:127.0.0.1"; `server`/`client` set the extended key usage."""
+    subj = f"/CN={cn}" + "".join(f"/O={o}" for o in orgs)
+    usage = ",".join(u for u, on in (("serverAuth", server), ("clientAuth", client)) if on) or "clientAuth"
+    args = ["req", "-x509", *_EC, "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-keyout", f"{name}.key",
+            "-out", f"{name}.crt", "-days", "3", "-subj", subj, "-addext", f"extendedKeyUsage={usage}",
+            "-addext", "basicConstraints=critical,CA:FALSE"]
+    sans = list(sans)
+    if sans:
+        args += ["-addext", "subjectAltName=" + ",".join(sans)]
+    _openssl(*args, cwd=directory)
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
 @dataclass
 class Pki:
     """A throw-away CA, the API server's serving certificate, client certificates and the SA key pair."""
@@ -281,24 +311,13 @@ class Pki:
         return self.dir / "sa.pub"
 
     def create(self, clients: Mapping[str, tuple[str, tuple[str, ...]]]) -> Pki:
-        if shutil.which("openssl") is None:
-            raise ControlPlaneError("the openssl command is needed to create the test certificates")
         d = self.dir
-        d.mkdir(parents=True, exist_ok=True)
-        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-        _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3",
-                 "-subj", "/CN=flexinfer-e2e-ca", "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", cwd=d)
-        san = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"\
-              "DNS:kubernetes.default.svc,IP:10.0.0.1"
-        _openssl("req", "-x509", *ec, "-CA", "ca.crt", "-CAkey", "ca.key", "-keyout", "apiserver.key",
-                 "-out", "apiserver.crt", "-days", "3", "-subj", "/CN=kube-apiserver", "-addext", san,
-                 "-addext", "extendedKeyUsage=serverAuth", "-addext", "basicConstraints=critical,CA:FALSE", cwd=d)
+        make_ca(d, "ca", "flexinfer-e2e-ca")
+        make_cert(d, "apiserver", "ca", "kube-apiserver", server=True,
+                  sans=("IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+                        "DNS:kubernetes.default.svc", "IP:10.0.0.1"))
         for name, (cn, groups) in clients.items():
-            subj = f"/CN={cn}" + "".join(f"/O={g}" for g in groups)
-            _openssl("req", "-x509", *ec, "-CA", "ca.crt", "-CAkey", "ca.key", "-keyout", f"{name}.key",
-                     "-out", f"{name}.crt", "-days", "3", "-subj", subj, "-addext", "extendedKeyUsage=clientAuth",
-                     "-addext", "basicConstraints=critical,CA:FALSE", cwd=d)
+            make_cert(d, name, "ca", cn, orgs=groups, client=True)
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
         return self
@@ -396,25 +415,48 @@ def shipped_install_objects() -> list[JSON]:
     return objs
 
 
-def scheduler_config(variant: str, extender_url: str | None, kubeconfig: Path, *,
+def shipped_scheduler_config(variant: str) -> JSON:
+    """The KubeSchedulerConfiguration we ship for a roll-out option, as written."""
+    try:
+        return yaml.safe_load(SCHEDULER_CONFIGS[variant].read_text())
+    except KeyError:
+        raise ControlPlaneError(f"unknown scheduler variant {variant!r}; known: {sorted(SCHEDULER_CONFIGS)}") from None
+
+
+def extender_tls_files(variant: str) -> dict[str, str]:
+    """The shipped extender stanza's tlsConfig file fields (caFile/certFile/keyFile -> path), {} for HTTP."""
+    ext = (shipped_scheduler_config(variant).get("extenders") or [{}])[0]
+    if not ext.get("enableHTTPS"):
+        return {}
+    tls = ext.get("tlsConfig") or {}
+    return {k: str(v) for k, v in tls.items() if k in ("caFile", "certFile", "keyFile") and v}
+
+
+def scheduler_config(variant: str, extender_url: str | None, kubeconfig: Path, *, tls_dir: Path | None = None,
                      extender_overrides: Mapping[str, Any] | None = None) -> JSON:
     """The shipped KubeSchedulerConfiguration (`default`: the patched default scheduler; `second`: the
     flexinfer-scheduler profile) with only what depends on where it runs changed: the extender's
-    `urlPrefix` (-> `extender_url`) and `clientConnection.kubeconfig` (-> a local file; in a cluster it is
-    /etc/kubernetes/scheduler.conf or the pod's service account). `extender_url=None` removes the extender
-    (the bench's baseline: same scheduler, same profile, no extender). `extender_overrides` changes named
-    extender fields (e.g. ``{"nodeCacheCapable": False}``) for tests of the documented alternatives."""
-    try:
-        cfg = yaml.safe_load(SCHEDULER_CONFIGS[variant].read_text())
-    except KeyError:
-        raise ControlPlaneError(f"unknown scheduler variant {variant!r}; known: {sorted(SCHEDULER_CONFIGS)}") from None
+    `urlPrefix` (-> `extender_url`), the directory of its tlsConfig files (-> `tls_dir`, same file names;
+    in a cluster they are mounted from a Secret) and `clientConnection.kubeconfig` (-> a local file; in a
+    cluster /etc/kubernetes/scheduler.conf or the pod's service account). `serverName`, timeouts,
+    weights, managed resources stay as shipped. `extender_url=None` removes the extender (the bench's
+    baseline: same scheduler, same profile, no extender). `extender_overrides` changes named extender
+    fields (e.g. ``{"nodeCacheCapable": False}``) for tests of the documented alternatives."""
+    cfg = shipped_scheduler_config(variant)
     cfg.setdefault("clientConnection", {})["kubeconfig"] = str(kubeconfig)
     if extender_url is None:
         cfg.pop("extenders", None)
-    else:
-        for ext in cfg.get("extenders") or []:
-            ext["urlPrefix"] = extender_url
-            ext.update(extender_overrides or {})
+        return cfg
+    for ext in cfg.get("extenders") or []:
+        ext["urlPrefix"] = extender_url
+        tls = ext.get("tlsConfig") or {}
+        for k in ("caFile", "certFile", "keyFile"):
+            if tls.get(k):
+                if tls_dir is None:
+                    raise ControlPlaneError(f"the {variant} scheduler config names tlsConfig.{k} {tls[k]}: "
+                                            "pass tls_dir with the files")
+                tls[k] = str(tls_dir / Path(tls[k]).name)
+        ext.update(extender_overrides or {})
     return cfg
 
 
@@ -679,19 +721,20 @@ class ControlPlane:
     # -- kube-scheduler ------------------------------------------------------------------------------
     def start_scheduler(self, variant: str = "default", extender_url: str | None = None, *,
                         name: str = "kube-scheduler", extender_overrides: Mapping[str, Any] | None = None,
-                        as_service_account: tuple[str, str] | None = None,
+                        as_service_account: tuple[str, str] | None = None, tls_dir: Path | None = None,
                         extra_args: Iterable[str] = ()) -> Process:
         """Start (or restart) kube-scheduler with a shipped configuration (see `scheduler_config`). The
         default profile runs with the system:kube-scheduler certificate as on a kubeadm control plane; the
         second scheduler runs as its shipped ServiceAccount (flexinfer-system/flexinfer-scheduler, whose
-        RBAC `install_flexinfer` applies), as its Deployment would."""
+        RBAC `install_flexinfer` applies), as its Deployment would. `tls_dir` holds the files the shipped
+        extender tlsConfig names (CA, client certificate and key)."""
         if as_service_account is None and variant == "second":
             as_service_account = ("flexinfer-system", SECOND_SCHEDULER_NAME)
         if as_service_account is not None:
             kc = self.service_account_kubeconfig(*as_service_account)
         else:
             kc = self.kubeconfig("kube-scheduler")
-        cfg = scheduler_config(variant, extender_url, kc, extender_overrides=extender_overrides)
+        cfg = scheduler_config(variant, extender_url, kc, tls_dir=tls_dir, extender_overrides=extender_overrides)
         cfg_path = self.workdir / f"{name}-config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         port = free_port()

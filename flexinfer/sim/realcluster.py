@@ -32,11 +32,16 @@ from flexinfer.fleet import Fleet, dump_fleet
 from flexinfer.nodes import fleet_node_objects
 from flexinfer.sim.controlplane import (
     KWOK_NODE_ANNOTATION,
+    SCHEDULER_CONFIGS,
     ControlPlane,
     ControlPlaneError,
     Process,
+    extender_tls_files,
     free_port,
+    make_ca,
+    make_cert,
     python_entry_point,
+    shipped_scheduler_config,
     wait_until,
 )
 from flexinfer.state import decode_state
@@ -195,6 +200,14 @@ class RealCluster:
         self.load: GpuLoad | None = None
         self.extender_port = 0
         self.extender_grpc_port = 0
+        self.extender_probe_port = 0
+        # The shipped scheduler configurations speak mutual TLS to the extender when they say enableHTTPS;
+        # the extender then serves with a certificate for the shipped serverName and requires the scheduler's
+        # client certificate (files in tls_dir under the names the configs use).
+        self.tls_files = {k: v for variant in SCHEDULER_CONFIGS for k, v in extender_tls_files(variant).items()}
+        self.tls = bool(self.tls_files)
+        self.tls_dir = cp.workdir / "extender-tls"
+        self._tls_made = False
         self.agents: dict[str, Process] = {}
         self.controllers: dict[str, Process] = {}
 
@@ -204,7 +217,41 @@ class RealCluster:
 
     @property
     def extender_url(self) -> str:
-        return f"http://127.0.0.1:{self.extender_port}"
+        """What kube-scheduler's urlPrefix points at (https when the shipped config says enableHTTPS)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.extender_port}"
+
+    @property
+    def extender_probe_url(self) -> str:
+        """The extender's plain-HTTP read-only port: /healthz, /readyz, /metrics, /explain."""
+        return f"http://127.0.0.1:{self.extender_probe_port}"
+
+    def make_extender_tls(self) -> None:
+        """A serving CA and certificate (SANs: the shipped serverName + 127.0.0.1) for the extender, and a
+        client CA + certificate for kube-scheduler, under the file names the shipped tlsConfig uses."""
+        if self._tls_made or not self.tls:
+            return
+        d = self.tls_dir
+        server_names = {str(((shipped_scheduler_config(v).get("extenders") or [{}])[0].get("tlsConfig") or {})
+                            .get("serverName") or "") for v in SCHEDULER_CONFIGS} - {""}
+        make_ca(d, "serving-ca", "flexinfer-extender-ca")
+        make_cert(d, "extender", "serving-ca", "flexinfer-extender", server=True, client=True,
+                  sans=[*(f"DNS:{n}" for n in sorted(server_names)), "IP:127.0.0.1"])
+        make_ca(d, "client-ca", "flexinfer-scheduler-client-ca")
+        make_cert(d, "scheduler-client", "client-ca", "kube-scheduler", client=True)
+        sources = {"caFile": "serving-ca.crt", "certFile": "scheduler-client.crt", "keyFile": "scheduler-client.key"}
+        for variant in SCHEDULER_CONFIGS:
+            for field_name, path in extender_tls_files(variant).items():
+                (d / Path(path).name).write_bytes((d / sources[field_name]).read_bytes())
+        self._tls_made = True
+
+    def start_scheduler(self, variant: str = "default", *, name: str | None = None,
+                        extender_url: str | None = None, **kwargs: Any) -> Process:
+        """kube-scheduler with the shipped `variant` config pointed at this cluster's extender (or
+        `extender_url`, e.g. a recording proxy that presents the extender's certificate)."""
+        self.make_extender_tls()
+        name = name or ("kube-scheduler" if variant == "default" else "flexinfer-scheduler")
+        return self.cp.start_scheduler(variant, extender_url or self.extender_url, name=name,
+                                       tls_dir=self.tls_dir if self.tls else None, **kwargs)
 
     @property
     def extender_grpc(self) -> str:
@@ -346,11 +393,18 @@ class RealCluster:
         """flexinfer-extender as its ServiceAccount on 127.0.0.1 (same port across restarts)."""
         self.extender_port = port or self.extender_port or free_port()
         self.extender_grpc_port = self.extender_grpc_port or free_port()
+        self.extender_probe_port = self.extender_probe_port or free_port()
         kc = self.cp.service_account_kubeconfig(NAMESPACE, "flexinfer-extender")
+        tls: list[str] = []
+        if self.tls:
+            self.make_extender_tls()
+            d = self.tls_dir
+            tls = ["--tls-cert", str(d / "extender.crt"), "--tls-key", str(d / "extender.key"),
+                   "--client-ca-file", str(d / "client-ca.crt")]
         proc = self.cp.spawn("flexinfer-extender", [
             *python_entry_point("flexinfer-extender"), "--kubeconfig", str(kc), "--bind-address", "127.0.0.1",
             "--http-port", str(self.extender_port), "--grpc-port", str(self.extender_grpc_port),
-            "--log-format", "json", *self.extender_args,
+            "--read-only-port", str(self.extender_probe_port), *tls, "--log-format", "json", *self.extender_args,
         ])
         if wait:
             self.wait_extender_ready(proc)
@@ -359,7 +413,7 @@ class RealCluster:
     def wait_extender_ready(self, proc: Process | None = None, timeout_s: float = 60.0) -> None:
         def ready() -> bool:
             try:
-                with urllib.request.urlopen(f"{self.extender_url}/readyz", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.extender_probe_url}/readyz", timeout=2) as r:
                     return r.status == 200
             except urllib.error.HTTPError:
                 return False
@@ -369,7 +423,7 @@ class RealCluster:
 
     def extender_explain(self, pod: JSON, node_names: list[str] | None = None) -> JSON:
         body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": node_names}).encode()
-        req = urllib.request.Request(f"{self.extender_url}/explain", data=body,
+        req = urllib.request.Request(f"{self.extender_probe_url}/explain", data=body,
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())

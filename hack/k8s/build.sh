@@ -13,6 +13,9 @@
 # upstream "fast" node/pod stages, read from the pinned kwok module) lands next to the binaries.
 # Exit status: 0 when every binary is there, 1 otherwise (CI must see a failed build, never a skip).
 set -euo pipefail
+# Everything runs inside main() so bash parses the whole file before running it (an edit during a
+# 10-minute build cannot change what runs).
+main() {
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
@@ -123,3 +126,5 @@ mv -f "$bin/.kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
 echo "$want" >"$cache/stamp"
 echo "k8s ${version}: built in $((SECONDS - t_all)) s; $bin holds $(du -sh "$bin" | cut -f1)" \
      "(Go build cache $(du -sh "$(go env GOCACHE)" 2>/dev/null | cut -f1), modules $(du -sh "$(go env GOMODCACHE)" 2>/dev/null | cut -f1))"
+}
+main "$@"

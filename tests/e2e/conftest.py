@@ -61,7 +61,7 @@ def homelab(control_plane: ControlPlane) -> Iterator[RealCluster]:
     cluster = RealCluster(control_plane, load_fleet(default_fleet_path()))
     try:
         cluster.start()
-        control_plane.start_scheduler("default", cluster.extender_url)
+        cluster.start_scheduler("default")
         yield cluster
     finally:
         control_plane.stop_scheduler()

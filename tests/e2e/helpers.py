@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from flexinfer import keys, kube
@@ -101,12 +103,18 @@ def bound_pods(api: Any, namespace: str, label_selector: str | None = None) -> d
 
 
 class RecordingProxy:
-    """A loopback HTTP proxy between kube-scheduler and the extender that records each request's verb and
-    body (to check the wire form kube-scheduler really sends) and forwards it unchanged."""
+    """A loopback proxy between kube-scheduler and the extender that records each request's path and body
+    (to check the wire form kube-scheduler really sends) and forwards it unchanged. With `tls_dir` (the
+    cluster's extender TLS files) it presents the extender's certificate to kube-scheduler and the
+    scheduler's client certificate to the extender, so the shipped mutual-TLS configuration still holds."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls_dir: Path | None = None) -> None:
         self.target = target.rstrip("/")
         self.requests: list[tuple[str, JSON]] = []
+        upstream_ctx = None
+        if tls_dir is not None:
+            upstream_ctx = ssl.create_default_context(cafile=str(tls_dir / "serving-ca.crt"))
+            upstream_ctx.load_cert_chain(str(tls_dir / "scheduler-client.crt"), str(tls_dir / "scheduler-client.key"))
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -119,7 +127,7 @@ class RecordingProxy:
                 req = urllib.request.Request(proxy.target + self.path, data=body,
                                              headers={"Content-Type": "application/json"})
                 try:
-                    with urllib.request.urlopen(req, timeout=10) as r:
+                    with urllib.request.urlopen(req, timeout=10, context=upstream_ctx) as r:
                         status, data = r.status, r.read()
                 except urllib.error.HTTPError as e:
                     status, data = e.code, e.read()
@@ -133,12 +141,18 @@ class RecordingProxy:
                 return
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls_dir is not None:
+            server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_ctx.load_cert_chain(str(tls_dir / "extender.crt"), str(tls_dir / "extender.key"))
+            self.server.socket = server_ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:
         self.server.shutdown()

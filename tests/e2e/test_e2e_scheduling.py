@@ -103,10 +103,10 @@ def test_placements_match_flexinfer_explain(homelab, control_plane, api, ns, wai
 
 @pytest.mark.parametrize("node_cache_capable", [True, False], ids=["nodenames", "full-nodes"])
 def test_both_extender_wire_forms(homelab, control_plane, api, ns, wait_for, node_cache_capable):
-    proxy = RecordingProxy(homelab.extender_url)
+    proxy = RecordingProxy(homelab.extender_url, homelab.tls_dir if homelab.tls else None)
     try:
-        control_plane.start_scheduler("default", proxy.url,
-                                      extender_overrides={"nodeCacheCapable": node_cache_capable})
+        homelab.start_scheduler("default", extender_url=proxy.url,
+                                extender_overrides={"nodeCacheCapable": node_cache_capable})
         create(api, gpu_pod("vllm-pinned", ns, backend="vllm", vram_mib=3000, vendor="nvidia",
                             node_selector={"kubernetes.io/hostname": MAXWELL}))
         create(api, gpu_pod("vllm-free", ns, backend="vllm", vram_mib=3000, vendor="nvidia"))
@@ -126,7 +126,7 @@ def test_both_extender_wire_forms(homelab, control_plane, api, ns, wait_for, nod
                 assert all(keys.ANN_GPU_STATE in (i["metadata"].get("annotations") or {}) for i in items)
     finally:
         proxy.close()
-        control_plane.start_scheduler("default", homelab.extender_url)  # back to the shipped configuration
+        homelab.start_scheduler("default")  # back to the shipped configuration
 
 
 def burst_expectation(homelab, mib: int) -> int:
@@ -233,7 +233,7 @@ def test_extender_down_pods_wait_with_its_error_then_are_placed(homelab, control
 def test_second_scheduler_option(homelab, control_plane, api, ns, wait_for):
     """The second-scheduler roll-out: its own profile and Lease, running as its shipped ServiceAccount."""
     try:
-        proc = control_plane.start_scheduler("second", homelab.extender_url, name="flexinfer-scheduler")
+        proc = homelab.start_scheduler("second")
         create(api, gpu_pod("via-second", ns, backend="vllm", vram_mib=3000, vendor="nvidia",
                             scheduler_name="flexinfer-scheduler"))
         create(api, gpu_pod("maxwell-second", ns, backend="vllm", vram_mib=3000, vendor="nvidia",
