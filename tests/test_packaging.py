@@ -56,7 +56,7 @@ def test_every_directory_with_python_files_is_a_discovered_package() -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A non-editable wheel built (as pip builds it for an image) from a clean copy of the sources, so a
     stale build/ directory in the checkout can neither add nor hide files."""
     src = tmp_path_factory.mktemp("src")
@@ -68,8 +68,12 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
                    check=True, capture_output=True, timeout=300)
-    wheel = next(out.glob("flexinfer-*.whl"))
-    return zipfile.ZipFile(wheel).namelist()
+    return next(out.glob("flexinfer-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel_file: Path) -> list[str]:
+    return zipfile.ZipFile(wheel_file).namelist()
 
 
 def test_built_wheel_holds_every_module_and_nothing_else(wheel_names: list[str]) -> None:
@@ -98,3 +102,10 @@ def test_console_scripts_resolve():
     for target in scripts.values():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_wheel_carries_license_and_metadata(wheel_file: Path, wheel_names: list[str]) -> None:
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in wheel_names), wheel_names[-10:]
+    meta = zipfile.ZipFile(wheel_file).read(next(n for n in wheel_names if n.endswith(".dist-info/METADATA")))
+    text = meta.decode()
+    assert "License-Expression: Apache-2.0" in text and "Project-URL: Source," in text
