@@ -39,7 +39,9 @@ Rules (one active member per group)
    activation of the 32B (P:80) takes the GPU from an idle always-on 14B (P:100), while a request for
    R1 (P:70) cannot take it from a 14B that is serving traffic.
 5. A member known to fail (phase Failed, scaled down) never displaces a serving member; it is retried
-   only when nothing else in the group serves (rule 2 prefers members that are not Failed).
+   only when nothing else in the group serves and no member that has not failed wants the GPU (not even
+   one that cannot be placed right now: a rolled-back member must not come back while the member it gave
+   the GPU back to waits for its memory to be published free).
 8. Never tear down what you would roll back to: a member listed in ``unplaceable`` (the controller found,
    with the extender's policy, that its pod fits on no node even after the holder released its GPU)
    neither displaces the holder nor is started; it waits, and its decision says why (``blocked``).
@@ -173,7 +175,9 @@ def decide_group(
         if holder is None:
             wanting = [m for m in ms if dem[m.name] > NONE]
             startable = [m for m in wanting if m.name not in blocked]
-            active = _best([m for m in startable if m.phase != FAILED], dem) or _best(startable, dem)
+            active = _best([m for m in startable if m.phase != FAILED], dem)
+            if active is None and not any(m.phase != FAILED for m in wanting):
+                active = _best(startable, dem)  # only members that failed want the GPU: retry the best one
             if active:
                 note = f"nothing serving; starting {active.name}"
             else:
@@ -198,11 +202,11 @@ def decide_group(
                 note = (f"{winner.name} (priority {winner.priority}) preempts {holder.name} "
                         f"(priority {holder.priority}): {why}")
             elif dem[holder.name] == NONE:
-                waiting = [c for c in ms if c.name != holder.name and dem[c.name] > NONE and c.phase != FAILED
-                           and c.name not in blocked]
+                healthy = [c for c in ms if c.name != holder.name and dem[c.name] > NONE and c.phase != FAILED]
+                waiting = [c for c in healthy if c.name not in blocked]
                 retry = _best([c for c in ms if c.name != holder.name and dem[c.name] > NONE
                                and c.name not in blocked], dem)
-                if not waiting and retry is not None:
+                if not healthy and retry is not None:
                     active = retry  # only members that failed before want the GPU: retry the best one
                     note = f"{holder.name} is idle; retrying {retry.name}, which failed before"
                 elif not waiting:

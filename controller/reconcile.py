@@ -100,6 +100,12 @@ def _deployment_vendor(dep: JSON | None) -> str:
     return ""
 
 
+def _matches(want: JSON, have: JSON) -> bool:
+    """Whether every field we render is already so in the stored object. apiVersion/kind are not compared:
+    the API server leaves them out of the items of a List (and so of informer caches)."""
+    return _subset({k: v for k, v in want.items() if k not in ("apiVersion", "kind")}, have)
+
+
 def _subset(want: Any, have: Any) -> bool:
     if isinstance(want, dict):
         return isinstance(have, dict) and all(_subset(v, have.get(k)) for k, v in want.items())
@@ -448,7 +454,7 @@ class Controller:
     @staticmethod
     def _fixed_vendor(m: Model) -> tuple[str, str, str] | None:
         """(vendor, reason, message) when the Model pins its vendor."""
-        if m.vendor in ("nvidia", "amd", "cpu"):
+        if m.vendor in ("nvidia", "amd", "intel", "cpu"):
             return m.vendor, "Pinned", f"spec.gpu.vendor is {m.vendor}"
         sel = str(m.spec.node_selector.get(keys.LABEL_VENDOR, "")).lower()
         if sel in render.VENDOR_RESOURCE:
@@ -670,7 +676,7 @@ class Controller:
         else:
             cur_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
             rest = {**want, "spec": {k: v for k, v in want["spec"].items() if k != "replicas"}}
-            if not _subset(rest, dep):
+            if not _matches(rest, dep):
                 self._may_write()
                 dep = kube.apply_object(self.api, want)
                 result.writes.append(f"update Deployment {ns}/{m.name} replicas={d.replicas}")
@@ -682,7 +688,7 @@ class Controller:
                 self._event(m, reason, f"{cur_replicas} -> {d.replicas} replicas: {d.reason}")
         svc = render.render_service(m)
         cur_svc = ctx.svcs.get((ns, m.name))
-        if cur_svc is None or not _subset(svc, cur_svc):
+        if cur_svc is None or not _matches(svc, cur_svc):
             self._may_write()
             kube.apply_object(self.api, svc)
             result.writes.append(f"apply Service {ns}/{m.name}")

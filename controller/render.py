@@ -34,7 +34,9 @@ from . import cache
 from .backends import MODELS_DIR, ImageOverrides, container_for, pvc_of_source
 
 JSON = dict[str, Any]
-VENDOR_RESOURCE = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}
+# Intel: the device plugin advertises gpu.intel.com/i915 for GPUs on the i915 driver (the default for Arc
+# A-series) and gpu.intel.com/xe for those on xe; pods request i915 (docs/intel-gpus.md).
+VENDOR_RESOURCE = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD, "intel": keys.RESOURCE_INTEL_I915}
 DEFAULT_CACHE_SIZE = "50Gi"
 PROBE_PERIOD_S = 10
 SHM_MOUNT = "/dev/shm"
@@ -59,9 +61,9 @@ def owner_refs(model: Model) -> list[JSON]:
 
 
 def effective_vendor(model: Model, auto_vendor: str = "nvidia") -> str:
-    """nvidia | amd | cpu: the vendor whose GPU resource the pod requests."""
+    """nvidia | amd | intel | cpu: the vendor whose GPU resource the pod requests."""
     v = model.vendor
-    if v in ("nvidia", "amd", "cpu"):
+    if v in ("nvidia", "amd", "intel", "cpu"):
         return v
     sel = str(model.spec.node_selector.get(keys.LABEL_VENDOR, "")).lower()
     if sel in VENDOR_RESOURCE:
@@ -152,11 +154,17 @@ def _resources(model: Model, vendor: str) -> JSON:
 def gpu_tolerations(model: Model) -> list[JSON]:
     tol = [dict(t) for t in model.spec.tolerations]
     if model.needs_gpu:
-        for r in (keys.RESOURCE_NVIDIA, keys.RESOURCE_AMD):
+        for r in (keys.RESOURCE_NVIDIA, keys.RESOURCE_AMD, keys.RESOURCE_INTEL_I915):
             t = {"key": r, "operator": "Exists", "effect": "NoSchedule"}
             if t not in tol:
                 tol.append(t)
     return tol
+
+
+def mib_quantity(mib: int) -> str:
+    """A MiB count as the API server writes the quantity back ("2Gi", "1536Mi"), so comparing the stored
+    object with the rendered one does not see a difference that is only notation."""
+    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
 
 def startup_failure_threshold(cold_start_timeout_s: float, period_s: int = PROBE_PERIOD_S) -> int:
@@ -178,7 +186,7 @@ def render_deployment(model: Model, replicas: int, auto_vendor: str = "nvidia",
     volumes = [_volume(model)]
     if c.shm_mib:
         mounts.append({"name": "dshm", "mountPath": SHM_MOUNT})
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{c.shm_mib}Mi"}})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": mib_quantity(c.shm_mib)}})
     container: JSON = {
         "name": "server",
         "image": c.image,

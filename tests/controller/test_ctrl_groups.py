@@ -193,3 +193,32 @@ def test_preemption_reason_reads_as_a_sentence():
     assert d.active == "qwen3-32b-quality"
     assert "qwen3-14b-mlc is idle (no traffic seen)" in d.reason
     assert "is no traffic" not in d.reason
+
+
+# --- rule 8: members that cannot be placed -------------------------------------------------------------------
+
+def test_a_member_that_cannot_be_placed_never_preempts():
+    holder = m("14b", 100, "Ready", running=True, min_r=1, ready_ago=5000)
+    big = m("32b", 80, activate_ago=10)
+    d = decide_group([holder, big], NOW, 0.0, unplaceable={"32b": "fits on no node"})
+    assert d.active == "14b" and d.preempted == () and d.replicas("14b") == 1
+    assert d.members["32b"].blocked and d.members["32b"].replicas == 0
+    assert "fits on no node" in d.members["32b"].reason and "stays with 14b" in d.members["32b"].reason
+    assert decide_group([holder, big], NOW, 0.0).preempted == ("14b",)  # without the check it would
+
+
+def test_nothing_serving_starts_the_best_member_that_can_be_placed():
+    d = decide_group([m("14b", 100, min_r=1), m("32b", 80, activate_ago=10)], NOW, 0.0,
+                     unplaceable={"32b": "too big"})
+    assert d.active == "14b" and d.members["32b"].blocked
+
+
+def test_a_failed_member_is_not_retried_while_a_healthy_one_waits_for_room():
+    """After a rollback the failed preemptor must not take the GPU back just because the member it gave the GPU
+    back to cannot be placed yet (its memory is not published free yet)."""
+    failed = m("32b", 80, "Failed", activate_ago=10)
+    back = m("14b", 100, "Preempted", min_r=1)
+    d = decide_group([failed, back], NOW, 0.0, unplaceable={"14b": "not yet"})
+    assert d.active is None and d.replicas("32b") == 0 and d.replicas("14b") == 0
+    only_failed = decide_group([failed, m("14b", 100)], NOW, 0.0)
+    assert only_failed.active == "32b"  # nobody else wants the GPU: retry it

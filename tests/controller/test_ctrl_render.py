@@ -58,7 +58,7 @@ def test_gpu_deployment_full():
     sp = c["startupProbe"]
     assert sp["failureThreshold"] * sp["periodSeconds"] >= 300
     assert pod["spec"]["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "qwen3-14b-cache"}},
-                                      {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}}]
+                                      {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
     assert c["volumeMounts"] == [{"name": "models", "mountPath": "/models"}, {"name": "dshm", "mountPath": "/dev/shm"}]
     tol = pod["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol
@@ -190,7 +190,8 @@ def test_pods_have_no_api_token_and_a_memory_backed_shm_sized_by_the_registry(ba
     pod = render_deployment(m, 1)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
-    assert shm == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{REGISTRY[backend].shm_mib}Mi"}}
+    assert shm == {"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                "sizeLimit": f"{REGISTRY[backend].shm_mib // 1024}Gi"}}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
     assert REGISTRY[backend].shm_mib >= 1024  # the container runtime's 64 MiB default breaks PyTorch workers
 
@@ -231,3 +232,10 @@ def test_image_overrides_pin_digests_and_reject_moving_tags():
                 "tgi=x:1", "vllm/intel=x:1", "vllm", "=x:1"):
         with pytest.raises(ParseError):
             parse_image_overrides([bad])
+
+
+@pytest.mark.parametrize(("mib", "q"), [(1024, "1Gi"), (8192, "8Gi"), (1536, "1536Mi"), (100, "100Mi")])
+def test_quantities_are_rendered_as_the_api_server_stores_them(mib, q):
+    from flexinfer.controller.render import mib_quantity
+
+    assert mib_quantity(mib) == q
