@@ -28,12 +28,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
+import msgspec
+
 from flexinfer.state import NodeView
 
 from .cache import NodeCache, NodeClass
 from .pod import PodRequirements
 from .policy import (
     INF,
+    NODE_DETAIL,
     R_INSUFFICIENT,
     R_NOT_IN_CACHE,
     R_STALE,
@@ -191,11 +194,17 @@ class VerdictCache:
         return found
 
     def static_for(self, shape: ShapeMemo, view: NodeView) -> NodeVerdict | StaticFit:
-        """`policy.static_check(req, view)`, through the per-class memo."""
-        found = self._static(shape, static_class(view), view)
+        """`policy.static_check(req, view)`, through the per-class memo: a fit re-targeted at this node's GPUs,
+        a rejection renamed when its detail is the class's (`policy.CLASS_DETAIL`), else checked for this node."""
+        key = static_class(view)
+        found = self._static(shape, key, view)
         if isinstance(found, StaticFit):
             return found.on(view.state) if view.state is not None else static_check(shape.req, view)
-        return found if found.node == view.name else static_check(shape.req, view)
+        if found.node == view.name:
+            return found
+        if key[0] != "error" and found.reason not in NODE_DETAIL:
+            return msgspec.structs.replace(found, node=view.name)
+        return static_check(shape.req, view)
 
     # --- single verdicts ---------------------------------------------------------------------
     def evaluate(self, req: PodRequirements, shape: ShapeMemo | None, name: str, view: NodeView | None, now: float,

@@ -67,6 +67,10 @@ R_NO_STATE = "no GPU state from flexinfer-agent"
 R_AGENT = "flexinfer-agent reports a problem"
 R_BAD_NODE = "cannot parse {what} on node"
 R_BAD_POD = "invalid pod {key}"
+# Static rejections whose detail carries this node's own facts beyond its static class (GPU health reasons,
+# replicas in use, MIG profiles, the agent's text, the parse error); every other static rejection reads the
+# same for every node of a class.
+NODE_DETAIL = frozenset({R_UNHEALTHY, R_TOO_SMALL, R_TIME_SLICED, R_AGENT})
 
 
 @dataclass(frozen=True, slots=True)

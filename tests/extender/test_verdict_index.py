@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.memo import NodeNames
@@ -46,8 +47,15 @@ def random_node(rng: random.Random, name: str, rv: int, now: float) -> dict:
     for i in range(rng.choice([0, 1, 1, 2, 4])):
         vendor, arch, total = first if same else rng.choice(ARCHS)
         err = now - rng.choice([10, 5000]) if rng.random() < 0.15 else 0.0
-        gpus.append(gpu(i, vendor, arch, total, free=rng.randrange(0, total + 1, 512), last_error_unix=err,
-                        healthy=rng.random() > 0.05))
+        g = gpu(i, vendor, arch, total, free=rng.randrange(0, total + 1, 512), last_error_unix=err,
+                healthy=rng.random() > 0.05)
+        sharing = rng.random()
+        if sharing < 0.1:  # time-sliced: replicas handed out change what a pod can get
+            replicas = rng.choice([2, 4])
+            g = replace(g, replicas=replicas, replicas_used=rng.randrange(0, replicas + 1))
+        elif sharing < 0.15 and vendor == "nvidia":  # a MIG instance of a physical GPU
+            g = replace(g, mig_profile=rng.choice(["1g.10gb", "3g.40gb"]), mig_parent=0)
+        gpus.append(g)
     observed = now - rng.choice([0, 0, 0, 100, 170, 400])
     status = "ok" if gpus or rng.random() < 0.5 else "NVML library not found"
     return node_obj(name, gpus, observed, resource_version=str(rv), agent_status=status)
@@ -83,7 +91,7 @@ def check_table(cache: NodeCache) -> None:
             assert table.where[name] is cls and cls.rows[name] == i and static_class(view) == key
             if cls.free:
                 assert cls.observed[i] == view.state.observed_unix
-                assert [col[i] for col in cls.free] == [g.free_mib for g in view.state.gpus]
+                assert [col[i] for col in cls.free] == [g.available_mib for g in view.state.gpus]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -145,6 +153,9 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                     asked = NodeNames(asked)
                 last_asked = asked
             check_table(cache)
+            if rng.random() < 0.15:  # explain: every verdict in full (detail, score, GPUs, validity)
+                assert ext.explain(req, asked) == fresh(ext, req, asked)
+                continue
             if rng.random() < 0.3:  # prioritize: same scores and best node as a memo-free evaluation
                 want = fresh(ext, req, asked)
                 pout = ext.prioritize_scores(req, asked)
