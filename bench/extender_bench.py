@@ -315,7 +315,7 @@ def servers(plan: Plan, workdir: Path, progress: Any) -> Iterator[dict[str, Any]
         cold = start_server("extender-cold", "extender", workdir, nodes_file=empty_file, cpu=server_cpu,
                             log_level=plan.log_level)
         started.append(cold)
-        floor = start_server("floor", "floor", workdir, cpu=server_cpu, log_level=plan.log_level)
+        floor = start_server("floor", "floor", workdir, cpu=server_cpu, log_level=plan.log_level, grpc=True)
         started.append(floor)
         yield {"warm": warm, "cold": cold, "floor": floor, "items": items, "server_cpu": server_cpu,
                "client_cpu": client_cpu}
@@ -394,6 +394,10 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                         lat, resp = grpc_latency(warm.grpc_port, pod_json, names, iters, max(3, iters // 20), verb,
                                                  plan.budget_s)
                         row = {"nodes": n, "verb": verb, **summary_ms(lat)}
+                        if floor.grpc_port:  # grpcio's own cost for the same messages (do-nothing servicer)
+                            flat, _ = grpc_latency(floor.grpc_port, pod_json, names, iters, max(3, iters // 20), verb,
+                                                   plan.budget_s)
+                            row["floor"] = summary_ms(flat)
                         if verb == "Filter":
                             row["verdicts"] = {"passed": len(resp.node_names), "failed": len(resp.failed_nodes),
                                                "unresolvable": len(resp.failed_and_unresolvable_nodes)}

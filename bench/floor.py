@@ -61,3 +61,35 @@ def create_app() -> Starlette:
     return Starlette(routes=[Route("/filter", _filter, methods=["POST"]),
                              Route("/prioritize", _prioritize, methods=["POST"]),
                              Route("/healthz", _healthz), Route("/readyz", _healthz)])
+
+
+def serve_grpc_floor(port: int) -> object:
+    """The gRPC do-nothing floor: grpcio's server with the SchedulerExtender service, every named node passing
+    (Filter echoes the names, a C-level copy) and score 0 (Prioritize, joined from cached wire pieces like the
+    extender's answer). Returns the started grpc.Server."""
+    from concurrent import futures
+
+    import grpc
+    from flexinfer.extender.grpc_wire import ResponseEncoder
+
+    from flexinfer.api.v1 import scheduler_extender_pb2 as pb
+    from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
+
+    encoder = ResponseEncoder()
+
+    class Floor(pb_grpc.SchedulerExtenderServicer):
+        def Filter(self, request: pb.FilterRequest, context: object) -> pb.FilterResponse:
+            return pb.FilterResponse(node_names=request.node_names)
+
+        def Prioritize(self, request: pb.PrioritizeRequest, context: object) -> pb.PrioritizeResponse:
+            names = list(request.node_names)
+            return pb.PrioritizeResponse.FromString(encoder.prioritize_response(names, [0] * len(names)))
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+    pb_grpc.add_SchedulerExtenderServicer_to_server(Floor(), server)
+    if not server.add_insecure_port(f"127.0.0.1:{port}"):
+        raise OSError(f"cannot bind gRPC port {port}")
+    server.start()
+    return server
+

@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(a.log_level, "json")
     grpc_server = None
     if a.app == "floor":
-        from bench.floor import create_app
+        from bench.floor import create_app, serve_grpc_floor
 
         app = create_app()
+        if a.grpc_port:
+            grpc_server = serve_grpc_floor(a.grpc_port)
     else:
         from flexinfer.extender.main import build
 
