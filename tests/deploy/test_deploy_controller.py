@@ -133,3 +133,17 @@ def test_status_the_controller_writes_passes_the_crd_schema(fake_api, kube_api) 
                                                                         "status")})
         assert ok, (obj["metadata"]["name"], why)
     assert phases == {"Ready", "Idle", "Failed"}
+
+
+def test_nvidia_overlays_give_model_pods_the_nvidia_runtime_class() -> None:
+    """The agent needs runtimeClassName nvidia on NVIDIA nodes; so do the model pods (the controller's
+    --runtime-class, here through its environment variable), and the value parses as the CLI does."""
+    from flexinfer.controller.main import render_options
+
+    for overlay, expected in (("nvidia-only", {"nvidia": "nvidia"}), ("mixed", {"nvidia": "nvidia"}),
+                              ("amd-only", {})):
+        dep = next(o for o in render(DAEMONSET / "overlays" / overlay)
+                   if o["kind"] == "Deployment" and o["metadata"]["name"] == "flexinfer-controller")
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        items = env["FLEXINFER_RUNTIME_CLASS"].split() if "FLEXINFER_RUNTIME_CLASS" in env else []
+        assert dict(render_options(items, [], "").runtime_class) == expected, overlay
