@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import agent_bench, controller_bench, extender_bench, fuzz, proxy_bench, report
+from bench import agent_bench, controller_bench, edge_bench, extender_bench, fuzz, proxy_bench, report
 from bench.machine import machine
 from flexinfer.state import rfc3339
 
-SECTIONS = ("extender", "agent", "controller", "proxy", "fuzz")
+SECTIONS = ("extender", "agent", "controller", "proxy", "fuzz", "edge")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                 res["proxy"] = proxy_bench.run(progress, quick=a.quick)
             except Exception as e:
                 res["notes"].append(f"proxy bench failed: {type(e).__name__}: {e}")
+        if "edge" in only:  # mutual TLS and replica forwarding costs, /healthz during a 1M-name request
+            try:
+                res["edge"] = edge_bench.run(progress, quick=a.quick)
+                res["notes"] += edge_bench.notes(res["edge"])
+            except Exception as e:
+                res["notes"].append(f"edge bench failed: {type(e).__name__}: {e}")
         if "fuzz" in only:
             res["fuzz"] = fuzz.run(a.fuzz_examples or (300 if a.quick else 1500), progress,
                                    timeout_s=120 if a.quick else 300)

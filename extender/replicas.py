@@ -34,8 +34,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import grpc
-import httpx
 
 from flexinfer import logs
 
@@ -99,7 +99,7 @@ class Replicas:
         self._draining = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._http: dict[int, httpx.AsyncClient] = {}
+        self._http: dict[int, aiohttp.ClientSession] = {}
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
         self._mu = threading.Lock()
         self.forwarded = 0
@@ -168,33 +168,36 @@ class Replicas:
             return None, "no extender replica holds the Lease yet (leader election in progress); retry"
         return holder, ""
 
-    def _client(self) -> httpx.AsyncClient:
+    def _session(self) -> aiohttp.ClientSession:
+        """One aiohttp session (keep-alive pool) per event loop."""
         import asyncio
 
         key = id(asyncio.get_running_loop())
-        client = self._http.get(key)
-        if client is None:
-            verify: Any = client_context(self.tls) if self.tls is not None else False
-            client = self._http[key] = httpx.AsyncClient(
-                verify=verify, timeout=self.forward_timeout_s, trust_env=False,
-                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4))
-        return client
+        session = self._http.get(key)
+        if session is None or session.closed:
+            ssl_ctx: Any = client_context(self.tls) if self.tls is not None else False
+            session = self._http[key] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=16, keepalive_timeout=20),
+                timeout=aiohttp.ClientTimeout(total=self.forward_timeout_s), trust_env=False,
+                skip_auto_headers=("User-Agent",))
+        return session
 
     async def forward_http(self, path: str, body: bytes, forwarded: bool) -> tuple[int, bytes] | None:
         """None: answer locally. Else (status, body) to send back."""
         holder, why = self._target(forwarded)
         if holder is None:
             return (503, _error_body(why)) if why else None
-        extensions = {"sni_hostname": self.peer_server_name} if self.peer_server_name and self.tls else None
+        name = self.peer_server_name if self.peer_server_name and self.tls else None
         try:
-            res = await self._client().post(holder.http_url + path, content=body, extensions=extensions,
-                                            headers={"content-type": "application/json", FORWARDED_HEADER: "1"})
-        except httpx.HTTPError as e:
+            async with self._session().post(holder.http_url + path, data=body, server_hostname=name,
+                                            headers={"content-type": "application/json", FORWARDED_HEADER: "1"}) as res:
+                payload = await res.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
             log.warning("extender_forward_failed", leader=holder.identity, error=repr(e)[:300])
             return 503, _error_body(f"the extender Lease holder {holder.http_url} is unreachable ({type(e).__name__}); "
                                     "retry")
         self.forwarded += 1
-        return res.status_code, res.content
+        return res.status, payload
 
     def forward_grpc(self, method: str, request: Any, forwarded: bool) -> tuple[Any, Any] | None:
         """None: answer locally. Else (None, response) or (grpc.StatusCode, message) to abort with."""

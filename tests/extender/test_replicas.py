@@ -76,9 +76,11 @@ def cluster() -> Iterator[FakeApiServer]:
 class Replica:
     def __init__(self, fake: FakeApiServer, pki: dict[str, Pair], log_dir: Path, i: int, leader_elect: bool) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         s = pki["server"]
         args = [sys.executable, "-m", "flexinfer.extender.main", "--kube-server", fake.url, "--bind-address",
-                "127.0.0.1", "--http-port", str(self.port), "--tls-cert", s.cert, "--tls-key", s.key,
+                "127.0.0.1", "--http-port", str(self.port), "--grpc-port", str(self.grpc_port),
+                "--tls-cert", s.cert, "--tls-key", s.key,
                 "--client-ca-file", s.ca, "--log-format", "json", "--log-level", "info"]
         if leader_elect:
             args += ["--leader-elect", "--leader-election-namespace", "flexinfer-system", "--leader-lease-seconds",
@@ -268,3 +270,35 @@ def test_control_without_leader_election_the_replicas_overcommit(pki, tmp_path) 
         sched.run(burst_pods())
         per_node = placed_per_node(fake)
     assert sum(per_node.values()) > CAPACITY, per_node
+
+
+def test_grpc_filter_on_the_follower_is_answered_and_reserved_by_the_lease_holder(pki, tmp_path) -> None:
+    import json
+
+    import grpc
+
+    from flexinfer.api.v1 import scheduler_extender_pb2 as pb
+    from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
+
+    def read(path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    with cluster() as fake, replicas(fake, pki, tmp_path, leader_elect=True) as reps:
+        identity = holder(fake)
+        leader = next(r for r in reps if f":{r.port} " in f"{identity} ")
+        follower = next(r for r in reps if r is not leader)
+        sched = pki["scheduler"]
+        creds = grpc.ssl_channel_credentials(read(sched.ca), read(sched.key), read(sched.cert))
+        pod = model_pod(POD_MIB, "llamacpp", 1, name="grpc-pod", uid="uid-grpc-pod")
+        req = pb.FilterRequest(pod=pb.PodSource(pod_json=json.dumps(pod).encode()), node_names=[NODES[0]])
+        with grpc.secure_channel(f"127.0.0.1:{follower.grpc_port}", creds,
+                                 options=[("grpc.ssl_target_name_override", SERVICE_DNS)]) as ch:
+            out = pb_grpc.SchedulerExtenderStub(ch).Filter(req, timeout=10)
+        assert out.error == "" and list(out.node_names) == [NODES[0]]
+
+        def reservations(r: Replica) -> float:
+            text = httpx.get(f"{r.url}/metrics", verify=client_ctx(pki), timeout=10).text
+            line = next(x for x in text.splitlines() if x.startswith("flexinfer_extender_reservations "))
+            return float(line.split()[1])
+
+        assert reservations(leader) == 1 and reservations(follower) == 0
