@@ -351,8 +351,14 @@ class Controller:
                                      self._ready_reason(m) or "Failed")
         return _Entry(obj, m, dep, replicas, info, obs, pods, cstate, plan)
 
-    def _job_names(self, m: Model, plan: cache_mod.Plan) -> list[str]:
-        return [cache_mod.job_name(m, what, plan.key) for what in ("prefetch", "cache-check")] if plan.key else []
+    @staticmethod
+    def _job_names(m: Model, plan: cache_mod.Plan) -> list[str]:
+        """The cache Jobs this plan may still need (none once status.cache says ready for this key)."""
+        prev = m.status.get("cache") if isinstance(m.status.get("cache"), dict) else {}
+        if not plan.key or (prev.get("key") == plan.key and prev.get("ready") is True):
+            return []
+        whats = ("prefetch", "cache-check") if plan.prefetch else ("cache-check",)
+        return [cache_mod.job_name(m, what, plan.key) for what in whats]
 
     def _member(self, e: _Entry, now: float) -> groups.Member:
         m = e.m

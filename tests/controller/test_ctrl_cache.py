@@ -255,9 +255,12 @@ def test_lifecycle_pvc_prefetch_check_then_start(fake_api, kube_api):
     # ready stays ready for this spec even when the finished Jobs are cleaned up by someone
     for j in fake_api.list_objects("jobs", NS):
         fake_api.delete_object("jobs", j["metadata"]["name"], NS)
+    before = len(fake_api.requests("GET"))
     ctl.reconcile_once()
     assert fake_api.list_objects("jobs", NS) == []
     assert fake_api.get_object("models", "r1", NS)["status"]["cache"]["ready"] is True
+    # and nobody looks for them any more (no GET per Job per pass once the cache is ready)
+    assert not [r for r in fake_api.requests("GET")[before:] if "/jobs/" in r.path]
 
 
 @pytest.mark.integration
