@@ -23,7 +23,8 @@ log = logs.get("flexinfer.agent.main")
 
 
 def build_real_reader(vendor: str = "auto", sys_root: str = "/sys") -> GpuReader:
-    """NVML and/or amdsmi readers for this host; a vendor whose library is missing is dropped with a reason."""
+    """NVML, amdsmi and Intel sysfs readers for this host; a vendor whose library is missing is dropped with a
+    reason (Intel needs no library: its reader joins when sysfs shows an Intel GPU on xe or i915)."""
     readers: list[GpuReader] = []
     reasons: list[str] = []
     if vendor in ("auto", "nvidia"):
@@ -52,6 +53,13 @@ def build_real_reader(vendor: str = "auto", sys_root: str = "/sys") -> GpuReader
             readers.append(NullReader(why))
         else:
             reasons.append(why)
+    if vendor in ("auto", "intel"):
+        from .readers.intel import IntelSysfsReader, find_cards
+
+        if vendor == "intel" or find_cards(sys_root):
+            intel = IntelSysfsReader(sys_root)
+            intel.open()
+            readers.append(intel)
     if not readers:
         return NullReader("no GPU library usable: " + "; ".join(reasons) if reasons else "ok")
     return readers[0] if len(readers) == 1 else MultiReader(readers)
@@ -88,9 +96,9 @@ def build_fake_reader(path: str, node: str) -> GpuReader:
 @port_option("grpc", 9401, "gRPC NodeAgent + health port")
 @click.option("--kube-server", default=None, help="API server URL (tests/demo); default in-cluster or kubeconfig.")
 @click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
-@click.option("--vendor", type=click.Choice(["auto", "nvidia", "amd"]), default="auto",
+@click.option("--vendor", type=click.Choice(["auto", "nvidia", "amd", "intel"]), default="auto",
               help="Which GPU libraries to open (auto: every one that loads).")
-@click.option("--sys-root", default="/sys", help="sysfs root (KFD topology).")
+@click.option("--sys-root", default="/sys", help="sysfs root (KFD topology, Intel xe/i915 GPUs).")
 @click.option("--pod-resources-socket", default=DEFAULT_SOCKET, show_default=True,
               help="The kubelet's PodResources socket: which container holds which GPU (empty: do not ask).")
 @logging_options

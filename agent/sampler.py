@@ -58,7 +58,8 @@ def node_state(node: str, samples: list[GpuSample], status: str, now: float, *,
 
     Entries are what a pod can be given: a MIG-enabled GPU contributes its MIG instances (numbered in physical
     order on such a node), any other GPU itself. `holders` (entry UUID -> containers, from the kubelet) and
-    `replicas` (vendor -> time-slicing replicas) add who holds what and how shared it is.
+    `replicas` (vendor -> time-slicing replicas) add who holds what and how shared it is. A GPU whose driver
+    does not publish memory usage (Intel xe) counts as full while any container holds it.
 
     A GPU whose architecture cannot be determined is left out (labels and fit need it) and the status says so.
     """
@@ -86,6 +87,9 @@ def node_state(node: str, samples: list[GpuSample], status: str, now: float, *,
             shared = replicas.get(g.vendor, 1)
             if held.pods or shared != 1:
                 g = replace(g, pods=held.pods, replicas=shared, replicas_used=held.replicas_used)
+            if not s.memory_used_known and held.pods:
+                # The driver does not say how much memory is used: a GPU someone holds has none to promise.
+                g = replace(g, free_mib=0)
             gpus.append(g)
     status = status or "ok"
     if notes:

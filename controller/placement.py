@@ -95,7 +95,7 @@ def released_view(view: NodeView, release: Release) -> NodeView:
     prefix = release.pod + "/"
     holding = [g for g in state.gpus if release.pod and any(p.startswith(prefix) for p in g.pods)]
     if not holding:  # the agent does not say which GPU: the holder's vendor's busiest cards
-        candidates = [g for g in state.gpus if g.healthy and (release.vendor not in ("nvidia", "amd")
+        candidates = [g for g in state.gpus if g.healthy and (release.vendor not in ("nvidia", "amd", "intel")
                                                               or g.vendor == release.vendor)]
         holding = sorted(candidates, key=lambda g: (-g.used_mib, g.index))[:release.gpu_count]
     freed = {g.index: min(g.used_mib, release.per_gpu_mib) for g in holding}

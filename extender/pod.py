@@ -25,8 +25,8 @@ from flexinfer.units import parse_mib
 
 VENDOR_CPU = "cpu"
 VENDOR_AUTO = "auto"
-_POD_VENDORS = {"nvidia": "nvidia", "amd": "amd", "rocm": "amd", "cpu": VENDOR_CPU, "none": VENDOR_CPU,
-                "auto": VENDOR_AUTO, "": VENDOR_AUTO}
+_POD_VENDORS = {"nvidia": "nvidia", "amd": "amd", "rocm": "amd", "intel": "intel", "cpu": VENDOR_CPU,
+                "none": VENDOR_CPU, "auto": VENDOR_AUTO, "": VENDOR_AUTO}
 MANAGED_KEYS = (keys.POD_VRAM_ESTIMATE_MB, keys.POD_BACKEND, keys.POD_VENDOR)
 
 
@@ -72,7 +72,7 @@ class PodRequirements:
     managed: bool = False  # carries our annotations; False = passthrough
     model: str = ""
     backend: str = ""  # canonical backend, "" = not given (no compatibility check)
-    vendor: str = VENDOR_AUTO  # nvidia | amd | cpu | auto
+    vendor: str = VENDOR_AUTO  # nvidia | amd | intel | cpu | auto
     vram_estimate_mib: int = 0  # needed on EACH GPU
     gpu_count: int = 0
     jit_policy: str = ""
@@ -119,17 +119,28 @@ def _container_gpus(c: _Container, resource: str) -> int:
     return 0
 
 
-def gpu_requests(spec: _PodSpec | None) -> dict[str, int]:
-    """Effective GPU requests per vendor ({"nvidia": 2}); raises ParseError naming the resource."""
+def resource_requests(spec: _PodSpec | None) -> dict[str, int]:
+    """Effective requests per GPU resource ({"nvidia.com/gpu": 2}): a container's limit, else its request, summed
+    over the containers, at least the largest init container's. Raises ParseError naming the resource."""
     out: dict[str, int] = {}
     if spec is None:
         return out
-    for resource, vendor in keys.GPU_RESOURCES.items():
+    for resource in keys.GPU_RESOURCES:
         regular = sum(_container_gpus(c, resource) for c in spec.containers or ())
         init = max((_container_gpus(c, resource) for c in spec.init_containers or ()), default=0)
         n = max(regular, init)
         if n:
-            out[vendor] = n
+            out[resource] = n
+    return out
+
+
+def gpu_requests(spec: _PodSpec | None) -> dict[str, int]:
+    """Effective GPU requests per vendor ({"nvidia": 2}; Intel's two resources, i915 and xe, are one vendor);
+    raises ParseError naming the resource."""
+    out: dict[str, int] = {}
+    for resource, n in resource_requests(spec).items():
+        vendor = keys.GPU_RESOURCES[resource]
+        out[vendor] = out.get(vendor, 0) + n
     return out
 
 
@@ -188,7 +199,7 @@ def validate(f: PodFields) -> PodRequirements:
         key = keys.POD_VENDOR
         vendor = _POD_VENDORS.get(f.vendor.strip().lower())
         if vendor is None:
-            raise ParseError(f"pod annotation {key}", f.vendor, "one of nvidia, amd, cpu, auto")
+            raise ParseError(f"pod annotation {key}", f.vendor, "one of nvidia, amd, intel, cpu, auto")
         key = "resources"
         if f.gpu_count is not None:  # a typed count (gRPC): for the pod's vendor, whichever it is
             count = _quantity_int(f.gpu_count, "GPU count")
@@ -198,7 +209,8 @@ def validate(f: PodFields) -> PodRequirements:
                 raise f.gpu_requests
             requests = f.gpu_requests
             if len(requests) > 1:
-                raise ParseError("GPU requests", requests, "GPUs of one vendor only (nvidia.com/gpu or amd.com/gpu)")
+                raise ParseError("GPU requests", requests,
+                                 "GPUs of one vendor only (nvidia.com/gpu, amd.com/gpu or gpu.intel.com/*)")
             req_vendor, count = next(iter(requests.items())) if requests else ("", 0)
         if req_vendor and vendor not in (VENDOR_AUTO, req_vendor):
             key = keys.POD_VENDOR

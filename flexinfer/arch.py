@@ -168,6 +168,49 @@ def encode_gfx_target_version(gfx: str) -> int:
     return major * 10000 + minor * 100 + stepping
 
 
+# --- Intel ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _IntelPlatform:
+    family: str  # Xe generation: xe-hpg, xe2-hpg, xe-hpc, xe-lpg, xe2-lpg
+    codename: str
+    device_ids: frozenset[int]  # PCI device ids (the kernel's i915/xe PCI id tables)
+
+
+# Intel platform (the arch we label: the kernel's platform name) -> family. Device ids from the Linux
+# kernel's Intel PCI id tables (include/drm/intel/pciids.h); docs/intel-gpus.md.
+INTEL_PLATFORMS: dict[str, _IntelPlatform] = {
+    "dg2": _IntelPlatform("xe-hpg", "alchemist", frozenset({  # Arc A-series; Data Center GPU Flex (ATS-M)
+        0x5690, 0x5691, 0x5692, 0x56A0, 0x56A1, 0x56A2, 0x56BE, 0x56BF,  # G10
+        0x5693, 0x5694, 0x5695, 0x56A5, 0x56A6, 0x56B0, 0x56B1, 0x56BA, 0x56BB, 0x56BC, 0x56BD,  # G11
+        0x5696, 0x5697, 0x56A3, 0x56A4, 0x56B2, 0x56B3,  # G12
+        0x56C0, 0x56C1, 0x56C2})),  # ATS-M (Flex 170 / 140)
+    "bmg": _IntelPlatform("xe2-hpg", "battlemage", frozenset({  # Arc B-series
+        0xE202, 0xE20B, 0xE20C, 0xE20D, 0xE210, 0xE211, 0xE212, 0xE215, 0xE216})),
+    "pvc": _IntelPlatform("xe-hpc", "ponte-vecchio", frozenset({  # Data Center GPU Max
+        0x0B69, 0x0B6E, 0x0BD0, 0x0BD1, 0x0BD2, 0x0BD4, 0x0BD5, 0x0BD6, 0x0BD7, 0x0BD8, 0x0BD9, 0x0BDA,
+        0x0BDB})),
+    "mtl": _IntelPlatform("xe-lpg", "meteor-lake", frozenset({0x7D40, 0x7D45, 0x7D55, 0x7D60, 0x7DD5})),
+    "arl": _IntelPlatform("xe-lpg", "arrow-lake", frozenset({0x7D41, 0x7D51, 0x7D67, 0x7DD1, 0xB640})),
+    "lnl": _IntelPlatform("xe2-lpg", "lunar-lake", frozenset({0x6420, 0x64A0, 0x64B0})),
+}
+_INTEL_BY_DEVICE = {d: name for name, p in INTEL_PLATFORMS.items() for d in p.device_ids}
+
+
+def intel_arch_from_device_id(device_id: int) -> str:
+    """PCI device id -> Intel platform ("dg2" for 0x56A0, the Arc A770); "" when not in the table."""
+    return _INTEL_BY_DEVICE.get(device_id, "")
+
+
+def intel_arch(arch: str) -> ArchInfo:
+    """An Intel platform name -> ArchInfo; unknown names stay usable (family "xe", known=False)."""
+    a = re.sub(r"[^a-z0-9_.-]+", "-", text_of(arch).strip().lower()).strip("-_.")[:63].strip("-_.") or "unknown"
+    row = INTEL_PLATFORMS.get(a)
+    if row is None:
+        return ArchInfo(INTEL, a, "xe", known=False)
+    return ArchInfo(INTEL, a, row.family, codename=row.codename)
+
+
 # Longest arch / vendor text whose parse is memoised (longer junk is parsed, never kept).
 _MEMO_MAX_CHARS = 64
 
@@ -193,8 +236,7 @@ def _arch_info(vendor: str, arch: str) -> ArchInfo:
     if vendor == AMD:
         return amd_arch(arch)
     if vendor == INTEL:
-        a = re.sub(r"[^a-z0-9_.-]+", "-", text_of(arch).strip().lower()).strip("-_.")[:63].strip("-_.") or "unknown"
-        return ArchInfo(INTEL, a, "xe", known=False)
+        return intel_arch(arch)
     return ArchInfo(NONE, "none", "none", known=False)
 
 

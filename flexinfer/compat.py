@@ -107,6 +107,11 @@ def _check_amd(b: str, backend_rule: BackendRule, arch: ArchInfo, jit_policy: st
 
 
 def _check_intel(b: str, backend_rule: BackendRule, arch: ArchInfo, jit_policy: str) -> Compat:
+    rule = backend_rule.intel
+    if rule is not None:
+        if arch.arch in rule.supported:
+            return Compat(Verdict.SUPPORTED, "")
+        return Compat(Verdict.DEGRADED, f"{b} on Intel {arch.arch}: {rule.degraded_reason}")
     if backend_rule.intel_degraded:
         return Compat(Verdict.DEGRADED, backend_rule.intel_reason)
     return Compat(Verdict.UNSUPPORTED, backend_rule.intel_reason)

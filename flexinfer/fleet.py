@@ -34,7 +34,8 @@ Format (YAML; MiB, watts, celsius, percent carry their unit in the key):
 Telemetry and sharing (all optional): memoryTemperatureC (absent: the GPU has no memory sensor, as on
 GeForce cards), memoryUtilizationPct, encoderPct, decoderPct, pcie {txKBps, rxKBps}, gttTotalMiB /
 gttUsedMiB (AMD), mig: [{profile: 3g.40gb, totalMiB: 40192, usedMiB: 0}] (NVIDIA MIG mode on, one entry per
-MIG instance), driver: xe | i915 (Intel). Node: cudaVersion / rocmVersion next to driverVersion.
+MIG instance), driver: xe | i915 and deviceId: "0x56a0" (Intel). Node: cudaVersion / rocmVersion next
+to driverVersion.
 
 GPU faults: noise, xid, ecc, lost, not-supported, throttle (reasons list), row-remap {correctable,
 uncorrectable, pending, failed} (NVIDIA Ampere+), retired-pages {correctable = single-bit,
@@ -128,6 +129,7 @@ class FleetGpu(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_
     gtt_used_mi_b: int = msgspec.field(default=64, name="gttUsedMiB")
     mig: list[FleetMig] = []
     driver: str = ""  # Intel kernel driver: xe (default) or i915
+    device_id: str = ""  # Intel PCI device id ("0x56a0"); default: the platform's best-known part
 
     @property
     def total_mib(self) -> int:
@@ -220,6 +222,8 @@ def parse_fleet(data: object, source: str = "fleet") -> Fleet:
                                      "a profile like 3g.40gb with totalMiB > 0 and 0 <= usedMiB <= totalMiB")
             if g.driver not in ("", "xe", "i915") or (g.driver and g.vendor.lower() != "intel"):
                 raise ParseError(f"{where}.driver", g.driver, "xe or i915, on an Intel GPU")
+            if g.device_id and not re.fullmatch(r"0x[0-9a-fA-F]{4}", g.device_id):
+                raise ParseError(f"{where}.deviceId", g.device_id, "a PCI device id such as 0x56a0")
             for k, f in enumerate(g.faults):
                 if f.type == "not-supported" and f.metric not in METRICS:  # a typo would silently do nothing
                     raise ParseError(f"{where}.faults[{k}].metric", f.metric, "one of " + ", ".join(METRICS))

@@ -76,7 +76,10 @@ LITELLM_PREFIX = "litellm.flexinfer.ai/"
 # --- Extended resources ---------------------------------------------------------------------
 RESOURCE_NVIDIA = "nvidia.com/gpu"
 RESOURCE_AMD = "amd.com/gpu"
-GPU_RESOURCES = {RESOURCE_NVIDIA: "nvidia", RESOURCE_AMD: "amd"}
+RESOURCE_INTEL_I915 = "gpu.intel.com/i915"  # Intel device plugin, GPUs on the i915 driver
+RESOURCE_INTEL_XE = "gpu.intel.com/xe"  # Intel device plugin, GPUs on the xe driver
+GPU_RESOURCES = {RESOURCE_NVIDIA: "nvidia", RESOURCE_AMD: "amd", RESOURCE_INTEL_I915: "intel",
+                 RESOURCE_INTEL_XE: "intel"}
 
 # --- Model API ------------------------------------------------------------------------------
 MODEL_GROUP = "ai.flexinfer"

@@ -49,7 +49,7 @@ def parse_duration_seconds(value: str | int | float, what: str) -> float:
 
 
 class GpuSpec(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
-    vendor: Literal["auto", "nvidia", "amd", "cpu", "AUTO", "NVIDIA", "AMD", "CPU"] = "auto"
+    vendor: Literal["auto", "nvidia", "amd", "intel", "cpu", "AUTO", "NVIDIA", "AMD", "INTEL", "CPU"] = "auto"
     shared: str | None = None
     priority: int = 0
     count: int | None = None

@@ -95,8 +95,12 @@ def fleet_node_objects(fleet: Fleet, now: float | None = None, *, published: boo
     for n in fleet.nodes:
         gpus = fleet_gpu_states(n)
         resources: dict[str, int] = {}
+        drivers = {i: fg.driver for i, fg in enumerate(n.gpus)}
         for g in gpus:
             res = {"nvidia": keys.RESOURCE_NVIDIA, "amd": keys.RESOURCE_AMD}.get(g.vendor)
+            if g.vendor == "intel":  # the Intel device plugin names the resource after the GPU's driver
+                xe = drivers.get(g.physical_index, "xe") in ("", "xe")
+                res = keys.RESOURCE_INTEL_XE if xe else keys.RESOURCE_INTEL_I915
             if res:
                 resources[res] = resources.get(res, 0) + g.replicas
         labels = {**n.labels}

@@ -173,6 +173,8 @@ def arch_of(target: str) -> arch.ArchInfo:
         return arch.arch_info(arch.NVIDIA, target)
     if target.startswith("gfx"):
         return arch.arch_info(arch.AMD, target)
+    if target in arch.INTEL_PLATFORMS:
+        return arch.arch_info(arch.INTEL, target)
     if target == "intel":
         return arch.arch_info(arch.INTEL, "arc")
     assert target == "none", target

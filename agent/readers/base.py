@@ -50,6 +50,7 @@ class GpuSample:
     memory_total_bytes: int = 0
     memory_used_bytes: int = 0  # in use by processes; excludes `reserved` when the v2 API is used
     memory_reserved_bytes: int | None = None  # driver/firmware reserved (NVML v2); None if unknown
+    memory_used_known: bool = True  # False: the driver does not publish usage (Intel xe); used reads 0
     power_usage_watts: float | None = None
     power_limit_watts: float | None = None
     temperature_celsius: float | None = None

@@ -21,7 +21,9 @@ amdsmi.AmdSmiLibraryException when an amdsmi module is passed in, else a look-al
 from __future__ import annotations
 
 import inspect
+import os
 import random
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,6 +43,7 @@ from flexinfer.fleet import (
 
 from .amd import AmdSmiReader
 from .base import Backoff, GpuReader, GpuSample, MultiReader, NullReader
+from .intel import IntelSysfsReader
 from .nvml import THROTTLE_REASONS, NvmlReader
 
 _THROTTLE_BITS = {name: bit for bit, name in THROTTLE_REASONS}
@@ -509,6 +512,107 @@ class FakeAmdSmi(_FleetGpus):
         return {"correctable_count": corr, "uncorrectable_count": unc, "deferred_count": 0}
 
 
+INTEL_DEFAULT_DEVICE = {"dg2": 0x56A0, "bmg": 0xE20B, "pvc": 0x0BD5, "mtl": 0x7D55, "arl": 0x7D51, "lnl": 0x64A0}
+
+
+class FakeIntelSysfs(_FleetGpus):
+    """A sysfs tree (and /proc/sys/kernel/osrelease) laid out as the xe and i915 drivers lay theirs out, for the
+    fleet's Intel GPUs, in a temporary directory: /sys/class/drm/card<N> links to the PCI device's drm/card<N>,
+    whose `device` links back to the PCI device directory (vendor, device, class, link speed and width, a
+    `driver` link to /sys/bus/pci/drivers/<xe|i915>, hwmon). `update()` rewrites what changes before a sample:
+    the energy counter (power x 10 s per sample), i915's available local memory (xe publishes none), and a lost
+    GPU's card link, which disappears. The real IntelSysfsReader reads it unchanged."""
+
+    def __init__(self, node: FleetNode) -> None:
+        import tempfile
+
+        super().__init__(node, "intel")
+        self._tmp = tempfile.TemporaryDirectory(prefix="flexinfer-intel-sysfs-")
+        self.root = Path(self._tmp.name)
+        self.sys_root = self.root / "sys"
+        self.proc_root = self.root / "proc"
+        self._build()
+
+    def _w(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+    def pci(self, h: int) -> str:
+        return f"0000:{0x10 + self.gpus[h][0]:02x}:00.0"
+
+    def card(self, h: int) -> str:
+        return f"card{h + 1}"  # card0 is usually the boot display (iGPU or BMC)
+
+    def _dev_dir(self, h: int) -> Path:
+        return self.sys_root / "devices" / "pci0000:00" / "0000:00:01.0" / self.pci(h)
+
+    def _build(self) -> None:
+        self._w(self.proc_root / "sys" / "kernel" / "osrelease", self.node.driver_version or "6.12.12-generic")
+        for h, (_, g, _uuid) in enumerate(self.gpus):
+            driver = g.driver or "xe"
+            (self.sys_root / "bus" / "pci" / "drivers" / driver).mkdir(parents=True, exist_ok=True)
+            dev = self._dev_dir(h)
+            device_id = int(g.device_id, 16) if g.device_id else INTEL_DEFAULT_DEVICE.get(g.arch.lower(), 0x56A0)
+            self._w(dev / "vendor", "0x8086")
+            self._w(dev / "device", f"0x{device_id:04x}")
+            self._w(dev / "class", "0x030000")
+            p = g.pcie
+            speeds = {1: "2.5", 2: "5.0", 3: "8.0", 4: "16.0", 5: "32.0", 6: "64.0"}
+            self._w(dev / "current_link_speed", f"{speeds.get(p.gen, '16.0')} GT/s PCIe")
+            self._w(dev / "max_link_speed", f"{speeds.get(p.max_gen, '16.0')} GT/s PCIe")
+            self._w(dev / "current_link_width", str(p.width))
+            self._w(dev / "max_link_width", str(p.max_width))
+            os.symlink(os.path.relpath(self.sys_root / "bus" / "pci" / "drivers" / driver, dev), dev / "driver")
+            card_dir = dev / "drm" / self.card(h)
+            card_dir.mkdir(parents=True)
+            os.symlink(os.path.relpath(dev, card_dir), card_dir / "device")
+            mib = 1024 * 1024
+            if driver == "xe":
+                self._w(dev / "tile0" / "physical_vram_size_bytes", str(g.total_mib * mib))
+                if not self.unsupported(h, "clocks"):
+                    self._w(dev / "tile0" / "gt0" / "freq0" / "act_freq", str(g.sm_clock_mhz))
+            else:
+                self._w(card_dir / "lmem_total_bytes", str(g.total_mib * mib))
+                if not self.unsupported(h, "clocks"):
+                    self._w(card_dir / "gt_act_freq_mhz", str(g.sm_clock_mhz))
+            mon = dev / "hwmon" / "hwmon0"
+            self._w(mon / "name", driver)
+            if not self.unsupported(h, "power"):
+                self._w(mon / "power1_max", str(int(g.power_cap_w * 1e6)))
+            if not self.unsupported(h, "temperature"):
+                self._w(mon / "temp2_input", str(int(g.temperature_c * 1000)))
+                self._w(mon / "temp2_label", "pkg")
+            if g.memory_temperature_c is not None:
+                self._w(mon / "temp3_input", str(int(g.memory_temperature_c * 1000)))
+                self._w(mon / "temp3_label", "vram")
+            self._link(h)
+        self.update()
+
+    def _link(self, h: int) -> None:
+        link = self.sys_root / "class" / "drm" / self.card(h)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            os.symlink(os.path.relpath(self._dev_dir(h) / "drm" / self.card(h), link.parent), link)
+
+    def update(self) -> None:
+        for h, (_, g, _uuid) in enumerate(self.gpus):
+            link = self.sys_root / "class" / "drm" / self.card(h)
+            if self.lost(h):
+                link.unlink(missing_ok=True)
+                continue
+            self._link(h)
+            dev = self._dev_dir(h)
+            if not self.unsupported(h, "energy"):
+                self._w(dev / "hwmon" / "hwmon0" / "energy1_input", str(int(self.energy_joules(h) * 1e6)))
+            if (g.driver or "xe") == "i915":
+                avail = (g.total_mib - self.used_mib(h)) * 1024 * 1024
+                self._w(dev / "drm" / self.card(h) / "lmem_avail_bytes", str(avail))
+
+    def clock(self) -> float:
+        """Simulated seconds, consistent with the energy counter (power x 10 s per sample)."""
+        return self.sample_no * SAMPLE_SECONDS
+
+
 class FleetReader:
     """A real reader over a fake library; advances the fakes' sample counter before each sample."""
 
@@ -523,6 +627,8 @@ class FleetReader:
     def sample(self) -> list[GpuSample]:
         for f in self.fakes:
             f.sample_no += 1
+            if isinstance(f, FakeIntelSysfs):
+                f.update()
         return self.inner.sample()
 
     def close(self) -> None:
@@ -548,6 +654,10 @@ def fleet_reader(node: FleetNode, amdsmi_module: Any = None, backoff: Backoff | 
         else:
             famd = FakeAmdSmi(node, amdsmi_module)
             readers.append(FleetReader(AmdSmiReader(famd, sys_root="/nonexistent", backoff=backoff, **kw), [famd]))
+    if "intel" in vendors:
+        fintel = FakeIntelSysfs(node)
+        reader = IntelSysfsReader(fintel.sys_root, fintel.proc_root, clock=fintel.clock)
+        readers.append(FleetReader(reader, [fintel]))
     if not readers:
         if any(f.type == "library-missing" for f in node.faults):
             return NullReader("no GPU library found")

@@ -28,17 +28,19 @@ from . import recipes
 from .recipes import ReadyCommand, Recipe
 from .rules import (
     GFX906_OLLAMA,
+    INTEL_SYCL,
     OLLAMA_AMD,
     VLLM_AMD,
     VLLM_AMD_BUILD,
     AmdRule,
     BackendRule,
+    IntelRule,
     NvidiaRule,
     torch_rule,
 )
 
 # Vendors a pod can be rendered for (the GPU resource it requests; cpu = none).
-IMAGE_VENDORS = ("nvidia", "amd", "cpu")
+IMAGE_VENDORS = ("nvidia", "amd", "intel", "cpu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,10 @@ class Backend:
     hf_prefetch: str = "repo"
 
     def image_for(self, vendor: str) -> str:
-        return self.images.get(vendor) or self.images["nvidia"]
+        """The vendor's image; without one, the CPU build (never another vendor's GPU build: a CUDA image on an
+        Intel GPU would not use it, the CPU build at least runs), else the NVIDIA one as before."""
+        return self.images.get(vendor) or (self.images.get("cpu") if vendor == "intel" else None) \
+            or self.images["nvidia"]
 
 
 _VLLM_RULE = BackendRule(
@@ -111,10 +116,13 @@ _ENTRIES = (
             amd=AmdRule(supported=frozenset(), any_gfx=True),
             intel_reason="llama.cpp runs on Intel through SYCL/Vulkan builds only",
             intel_degraded=True,
+            intel=IntelRule(supported=INTEL_SYCL, degraded_reason="llama.cpp's SYCL build does not list this Intel "
+                            "GPU; its Vulkan build runs on any Intel GPU (set --backend-image llamacpp/intel=...)"),
         ),
         runtime_base_mib=300, port=8080, health_path="/health",
         images=_images(nvidia="ghcr.io/ggml-org/llama.cpp:server-cuda-b6000",
                        amd="ghcr.io/ggml-org/llama.cpp:server-rocm-b6000",
+                       intel="ghcr.io/ggml-org/llama.cpp:server-intel-b6000",  # SYCL (oneAPI) build
                        cpu="ghcr.io/ggml-org/llama.cpp:server-b6000"),
         shm_mib=1024, recipe=recipes.llamacpp, default_quant="q4_k_m", hf_prefetch="gguf",
     ),
@@ -127,7 +135,8 @@ _ENTRIES = (
             amd=AmdRule(supported=OLLAMA_AMD, explicit_no={"gfx906": GFX906_OLLAMA},
                         degraded=frozenset({"gfx1031", "gfx1032", "gfx1034", "gfx1035", "gfx1036"}),
                         degraded_reason="needs HSA_OVERRIDE_GFX_VERSION=10.3.0 or the Vulkan backend"),
-            intel_reason="ollama runs on Intel only through the Vulkan backend",
+            intel_reason="ollama runs on Intel GPUs only through its Intel builds (IPEX-LLM's Ollama) or its "
+                         "Vulkan backend; the pinned image is the CPU build: set --backend-image ollama/intel=...",
             intel_degraded=True,
         ),
         runtime_base_mib=400, port=11434, health_path="/api/version",

@@ -35,12 +35,21 @@ class AmdRule:
 
 
 @dataclass(frozen=True, slots=True)
+class IntelRule:
+    """Per Intel platform (flexinfer.arch.INTEL_PLATFORMS: dg2, bmg, pvc, mtl, arl, lnl)."""
+
+    supported: frozenset[str]  # platforms the backend's Intel image runs on natively (SYCL / oneAPI)
+    degraded_reason: str  # every other Intel GPU: why it only runs another way (Vulkan)
+
+
+@dataclass(frozen=True, slots=True)
 class BackendRule:
     nvidia: NvidiaRule | None
     amd: AmdRule | None
-    intel_reason: str  # why Intel is not SUPPORTED
+    intel_reason: str  # why Intel is not SUPPORTED (when there is no `intel` rule, for every Intel GPU)
     intel_degraded: bool = False
     cpu_ok: bool = True  # can run on a CPU-only node (vendor cpu models)
+    intel: IntelRule | None = None  # per-platform Intel support; None: `intel_reason` / `intel_degraded` decide
 
 
 # Architecture lists shared by several backends.
@@ -52,6 +61,8 @@ TORCH_ROCM = frozenset({"gfx900", "gfx906", "gfx908", "gfx90a", "gfx942", "gfx95
 TORCH_ROCM_NEWER = frozenset({"gfx1103", "gfx1150", "gfx1151"})
 OLLAMA_AMD = frozenset({"gfx908", "gfx90a", "gfx942", "gfx950", "gfx1010", "gfx1012", "gfx1030", "gfx1100",
                         "gfx1101", "gfx1102", "gfx1103", "gfx1150", "gfx1151", "gfx1200", "gfx1201"})
+# Intel platforms llama.cpp's SYCL (oneAPI) build supports: Arc A/B, Data Center Flex and Max, Core Ultra iGPUs.
+INTEL_SYCL = frozenset({"dg2", "bmg", "pvc", "mtl", "arl", "lnl"})
 GFX906_OLLAMA = ("ollama's ROCm build does not list gfx906 (Radeon VII / MI50); "
                  "use llama.cpp with Vulkan instead")
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import msgspec
 
-from flexinfer import keys
 from flexinfer.errors import ParseError
-from flexinfer.extender.pod import PodWire, gpu_requests
+from flexinfer.extender.pod import PodWire, resource_requests
 from flexinfer.nodefilters import node_filter_reject
 
 
@@ -20,19 +19,15 @@ def _is_int(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
 
-_RESOURCE_OF_VENDOR = {vendor: resource for resource, vendor in keys.GPU_RESOURCES.items()}
-
-
 def pod_gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
     """Extended GPU resources a pod asks for, by resource name, counted as the extender counts them
     (`flexinfer.extender.pod.gpu_requests`: a container's limit, else its request; summed over the containers;
     at least the largest init container's). A pod the API server would have refused (not a Pod, a quantity
     that is not a whole number of devices) asks for nothing here: the extender names its error."""
     try:
-        by_vendor = gpu_requests(msgspec.convert(pod, PodWire).spec)
+        return resource_requests(msgspec.convert(pod, PodWire).spec)
     except (msgspec.ValidationError, ParseError):
         return {}
-    return {_RESOURCE_OF_VENDOR[vendor]: n for vendor, n in by_vendor.items()}
 
 
 def intree_reject(pod: dict[str, Any], node: dict[str, Any], bound: list[dict[str, Any]]) -> str | None:

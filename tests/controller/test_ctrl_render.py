@@ -229,7 +229,7 @@ def test_image_overrides_pin_digests_and_reject_moving_tags():
     llama = render_deployment(GPU_MODEL, 1, options=opts)["spec"]["template"]["spec"]["containers"][0]["image"]
     assert llama == "registry.local/llama.cpp:server-b6100"
     for bad in ("vllm=vllm/vllm-openai:latest", "vllm=vllm/vllm-openai", "vllm/amd=rocm/vllm:latest-rocm",
-                "tgi=x:1", "vllm/intel=x:1", "vllm", "=x:1"):
+                "tgi=x:1", "vllm/ati=x:1", "vllm", "=x:1"):
         with pytest.raises(ParseError):
             parse_image_overrides([bad])
 

@@ -32,6 +32,7 @@ HOMELAB = {
     "cblevins-gtx980ti": [("nvidia", "sm_52", (6 * 1024 - 100, 6 * 1024), False)],
     "rtxpro4000-worker": [("nvidia", "sm_120", (24 * 1024 - 200, 24 * 1024), False)],
     "khelben": [("amd", "gfx1151", (16 * 1024, 128 * 1024), True)],
+    "cblevins-arca770": [("intel", "dg2", (16 * 1024 - 200, 16 * 1024), False)],
     "cpu-worker": [],
 }
 

@@ -54,7 +54,8 @@ def test_keys_are_namespaced_and_unique() -> None:
                                       keys.POD_JIT_POLICY, keys.POD_PREFERRED_ARCHS, keys.POD_GROUP]:
         assert k.startswith(keys.PREFIX)
         assert LABEL_NAME_RE.match(k.removeprefix(keys.PREFIX)), k
-    assert keys.GPU_RESOURCES == {"nvidia.com/gpu": "nvidia", "amd.com/gpu": "amd"}
+    assert keys.GPU_RESOURCES == {"nvidia.com/gpu": "nvidia", "amd.com/gpu": "amd", "gpu.intel.com/i915": "intel",
+                                  "gpu.intel.com/xe": "intel"}
     assert keys.MODEL_API_VERSION == "ai.flexinfer/v1alpha2"
     assert keys.ANN_FREE_MEMORY == "flexinfer.ai/gpu-free-memory"  # Go FlexInfer compatible
 
