@@ -83,7 +83,7 @@ def test_r1_vs_14b_the_ready_model_serves_and_r1_is_never_activated_into_a_timeo
         # proxy says so at once instead of activating it and holding the request until the cold-start timeout
         t0 = time.monotonic()
         r = lb.chat("deepseek-r1")
-        assert r.status_code == 503 and time.monotonic() - t0 < 2
+        assert r.status_code == 503 and time.monotonic() - t0 < 5  # not the 10 min cold-start timeout
         err = error_of(r)
         assert err["code"] == "model_unavailable" and "cannot preempt qwen3-14b-mlc" in err["message"]
         assert 500 <= int(r.headers["Retry-After"]) <= 600  # when the 14B's 10 min idle timeout runs out
@@ -120,7 +120,7 @@ def test_stalled_load_answers_503_with_retry_after() -> None:
         assert err["code"] == "model_loading_stalled" and "LoadingWeights" in err["message"]
         t0 = time.monotonic()
         again = lb.chat("chat")  # a new request for a stalled load fails fast, it is not queued
-        assert again.status_code == 503 and time.monotonic() - t0 < 1.0
+        assert again.status_code == 503 and time.monotonic() - t0 < 3.0
         assert lb.metrics.unavailable.labels("stuck", "stalled")._value.get() == 2
 
 
@@ -166,7 +166,7 @@ def test_server_sent_events_pass_through_unbuffered_and_a_disconnect_releases_up
                     arrivals.append((time.monotonic() - t0, line))
         assert arrivals[-1][1] == "data: [DONE]" and len(arrivals) == 6
         # each event arrives when the server sends it (0.3 s apart), not all at the end
-        assert arrivals[0][0] < 0.25 and arrivals[-2][0] > 1.0
+        assert arrivals[-2][0] - arrivals[0][0] > 0.8, arrivals
         server.token_delay_s = 0.05
         with lb.client.stream("POST", "/v1/chat/completions",
                               json={"model": "m", "stream": True, "max_tokens": 400}) as r:
@@ -174,17 +174,17 @@ def test_server_sent_events_pass_through_unbuffered_and_a_disconnect_releases_up
             got = [next(it) for _ in range(3)]
             assert got[0].startswith("data: ")
             t_cut = time.monotonic()
-        wait_for(lambda: server.stats.streams_cut == 1 and server.stats.open_streams == 0, 2.0,
+        wait_for(lambda: server.stats.streams_cut == 1 and server.stats.open_streams == 0, 5.0,
                  "the model server to see the cut")
-        assert time.monotonic() - t_cut < 1.0  # 400 tokens would have taken 20 s
+        assert time.monotonic() - t_cut < 5.0  # 400 tokens would have taken 20 s
         wait_for(lambda: lb.metrics.client_disconnects.labels("m")._value.get() == 1, 2.0, "disconnect counted")
         assert lb.chat("m").status_code == 200  # and the proxy keeps serving
 
 
 def test_last_active_time_keeps_a_busy_model_from_idling_out() -> None:
-    # idle timeout 2 s; one streamed request of ~5 s: writes while in flight keep the model up, and the model
+    # idle timeout 3 s; one streamed request of ~7 s: writes while in flight keep the model up, and the model
     # scales to zero once the traffic stops
-    docs = [model_doc("m", [], idle="2s")]
+    docs = [model_doc("m", [], idle="3s")]
     with lab(docs, server_opts={"m": {"token_delay_s": 0.25}}, activity_interval_s=1.0) as lb:
         assert lb.chat("m", max_tokens=1).status_code == 200
         replicas: list[int] = []
@@ -200,16 +200,16 @@ def test_last_active_time_keeps_a_busy_model_from_idling_out() -> None:
         lb.fake.clear_requests()
         t0 = time.monotonic()
         with lb.client.stream("POST", "/v1/chat/completions",
-                              json={"model": "m", "stream": True, "max_tokens": 20}) as r:
-            assert sum(1 for line in r.iter_lines() if line) == 21
+                              json={"model": "m", "stream": True, "max_tokens": 28}) as r:
+            assert sum(1 for line in r.iter_lines() if line) == 29
         took = time.monotonic() - t0
         done.set()
         watcher.join()
-        assert took > 4.0 and replicas and set(replicas) == {1}, replicas
+        assert took > 6.0 and replicas and set(replicas) == {1}, replicas
         writes = [q for q in lb.fake.requests("PATCH") if q.path.endswith("/models/m/status")
                   and "lastActiveTime" in str(q.body)]
         assert 2 <= len(writes) <= took / 1.0 + 2  # batched: at most one per interval
-        wait_for(lambda: lb.replicas("m") == 0, 8.0, "m scaled to zero after the traffic stopped")
+        wait_for(lambda: lb.replicas("m") == 0, 12.0, "m scaled to zero after the traffic stopped")
         wait_for(lambda: lb.status("m").get("phase") == "Idle", 5.0, "m Idle")
 
 
