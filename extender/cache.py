@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterable, KeysView
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +206,10 @@ class NodeCache:
             return now, None
         return now, self._log[generation - self._log_base:]
 
-    def names_view(self) -> KeysView[str]:
-        """The cached node names (a live view: read under `lock`)."""
-        return self._views.keys()
+    def views_dict(self) -> dict[str, NodeView]:
+        """The views by name, the live dict (read under `lock`, never change it): set operations against it run
+        in C without copying its keys."""
+        return self._views
 
     def _logged(self, names: Iterable[str]) -> None:
         """Append to the change log (lock held); trimmed to about twice the node count."""

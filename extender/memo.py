@@ -161,7 +161,7 @@ class VerdictCache:
         self.config = config
         self.shape_limit = shape_limit
         self._shapes: OrderedDict[tuple, ShapeMemo] = OrderedDict()
-        self._covers: dict[int, tuple[NodeNames, int, bool, frozenset[str]]] = {}
+        self._covers: OrderedDict[int, tuple[NodeNames, int, bool, frozenset[str]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._shapes)
@@ -300,13 +300,14 @@ class VerdictCache:
         if isinstance(names, NodeNames):
             hit = self._covers.get(id(names))
             if hit is not None and hit[0] is names and hit[1] == members:
+                self._covers.move_to_end(id(names))
                 return hit[2], hit[3]
-        unknown = frozenset(wanted.difference(self.nodes.names_view()))
+        unknown = frozenset(wanted.difference(self.nodes.views_dict()))
         covers = len(wanted) - len(unknown) == len(self.nodes)
         if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:
-            if len(self._covers) >= 8:
-                self._covers.pop(next(iter(self._covers)))
             self._covers[id(names)] = (names, members, covers, unknown)
+            while len(self._covers) > 8:  # least recently used first
+                self._covers.popitem(last=False)
         return covers, unknown
 
     def answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
@@ -383,7 +384,8 @@ class VerdictCache:
             shape.drop_scores(changed)
             shape.score_generation = generation
             shape.expire_scores(now)
-            missing = shape.passed.intersection(wanted).difference(shape.scores)
+            missing = wanted.difference(shape.scores)  # usually just the nodes changed since the last request
+            missing &= shape.passed
             if missing:
                 self._score(shape, missing, now)
             return list(map(shape.scores.get, names, repeat(0)))
