@@ -136,6 +136,9 @@ class Process:
         self.env = dict(env) if env is not None else None
         self.popen: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.wanted = False  # started and not stopped on purpose (a supervisor restarts it if it dies)
+        self.supervise = False
+        self.restarts = 0
 
     def start(self) -> Process:
         if self.alive():
@@ -148,6 +151,7 @@ class Process:
             self.popen = subprocess.Popen(_pdeathsig_prefix() + self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.starts += 1
+        self.wanted = True
         with _LIVE_LOCK:
             _LIVE.add(self)
         log.debug("process_started", name=self.name, pid=self.popen.pid)
@@ -166,7 +170,8 @@ class Process:
                 os.killpg(self.popen.pid, sig)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM to the group, SIGKILL after `timeout_s`; always reaps."""
+        """SIGTERM to the group, SIGKILL after `timeout_s`; always reaps. Not restarted by a supervisor."""
+        self.wanted = False
         p = self.popen
         if p is not None:
             if p.poll() is None:
@@ -182,7 +187,7 @@ class Process:
             _LIVE.discard(self)
 
     def kill(self) -> None:
-        """SIGKILL (a crash, not a shutdown)."""
+        """SIGKILL (a crash, not a shutdown: a supervisor restarts a supervised process)."""
         self.signal(signal.SIGKILL)
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -495,6 +500,8 @@ class ControlPlane:
         self._api: Any = None
         self._lock = threading.Lock()
         self.started = False
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- paths and clients --------------------------------------------------------------------------
     @property
@@ -518,6 +525,26 @@ class ControlPlane:
             if self._api is None:
                 self._api = kube.api_client(kubeconfig=str(self.admin_kubeconfig))
             return self._api
+
+    def admin_request(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
+                      timeout_s: float = 30.0) -> tuple[int, Any]:
+        """One raw HTTPS request as admin with any headers (e.g. the Table Accept header kubectl sends);
+        returns (status, decoded JSON body or text). No retries, no exceptions on HTTP errors."""
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca))
+        ctx.load_cert_chain(str(self.pki.cert("admin")), str(self.pki.key("admin")))
+        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+        hdrs = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {}),
+                **(headers or {})}
+        req = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw) if raw else {}
+        except ValueError:
+            return status, raw.decode("utf-8", "replace")
 
     def binary(self, name: str) -> str:
         assert self.bin_dir is not None
@@ -548,12 +575,38 @@ class ControlPlane:
             self.stop()
             raise
         self.started = True
+        self._stopping.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="controlplane-supervisor", daemon=True)
+        self._supervisor.start()
         log.info("control_plane_started", api=self.api_url, workdir=str(self.workdir),
                  seconds=round(time.monotonic() - t0, 1))
         return self
 
+    def _supervise(self) -> None:
+        """Restart supervised processes that died (what the kubelet does for static pods and Deployments:
+        kube-scheduler exits by design when it loses its Lease, e.g. while the API server restarts)."""
+        backoff: dict[str, float] = {}
+        next_try: dict[str, float] = {}
+        while not self._stopping.wait(0.5):
+            for name, p in list(self.procs.items()):
+                if not (p.supervise and p.wanted) or p.alive():
+                    continue
+                now = time.monotonic()
+                if now < next_try.get(name, 0.0):
+                    continue
+                delay = min(backoff.get(name, 0.5) * 2, 10.0)
+                backoff[name], next_try[name] = delay, now + delay
+                p.restarts += 1
+                log.warning("process_restarted", name=name, exit_code=p.popen.returncode if p.popen else None,
+                            restarts=p.restarts)
+                with contextlib.suppress(OSError):
+                    p.start()
+
     def stop(self) -> None:
         """Stop every process (components last-started first, etcd last); remove the work directory."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
         for name in reversed(list(self.procs)):
             if name in ("etcd", "kube-apiserver"):
                 continue
@@ -576,12 +629,14 @@ class ControlPlane:
         self.stop()
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None, *,
-              start: bool = True) -> Process:
-        """Run a process alongside the control plane (stopped with it); output in logs/<name>.log."""
+              start: bool = True, supervise: bool = False) -> Process:
+        """Run a process alongside the control plane (stopped with it); output in logs/<name>.log. A
+        supervised process that dies (not stopped on purpose) is restarted with backoff, as by a kubelet."""
         old = self.procs.get(name)
         if old is not None:
             old.stop(5)
         proc = Process(name, argv, self.logs_dir / f"{name}.log", env)
+        proc.supervise = supervise
         self.procs[name] = proc
         return proc.start() if start else proc
 
@@ -651,10 +706,15 @@ class ControlPlane:
         wait_until("kube-apiserver /readyz", ready, timeout_s, interval_s=0.2,
                    procs=procs or [self.procs["kube-apiserver"]])
 
-    def restart_apiserver(self, down_seconds: float = 0.0) -> None:
-        """Stop kube-apiserver (SIGTERM), optionally stay down a while, start it again on the same port."""
+    def restart_apiserver(self, down_seconds: float = 0.0, *, crash: bool = False) -> None:
+        """Stop kube-apiserver (SIGTERM, or SIGKILL with `crash`), optionally stay down a while, start it again
+        on the same port and wait until it is ready. Clients see their watches end and reconnect; a
+        kube-scheduler whose Lease could not be renewed exits and is restarted by the supervisor."""
         proc = self.procs["kube-apiserver"]
-        proc.stop(15)
+        if crash:
+            proc.kill()
+        else:
+            proc.stop(5)  # its graceful shutdown can hang on open watch connections; a kubelet kills it too
         if down_seconds:
             time.sleep(down_seconds)
         proc.start()
@@ -687,7 +747,7 @@ class ControlPlane:
             # fast enough for tests, as kind/kwokctl set them
             "--concurrent-deployment-syncs=5", "--concurrent-replicaset-syncs=5",
             f"--v={self.verbosity}",
-        ])
+        ], supervise=True)
         wait_until("kube-controller-manager /healthz",
                    self._component_serving_ok("kube-controller-manager", self.ports.controller_manager), 60,
                    procs=[proc])
@@ -701,7 +761,7 @@ class ControlPlane:
             f"--node-lease-duration-seconds={self.node_lease_duration_seconds}",
             f"--cidr={POD_CIDR}", "--node-ip=10.0.1.1",
             f"--server-address=127.0.0.1:{self.ports.kwok}",
-        ])
+        ], supervise=True)
 
         def ok() -> bool:
             try:
@@ -742,7 +802,7 @@ class ControlPlane:
                 f"--secure-port={port}", f"--v={self.verbosity}", *extra_args]
         if as_service_account is None:
             argv += [f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"]
-        proc = self.spawn(name, argv)
+        proc = self.spawn(name, argv, supervise=True)
         wait_until(f"{name} /healthz", self._component_serving_ok(name, port), 60, procs=[proc])
         le = cfg.get("leaderElection") or {}
         if le.get("leaderElect", True):

@@ -97,7 +97,7 @@ class GpuLoad:
         self.fleet = copy.deepcopy(fleet)
         self.fleet_path = fleet_path
         self.loads: dict[tuple[str, str], list[tuple[str, int, int]]] = {}  # pod key -> [(node, gpu, MiB)]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.informer: kube.Informer | None = None
         self.writes = 0
         self.write()
@@ -180,21 +180,32 @@ class GpuLoad:
         log.info("gpu_unload", pod=f"{key[0]}/{key[1]}")
         return True
 
+    def adjust(self, node: str, gpu: int, delta_mib: int) -> None:
+        """Memory taken (+) or freed (-) on one GPU outside any pod (a process the cluster does not know)."""
+        with self._lock:
+            g = self.fleet.node(node).gpus[gpu]
+            g.used_mi_b = max(0, min(g.total_mi_b, g.used_mi_b + delta_mib))
+            self.write()
+
     def write(self) -> None:
-        tmp = self.fleet_path.with_suffix(".tmp")
-        tmp.write_text(dump_fleet(self.fleet))
-        os.replace(tmp, self.fleet_path)
-        self.writes += 1
+        with self._lock:
+            tmp = self.fleet_path.with_suffix(".tmp")
+            tmp.write_text(dump_fleet(self.fleet))
+            os.replace(tmp, self.fleet_path)
+            self.writes += 1
 
 
 class RealCluster:
     """A fleet on a running :class:`ControlPlane` (shipped CRD/RBAC installed by `start`)."""
 
     def __init__(self, cp: ControlPlane, fleet: Fleet, *, agent_interval_seconds: float = 1.0,
-                 extender_args: Iterable[str] = ()) -> None:
+                 agent_heartbeat_seconds: float = 5.0, extender_args: Iterable[str] = ()) -> None:
         self.cp = cp
         self.fleet = fleet
         self.agent_interval_seconds = agent_interval_seconds
+        # A short heartbeat: the extender keeps a started pod's VRAM reservation until an agent sample taken
+        # after the pod became Ready arrives, which for a quiet GPU is the next heartbeat (120 s by default).
+        self.agent_heartbeat_seconds = agent_heartbeat_seconds
         self.extender_args = list(extender_args)
         self.fleet_path = cp.workdir / "fleet.yaml"
         self.load: GpuLoad | None = None
@@ -321,6 +332,7 @@ class RealCluster:
             self.agents[name] = self.cp.spawn(f"agent-{name}", [
                 *python_entry_point("flexinfer-agent"), "--node", name, "--fake-gpus", str(self.fleet_path),
                 "--kubeconfig", str(kc), "--interval-seconds", str(self.agent_interval_seconds),
+                "--heartbeat-seconds", str(self.agent_heartbeat_seconds),
                 "--metrics-port", "0", "--grpc-port", "0", "--log-format", "json",
             ])
         if wait:
@@ -368,24 +380,70 @@ class RealCluster:
         with self.load._lock:
             return {n.name: [g.total_mi_b - g.used_mi_b for g in n.gpus] for n in self.load.fleet.nodes if n.gpus}
 
-    def wait_settled(self, timeout_s: float = 30.0, tolerance_mib: int = 1200) -> None:
-        """Until every running agent has published its GPUs' free memory as the load simulator has it
-        (within the agent's write threshold + noise), and the extender had a moment to see it."""
+    def unloaded_pods(self) -> list[str]:
+        """Running-or-about-to-run GPU pods on fleet nodes whose memory the load simulator has not applied."""
+        assert self.load is not None
+        out = []
+        names = {n.name for n in self.fleet.nodes}
+        for p in kube.list_objects(self.api, "pods", field_selector="spec.nodeName!="):
+            meta = p.get("metadata") or {}
+            if meta.get("deletionTimestamp") or (p.get("spec") or {}).get("nodeName") not in names:
+                continue
+            if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if keys.POD_VRAM_ESTIMATE_MB not in (meta.get("annotations") or {}) or not pod_gpu_request(p)[1]:
+                continue
+            with self.load._lock:
+                if (meta.get("namespace") or "default", meta.get("name")) not in self.load.loads:
+                    out.append(f"{meta.get('namespace')}/{meta.get('name')}")
+        return out
+
+    def extender_reservations(self) -> float | None:
+        """The extender's live VRAM reservations (its /metrics gauge), None when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.extender_probe_url}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except (OSError, urllib.error.URLError):
+            return None
+        for line in text.splitlines():
+            if line.startswith("flexinfer_extender_reservations "):
+                return float(line.split()[1])
+        return None
+
+    def wait_settled(self, timeout_s: float = 30.0, tolerance_mib: int = 1200, reservations: bool = True) -> None:
+        """Until the simulated GPU load is what everyone sees: every bound GPU pod's memory applied by the
+        load simulator, every running agent's published free memory equal to it (within the agent's write
+        threshold + noise) and, with `reservations`, the extender holding no reservation any more (its
+        numbers are the agents' numbers)."""
+        state: dict[str, Any] = {}
 
         def settled() -> bool:
+            state.clear()
+            pending = self.unloaded_pods()
+            if pending:
+                state["not loaded yet"] = pending
+                return False
             want = self.expected_free_mib()
             for name, free in want.items():
                 if name not in self.agents:
                     continue
                 pub = self.published(name)
-                if pub is None or len(pub["free_mib"]) != len(free):
+                if pub is None or len(pub["free_mib"]) != len(free) or any(
+                        abs(a - b) > tolerance_mib for a, b in zip(pub["free_mib"], free, strict=True)):
+                    state["not published"] = (name, pub and pub["free_mib"], free)
                     return False
-                if any(abs(a - b) > tolerance_mib for a, b in zip(pub["free_mib"], free, strict=True)):
+            if reservations and self.cp.procs.get("flexinfer-extender") and self.extender.alive():
+                held = self.extender_reservations()
+                if held:
+                    state["extender reservations"] = held
                     return False
             return True
 
-        wait_until("agents to publish the simulated GPU load", settled, timeout_s, interval_s=0.2,
-                   procs=list(self.agents.values()))
+        try:
+            wait_until("the simulated GPU load to be published", settled, timeout_s, interval_s=0.2,
+                       procs=list(self.agents.values()))
+        except ControlPlaneError as e:
+            raise ControlPlaneError(f"{e} ({state})") from None
         time.sleep(0.3)  # the extender's node watch delivers within milliseconds
 
     # -- extender ----------------------------------------------------------------------------------------------
