@@ -1,23 +1,25 @@
-"""Can a Model be placed? The extender's own policy, asked in process (no second implementation of fit).
+"""Can a Model be placed? Asked with the code kube-scheduler and the extender run (no second implementation).
 
-:class:`ExtenderFit` holds a :class:`flexinfer.extender.service.Extender` over a node cache fed by a Node
-informer (the same classes ``flexinfer-extender`` runs), renders the pod the controller would create for
-the Model (:func:`flexinfer.controller.render.render_deployment`), keeps the nodes whose labels match the
-pod's ``nodeSelector`` (kube-scheduler's own filter, which the extender does not repeat) and asks
-``Extender.explain`` for every verdict. :func:`classify` turns them into one :class:`~.routing.FitVerdict`:
+:class:`PlacementFit` renders the pod the controller would create for the Model
+(:func:`flexinfer.controller.render.render_deployment`) and asks :func:`flexinfer.controller.placement.place`
+about every Node: kube-scheduler's own node filters (:mod:`flexinfer.nodefilters`: Ready, schedulable,
+``nodeSelector``, untolerated taints), the GPU extended resource, then the extender's policy
+(``extender.policy.evaluate``: per-GPU VRAM, vendor, backend/architecture compatibility, health, fresh
+agent data). :func:`classify` turns the per-node answers into one :class:`~.routing.FitVerdict`:
 
-- FITS: some node passes now;
-- AFTER_RELEASE: none passes, but some rejection is one that freeing GPU memory cures (the extender's
-  ``FailedNodes``, "Insufficient free GPU memory"), e.g. the GPU its group holder occupies;
-- NEVER: every node is ``FailedAndUnresolvable`` (too small, wrong vendor, backend/arch, stale or no agent
-  data) or no node matches the selector;
-- UNKNOWN: the node cache has not synced, or the check failed (logged); routing then lets the controller
+- FITS: some node takes it now;
+- AFTER_RELEASE: no node takes it now, but on some node only free GPU memory is missing (the extender's
+  resolvable "Insufficient free GPU memory"): e.g. the GPU its group holder occupies, which routing counts
+  as a fit when the Model would displace that holder;
+- NEVER: every node rejects it for a reason freeing memory cannot cure (GPU too small, wrong vendor,
+  backend/arch, taints, selector, no GPU resource, stale or missing agent data);
+- UNKNOWN: the Node cache has not synced, or the check failed (logged); routing then lets the controller
   and the scheduler decide, as without a fit check.
 
-Why in process rather than the extender's gRPC ``Explain``: the node selector needs node labels, which
-the Explain answer does not carry, and the proxy then needs no network path (or mTLS client
-certificate) to the extender. Verdicts are cached per Model generation for ``ttl_s`` seconds in a bounded
-LRU (``max_entries``).
+Nodes come from a Node informer (``--fit-check extender``; RBAC: list/watch Nodes). Only what the checks
+read is kept per Node (labels, FlexInfer's annotations, taints, schedulability, the Ready condition, GPU
+allocatable), so a large cluster costs little memory. Verdicts are cached per Model generation for
+``ttl_s`` seconds in a bounded LRU (``max_entries``).
 """
 
 from __future__ import annotations
@@ -26,20 +28,20 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from flexinfer.controller import placement
 from flexinfer.controller.render import render_deployment
-from flexinfer.extender.cache import NodeCache
-from flexinfer.extender.pod import requirements_from_dict
-from flexinfer.extender.policy import PolicyConfig
-from flexinfer.extender.service import Extender
+from flexinfer.extender.policy import R_INSUFFICIENT
 
-from flexinfer import kube, logs
+from flexinfer import keys, kube, logs
 from flexinfer.model import Model
 
 from .routing import Fit, FitVerdict
 
 log = logs.get("flexinfer.proxy.fit")
+JSON = dict[str, Any]
 
 
 class FitChecker(Protocol):
@@ -53,83 +55,132 @@ class NoFitCheck:
         return FitVerdict(Fit.UNKNOWN, "fit check off")
 
 
-def classify(verdicts: Iterable[Any]) -> FitVerdict:
-    """One verdict from the extender's per-node verdicts (objects with feasible/unresolvable/reason/node/detail)."""
-    vs = list(verdicts)
+@dataclass(frozen=True, slots=True)
+class NodeAnswer:
+    node: str
+    feasible: bool
+    resolvable: bool  # only free GPU memory is missing
+    reason: str
+
+
+def classify(answers: Iterable[NodeAnswer]) -> FitVerdict:
+    """One verdict from the per-node answers."""
+    vs = list(answers)
     if not vs:
-        return FitVerdict(Fit.NEVER, "no node to place it on")
+        return FitVerdict(Fit.NEVER, "no nodes known")
     passing = [v for v in vs if v.feasible]
     if passing:
         return FitVerdict(Fit.FITS, f"fits on {len(passing)} of {len(vs)} nodes (e.g. {passing[0].node})")
-    resolvable = [v for v in vs if not v.unresolvable]
+    resolvable = [v for v in vs if v.resolvable]
     if resolvable:
-        return FitVerdict(Fit.AFTER_RELEASE, f"{resolvable[0].node}: {resolvable[0].detail or resolvable[0].reason}")
+        return FitVerdict(Fit.AFTER_RELEASE, f"{resolvable[0].node}: {resolvable[0].reason}")
     tally = Counter(v.reason for v in vs)
-    text = ", ".join(f"{n} {reason}" for reason, n in tally.most_common(3))
+    text = ", ".join(f"{n}x {reason}" for reason, n in tally.most_common(3))
     return FitVerdict(Fit.NEVER, f"0/{len(vs)} nodes: {text}")
 
 
-def _matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
+def trim_node(node: JSON) -> JSON:
+    """The parts of a Node the fit check reads."""
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    ann = {k: v for k, v in (meta.get("annotations") or {}).items() if str(k).startswith(keys.PREFIX)}
+    alloc = {k: v for k, v in (status.get("allocatable") or {}).items() if k in keys.GPU_RESOURCES}
+    ready = [c for c in status.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"]
+    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {}), "annotations": ann,
+                         "resourceVersion": meta.get("resourceVersion")},
+            "spec": {k: spec[k] for k in ("taints", "unschedulable") if k in spec},
+            "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": c.get("status")}
+                                                            for c in ready[:1]]}}
 
 
-class ExtenderFit:
-    """The extender's policy over a node cache (see module docstring)."""
+class NodeStore:
+    """Trimmed Nodes from informer events (thread-safe)."""
 
-    def __init__(self, extender: Any, *, ttl_s: float = 10.0, max_entries: int = 256,
-                 clock: Callable[[], float] = time.monotonic, synced: Callable[[], bool] | None = None) -> None:
-        self.extender = extender
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[str, JSON] = {}
+        self.synced = False
+
+    def on_event(self, etype: str, obj: JSON) -> None:
+        with self._lock:
+            if etype == "SYNC":
+                self._nodes = {n["metadata"]["name"]: n for n in map(trim_node, obj.get("items") or [])
+                               if n["metadata"]["name"]}
+                self.synced = True
+                return
+            name = (obj.get("metadata") or {}).get("name")
+            if not name:
+                return
+            if etype == "DELETED":
+                self._nodes.pop(name, None)
+            else:
+                self._nodes[name] = trim_node(obj)
+
+    def replace(self, nodes: Iterable[JSON]) -> NodeStore:
+        self.on_event("SYNC", {"items": list(nodes)})
+        return self
+
+    def nodes(self) -> list[JSON]:
+        with self._lock:
+            return list(self._nodes.values())
+
+
+class PlacementFit:
+    """See the module docstring."""
+
+    def __init__(self, store: NodeStore, *, ttl_s: float = 10.0, max_entries: int = 256,
+                 clock: Callable[[], float] = time.monotonic, now: Callable[[], float] = time.time) -> None:
+        self.store = store
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.clock = clock
-        self.synced = synced or (lambda: True)
+        self.now = now
         self._cache: OrderedDict[tuple[str, int, str], tuple[float, FitVerdict]] = OrderedDict()
         self._lock = threading.Lock()
 
     def check(self, model: Model) -> FitVerdict:
         key = (model.name, model.generation, model.spec.source)
-        now = self.clock()
+        mono = self.clock()
         with self._lock:
             hit = self._cache.get(key)
-            if hit is not None and hit[0] > now:
+            if hit is not None and hit[0] > mono:
                 self._cache.move_to_end(key)
                 return hit[1]
-        if not self.synced():
-            return FitVerdict(Fit.UNKNOWN, "the node cache has not synced yet")
+        if not self.store.synced:
+            return FitVerdict(Fit.UNKNOWN, "the Node cache has not synced yet")
         try:
             verdict = self._check(model)
         except Exception as e:  # a policy surprise must not fail the request: the controller still decides
             log.warning("fit check failed", model=model.name, error=repr(e))
             return FitVerdict(Fit.UNKNOWN, f"fit check failed: {e!r}")
         with self._lock:
-            self._cache[key] = (now + self.ttl_s, verdict)
+            self._cache[key] = (mono + self.ttl_s, verdict)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return verdict
 
     def _check(self, model: Model) -> FitVerdict:
         vendors = ("nvidia", "amd") if model.vendor == "auto" else (model.vendor if model.needs_gpu else "nvidia",)
+        nodes = self.store.nodes()
+        now = self.now()
         best: FitVerdict | None = None
         for vendor in vendors:
-            tmpl = render_deployment(model, 1, vendor)["spec"]["template"]
-            pod = {"metadata": {"name": f"{model.name}-fit", "namespace": model.namespace, **tmpl["metadata"]},
-                   "spec": tmpl["spec"]}
-            selector = tmpl["spec"].get("nodeSelector") or {}
-            names = [v.name for v in self.extender.cache.views() if _matches(v.labels, selector)]
-            if not names:
-                verdict = FitVerdict(Fit.NEVER, f"no node matches spec.nodeSelector {selector}" if selector
-                                     else "no nodes in the cluster")
-            else:
-                verdict = classify(self.extender.explain(requirements_from_dict(pod), names))
+            pod = placement.pod_of(render_deployment(model, 1, vendor))
+            answers = []
+            for node in nodes:
+                f = placement.place(pod, [node], now)
+                answers.append(NodeAnswer(str(node["metadata"]["name"]), f.ok, R_INSUFFICIENT in f.reason,
+                                          f.reason.split(" (e.g.")[0].removeprefix("1x ")))
+            verdict = classify(answers)
             if best is None or verdict.fit < best.fit:
                 best = verdict
         assert best is not None
         return best
 
 
-def extender_over_informer(api: Any) -> tuple[Any, Any]:
-    """(ExtenderFit, started Node informer) for a cluster: the extender's NodeCache fed by a Node watch."""
-    cache = NodeCache()
-    informer = kube.Informer(api, "nodes", cache.on_event)
-    fit = ExtenderFit(Extender(cache, PolicyConfig()), synced=lambda: bool(informer.synced))
-    return fit, informer.start()
+def fit_over_informer(api: Any) -> tuple[PlacementFit, Any]:
+    """(PlacementFit, started Node informer) for a cluster."""
+    store = NodeStore()
+    informer = kube.Informer(api, "nodes", store.on_event)
+    return PlacementFit(store), informer.start()

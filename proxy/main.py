@@ -19,7 +19,7 @@ from flexinfer.cliopts import LOOPBACK, bind_address_option, component_command, 
 
 from .activity import ActivityWriter, kube_writers
 from .catalog import SLICE_SELECTOR, Catalog
-from .fit import FitChecker, NoFitCheck, extender_over_informer
+from .fit import FitChecker, NoFitCheck, fit_over_informer
 from .metrics import ProxyMetrics
 from .runner import ProxyServer, new_event_loop
 from .server import MIB, Proxy, ProxyConfig
@@ -56,7 +56,7 @@ def build(api: Any, namespace: str, config: ProxyConfig | None = None, *, fit_ch
     ]
     if fit is None:
         if fit_check == "extender":
-            fit, nodes = extender_over_informer(api)
+            fit, nodes = fit_over_informer(api)
             informers.append(nodes)
         else:
             fit = NoFitCheck()

@@ -1,8 +1,9 @@
 """The proxy part of the demo: a request arrives at flexinfer-proxy for a service label whose Model is scaled
 to zero, and the whole path runs for real on the embedded cluster: the proxy routes the label, checks with
-the extender's policy that the Model can be placed, activates it, holds the request while the controller
-scales it up and the scheduling loop places its pod, then forwards it (clamping max_tokens at the context
-window) to an OpenAI-compatible fake model server behind the Model's Service endpoint.
+kube-scheduler's node filters and the extender's policy that the Model can be placed, activates it, holds the
+request while the controller scales it up and the scheduling loop places its pod, then forwards it (clamping
+max_tokens at the context window) to an OpenAI-compatible fake model server behind the Model's Service
+endpoint.
 
 The label is the proxy's own choice among the examples: the first whose request would wake a Model outside
 a shared group (the group story is told before), preferring Models with a context window in their spec (so
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 
 from flexinfer.proxy import routing
-from flexinfer.proxy.fit import ExtenderFit
+from flexinfer.proxy.fit import FitChecker
 from flexinfer.proxy.main import build
 from flexinfer.proxy.runner import ProxyServer
 from flexinfer.proxy.server import ProxyConfig
@@ -65,7 +66,7 @@ class ProxyStory:
         return text
 
 
-def _pick(states: Any, fit: ExtenderFit, now: float) -> tuple[str, str] | None:
+def _pick(states: Any, fit: FitChecker, now: float) -> tuple[str, str] | None:
     """(label, Model) the proxy would wake, per the module docstring."""
     labels = sorted({lab for s in states.values() for lab in s.labels})
     found: list[tuple[int, str, str]] = []
@@ -82,9 +83,9 @@ def _pick(states: Any, fit: ExtenderFit, now: float) -> tuple[str, str] | None:
 
 def play(cluster: DemoCluster, progress: Any = lambda _msg: None) -> ProxyStory:
     story = ProxyStory()
-    fit = ExtenderFit(cluster.running.extender)
-    built = build(cluster.api, cluster.namespace, ProxyConfig(request_timeout_s=WAIT_LIMIT_S), fit=fit,
-                  activity_interval_s=5.0, clock=cluster.clock)
+    built = build(cluster.api, cluster.namespace, ProxyConfig(request_timeout_s=WAIT_LIMIT_S),
+                  fit_check="extender", activity_interval_s=5.0, clock=cluster.clock)
+    fit = built.proxy.fit
     server = ProxyServer(built.proxy, cleanup=built.informers, grace_s=1.0)
     servers: dict[str, FakeModelServer] = {}
     try:

@@ -121,14 +121,7 @@ def lab(docs: list[dict], *, config: ProxyConfig | None = None, load_s: float | 
 
 
 def homelab_fit() -> Any:
-    """The extender's policy over the homelab fleet's Nodes (what --fit-check extender gives in a cluster)."""
-    from flexinfer.extender.cache import NodeCache
-    from flexinfer.extender.service import Extender
-    from flexinfer.proxy.fit import ExtenderFit
+    """The fit check over the homelab fleet's Nodes (what --fit-check extender gives in a cluster)."""
+    from flexinfer.proxy.fit import NodeStore, PlacementFit
 
-    from flexinfer.fleet import default_fleet_path, load_fleet
-    from flexinfer.nodes import fleet_node_objects
-
-    cache = NodeCache()
-    cache.replace_all(fleet_node_objects(load_fleet(default_fleet_path())))
-    return ExtenderFit(Extender(cache))
+    return PlacementFit(NodeStore().replace(fleet_node_objects(load_fleet(default_fleet_path()))))

@@ -11,12 +11,14 @@ from flexinfer.proxy import openai
 from flexinfer.proxy.activity import ActivityWriter
 from flexinfer.proxy.body import BadBody, clamp_body, context_window_tokens, read_facts
 from flexinfer.proxy.catalog import Catalog, slice_endpoints
-from flexinfer.proxy.fit import classify
+from flexinfer.proxy.fit import NodeAnswer, classify
 from flexinfer.proxy.routing import Fit
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from flexinfer.fleet import default_fleet_path, load_fleet
 from flexinfer.model import parse_model
+from flexinfer.nodes import fleet_node_objects
 
 from .lab import homelab_fit
 
@@ -242,10 +244,10 @@ def test_activation_is_rate_limited_and_a_failed_write_is_retried_at_once() -> N
     ({"vendor": "amd", "vramEstimateMB": 12000}, {"flexinfer.ai/gpu.arch": "gfx1100"}, Fit.FITS, "fits on"),
     ({"vendor": "amd", "vramEstimateMB": 30000}, {"flexinfer.ai/gpu.arch": "gfx1100"}, Fit.NEVER, "too small"),
     ({"vendor": "amd", "vramEstimateMB": 8000}, {"flexinfer.ai/gpu.arch": "gfx9999"}, Fit.NEVER,
-     "no node matches spec.nodeSelector"),
+     "didn't match Pod's node selector"),
     ({"vendor": "auto", "vramEstimateMB": 4000}, {}, Fit.FITS, "fits on"),
 ])
-def test_fit_asks_the_extender_policy_on_the_nodes_the_selector_allows(gpu: dict, selector: dict, fit: Fit,
+def test_fit_asks_kube_scheduler_filters_and_the_extender_policy(gpu: dict, selector: dict, fit: Fit,
                                                                        why: str) -> None:
     doc = {"apiVersion": "ai.flexinfer/v1alpha2", "kind": "Model", "metadata": {"name": "m", "namespace": "ns"},
            "spec": {"backend": "llamacpp", "source": "HF://org/m", "gpu": gpu, "nodeSelector": selector}}
@@ -254,13 +256,27 @@ def test_fit_asks_the_extender_policy_on_the_nodes_the_selector_allows(gpu: dict
 
 
 def test_classify_tells_full_from_never() -> None:
-    class V:
-        def __init__(self, node: str, feasible: bool, unresolvable: bool, reason: str = "") -> None:
-            self.node, self.feasible, self.unresolvable, self.reason, self.detail = (
-                node, feasible, unresolvable, reason, "")
-
-    assert classify([V("a", False, True, "too small"), V("b", False, False, "Insufficient free GPU memory")]).fit \
-        is Fit.AFTER_RELEASE
-    assert classify([V("a", False, True, "too small"), V("b", False, True, "too small")]).reason == \
-        "0/2 nodes: 2 too small"
+    too_small = NodeAnswer("a", False, False, "GPU memory too small for model")
+    full = NodeAnswer("b", False, True, "Insufficient free GPU memory")
+    assert classify([too_small, full]).fit is Fit.AFTER_RELEASE
+    assert classify([too_small, NodeAnswer("c", False, False, "GPU memory too small for model")]).reason == \
+        "0/2 nodes: 2x GPU memory too small for model"
+    assert classify([too_small, NodeAnswer("d", True, False, "")]).fit is Fit.FITS
     assert classify([]).fit is Fit.NEVER
+
+
+def test_fit_respects_taints_and_the_gpu_resource_like_kube_scheduler() -> None:
+    from flexinfer.proxy.fit import NodeStore, PlacementFit, trim_node
+
+    doc = {"apiVersion": "ai.flexinfer/v1alpha2", "kind": "Model", "metadata": {"name": "m", "namespace": "ns"},
+           "spec": {"backend": "vllm", "source": "HF://org/m", "gpu": {"vendor": "nvidia", "vramEstimateMB": 8000}}}
+    nodes = fleet_node_objects(load_fleet(default_fleet_path()))
+    fit = PlacementFit(NodeStore().replace(nodes))
+    tainted = [n for n in nodes if (n.get("spec") or {}).get("taints")]
+    assert tainted, "the homelab has a tainted GPU node"
+    v = fit.check(parse_model(doc))
+    assert v.fit is Fit.NEVER and "untolerated taint" in v.reason, v
+    doc["spec"]["tolerations"] = [{"key": t["key"], "operator": "Exists"} for n in tainted for t in n["spec"]["taints"]]
+    doc["metadata"]["generation"] = 2
+    assert fit.check(parse_model(doc)).fit is Fit.FITS
+    assert set(trim_node(nodes[0])) == {"metadata", "spec", "status"}
