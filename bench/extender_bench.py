@@ -325,7 +325,8 @@ def servers(plan: Plan, workdir: Path, progress: Any) -> Iterator[dict[str, Any]
 
 
 def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
-    res: dict[str, Any] = {"latency": [], "throughput": [], "grpc": [], "notes": []}
+    res: dict[str, Any] = {"latency": [], "throughput": [], "grpc": [], "notes": [],
+                           "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
     pod = workload.managed_pod()
     pod_json = msgspec.json.encode(pod)
     shape_seq = 0  # every new-shape request a vram estimate never sent before
@@ -427,6 +428,9 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
         res["hostile"] = hostile_run(warm, cold, progress, scale=plan.hostile_scale)
         res["server_rss_mib"]["extender-warm-after-hostile"] = res["hostile"]["rss_after_mib"]
     res["churn"] = churn(plan, workdir, progress=progress, client_cpu=s["client_cpu"], server_cpu=s["server_cpu"])
+    res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    res["notes"].append(f"load average (1/5/15 min) at the start of the extender section {res['loadavg_start']}, "
+                        f"at its end {res['loadavg_end']}: other work on this machine shares its 2 cores")
     return res
 
 
@@ -533,6 +537,19 @@ def hostile_run(warm: Server, cold: Server, progress: Any, *, scale: float = 1.0
     return rows
 
 
+def server_side_ms(log_path: str) -> dict[str, list[float]]:
+    """The extender's own time per request (the `ms` of its one log line per request), by verb: what the
+    service spent, without the HTTP stack or the machine's scheduling of the client."""
+    out: dict[str, list[float]] = {"filter": [], "prioritize": []}
+    with contextlib.suppress(OSError):
+        for line in Path(log_path).read_text(errors="replace").splitlines():
+            if '"extender_filter"' in line or '"extender_prioritize"' in line:
+                with contextlib.suppress(ValueError, KeyError):
+                    rec = json.loads(line)
+                    out[rec["event"].removeprefix("extender_")].append(float(rec["ms"]))
+    return out
+
+
 def churn_shapes() -> list[dict[str, Any]]:
     """Ten pod shapes in rotation (ten Models), one pending pod each, retried as nodes change."""
     specs = [(4000, "llamacpp", 1), (8000, "llamacpp", 1), (12000, "llamacpp", 1), (16000, "vllm", 1),
@@ -596,10 +613,12 @@ def churn(plan: Plan, workdir: Path, *, progress: Any, client_cpu: int, server_c
         cpu = ext.cpu_seconds() - cpu0
         api.stdin.close()
         done = json.loads(api.stdout.readline() or "{}")
+        inside = server_side_ms(ext.log_path)
         return {"nodes": n, "rate_percent_per_s": plan.churn_rate, "seconds": plan.churn_seconds, "pods": i,
                 "patches": done.get("patches"), "patch_seconds": done.get("seconds"),
                 "extender_cpu_seconds": round(cpu, 2), "rss_mib": round(ext.rss_mib(), 1),
-                **{k: summary_ms(v) for k, v in lat.items()}}
+                **{k: summary_ms(v) for k, v in lat.items()},
+                **{f"server-{k}": summary_ms([x / 1000 for x in v]) for k, v in inside.items() if v}}
     finally:
         for srv in started:
             srv.stop()

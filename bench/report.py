@@ -183,6 +183,10 @@ def markdown(res: dict[str, Any]) -> str:
                       "| verb | extender p50 / p99 ms | floor p50 / p99 ms |", "|---|---|---|",
                       f"| filter | {_pp(ch['filter'])} | {_pp(ch['floor-filter'])} |",
                       f"| prioritize | {_pp(ch['prioritize'])} | {_pp(ch['floor-prioritize'])} |"]
+            if ch.get("server-filter"):
+                lines += ["", f"Inside the extender (its own per-request time, from its log): filter "
+                              f"{_pp(ch['server-filter'])} ms, prioritize {_pp(ch.get('server-prioritize'))} ms "
+                              "(p50 / p99)."]
         rs, hz = ext.get("rss_shapes"), ext.get("hostile")
         if rs or hz:
             lines += ["", "## Memory", ""]

@@ -224,9 +224,9 @@ class VerdictCache:
         if now < shape.until:
             _, changed = nodes.changes_since(shape.generation, locked=True)
             if changed is not None and len(changed) <= max(64, len(nodes) // 8):
-                self._patch(shape, set(changed), now)
+                if self._patch(shape, set(changed), now):
+                    shape.version += 1  # else every answer derived from the tables still holds
                 shape.generation = nodes.generation
-                shape.version += 1
                 return
         self._rebuild(shape, now)
 
@@ -258,40 +258,50 @@ class VerdictCache:
         shape.generation, shape.until = self.nodes.generation, until
         shape.version += 1
 
-    def _patch(self, shape: ShapeMemo, names: set[str], now: float) -> None:
-        """`_rebuild`'s verdicts for just these nodes (the same rules as `policy.split_class`, one node at a time)."""
+    def _patch(self, shape: ShapeMemo, names: set[str], now: float) -> bool:
+        """`_rebuild`'s verdicts for just these nodes (the same rules as `policy.split_class`, one node at a time).
+        Returns whether any node's verdict changed (a heartbeat that moves free memory on the same side of the
+        estimate changes none)."""
         est, limit = shape.req.vram_estimate_mib, self.config.max_state_age_seconds
         passed, failed, unresolvable, tally = shape.passed, shape.failed, shape.unresolvable, shape.tally
         where = self.nodes.table.where
+        changed = False
         for name in names:
+            before = (name in passed, failed.get(name), unresolvable.get(name))
+            cls = where.get(name)
+            if cls is None:  # removed from the cache
+                after: tuple[bool, str | None, str | None] = (False, None, None)
+            else:
+                fit = self._static(shape, cls.key, cls.rep)
+                if isinstance(fit, NodeVerdict):
+                    after = (False, None, fit.reason)
+                else:
+                    row = cls.rows[name]
+                    observed = cls.observed[row]
+                    if now - observed > limit:
+                        after = (False, None, R_STALE)
+                    else:
+                        shape.until = min(shape.until, stale_after(observed, self.config))
+                        fits = est <= cls.available(fit.positions, fit.count)[row]
+                        after = (True, None, None) if fits else (False, R_INSUFFICIENT, None)
+            if after == before:
+                continue
+            changed = True
             passed.discard(name)
-            for flag, table in ((False, failed), (True, unresolvable)):
-                old = table.pop(name, None)
+            for flag, table, old in ((False, failed, before[1]), (True, unresolvable, before[2])):
                 if old is not None:
+                    del table[name]
                     key = (flag, old)
                     tally[key] -= 1
                     if not tally[key]:
                         del tally[key]
-            cls = where.get(name)
-            if cls is None:  # removed from the cache
-                continue
-            fit = self._static(shape, cls.key, cls.rep)
-            if isinstance(fit, NodeVerdict):
-                unresolvable[name] = fit.reason
-                tally[(True, fit.reason)] += 1
-                continue
-            row = cls.rows[name]
-            observed = cls.observed[row]
-            if now - observed > limit:
-                unresolvable[name] = R_STALE
-                tally[(True, R_STALE)] += 1
-                continue
-            shape.until = min(shape.until, stale_after(observed, self.config))
-            if est <= cls.available(fit.positions, fit.count)[row]:
+            if after[0]:
                 passed.add(name)
-            else:
-                failed[name] = R_INSUFFICIENT
-                tally[(False, R_INSUFFICIENT)] += 1
+            for flag, table, new in ((False, failed, after[1]), (True, unresolvable, after[2])):
+                if new is not None:
+                    table[name] = new
+                    tally[(flag, new)] += 1
+        return changed
 
     def _coverage(self, names: Sequence[str], wanted: Names) -> tuple[bool, frozenset[str]]:
         """(every cached node is named, the names the cache does not hold), remembered per NodeNames list while
