@@ -168,10 +168,15 @@ def conditions_for(
     result: PhaseResult, previous: list[dict[str, Any]], now_iso: str, generation: int = 0,
     pods: PodInfo | None = None,
 ) -> list[dict[str, Any]]:
-    """Ready and Scheduled conditions for a phase result."""
+    """Ready and Scheduled conditions for a phase result, and Failed (True from the moment the model failed:
+    its lastTransitionTime is when, which a later activation is compared with; written once it applies)."""
     pods = pods or PodInfo()
     ready = "True" if result.phase == READY else "False"
     conds = set_condition(previous, "Ready", ready, result.reason, result.message, now_iso, generation)
+    if result.phase == FAILED:
+        conds = set_condition(conds, "Failed", "True", result.reason, result.message, now_iso, generation)
+    elif any(isinstance(c, dict) and c.get("type") == "Failed" for c in conds):
+        conds = set_condition(conds, "Failed", "False", result.reason, "not failed", now_iso, generation)
     if result.phase == READY or pods.scheduled:  # a bound pod, not just a Deployment asking for one
         sched = ("True", "Scheduled", "the pod is placed on a node")
     elif result.reason == "Unschedulable":

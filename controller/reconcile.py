@@ -381,9 +381,14 @@ class Controller:
             return ""
         cold = e.m.cold_start_timeout_seconds
         since = None
+        became_unready = None
         for c in e.m.status.get("conditions") or []:
             if isinstance(c, dict) and c.get("type") == "Scheduled" and c.get("status") == "True":
                 since = parse_rfc3339(c.get("lastTransitionTime"))
+            if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "False":
+                became_unready = parse_rfc3339(c.get("lastTransitionTime"))
+        if since is not None and became_unready is not None and became_unready > since:
+            return ""  # it was Ready after it was scheduled: the swap worked; a later failure is not a cold start
         what = "scheduled"
         if since is None and (e.m.namespace, e.m.name) in self._swap_started:
             since, what = self._swap_started[(e.m.namespace, e.m.name)][0], "given the GPU"
@@ -606,10 +611,13 @@ class Controller:
             return False
         if self._ready_reason(m) in RECOVERABLE_FAILURES:
             return False  # failed because of something outside the model (e.g. a conflicting object): re-check
-        failed_at = None
+        failed_at = ready_at = None
         for c in st.get("conditions") or []:
-            if isinstance(c, dict) and c.get("type") == "Ready":
+            if isinstance(c, dict) and c.get("type") == "Failed" and c.get("status") == "True":
                 failed_at = parse_rfc3339(c.get("lastTransitionTime"))
+            if isinstance(c, dict) and c.get("type") == "Ready":
+                ready_at = parse_rfc3339(c.get("lastTransitionTime"))
+        failed_at = failed_at if failed_at is not None else ready_at  # status written before the Failed condition
         act = self._activate_time(m, now)
         return not (act is not None and failed_at is not None and act > failed_at)
 

@@ -156,12 +156,20 @@ def test_preemption_when_the_holders_gpu_is_enough_and_rollback_after_cold_start
     assert status(fake, "qwen3-32b-quality")["phase"] == "Failed" and cond["reason"] == "ColdStartTimeout"
     assert "rolled back" in cond["message"] and "qwen3-14b-mlc" in cond["message"]
     assert len(events(fake, "qwen3-32b-quality", "ColdStartTimeout")) == 1
-    # the failed 32B does not take the GPU back on the next passes (until someone activates it again)
+    # the failed 32B does not take the GPU back on the next passes, although it would fit again and its
+    # activation (from before the failure) is still recent; only a new activation retries it
     stop_pod(fake, "qwen3-32b-quality")
+    run_pod(fake, "qwen3-14b-mlc", "cblevins-7900xtx", ready=True)
     for _ in range(2):
         clock.t += 10
+        publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
         ctl.reconcile_once()
         assert replicas(fake, "qwen3-32b-quality") == 0 and replicas(fake, "qwen3-14b-mlc") == 1
+    failed = next(c for c in status(fake, "qwen3-32b-quality")["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "ColdStartTimeout"
+    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    ctl.reconcile_once()
+    assert replicas(fake, "qwen3-32b-quality") == 1 and replicas(fake, "qwen3-14b-mlc") == 0
 
 
 def test_a_preemptor_that_is_never_scheduled_is_rolled_back_too(lane):
@@ -261,3 +269,28 @@ def test_auto_without_node_access_uses_the_flag(fake_api, kube_api):
     ctl.reconcile_once()
     assert gpu_resource(fake_api, "chat") == {keys.RESOURCE_AMD}
     assert vendor_condition(fake_api, "chat")["reason"] == "NodesUnknown"
+
+
+def test_a_preemptor_that_was_ready_is_not_rolled_back_later(lane):
+    """The swap worked (the 32B became Ready); a later loss of readiness is not a failed cold start."""
+    fake, api, ctl, clock = lane
+    publish_nodes(fake, clock.t, cblevins_5930k=20000)
+    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
+    fake.put_object(mlc("qwen3-32b-quality", 80, 21000, cold="2m"))
+    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
+    clock.t += 700
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
+    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    ctl.reconcile_once()
+    stop_pod(fake, "qwen3-14b-mlc")
+    run_pod(fake, "qwen3-32b-quality", "cblevins-7900xtx", ready=True)
+    clock.t += 10
+    ctl.reconcile_once()
+    assert status(fake, "qwen3-32b-quality")["phase"] == "Ready"
+    run_pod(fake, "qwen3-32b-quality", "cblevins-7900xtx", ready=False, started=True)  # readiness lost
+    for _ in range(2):
+        clock.t += 100
+        publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 21000, cblevins_5930k=20000)
+        ctl.reconcile_once()
+    assert replicas(fake, "qwen3-32b-quality") == 1 and replicas(fake, "qwen3-14b-mlc") == 0
+    assert ready_condition(fake, "qwen3-32b-quality")["reason"] != "ColdStartTimeout"
