@@ -120,9 +120,10 @@ def replicas(fake: FakeApiServer, pki: dict[str, Pair], tmp_path: Path, leader_e
                         break
                 assert r.alive() and time.monotonic() < deadline, r.log.read_text()[-3000:]
                 time.sleep(0.1)
-        if leader_elect:  # one of them holds the Lease
-            while holder(fake) is None:
-                assert time.monotonic() < deadline
+        if leader_elect:  # one of them holds the Lease, and both know which (the follower learns it within 1 s)
+            while (identity := holder(fake)) is None or not all(
+                    f'"leader": "{identity}"' in r.log.read_text() for r in reps):
+                assert time.monotonic() < deadline, [r.log.read_text()[-1500:] for r in reps]
                 time.sleep(0.1)
         yield reps
     finally:
