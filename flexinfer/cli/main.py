@@ -153,7 +153,10 @@ def _sharing(g: GpuState) -> str:
               help="Fleet file (default: the embedded homelab fleet).")
 @click.option("--examples", type=click.Path(exists=True, file_okay=False),
               help="Directory of example Models (default: daemonset/examples).")
-def demo(fleet: str | None, examples: str | None) -> None:
+@click.option("--control-plane", "control_plane", type=click.Choice(["embedded", "real"]), default="embedded",
+              show_default=True, help="embedded: the in-process simulation (seconds); real: etcd, kube-apiserver, "
+              "kube-scheduler, kube-controller-manager and kwok built from hack/k8s (minutes the first time).")
+def demo(fleet: str | None, examples: str | None, control_plane: str) -> None:
     """Run the whole system on a simulated fleet and explain where each example Model lands."""
     from rich.console import Console
 
@@ -167,6 +170,10 @@ def demo(fleet: str | None, examples: str | None) -> None:
         raise click.ClickException(str(e)) from None
     err = Console(stderr=True, highlight=False, width=200)
     try:
+        if control_plane == "real":
+            from flexinfer.demo.realrun import run_real_demo
+
+            sys.exit(run_real_demo(fl, console(), err, Path(examples) if examples else EXAMPLES))
         sys.exit(run_demo(fl, console(), err, Path(examples) if examples else EXAMPLES))
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
