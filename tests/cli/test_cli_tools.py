@@ -27,7 +27,9 @@ def test_explain_model_offline_gives_every_node_a_verdict():
     res = CliRunner().invoke(cli, ["explain", str(ROOT / "daemonset/examples/qwen3-8b-fast.yaml"), "-o", "json"])
     assert res.exit_code == 0, res.output
     rows = {r["node"]: r for r in json.loads(res.output)}
-    assert len(rows) == 7
+    from flexinfer.fleet import default_fleet_path, load_fleet
+
+    assert set(rows) == {n.name for n in load_fleet(default_fleet_path()).nodes}
     assert rows["cblevins-gtx980ti"]["verdict"] == "unresolvable"
     assert "maxwell" in rows["cblevins-gtx980ti"]["reason"]
     assert all(r["reason"] for r in rows.values() if r["verdict"] != "pass")
