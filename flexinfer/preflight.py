@@ -19,8 +19,8 @@ from flexinfer import freshness, keys
 from flexinfer.arch import NVIDIA
 from flexinfer.compat import RULES, Compat, Verdict, canonical_backend, check
 from flexinfer.model import Model, never_runs_reason
-from flexinfer.vram_need import vram_need
 from flexinfer.state import GpuState, NodeView
+from flexinfer.vram_need import vram_need
 
 
 class Level(enum.IntEnum):
