@@ -197,6 +197,19 @@ def _summ(xs: list[float]) -> dict[str, Any]:
             "p99_ms": _ms(percentile(xs, 99)), "p999_ms": _ms(percentile(xs, 99.9)), "max_ms": _ms(max(xs))}
 
 
+def _scheduling() -> str:
+    """The scheduling policy the bench processes run under (inherited by the server processes)."""
+    try:
+        policy = os.sched_getscheduler(0)
+        prio = os.sched_getparam(0).sched_priority
+    except (AttributeError, OSError):
+        return "unknown"
+    names = {getattr(os, n): n for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH", "SCHED_IDLE")
+             if hasattr(os, n)}
+    name = names.get(policy, str(policy))
+    return f"{name} priority {prio}" if prio else f"{name}, nice {os.nice(0)}"
+
+
 def _wait_port(port: int, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -252,7 +265,7 @@ def run(progress: Any, *, quick: bool = False, rate: float = 200.0, streams: int
                 "streams_completed": res["streams_done"],
                 "stream_ttfb": _summ(res["stream_ttfb"]),
             })
-        return {"rate_per_s": rate, "token_ms": token_ms,
+        return {"rate_per_s": rate, "token_ms": token_ms, "scheduling": _scheduling(),
                 "pinning": {"proxy": proxy_cpu, "model_server_and_load": side_cpu},
                 "proxy_rss_mib": _rss_mib(proxy_pid), "phases": phases}
     finally:
@@ -320,7 +333,7 @@ def markdown_lines(px: dict[str, Any] | None) -> list[str]:
     lines = ["", f"## Proxy: {px['rate_per_s']:g} requests/s, each paired with a direct request", "",
              f"Proxy pinned to CPU {px['pinning']['proxy']}, model server and load on CPU "
              f"{px['pinning']['model_server_and_load']}; streams send a token every {px['token_ms']:g} ms; proxy RSS "
-             f"{px['proxy_rss_mib']} MiB.", "",
+             f"{px['proxy_rss_mib']} MiB; scheduling: {px.get('scheduling', 'unknown')}.", "",
              "| phase | proxied p50 / p99 ms | direct p50 / p99 ms | added p50 / p99 ms | proxy CPU ms/request "
              "| proxy CPU % | stream chunks/s | stream TTFB p50 / p99 ms | errors | load avg |",
              "|---|---|---|---|---|---|---|---|---|---|"]
