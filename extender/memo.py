@@ -106,7 +106,7 @@ class ShapeMemo:
     """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
 
     __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "passed", "req", "score_generation",
-                 "score_until", "scores", "static", "tally", "unresolvable", "until", "version")
+                 "score_until", "scores", "shared", "static", "tally", "unresolvable", "until", "version")
 
     def __init__(self, req: PodRequirements) -> None:
         self.req = req  # the first pod of this shape: every field the policy reads is part of the shape key
@@ -118,6 +118,7 @@ class ShapeMemo:
         self.failed: dict[str, str] = {}
         self.unresolvable: dict[str, str] = {}
         self.tally: Counter[tuple[bool, str]] = Counter()  # of failed + unresolvable
+        self.shared = False  # failed, unresolvable and tally are also an answer's: copy before patching
         self._answer_key: tuple[object, int] | None = None
         self._answer: FilterAnswer | None = None
         self.score_generation = -1
@@ -255,6 +256,7 @@ class VerdictCache:
                 tally[(True, R_STALE)] += len(stale)
             until = min(until, valid)
         shape.passed, shape.failed, shape.unresolvable, shape.tally = passed, failed, unresolvable, tally
+        shape.shared = False
         shape.generation, shape.until = self.nodes.generation, until
         shape.version += 1
 
@@ -263,6 +265,10 @@ class VerdictCache:
         Returns whether any node's verdict changed (a heartbeat that moves free memory on the same side of the
         estimate changes none)."""
         est, limit = shape.req.vram_estimate_mib, self.config.max_state_age_seconds
+        if shape.shared:  # an answer holds these: patch copies
+            shape.failed, shape.unresolvable, shape.tally = dict(shape.failed), dict(shape.unresolvable), \
+                shape.tally.copy()
+            shape.shared = False
         passed, failed, unresolvable, tally = shape.passed, shape.failed, shape.unresolvable, shape.tally
         where = self.nodes.table.where
         changed = False
@@ -331,7 +337,10 @@ class VerdictCache:
             unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
             passed = list(filter(shape.passed.__contains__, unique))
             covers, unknown = self._coverage(names, wanted)
-            if covers:  # kube-scheduler named every cached node: the tables as they are
+            if covers and not unknown:  # kube-scheduler named exactly the cached nodes: the tables themselves
+                failed, unresolvable, tally = shape.failed, shape.unresolvable, shape.tally
+                shape.shared = True
+            elif covers:
                 failed, unresolvable, tally = dict(shape.failed), dict(shape.unresolvable), shape.tally.copy()
             else:
                 failed, unresolvable = subset(shape.failed, wanted), subset(shape.unresolvable, wanted)

@@ -316,3 +316,21 @@ def test_filter_metrics_tally_matches_the_answer_with_reservations() -> None:
     assert sample("flexinfer_extender_verdicts_total", labels) == 3  # 1 (b) in the first request + 2
     assert sample("flexinfer_extender_verdicts_total", {**labels, "result": "unresolvable",
                                                         "reason": "node has no nvidia GPU"}) == 2
+
+
+def test_an_answer_handed_out_is_never_changed_by_later_updates() -> None:
+    """Answers share the verdict cache's tables (no copy per request); a later patch copies before changing."""
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj("a", [gpu(0, free=20000)]), node_obj("b", [gpu(0, free=2000)]),
+                       node_obj("c", [gpu(0, "amd", "gfx1100", 24560)])])
+    ext = Extender(cache, clock=clock)
+    names = NodeNames(["a", "b", "c"])  # exactly the cached nodes
+    first = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1")), names)
+    kept = (list(first.passed), dict(first.failed), dict(first.unresolvable), Counter(first.tally))
+    cache.upsert(node_obj("b", [gpu(0, free=23000)], resource_version="2"))
+    cache.upsert(node_obj("c", [gpu(0, free=23000)], resource_version="2"))
+    second = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u2", name="p2")), names)
+    assert second.passed == ["a", "b", "c"] and not second.failed and not second.unresolvable
+    assert (first.passed, first.failed, first.unresolvable, Counter(first.tally)) == kept
+    assert kept[1] == {"b": "Insufficient free GPU memory"} and kept[2] == {"c": "node has no nvidia GPU"}
