@@ -1,13 +1,12 @@
 """Helpers for the deploy tests: load manifests, render kustomize trees, CRD schema -> JSON Schema, CEL.
 
 The kustomize renderer is deliberately tiny: it supports exactly what daemonset/ uses (resources that are
-files or directories with a kustomization.yaml, `components` (their resources and patches), `namespace`, `nameSuffix`, and
-strategic-merge `patches` given as files with a `target` (kind, name, equality label selector) or matched
-by kind+name). Strategic merge is implemented for the list shapes our patches touch: lists of objects
-merged by `name` (containers, volumes, volumeMounts, env); all other lists are replaced, as strategic
-merge does for lists without a merge key. When `kubectl` is on PATH the tests also compare this rendering
-with `kubectl kustomize`.
-"""
+files or directories with a kustomization.yaml, `components` (their resources and patches), `namespace`,
+`nameSuffix`, and strategic-merge `patches` given as files with a `target` (kind, name, equality label
+selector) or matched by kind+name). Strategic merge is implemented for the list shapes our patches touch:
+lists of objects merged by `name` (containers, volumes, volumeMounts, env); all other lists are replaced, as
+strategic merge does for lists without a merge key. When `kubectl` is on PATH the tests also compare this
+rendering with `kubectl kustomize`. """
 
 from __future__ import annotations
 
