@@ -6,7 +6,8 @@ files or directories with a kustomization.yaml, `components` (their resources an
 selector) or matched by kind+name). Strategic merge is implemented for the list shapes our patches touch:
 lists of objects merged by `name` (containers, volumes, volumeMounts, env); all other lists are replaced, as
 strategic merge does for lists without a merge key. When `kubectl` is on PATH the tests also compare this
-rendering with `kubectl kustomize`. """
+rendering with `kubectl kustomize`.
+"""
 
 from __future__ import annotations
 
