@@ -429,8 +429,6 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
         res["server_rss_mib"]["extender-warm-after-hostile"] = res["hostile"]["rss_after_mib"]
     res["churn"] = churn(plan, workdir, progress=progress, client_cpu=s["client_cpu"], server_cpu=s["server_cpu"])
     res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    res["notes"].append(f"load average (1/5/15 min) at the start of the extender section {res['loadavg_start']}, "
-                        f"at its end {res['loadavg_end']}: other work on this machine shares its 2 cores")
     return res
 
 

@@ -403,8 +403,9 @@ class VerdictCache:
             shape.drop_scores(changed)
             shape.score_generation = generation
             shape.expire_scores(now)
-            missing = wanted.difference(shape.scores)  # usually just the nodes changed since the last request
-            missing &= shape.passed
+            # scores only ever holds passing nodes: as many scores as passing nodes means nothing is missing
+            missing = (wanted.difference(shape.scores) & shape.passed) if len(shape.scores) < len(shape.passed) \
+                else ()
             if missing:
                 self._score(shape, missing, now)
             return list(map(shape.scores.get, names, repeat(0)))

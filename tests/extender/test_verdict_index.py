@@ -159,6 +159,8 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
             if rng.random() < 0.3:  # prioritize: same scores and best node as a memo-free evaluation
                 want = fresh(ext, req, asked)
                 pout = ext.prioritize_scores(req, asked)
+                memo = ext.verdicts.shape(req)
+                assert memo is not None and set(memo.scores) <= memo.passed  # scores only of passing nodes
                 want_scores = [v.score if v.feasible else 0 for v in want]
                 assert pout.scores == want_scores
                 assert pout.best == (want_scores.index(max(want_scores)) if max(want_scores) > 0 else -1)

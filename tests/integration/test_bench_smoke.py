@@ -36,7 +36,8 @@ def test_realistic_nodes_are_kubelet_sized_and_keep_our_keys() -> None:
 
 def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     plan = extender_bench.Plan(sizes=(20,), names_iters={20: 30}, nodes_iters={20: 10}, grpc_iters={20: 20},
-                               load_seconds=0.5, load_concurrency=2, budget_s=2.0)
+                               load_seconds=0.5, load_concurrency=2, budget_s=2.0, churn_seconds=1.0,
+                               hostile_scale=0.001)
     res = extender_bench.run(plan, tmp_path, lambda _msg: None)
     assert not res["notes"], res["notes"]
     rows = {(r["mode"], r["verb"]): r for r in res["latency"]}
@@ -49,6 +50,12 @@ def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     assert {(t["mode"], t["server"]) for t in res["throughput"]} == {
         ("names", "extender"), ("names", "floor"), ("nodes", "extender"), ("nodes", "floor")}
     assert all(t["requests"] > 0 and t["errors"] == 0 for t in res["throughput"])
+    new_shape = rows[("names", "filter")]
+    assert sum(new_shape["extender-new-shape"]["verdicts"].values()) == 20 and new_shape["floor-new-shape"]["n"] > 0
+    assert res["churn"]["pods"] >= 20 and res["churn"]["filter"]["n"] > 0 and res["churn"]["server-filter"]["n"] > 0
+    assert res["rss_shapes"]["shapes"] == 100 and res["rss_shapes"]["rss_after_mib"] > 0
+    assert res["hostile"]["gfx_targets"]["verdict_series"] < 20  # 50 invented gfx targets here: a closed set
+    assert all(g["floor"]["n"] > 0 for g in res["grpc"])  # grpcio's own cost next to the extender's
 
     full = {"date": "2026-01-01", "command": "python -m bench", "mode": "quick", "seconds": 1.0, "notes": [],
             "machine": {"host": "h", "nproc": 2, "cpu_model": "cpu", "memory_mib": 1, "kernel": "k", "python": "3",
