@@ -121,6 +121,8 @@ def read_api_keys(path: str) -> frozenset[str]:
               help="Requests in progress (waiting or forwarded) before new ones get 503.")
 @click.option("--max-body-bytes", type=click.IntRange(1024, 1024 * MIB), default=16 * MIB,
               help="Request bodies above this get 413.")
+@click.option("--head-timeout-seconds", type=click.FloatRange(0.5, 600), default=10.0,
+              help="A new connection must send its first request head within this time (else it is closed).")
 @click.option("--body-timeout-seconds", type=click.FloatRange(1, 3600), default=30.0,
               help="A request body must arrive within this time (else 408).")
 @click.option("--request-timeout-seconds", type=click.FloatRange(1, 86400), default=3600.0,
@@ -140,7 +142,7 @@ def read_api_keys(path: str) -> frozenset[str]:
 def main(bind_address: str, http_port: int, metrics_port: int, namespace: str, kube_server: str | None,
          kubeconfig: str | None, fit_check: str, activate: bool, activity_write_interval_seconds: float,
          stall_timeout_seconds: float, retry_after_seconds: float, max_queue_per_model: int, max_in_flight: int,
-         max_body_bytes: int, body_timeout_seconds: float, request_timeout_seconds: float,
+         max_body_bytes: int, head_timeout_seconds: float, body_timeout_seconds: float, request_timeout_seconds: float,
          upstream_read_timeout_seconds: float, clamp: bool, clamp_margin_tokens: int, api_keys_file: str | None,
          shutdown_grace_seconds: float, access_log: bool, log_level: str, log_format: str | None) -> None:
     """OpenAI-compatible proxy for a namespace's Models: routes by name or serviceLabel, wakes idle Models."""
@@ -163,7 +165,8 @@ def main(bind_address: str, http_port: int, metrics_port: int, namespace: str, k
         sys.exit(1)
     built = build(api, namespace, config, fit_check=fit_check, activity_interval_s=activity_write_interval_seconds)
     server = ProxyServer(built.proxy, bind_address, http_port, metrics_port or None,
-                         grace_s=shutdown_grace_seconds, cleanup=built.informers)
+                         grace_s=shutdown_grace_seconds, cleanup=built.informers,
+                         head_timeout_s=head_timeout_seconds)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -61,6 +61,9 @@ class ProxyMetrics:
         self.status_writes = Counter("flexinfer_proxy_status_writes_total",
                                      "Writes to Models: lastActiveTime (activity) and activation, by result",
                                      ["kind", "result"], registry=r)
+        self.slow_heads = Counter("flexinfer_proxy_slow_request_heads_total",
+                                  "Connections closed because their first request head did not arrive in time",
+                                  registry=self.registry)
         self.client_disconnects = Counter("flexinfer_proxy_client_disconnects_total",
                                           "Clients that went away before the answer was complete", ["model"],
                                           registry=r)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from flexinfer import logs
 
+from .guard import HEAD_TIMEOUT_S, GuardedSite
 from .server import Proxy
 
 log = logs.get("flexinfer.proxy.runner")
@@ -39,12 +40,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class ProxyServer:
     def __init__(self, proxy: Proxy, bind_address: str = "127.0.0.1", http_port: int = 0, ops_port: int = 0,
                  *, grace_s: float = 25.0, flush_tick_s: float | None = None,
-                 cleanup: list[Any] | None = None) -> None:
+                 cleanup: list[Any] | None = None, head_timeout_s: float = HEAD_TIMEOUT_S) -> None:
         self.proxy = proxy
         self.bind_address = bind_address
         self.http_port = http_port
         self.ops_port = ops_port
         self.grace_s = grace_s
+        self.head_timeout_s = head_timeout_s
         self.flush_tick_s = flush_tick_s
         self.cleanup = cleanup or []  # objects with .stop() (informers) stopped after the listeners
         self.bound: dict[str, int] = {}
@@ -76,7 +78,8 @@ class ProxyServer:
             for name, runner, port in (("http", api, self.http_port), ("ops", ops, self.ops_port)):
                 if name == "ops" and port is None:
                     continue
-                site = web.TCPSite(runner, self.bind_address, port, backlog=1024, reuse_address=True)
+                site = GuardedSite(runner, self.bind_address, port, backlog=1024, reuse_address=True,
+                                   head_timeout_s=self.head_timeout_s, on_timeout=proxy.metrics.slow_heads.inc)
                 await site.start()
                 sites.append(site)
                 self.bound[name] = _port_of(site)
@@ -142,7 +145,7 @@ class ProxyServer:
         self.stop()
 
 
-def _port_of(site: web.TCPSite) -> int:
+def _port_of(site: GuardedSite) -> int:
     server = site._server
     assert server is not None and server.sockets
     return int(server.sockets[0].getsockname()[1])
