@@ -7,6 +7,10 @@ Sources:
   objects the agents would publish, via flexinfer.nodes);
 * embedders (the demo) call `upsert(obj)` / `remove(name)` directly.
 
+It also keeps the VRAM committed to bound pods (`extender.commitments`, fed by the extender's pod watch through
+`commit` / `uncommit`) and folds it into each node's free columns: a commitment changes one row and is logged like a
+Node update, so the verdict memos follow it without any per-request work.
+
 Readiness: ready only after the first full sync (or static load). When the API server goes away
 the cache keeps serving what it has; `readiness()` stays ready while the last successful sync or
 event is younger than `stale_after_seconds`, and says why in its text either way.
@@ -17,7 +21,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,9 @@ from flexinfer import logs
 from flexinfer.nodes import load_node_objects, view_of
 from flexinfer.state import NodeView
 
-from .policy import static_class
+from .commitments import EMPTY, Commitment, Commitments
+from .pod import PodRequirements
+from .policy import commit_gpus, effective_free, static_class
 
 log = logs.get("flexinfer.extender.cache")
 
@@ -33,7 +39,8 @@ log = logs.get("flexinfer.extender.cache")
 class NodeClass:
     """The cached nodes of one static class (`policy.static_class`: the same GPU models, count and health, or
     the same reason to have none), with their live facts in parallel columns: row i is `names[i]`, its
-    observation time `observed[i]` and its GPU at position p has `free[p][i]` MiB free. A pod shape's static
+    observation time `observed[i]` and its GPU at position p has `free[p][i]` MiB free (`policy.effective_free`: what
+    the agent sees free, capped by what bound pods' commitments leave). A pod shape's static
     verdict is computed once per class; the columns let the policy judge every member in a few C-level passes
     (`policy.split_class`)."""
 
@@ -53,25 +60,29 @@ class NodeClass:
     def __len__(self) -> int:
         return len(self.names)
 
-    def _set(self, row: int, view: NodeView) -> None:
+    def _set(self, row: int, view: NodeView, committed: Mapping[int, int]) -> None:
         state = view.state
         if self.free and state is not None:
             self.observed[row] = state.observed_unix
-            for col, g in zip(self.free, state.gpus, strict=True):
-                col[row] = g.available_mib if g.available_mib > 0 else 0  # 0 when no time-slicing replica is left
+            if committed:
+                for col, g in zip(self.free, state.gpus, strict=True):
+                    col[row] = effective_free(g, committed)
+            else:
+                for col, g in zip(self.free, state.gpus, strict=True):
+                    col[row] = g.available_mib if g.available_mib > 0 else 0  # 0 when no time-slicing replica is left
         self._derived.clear()
 
-    def add(self, name: str, view: NodeView) -> None:
+    def add(self, name: str, view: NodeView, committed: Mapping[int, int] = EMPTY) -> None:
         self._rejected.clear()
         self.rows[name] = len(self.names)
         self.names.append(name)
         self.observed.append(0.0)
         for col in self.free:
             col.append(0)
-        self._set(len(self.names) - 1, view)
+        self._set(len(self.names) - 1, view, committed)
 
-    def update(self, name: str, view: NodeView) -> None:
-        self._set(self.rows[name], view)
+    def update(self, name: str, view: NodeView, committed: Mapping[int, int] = EMPTY) -> None:
+        self._set(self.rows[name], view, committed)
 
     def discard(self, name: str) -> None:
         self._rejected.clear()
@@ -124,18 +135,18 @@ class NodeTable:
         self.classes: dict[tuple, NodeClass] = {}
         self.where: dict[str, NodeClass] = {}
 
-    def put(self, name: str, view: NodeView) -> None:
+    def put(self, name: str, view: NodeView, committed: Mapping[int, int] = EMPTY) -> None:
         key = static_class(view)
         old = self.where.get(name)
         if old is not None:
             if old.key == key:
-                old.update(name, view)
+                old.update(name, view, committed)
                 return
             self.remove(name)
         cls = self.classes.get(key)
         if cls is None:
             cls = self.classes[key] = NodeClass(key, view)
-        cls.add(name, view)
+        cls.add(name, view, committed)
         self.where[name] = cls
 
     def remove(self, name: str) -> None:
@@ -145,6 +156,12 @@ class NodeTable:
             if not cls.names:
                 del self.classes[cls.key]
 
+
+Placer = Callable[[PodRequirements, NodeView, Mapping[int, int]], tuple[int, ...]]
+
+
+def _binpack_placer(req: PodRequirements, view: NodeView, committed: Mapping[int, int]) -> tuple[int, ...]:
+    return commit_gpus(req, view, committed, True)
 
 
 class NodeCache:
@@ -169,6 +186,12 @@ class NodeCache:
         # out of the collector's generations, so full collections on the request path stop walking them
         # (the p99 tail at thousands of nodes). Freed views still go by reference counting.
         self.freeze_gc_on_sync = False
+        # VRAM of bound pods (extender.commitments): the table, and per cached node with any, GPU index -> MiB
+        # (a new dict on every change, never changed in place: read without the lock). `placer` picks the GPUs
+        # of a commitment made without them (the extender sets its policy's; called with the lock held).
+        self.commitments = Commitments()
+        self._committed: dict[str, Mapping[int, int]] = {}
+        self.placer: Placer = _binpack_placer
 
     # --- reads ---------------------------------------------------------------------------
     @property
@@ -205,6 +228,27 @@ class NodeCache:
         if generation < self._log_base or generation > now:
             return now, None
         return now, self._log[generation - self._log_base:]
+
+    def committed_mib(self, name: str) -> Mapping[int, int]:
+        """GPU index -> MiB committed to bound pods on the cached node `name` ({} for most nodes)."""
+        return self._committed.get(name, EMPTY)
+
+    def committed_for(self, name: str, view: NodeView | None) -> Mapping[int, int]:
+        """`committed_mib` for `view` of node `name`: the cached view's numbers, or (a view from a request) the same
+        commitments with that view's attribution."""
+        if name not in self.commitments.by_node or view is None or view.state is None:
+            return EMPTY
+        if view is self._views.get(name):
+            return self._committed.get(name, EMPTY)
+        with self._lock:
+            return self.commitments.per_gpu(name, view.state.placements())
+
+    def commitment(self, pod: str) -> Commitment | None:
+        return self.commitments.get(pod)
+
+    def all_commitments(self) -> list[Commitment]:
+        with self._lock:
+            return list(self.commitments.by_pod.values())
 
     def views_dict(self) -> dict[str, NodeView]:
         """The views by name, the live dict (read under `lock`, never change it): set operations against it run
@@ -256,6 +300,61 @@ class NodeCache:
         return False, f"API server watch failing; node cache is {age:.0f} s old"
 
     # --- writes --------------------------------------------------------------------------
+    def _commit_view(self, name: str, view: NodeView) -> Mapping[int, int]:
+        """(lock held) GPU index -> MiB committed on `name` as `view` shows it (its attribution), recorded for the
+        node; commitments without GPUs get the placer's pick now that the node's GPU state is known."""
+        state = view.state
+        if name not in self.commitments.by_node or state is None or not state.gpus:
+            self._committed.pop(name, None)
+            return EMPTY
+        placements = state.placements()
+        for c in self.commitments.on(name):
+            if c.gpus is None and c.name not in placements and c.req is not None:
+                c.gpus = self.placer(c.req, view, self.commitments.per_gpu(name, placements))
+                c.req = None
+        out = self.commitments.per_gpu(name, placements)
+        if out:
+            self._committed[name] = out
+        else:
+            self._committed.pop(name, None)
+        return out
+
+    def _recommit(self, name: str) -> None:
+        """(lock held) The node's commitments changed: its row and the change log follow when its numbers do."""
+        view = self._views.get(name)
+        if view is None:
+            self._committed.pop(name, None)
+            return
+        before = self._committed.get(name, EMPTY)
+        after = self._commit_view(name, view)
+        if after != before:
+            self.table.put(name, view, after)
+            self._logged((name,))
+
+    def commit(self, c: Commitment) -> bool:
+        """A bound pod holds `c.mib_per_gpu` on `c.gpus` of `c.node` (replacing its previous commitment). False when
+        it was already committed so (a pod's status updates change nothing)."""
+        with self._lock:
+            old = self.commitments.get(c.pod)
+            if old is not None and old.node == c.node and c.gpus is None and old.gpus is not None:
+                c.gpus, c.req = old.gpus, None  # the GPUs it got do not change with its annotations
+            if old is not None and (old.node, old.mib_per_gpu, old.name, old.gpus) == (c.node, c.mib_per_gpu, c.name,
+                                                                                        c.gpus):
+                return False
+            self.commitments.put(c)
+            if old is not None and old.node != c.node:
+                self._recommit(old.node)
+            self._recommit(c.node)
+            return True
+
+    def uncommit(self, pod: str) -> Commitment | None:
+        """The pod finished, was deleted or left the watch: its memory is no longer committed."""
+        with self._lock:
+            old = self.commitments.pop(pod)
+            if old is not None:
+                self._recommit(old.node)
+            return old
+
     @staticmethod
     def _name_rv(obj: dict[str, Any]) -> tuple[str, str]:
         meta = obj.get("metadata") or {}
@@ -278,7 +377,7 @@ class NodeCache:
                 self.members += 1
             self._views[name] = view
             self._rv[name] = rv
-            self.table.put(name, view)
+            self.table.put(name, view, self._commit_view(name, view))
             self._logged((name,))
             self.last_update_unix = self.clock()
         return view
@@ -288,6 +387,7 @@ class NodeCache:
             if self._views.pop(name, None) is not None:
                 self.members += 1
                 self.table.remove(name)
+                self._committed.pop(name, None)
                 self._logged((name,))
             self._rv.pop(name, None)
             self.last_update_unix = self.clock()
@@ -315,8 +415,9 @@ class NodeCache:
                 v = views.get(n)
                 if v is None:
                     self.table.remove(n)
+                    self._committed.pop(n, None)
                 else:
-                    self.table.put(n, v)
+                    self.table.put(n, v, self._commit_view(n, v))
             self._logged(changed)
             self.last_update_unix = self.clock()
             self.synced = True

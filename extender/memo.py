@@ -9,12 +9,13 @@ Per pod shape (`ShapeMemo`, at most `shape_limit` of them, least recently used d
 * scores of passing nodes, filled for the names prioritize asks about.
 
 A verdict for (pod shape, node) only changes when
-* the Node object changes: the node cache's change log (`NodeCache.changes_since`) rebuilds the tables and
-  drops the changed nodes' scores;
+* the Node object changes, or the VRAM committed to bound pods on it does (the node cache folds commitments into
+  its free columns and logs the node): the node cache's change log (`NodeCache.changes_since`) rebuilds the tables
+  and drops the changed nodes' scores;
 * time passes a boundary the policy names (`NodeVerdict.valid_until`, `policy.split_class`, `policy.score`):
   the GPU state turning stale, an Xid penalty window ending;
-* a reservation lands on the node: nodes holding reservations are judged per request by the Extender
-  (`VerdictCache.evaluate`), never from the tables.
+* a reservation (a pod being placed, not bound yet) lands on the node: nodes holding reservations are judged per
+  request by the Extender (`VerdictCache.evaluate`), never from the tables.
 
 Everything here is keyed by data from outside (pod shapes, node names, gfx targets) and bounded. The Extender
 calls it under its reservation lock; table reads happen under the node cache's lock.
@@ -210,10 +211,12 @@ class VerdictCache:
     # --- single verdicts ---------------------------------------------------------------------
     def evaluate(self, req: PodRequirements, shape: ShapeMemo | None, name: str, view: NodeView | None, now: float,
                  reserved: dict[int, int] | None = None) -> NodeVerdict:
-        """The policy's full verdict (with detail) for one node; `shape` (of `req`, see `shape`): its static
-        part memoised per class."""
+        """The policy's full verdict (with detail) for one node, with the VRAM committed to bound pods there (node
+        cache) and `reserved` (pods being placed); `shape` (of `req`, see `shape`): its static part memoised per
+        class."""
         static = self.static_for(shape, view) if shape is not None and view is not None else None
-        return evaluate(req, view, now, self.config, reserved, node=name, static=static)
+        return evaluate(req, view, now, self.config, reserved, node=name, static=static,
+                        committed=self.nodes.committed_for(name, view))
 
     # --- filter tables -----------------------------------------------------------------------
     def _current(self, shape: ShapeMemo, now: float) -> None:
@@ -355,8 +358,8 @@ class VerdictCache:
 
     # --- scores ------------------------------------------------------------------------------
     def _score(self, shape: ShapeMemo, names: Iterable[str], now: float) -> None:
-        """Score passing nodes without reservations (node cache lock held), class by class: the policy's
-        `pick_gpus` and `score`; for one-GPU pods the pick reads the class's free columns instead of
+        """Score passing nodes without reservations (commitments included; node cache lock held), class by class:
+        the policy's `pick_gpus` and `score`; for one-GPU pods the pick reads the class's free columns instead of
         re-targeting the static fit at each node."""
         nodes, req, cfg = self.nodes, shape.req, self.config
         est, binpack = req.vram_estimate_mib, cfg.strategy == "binpack"
@@ -390,7 +393,7 @@ class VerdictCache:
                             pick, f = i, v
                     chosen: list[Chosen] | None = [(f, state.gpus[positions[pick]], fit.gpus[pick][1])]
                 else:
-                    chosen, _ = pick_gpus(fit.on(state), est, binpack)
+                    chosen, _ = pick_gpus(fit.on(state), est, binpack, committed=nodes.committed_mib(name))
                 value, _, until = score(req, chosen, now, cfg)  # type: ignore[arg-type]
                 put(name, value, min(until, stale_after(state.observed_unix, cfg)))
 

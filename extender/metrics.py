@@ -76,7 +76,9 @@ class ExtenderMetrics:
         self.cache_age = Gauge("flexinfer_extender_cache_age_seconds",
                                "Seconds since the node cache last changed or synced", registry=r)
         self.reservations = Gauge("flexinfer_extender_reservations",
-                                  "Live VRAM reservations for pods being placed", registry=r)
+                                  "Live VRAM reservations for pods being placed (not bound yet)", registry=r)
+        self.committed_pods = Gauge("flexinfer_extender_committed_pods",
+                                    "Bound, unfinished pods whose VRAM estimate is committed on their GPUs", registry=r)
         # Listener limits (extender.listener; label values: listener in {scheduling, read-only}, reason in
         # extender.listener.REASONS) and replica leadership (extender.replicas). Owned by extender-edge.
         self.connections_rejected = Counter(

@@ -6,9 +6,15 @@ Reasons are SHORT and node-independent, because kube-scheduler groups the Failed
 by identical text ("0/40 nodes are available: 12 Insufficient free GPU memory, ..."). Per-node
 numbers go to `detail` (logs, metrics, the Explain API, `flexinfer explain`).
 
+What a GPU has to give (`effective_free`, Kubernetes-requests semantics): min(the agent's observed free MiB,
+total - MiB *committed* to bound pods on that GPU), minus MiB *reserved* for pods being placed. A model the agent
+already sees loaded is counted once (the min); a bound pod whose model is not loaded yet, or loads lazily, is
+still counted (the committed term); pods without our annotations are in the observed term
+(extender/commitments.py, extender/reservations.py).
+
 Where a rejection goes (kube-scheduler preempts only on FailedNodes):
 * FailedNodes (`unresolvable=False`): the GPUs are big enough and compatible but full right now,
-  counting reservations; preemption can help.
+  counting commitments and reservations; preemption can help.
 * FailedAndUnresolvableNodes (`unresolvable=True`): wrong vendor, no GPU, too few GPUs, backend
   incompatible with the architecture, total VRAM below the estimate, unparseable annotations,
   stale GPU state, the agent reporting a problem, a junk pod annotation. Evicting pods cannot fix
@@ -265,25 +271,39 @@ def stale_after(observed_unix: float, config: PolicyConfig) -> float:
 Chosen = tuple[int, GpuState, str]  # (available MiB, gpu, degraded reason)
 
 
-def pick_gpus(fit: StaticFit, est: int, binpack: bool,
-              reserved: Mapping[int, int] | None = None) -> tuple[list[Chosen] | None, int]:
+def effective_free(g: GpuState, committed: Mapping[int, int] | None) -> int:
+    """What bound pods leave on a GPU: min(the agent's available MiB, total - MiB committed to bound pods on it),
+    never below 0. The one place of this rule: the node cache's free columns hold exactly this number."""
+    free = g.available_mib
+    if committed:
+        held = committed.get(g.index)
+        if held:
+            free = min(free, g.total_mib - held)
+    return free if free > 0 else 0
+
+
+def pick_gpus(fit: StaticFit, est: int, binpack: bool, reserved: Mapping[int, int] | None = None,
+              committed: Mapping[int, int] | None = None) -> tuple[list[Chosen] | None, int]:
     """The GPUs the pod would get: binpack = the tightest that still fit, spread = the most free.
     Returns (chosen, n) with n = the best available MiB (one GPU) or the count-th best (several); chosen is
-    None when fewer than `fit.count` GPUs have `est` MiB available after `reserved` (GPU index -> MiB)."""
+    None when fewer than `fit.count` GPUs have `est` MiB available: `effective_free` (with `committed`, GPU index
+    -> MiB of bound pods) minus `reserved` (GPU index -> MiB of pods being placed)."""
     big = fit.gpus
     count = fit.count
     if count == 1:  # the common case, without sorting
         pick: Chosen | None = None
         top = 0
         for g, d in big:
-            f = g.available_mib - reserved.get(g.index, 0) if reserved else g.available_mib
+            f = effective_free(g, committed) if committed else g.available_mib
+            if reserved:
+                f -= reserved.get(g.index, 0)
             f = max(f, 0)
             top = max(top, f)
             if f >= est and (pick is None or (f < pick[0] if binpack else f > pick[0])):
                 pick = (f, g, d)
         return ([pick] if pick is not None else None), top
-    avail = sorted(((max(0, g.available_mib - (reserved.get(g.index, 0) if reserved else 0)), g, d) for g, d in big),
-                   key=lambda t: (-t[0], t[1].index))
+    avail = sorted(((max(0, effective_free(g, committed) - (reserved.get(g.index, 0) if reserved else 0)), g, d)
+                    for g, d in big), key=lambda t: (-t[0], t[1].index))
     fitting = [t for t in avail if t[0] >= est]
     if len(fitting) < count:
         return None, avail[count - 1][0]
@@ -335,9 +355,11 @@ def evaluate(
     *,
     node: str = "",
     static: NodeVerdict | StaticFit | None = None,
+    committed: Mapping[int, int] | None = None,
 ) -> NodeVerdict:
     """Verdict for one pod on one node, with how long it holds (`valid_until`). `reserved`: GPU index -> MiB
-    held for other pods. `static`: a memoised `static_check(req, view)` for this view (optional)."""
+    reserved for other pods being placed; `committed`: GPU index -> MiB of bound pods (see `effective_free`).
+    `static`: a memoised `static_check(req, view)` for this view (optional)."""
     name = view.name if view is not None else node
     if not req.managed:
         return NodeVerdict(name, True)
@@ -358,9 +380,9 @@ def evaluate(
         return _reject(name, R_STALE,
                        f"GPU state observed {age:.0f} s ago (max {config.max_state_age_seconds:.0f} s)")
     fresh_until = stale_after(state.observed_unix, config)
-    chosen, nth = pick_gpus(fit, est, config.strategy == "binpack", reserved)
+    chosen, nth = pick_gpus(fit, est, config.strategy == "binpack", reserved, committed)
     if chosen is None:
-        return _reject(name, R_INSUFFICIENT, _insufficient(est, fit.count, nth, reserved, fit.gpus),
+        return _reject(name, R_INSUFFICIENT, _insufficient(est, fit.count, nth, reserved, fit.gpus, committed),
                        unresolvable=False, valid_until=fresh_until)
     notes: list[str] = []
     final, degraded, until = score(req, chosen, now_unix, config, notes)
@@ -376,8 +398,9 @@ def split_class(fit: StaticFit, est: int, names: list[str], observed: list[float
                 now_unix: float, config: PolicyConfig) -> tuple[list[str], list[str], list[str], float]:
     """`evaluate` for every node of one static class at once, without reservations, in C-level passes
     (no Python call per node): `fit` is the class's StaticFit; per node (parallel columns) its observation
-    time and the `fit.count`-th largest free MiB among `fit.positions`. Returns (passing names, names
-    failing for free memory, stale names, valid until). Feasibility only: scores come from `score`."""
+    time and the `fit.count`-th largest free MiB among `fit.positions` (`effective_free`: commitments included).
+    Returns (passing names, names failing for free memory, stale names, valid until). Feasibility only: scores
+    come from `score`."""
     limit = config.max_state_age_seconds
     if not observed:
         return [], [], [], INF
@@ -399,15 +422,41 @@ def split_class(fit: StaticFit, est: int, names: list[str], observed: list[float
 
 
 def _insufficient(est: int, count: int, nth_free: int, reserved: Mapping[int, int] | None,
-                  big: tuple[tuple[GpuState, str], ...]) -> str:
+                  big: tuple[tuple[GpuState, str], ...], committed: Mapping[int, int] | None = None) -> str:
+    # commitments are named where they are what limits a GPU (below what the agent sees free); reservations always
+    bound = sum(committed.get(g.index, 0) for g, _ in big
+                if g.total_mib - committed.get(g.index, 0) < g.available_mib) if committed else 0
     held = sum(reserved.get(g.index, 0) for g, _ in big) if reserved else 0
-    held_text = f" ({held} MiB reserved for pods being placed)" if held else ""
+    notes = ([f"{bound} MiB committed to bound pods"] if bound else []) + (
+        [f"{held} MiB reserved for pods being placed"] if held else [])
+    held_text = f" ({', '.join(notes)})" if notes else ""
     taken = [g for g, _ in big if g.replicas > 1 and g.replicas_used >= g.replicas]
     if taken:  # time-slicing: free memory, but the device plugin has no replica left to hand out
         held_text += "; " + ", ".join(f"GPU {g.index}: all {g.replicas} time-slicing replicas in use" for g in taken)
     if count == 1:
         return f"needs {est} MiB on one GPU; best GPU has {nth_free} MiB free{held_text}"
     return f"needs {est} MiB on each of {count} GPUs; {_ordinal(count)} GPU has {nth_free} MiB free{held_text}"
+
+
+def commit_gpus(req: PodRequirements, view: NodeView, committed: Mapping[int, int] | None,
+                binpack: bool) -> tuple[int, ...]:
+    """The GPUs a bound pod holds when neither the agent's attribution nor the pod's reservation says: what the
+    policy would pick for it next to the other bound pods (`committed`); when it does not fit what they leave
+    (most likely its model is already in the agent's numbers), the candidate GPUs with the least free memory, where
+    its memory most likely is. () without GPU state. Pure."""
+    state = view.state
+    if state is None or not state.gpus:
+        return ()
+    fit = static_check(req, view)
+    if isinstance(fit, StaticFit):
+        chosen, _ = pick_gpus(fit, req.vram_estimate_mib, binpack, committed=committed)
+        if chosen is not None:
+            return tuple(sorted(t[1].index for t in chosen))
+        candidates = [g for g, _ in fit.gpus]
+    else:  # bound where the policy would not have put it (nodeName set by hand, a GPU turned unhealthy): count it
+        candidates = [g for g in state.gpus if g.vendor == req.vendor] or list(state.gpus)
+    least = sorted(candidates, key=lambda g: (effective_free(g, committed), g.index))[:max(1, req.gpu_count)]
+    return tuple(sorted(g.index for g in least))
 
 
 def _pod_key_text(req: PodRequirements) -> str:

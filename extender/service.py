@@ -1,4 +1,4 @@
-"""The extender core shared by HTTP and gRPC: cache + reservations + policy + metrics + logs.
+"""The extender core shared by HTTP and gRPC: cache + reservations + commitments + policy + metrics + logs.
 
 No I/O here besides logging; in particular no API-server calls on the request path.
 """
@@ -14,13 +14,14 @@ from typing import Any
 
 from flexinfer import logs
 from flexinfer.nodes import NodeViewMemo
-from flexinfer.state import NodeView, parse_rfc3339
+from flexinfer.state import NodeView
 
 from .cache import NodeCache
+from .commitments import Commitment
 from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
 from .metrics import ExtenderMetrics, reason_label
 from .pod import PodRequirements, requirements_from_dict
-from .policy import NodeVerdict, PolicyConfig, evaluate
+from .policy import NodeVerdict, PolicyConfig, commit_gpus
 from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
@@ -50,19 +51,6 @@ class FilterOutcome:
         if self.verdicts is not None:
             return self.verdicts
         return [self.verdict(n) for n in names]
-
-
-def _ready_unix(pod: Mapping[str, Any]) -> float:
-    """When the pod surely was Ready. The API stores lastTransitionTime with whole seconds (metav1.Time), so
-    the pod became Ready up to 1 s after the stamp: an agent observation within that second may predate
-    the model's memory, and dropping the reservation on it overcommitted a GPU (found by the e2e tier's
-    burst with the extender restarted midway)."""
-    status = pod.get("status") or {}
-    for c in status.get("conditions") or ():
-        if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True":
-            stamp = parse_rfc3339(c.get("lastTransitionTime"))
-            return stamp + 1.0 if stamp is not None else time.time()
-    return 0.0
 
 
 @dataclass(slots=True)
@@ -115,7 +103,9 @@ class Extender:
     """wire -> cache -> policy -> answer: the HTTP and gRPC faces decode a request into PodRequirements and node
     names (or views); `verdicts` (extender.memo.VerdictCache) answers from its memos, asking the policy for what
     it does not hold; nodes holding reservations are judged here, per request; the answer is recorded (metrics,
-    one log line) and, at the end of a pod's cycle, reserved."""
+    one log line) and, at the end of a pod's cycle, reserved. The pod watch (`on_pod_event`) turns a bound pod's
+    reservation into a commitment in the node cache (extender.commitments), which the memos follow like a Node
+    update."""
 
     def __init__(
         self,
@@ -133,6 +123,7 @@ class Extender:
         # kube-scheduler re-sends the same Node objects each cycle (enabled by main.build; see NodeViewMemo).
         self.request_views: NodeViewMemo | None = None
         self.verdicts = VerdictCache(cache, config or PolicyConfig())
+        cache.placer = self._place
 
     @property
     def config(self) -> PolicyConfig:
@@ -146,8 +137,8 @@ class Extender:
     # --- evaluation ------------------------------------------------------------------------
     def _evaluate(self, req: PodRequirements, names: Sequence[str],
                   views: Mapping[str, NodeView] | None, now: float) -> list[NodeVerdict]:
-        """Every named node's full verdict in `names` order, with reservations. `views` (nodes mode): views
-        from the request instead of the cache."""
+        """Every named node's full verdict in `names` order, with reservations (and commitments, from the node
+        cache). `views` (nodes mode): views from the request instead of the cache."""
         get = views.get if views is not None else self.cache.lookup
         shape = self.verdicts.shape(req)
         evaluate = self.verdicts.evaluate
@@ -158,9 +149,7 @@ class Extender:
             view = get(name)
             reserved = None
             if name in held and view is not None and view.state is not None:
-                reserved = res.reserved_mib(name, now, exclude_pod=req.key,  # type: ignore[union-attr]
-                                            observed_unix=view.state.observed_unix,
-                                            placed=view.state.placements())
+                reserved = res.reserved_mib(name, now, exclude_pod=req.key)  # type: ignore[union-attr]
             out.append(evaluate(req, shape, name, view, now, reserved))
         return out
 
@@ -228,14 +217,19 @@ class Extender:
                     out = self._split(self._evaluate(req, names, views, now))
                 if len(out.passed) == 1:
                     # kube-scheduler skips prioritize with one feasible node: this is its choice.
-                    v = out.verdict(out.passed[0])
-                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now,
-                                              name=f"{req.namespace}/{req.name}")
+                    self._reserve(req, out.verdict(out.passed[0]), now)
         else:
             out = self._split(self._evaluate(req, names, views, now))
         self._record("filter", req, lambda: out.all_verdicts(names), out.count, time.perf_counter() - t0,
                      len(out.passed), out.tally)
         return out
+
+    def _reserve(self, req: PodRequirements, v: NodeVerdict, now: float) -> None:
+        """The end of the pod's cycle (reservation lock held). A pod the watch already shows bound holds a
+        commitment: it is not reserved a second time."""
+        if self.cache.commitment(req.key) is None:
+            self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now,
+                                      name=f"{req.namespace}/{req.name}")
 
     @staticmethod
     def _split(verdicts: list[NodeVerdict]) -> FilterOutcome:
@@ -271,9 +265,7 @@ class Extender:
                 else:
                     out = self._priorities(names, self._evaluate(req, names, views, now))
                 if out.best >= 0:
-                    v = out.verdict(names[out.best])
-                    self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now,
-                                              name=f"{req.namespace}/{req.name}")
+                    self._reserve(req, out.verdict(names[out.best]), now)
         else:
             out = self._priorities(names, self._evaluate(req, names, views, now))
         self._record("prioritize", req, out.verdicts, len(names), time.perf_counter() - t0,
@@ -328,16 +320,18 @@ class Extender:
         self.metrics.cache_nodes.set(len(self.cache))
         age = self.cache.age_seconds()
         self.metrics.cache_age.set(age if age != float("inf") else -1)
-        self.reservations.expire(self.clock(), self._observed_unix)
+        self.reservations.expire(self.clock())
         self.metrics.reservations.set(len(self.reservations))
+        self.metrics.committed_pods.set(len(self.cache.commitments))
 
-    def _observed_unix(self, node: str) -> float:
-        view = self.cache.get(node)
-        return view.state.observed_unix if view is not None and view.state is not None else 0.0
+    def _place(self, req: PodRequirements, view: NodeView, committed: Mapping[int, int]) -> tuple[int, ...]:
+        """The node cache's placer: the GPUs of a bound pod neither its reservation nor the agent names."""
+        return commit_gpus(req, view, committed, self.config.strategy == "binpack")
 
-    # --- pod watch (reservation confirmation) --------------------------------------------
+    # --- pod watch: reservations become commitments --------------------------------------
     def on_pod_event(self, kind: str, obj: dict[str, Any]) -> None:
-        """Informer callback for Pods: confirm reservations on bind, drop them on delete/finish."""
+        """Informer callback for bound, unfinished Pods: a bound pod's reservation becomes a commitment in the
+        node cache; deleted or finished pods (and, on a relist, pods no longer listed) release theirs."""
         if kind == "SYNC":
             items = [i for i in (obj or {}).get("items") or () if isinstance(i, dict)]
             live = set()
@@ -345,9 +339,9 @@ class Extender:
                 key = self._pod_event(item, deleted=False)
                 if key:
                     live.add(key)
-            for r in self.reservations.all():
-                if r.bound and r.pod not in live:
-                    self.reservations.release(r.pod)
+            for c in self.cache.all_commitments():
+                if c.pod not in live:
+                    self.cache.uncommit(c.pod)
             return
         if isinstance(obj, dict):
             self._pod_event(obj, deleted=(kind == "DELETED"))
@@ -363,22 +357,19 @@ class Extender:
         phase = (pod.get("status") or {}).get("phase")
         node = (pod.get("spec") or {}).get("nodeName") or ""
         if deleted or phase in ("Succeeded", "Failed") or (pod.get("metadata") or {}).get("deletionTimestamp"):
-            self.reservations.release(key)
+            with self.reservations.lock:
+                self.reservations.release(key)
+                self.cache.uncommit(key)
             return ""
-        if not node or not req.needs_gpu:
+        if not node or not req.needs_gpu or req.vram_estimate_mib <= 0:
             return key
-        now = self.clock()
-
-        def pick(n: str) -> tuple[tuple[int, ...], int] | None:
-            view = self.cache.get(n)
-            state = view.state if view is not None else None
-            reserved = self.reservations.reserved_mib(n, now, exclude_pod=key,
-                                                      observed_unix=state.observed_unix if state else 0.0,
-                                                      placed=state.placements() if state else None)
-            v = evaluate(req, view, now, self.config, reserved, node=n)
-            return (v.gpus, req.vram_estimate_mib) if v.feasible else None
-
+        name = f"{req.namespace}/{req.name}"
+        held = self.cache.commitment(key)
+        if held is not None and (held.node, held.mib_per_gpu, held.name) == (node, req.vram_estimate_mib, name):
+            return key  # already committed (status updates, relists): nothing to do
         with self.reservations.lock:
-            self.reservations.confirm(key, node, now, ready_unix=_ready_unix(pod), pick=pick,
-                                      name=f"{req.namespace}/{req.name}")
+            r = self.reservations.release(key)
+            # the GPUs reserved for it, when it was bound where it was reserved; else the cache's placer picks
+            gpus = r.gpus if r is not None and r.node == node else None
+            self.cache.commit(Commitment(key, name, node, req.vram_estimate_mib, gpus, req if gpus is None else None))
         return key

@@ -72,6 +72,23 @@ def test_placed_models_report_ready(demo_run):
             assert status[a.model]["phase"] == "Ready", (a.model, status[a.model])
 
 
+def test_a_loaded_model_is_counted_once_and_sdxl_fits_next_to_it(demo_run):
+    """qwen3-8b-fast's 16000 MiB is both in its agent's numbers (free 24057 -> 8057 MiB) and committed to its bound
+    pod; the extender counts it once (min(observed free, total - committed)), so sdxl-turbo (7500 MiB) is placed on
+    the same GPU. Counting it twice (reserved until an agent sample postdated Ready + 1 s) left sdxl-turbo Pending
+    with "best GPU has 0 MiB free (16000 MiB reserved for pods being placed)"."""
+    _, cluster, attempts, status = demo_run
+    fast = next(a for a in attempts if a.model == "qwen3-8b-fast")
+    sdxl = next(a for a in attempts if a.model == "sdxl-turbo")
+    assert fast.node == sdxl.node == "rtxpro4000-worker", (fast, sdxl)
+    assert fast.free_before_mib is not None and fast.free_after_mib == fast.free_before_mib - 16000
+    assert sdxl.free_before_mib == fast.free_after_mib and sdxl.free_after_mib == sdxl.free_before_mib - 7500
+    assert status["sdxl-turbo"]["phase"] == "Ready" and status["qwen3-8b-fast"]["phase"] == "Ready"
+    cache = cluster.running.extender.cache
+    assert cache.committed_mib("rtxpro4000-worker") == {0: 16000 + 7500}  # both bound: both committed
+    assert not any("reserved for pods being placed" in why for a in attempts for why in a.rejections.values())
+
+
 def test_demo_cli_exits_zero_and_explains():
     result = CliRunner().invoke(cli, ["demo"])
     assert result.exit_code == 0, result.output

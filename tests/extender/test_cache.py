@@ -128,17 +128,17 @@ def test_watch_mode_against_fake_api_server(fake_api) -> None:
         while "two-12g" in cache and time.time() < deadline:
             time.sleep(0.02)
         assert "two-12g" not in cache
-        # a pod bound by the scheduler confirms a reservation through the pod watch
+        # a pod bound by the scheduler: the pod watch commits its VRAM on the node
         pod = model_pod(8000, uid="watch-uid", node_name="ada-24g")
         fake_api.put_object({"apiVersion": "v1", "kind": "Pod", **pod})
-        while running.extender.reservations.get("watch-uid") is None and time.time() < deadline:
+        while cache.commitment("watch-uid") is None and time.time() < deadline:
             time.sleep(0.02)
-        r = running.extender.reservations.get("watch-uid")
-        assert r is not None and r.bound and r.node == "ada-24g"
+        c = cache.commitment("watch-uid")
+        assert c is not None and c.node == "ada-24g" and c.gpus == (0,) and cache.committed_mib("ada-24g") == {0: 8000}
         fake_api.delete_object("pods", pod["metadata"]["name"], "models")
-        while running.extender.reservations.get("watch-uid") is not None and time.time() < deadline:
+        while cache.commitment("watch-uid") is not None and time.time() < deadline:
             time.sleep(0.02)
-        assert running.extender.reservations.get("watch-uid") is None
+        assert cache.commitment("watch-uid") is None and cache.committed_mib("ada-24g") == {}
     finally:
         running.stop()
 

@@ -1,4 +1,4 @@
-"""A bound pod's reservation follows the GPU the device plugin actually gave it (the agent's kubelet attribution in
+"""A bound pod's commitment follows the GPU the device plugin actually gave it (the agent's kubelet attribution in
 the state annotation), so the next pod is not put on the GPU the first one really occupies."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from flexinfer.extender.cache import NodeCache
+from flexinfer.extender.commitments import Commitment, Commitments
 from flexinfer.extender.pod import requirements_from_dict
 from flexinfer.extender.policy import PolicyConfig
 from flexinfer.extender.reservations import Reservations
@@ -37,15 +38,16 @@ def _bound(p: dict[str, Any], node: str) -> dict[str, Any]:
     return {**p, "spec": {**p["spec"], "nodeName": node}, "status": {"phase": "Pending"}}
 
 
-def test_reservations_follow_the_gpu_the_pod_got() -> None:
-    r = Reservations()
-    r.reserve("uid-a", "n1", (0,), 20000, T0, name="ml/a")
-    r.confirm("uid-a", "n1", T0 + 1)
-    assert r.reserved_mib("n1", T0 + 2) == {0: 20000}
-    assert r.reserved_mib("n1", T0 + 2, placed={"ml/a": (1,)}) == {1: 20000}
-    assert r.reserved_mib("n1", T0 + 2, placed={"ml/other": (0,)}) == {0: 20000}
-    r.reserve("uid-b", "n1", (0,), 5000, T0, name="ml/b")  # tentative: not bound, nothing to follow
-    assert r.reserved_mib("n1", T0 + 2, placed={"ml/b": (1,), "ml/a": (1,)}) == {0: 5000, 1: 20000}
+def test_commitments_follow_the_gpu_the_pod_got() -> None:
+    c = Commitments()
+    c.put(Commitment("uid-a", "ml/a", "n1", 20000, (0,)))
+    assert c.per_gpu("n1", {}) == {0: 20000}
+    assert c.per_gpu("n1", {"ml/a": (1,)}) == {1: 20000}  # the agent's attribution wins
+    assert c.per_gpu("n1", {"ml/other": (0,)}) == {0: 20000}
+    c.put(Commitment("uid-b", "ml/b", "n1", 5000, None))  # GPUs not chosen yet: counted where attributed
+    assert c.per_gpu("n1", {"ml/a": (1,)}) == {1: 20000}
+    assert c.per_gpu("n1", {"ml/b": (0, 1)}) == {0: 25000, 1: 5000}
+    assert c.pop("uid-a") is not None and c.per_gpu("n1", {}) == {} and len(c) == 1
 
 
 def test_state_placements() -> None:
@@ -67,6 +69,7 @@ def test_next_pod_avoids_the_gpu_the_first_one_really_got() -> None:
     chosen = reserved.gpus[0]
     other = 1 - chosen
     ext.on_pod_event("MODIFIED", _bound(first, "n1"))
+    assert ext.cache.committed_mib("n1") == {chosen: 20000}  # the extender's choice until the agent says
     # the device plugin gave the pod the other GPU; the model is not loaded yet (free memory unchanged)
     held = [replace(g, pods=(f"{req_a.namespace}/a/server",)) if g.index == other else g for g in two]
     clock.t = T0 + 5
@@ -74,6 +77,7 @@ def test_next_pod_avoids_the_gpu_the_first_one_really_got() -> None:
     second = requirements_from_dict(model_pod(20000, "vllm", 1, uid="uid-b", name="b"))
     verdict = next(v for v in ext.prioritize(second, ["n1"]) if v.node == "n1")
     assert verdict.feasible and verdict.gpus == (chosen,), verdict.detail  # not `other`, where pod a really is
+    assert ext.cache.committed_mib("n1") == {other: 20000}
 
 
 def test_without_attribution_the_reservation_stays_where_it_was_made() -> None:

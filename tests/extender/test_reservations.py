@@ -39,31 +39,28 @@ def pod(i: int, est: int = 5000, **kw):
 # --- unit -------------------------------------------------------------------------------------
 
 def test_reservations_unit_lifecycle() -> None:
-    r = Reservations(tentative_ttl_seconds=30, bound_ttl_seconds=900)
+    r = Reservations(tentative_ttl_seconds=30)
     r.reserve("a", "n1", (0,), 1000, 100.0)
     r.reserve("b", "n1", (0, 1), 500, 100.0)
     assert r.reserved_mib("n1", 101.0) == {0: 1500, 1: 500}
     assert r.reserved_mib("n1", 101.0, exclude_pod="a") == {0: 500, 1: 500}
-    assert r.reserved_mib("n1", 131.0) == {}  # tentative TTL passed
+    assert r.reserved_mib("n1", 131.0) == {}  # TTL passed
     assert len(r) == 0
     r.reserve("a", "n1", (0,), 1000, 200.0)
-    got = r.confirm("a", "n1", 201.0, ready_unix=250.0)
-    assert got is not None and got.bound and got.expires_unix == 201.0 + 900
-    assert r.reserved_mib("n1", 260.0, observed_unix=240.0) == {0: 1000}  # agent sample predates Ready
-    assert r.reserved_mib("n1", 260.0, observed_unix=255.0) == {}  # agent now sees the pod's memory
+    r.reserve("a", "n2", (1,), 1000, 201.0)  # a retry replaces the pod's reservation
+    assert r.reserved_mib("n1", 202.0) == {} and r.reserved_mib("n2", 202.0) == {1: 1000}
+    assert r.release("a") is not None and len(r) == 0 and r.release("a") is None
     r.reserve("c", "n1", (0,), 1000, 300.0)
-    moved = r.confirm("c", "n2", 301.0, pick=lambda node: ((1,), 1000))
-    assert moved is not None and (moved.node, moved.gpus) == ("n2", (1,))
-    assert r.reserved_mib("n1", 302.0) == {} and r.reserved_mib("n2", 302.0) == {1: 1000}
-    assert r.release("c") is not None and len(r) == 0
-    assert r.confirm("d", "n3", 400.0, pick=lambda node: None) is None
+    assert r.expire(329.0) == 0 and r.expire(330.0) == 1 and r.nodes_holding() == frozenset()
 
 
-def test_bound_reservation_is_not_replaced_by_a_retry() -> None:
-    r = Reservations()
-    r.reserve("a", "n1", (0,), 1000, 0.0)
-    r.confirm("a", "n1", 1.0)
-    assert r.reserve("a", "n2", (0,), 1000, 2.0).node == "n1"
+def test_a_bound_pod_is_not_reserved_again() -> None:
+    ext = make([node_obj("a", [gpu(0, total=24576, free=24000)])])
+    p = pod(1, est=10000)
+    ext.on_pod_event("MODIFIED", {**p, "spec": {**p["spec"], "nodeName": "a"}})
+    assert ext.cache.commitment("uid-1") is not None
+    ext.filter(requirements_from_dict(p), ["a"])  # a late retry of the same pod: its memory is committed already
+    assert ext.reservations.get("uid-1") is None and ext.cache.committed_mib("a") == {0: 10000}
 
 
 # --- the race: back-to-back scheduling cycles, nothing bound or observed yet ----------------
@@ -140,32 +137,37 @@ def test_20_concurrent_filter_prioritize_two_nodes() -> None:
 
 # --- confirmation from the pod watch ---------------------------------------------------------
 
-def test_pod_watch_confirms_moves_and_releases() -> None:
+def test_pod_watch_commits_moves_and_releases() -> None:
     clock = Clock(1000.0)
     ext = make([node_obj("a", [gpu(0, free=24000)], 990.0), node_obj("b", [gpu(0, free=24000)], 990.0)],
                clock=clock, tentative_ttl_seconds=30)
     p = pod(1, est=10000)
     assert schedule(ext, p, ["a", "b"]) in ("a", "b")
     first = ext.reservations.get("uid-1")
-    assert first is not None and not first.bound
+    assert first is not None
     other = "b" if first.node == "a" else "a"
     bound = {**p, "spec": {**p["spec"], "nodeName": other}, "status": {"phase": "Pending"}}
     clock.t = 1001.0
     ext.on_pod_event("MODIFIED", bound)
-    r = ext.reservations.get("uid-1")
-    assert r is not None and r.bound and r.node == other and r.gpus == (0,)
-    clock.t = 1100.0  # past the tentative TTL: bound reservations stay
-    assert ext.reservations.reserved_mib(other, clock.t) == {0: 10000}
+    # the scheduler chose the other node: the reservation ends, the pod's memory is committed where it is bound
+    assert ext.reservations.get("uid-1") is None and len(ext.reservations) == 0
+    c = ext.cache.commitment("uid-1")
+    assert c is not None and c.node == other and c.gpus == (0,)
+    assert ext.cache.committed_mib(other) == {0: 10000} and ext.cache.committed_mib(first.node) == {}
+    clock.t = 1100.0  # past the tentative TTL: commitments have none
     ready = {**bound, "status": {"phase": "Running", "conditions": [
         {"type": "Ready", "status": "True", "lastTransitionTime": "1970-01-01T00:18:20Z"}]}}  # 1100
     ext.on_pod_event("MODIFIED", ready)
-    # lastTransitionTime has whole seconds: the pod was surely Ready at the end of the stamped second
-    assert ext.reservations.get("uid-1").ready_unix == 1101.0
-    # the agent publishes a sample taken after the pod became Ready: its memory is in the numbers now
+    # the agent publishes samples long after the pod became Ready: the commitment does not care when
     ext.cache.upsert(node_obj(other, [gpu(0, free=14000)], 1101.5, resource_version="2"))
+    clock.t = 5000.0
     ext.refresh_gauges()
-    assert ext.reservations.get("uid-1") is None
+    assert ext.cache.committed_mib(other) == {0: 10000}
+    sample = ext.metrics.registry.get_sample_value
+    assert sample("flexinfer_extender_committed_pods") == 1 and sample("flexinfer_extender_reservations") == 0
     # deletion releases
+    ext.on_pod_event("DELETED", ready)
+    assert ext.cache.commitment("uid-1") is None and ext.cache.committed_mib(other) == {}
     p2 = pod(2, est=10000)
     schedule(ext, p2, ["a", "b"])
     assert ext.reservations.get("uid-2") is not None
@@ -184,10 +186,10 @@ def test_tentative_reservation_expires_without_a_watch() -> None:
     assert ext.filter(requirements_from_dict(pod(2, est=10000)), ["a"]).passed == ["a"]
 
 
-def test_pod_sync_drops_bound_reservations_of_vanished_pods() -> None:
+def test_pod_sync_drops_commitments_of_vanished_pods() -> None:
     ext = make([node_obj("a", [gpu(0, free=24000)])])
     p = {**pod(1, est=1000), "spec": {**pod(1)["spec"], "nodeName": "a"}}
     ext.on_pod_event("SYNC", {"items": [p]})
-    assert ext.reservations.get("uid-1").bound
+    assert ext.cache.commitment("uid-1") is not None and ext.cache.committed_mib("a") == {0: 1000}
     ext.on_pod_event("SYNC", {"items": []})
-    assert ext.reservations.get("uid-1") is None
+    assert ext.cache.commitment("uid-1") is None and ext.cache.committed_mib("a") == {}

@@ -1,7 +1,12 @@
 """The verdict cache (extender.memo, over the node cache's class table) answers filter and prioritize exactly as
-a memo-free evaluation (policy.evaluate per node, with the same reservations) would, through any mix of Node
-updates (static facts and live state), removals, relists, junk annotations, reservations, clock jumps
-(staleness, Xid windows), unknown and duplicate node names and several pod shapes."""
+a memo-free evaluation (policy.evaluate per node, with the same reservations and commitments) would, through any mix
+of Node updates (static facts and live state), removals, relists, junk annotations, reservations, pods bound,
+re-annotated, finished, deleted and relisted (their commitments), the agent's attribution of pods to GPUs, clock
+jumps (staleness, Xid windows), unknown and duplicate node names and several pod shapes.
+
+The reference computes each node's committed MiB itself from the pods the history bound: per pod, the GPUs the
+node's current attribution names, else the GPUs the extender chose (its reservation's when the pod was bound where it
+was reserved, which the test checks)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import replace
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.memo import NodeNames
 from flexinfer.extender.pod import requirements_from_dict
-from flexinfer.extender.policy import NodeVerdict, PolicyConfig, evaluate, static_class
+from flexinfer.extender.policy import NodeVerdict, PolicyConfig, effective_free, evaluate, static_class
 from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
 from hypothesis import HealthCheck, given, settings
@@ -33,7 +38,8 @@ class Clock:
         return self.t
 
 
-def random_node(rng: random.Random, name: str, rv: int, now: float) -> dict:
+def random_node(rng: random.Random, name: str, rv: int, now: float, holders: list[str] | None = None) -> dict:
+    """`holders`: "namespace/pod/container" refs the agent may attribute to this node's GPUs."""
     kind = rng.random()
     if kind < 0.05:  # junk GPU state
         return node_obj(name, [], now, extra_annotations={keys.ANN_GPU_STATE: "{junk"},
@@ -55,32 +61,63 @@ def random_node(rng: random.Random, name: str, rv: int, now: float) -> dict:
             g = replace(g, replicas=replicas, replicas_used=rng.randrange(0, replicas + 1))
         elif sharing < 0.15 and vendor == "nvidia":  # a MIG instance of a physical GPU
             g = replace(g, mig_profile=rng.choice(["1g.10gb", "3g.40gb"]), mig_parent=0)
+        if holders and rng.random() < 0.5:  # the agent's kubelet attribution: who holds this GPU
+            g = replace(g, pods=tuple(rng.sample(holders, rng.randrange(1, min(3, len(holders)) + 1))))
         gpus.append(g)
     observed = now - rng.choice([0, 0, 0, 100, 170, 400])
     status = "ok" if gpus or rng.random() < 0.5 else "NVML library not found"
     return node_obj(name, gpus, observed, resource_version=str(rv), agent_status=status)
 
 
-def fresh(ext: Extender, req, names: list[str]) -> list[NodeVerdict]:
-    """What the policy says with no memo at all: policy.evaluate per node, same cache views and reservations."""
+class Bound:
+    """The test's own record of bound pods: key -> (node, MiB per GPU, "namespace/pod")."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, tuple[str, int, str]] = {}
+
+    def committed(self, ext: Extender, name: str) -> dict[int, int]:
+        """GPU index -> MiB committed on node `name`, computed from the history, not from the node cache's table."""
+        view = ext.cache.get(name)
+        if view is None or view.state is None or not view.state.gpus:
+            return {}
+        placements = view.state.placements()
+        out: dict[int, int] = {}
+        for key, (node, mib, pod) in self.pods.items():
+            if node != name:
+                continue
+            gpus = placements.get(pod)
+            if gpus is None:  # no attribution: the extender's own choice
+                c = ext.cache.commitment(key)
+                assert c is not None and c.node == node and c.mib_per_gpu == mib
+                gpus = c.gpus or ()
+            for i in gpus:
+                out[i] = out.get(i, 0) + mib
+        return out
+
+
+def fresh(ext: Extender, req, names: list[str], bound: Bound | None = None) -> list[NodeVerdict]:
+    """What the policy says with no memo at all: policy.evaluate per node, same cache views, reservations and (from
+    the test's own record of bound pods) commitments."""
     out = []
     for name in names:
         view = ext.cache.get(name)
-        reserved = None
+        reserved = committed = None
         if view is not None and view.state is not None:
-            reserved = ext.reservations.reserved_mib(name, ext.clock(), exclude_pod=req.key,
-                                                     observed_unix=view.state.observed_unix)
-        out.append(evaluate(req, view, ext.clock(), ext.config, reserved, node=name))
+            reserved = ext.reservations.reserved_mib(name, ext.clock(), exclude_pod=req.key)
+            committed = bound.committed(ext, name) if bound is not None else None
+        out.append(evaluate(req, view, ext.clock(), ext.config, reserved, node=name, committed=committed))
     return out
 
 
-def fresh_split(ext: Extender, req, names: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    out = Extender._split(fresh(ext, req, names))
+def fresh_split(ext: Extender, req, names: list[str], bound: Bound | None = None,
+                ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    out = Extender._split(fresh(ext, req, names, bound))
     return list(dict.fromkeys(out.passed)), out.failed, out.unresolvable
 
 
-def check_table(cache: NodeCache) -> None:
-    """Every cached node sits in exactly one class, the one of its view, with its own live facts in its row."""
+def check_table(cache: NodeCache, committed=lambda name: {}) -> None:
+    """Every cached node sits in exactly one class, the one of its view, with its own live facts in its row (free
+    MiB: what the agent sees, capped by `committed(name)`)."""
     table = cache.table
     assert sorted(table.where) == sorted(cache.names())
     assert sum(len(c) for c in table.classes.values()) == len(cache)
@@ -91,21 +128,36 @@ def check_table(cache: NodeCache) -> None:
             assert table.where[name] is cls and cls.rows[name] == i and static_class(view) == key
             if cls.free:
                 assert cls.observed[i] == view.state.observed_unix
-                assert [col[i] for col in cls.free] == [g.available_mib for g in view.state.gpus]
+                held = committed(name)
+                assert [col[i] for col in cls.free] == [effective_free(g, held) for g in view.state.gpus]
+                assert dict(cache.committed_mib(name)) == held
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+BOUND_SHAPES = [(8000, "llamacpp", 1), (4000, "vllm", 1), (10000, "llamacpp", 2), (16000, "llamacpp", 1),
+                (3000, "diffusers", 1), (6000, "vllm", 4)]
+
+
+def bound_pod(k: int, node: str, *, est: int | None = None, phase: str = "Running") -> dict:
+    """Bound pod `b<k>` (one of BOUND_SHAPES) as the pod watch delivers it."""
+    shape_est, backend, count = BOUND_SHAPES[k % len(BOUND_SHAPES)]
+    p = model_pod(est or shape_est, backend, count, uid=f"b{k}", name=f"b{k}", node_name=node)
+    return {**p, "status": {"phase": phase}}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
     rng = random.Random(seed)
     clock = Clock(NOW)
     cache = NodeCache(clock=clock)
     names = [f"n{i}" for i in range(12)]
+    holders = [f"models/b{k}/server" for k in range(8)]
     rv = 1
-    objs = {n: random_node(rng, n, rv, clock.t) for n in names[:10]}
+    objs = {n: random_node(rng, n, rv, clock.t, holders) for n in names[:10]}
     cache.replace_all(list(objs.values()))
     cfg = PolicyConfig(strategy=rng.choice(["binpack", "spread"]), max_state_age_seconds=rng.choice([300, 300.5, 150]))
     ext = Extender(cache, cfg, Reservations(), clock=clock)
+    bound = Bound()
     shapes = [requirements_from_dict(model_pod(est, backend, count, uid=f"u{k}", name=f"p{k}"))
               for k, (est, backend, count) in enumerate([(5000, "llamacpp", 1), (12000, "vllm", 1),
                                                           (20000, "llamacpp", 2), (3000, "diffusers", 1),
@@ -113,33 +165,79 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
     shapes.append(requirements_from_dict(model_pod(5000, "llamacpp", 1, uid="pref", name="pref",
                                                    extra={keys.POD_PREFERRED_ARCHS: "sm_89,gfx1100"})))
     last_asked = None
-    for _ in range(40):
+    for _ in range(60):
         op = rng.random()
-        if op < 0.2:
+        if op < 0.14:
             rv += 1
             name = rng.choice(names)
-            objs[name] = random_node(rng, name, rv, clock.t)
+            objs[name] = random_node(rng, name, rv, clock.t, holders)
             cache.upsert(objs[name])
-        elif op < 0.27:
+        elif op < 0.18:
             name = rng.choice(names)
             objs.pop(name, None)
             cache.remove(name)
-        elif op < 0.32:  # relist: some nodes unchanged (same resourceVersion), some new, some gone
+        elif op < 0.21:  # relist: some nodes unchanged (same resourceVersion), some new, some gone
             rv += 1
             for name in names:
                 r = rng.random()
                 if r < 0.3:
-                    objs[name] = random_node(rng, name, rv, clock.t)
+                    objs[name] = random_node(rng, name, rv, clock.t, holders)
                 elif r < 0.4:
                     objs.pop(name, None)
             cache.replace_all(list(objs.values()))
-        elif op < 0.42:
+        elif op < 0.28:
             node = rng.choice(names)
             gpus = rng.choice([(0,), (0,), (0, 1)])
             ext.reservations.reserve(f"other-{rng.randrange(5)}", node, gpus, rng.choice([2000, 8000]), clock.t)
-        elif op < 0.47:
+        elif op < 0.31:
             ext.reservations.release(f"other-{rng.randrange(5)}")
-        elif op < 0.57:
+        elif op < 0.41:  # a pod is bound: after its own cycle (reserved where the extender chose) or anywhere
+            k = rng.randrange(8)
+            key = f"b{k}"
+            if key in bound.pods:
+                continue
+            node = rng.choice(names)
+            want_gpus = None
+            if rng.random() < 0.6:
+                req_b = requirements_from_dict(bound_pod(k, ""))
+                ext.prioritize_scores(req_b, rng.sample(names, rng.randrange(1, 13)))
+                r = ext.reservations.get(key)
+                if r is not None and rng.random() < 0.8:
+                    node, want_gpus = r.node, r.gpus
+            ext.on_pod_event("MODIFIED", bound_pod(k, node))
+            assert ext.reservations.get(key) is None  # bound: no reservation left, a commitment instead
+            c = cache.commitment(key)
+            assert c is not None and c.node == node
+            if want_gpus is not None:
+                assert c.gpus == want_gpus  # the extender's own choice at bind time
+            bound.pods[key] = (node, BOUND_SHAPES[k % len(BOUND_SHAPES)][0], f"models/{key}")
+        elif op < 0.45 and bound.pods:  # status updates of a bound pod change nothing (no change logged)
+            key = rng.choice(sorted(bound.pods))
+            gen = cache.generation
+            ext.on_pod_event("MODIFIED", bound_pod(int(key[1:]), bound.pods[key][0], est=bound.pods[key][1]))
+            assert cache.generation == gen
+        elif op < 0.47 and bound.pods:  # its estimate annotation edited: the new MiB, on the same GPUs
+            key = rng.choice(sorted(bound.pods))
+            node, _, pod_name = bound.pods[key]
+            before = cache.commitment(key).gpus  # type: ignore[union-attr]
+            est = rng.choice([2000, 9000, 12000])
+            ext.on_pod_event("MODIFIED", bound_pod(int(key[1:]), node, est=est))
+            bound.pods[key] = (node, est, pod_name)
+            assert cache.commitment(key).gpus == before or before is None  # type: ignore[union-attr]
+        elif op < 0.52 and bound.pods:  # finished or deleted
+            key = rng.choice(sorted(bound.pods))
+            node = bound.pods.pop(key)[0]
+            if rng.random() < 0.5:
+                ext.on_pod_event("MODIFIED", bound_pod(int(key[1:]), node, phase=rng.choice(["Succeeded", "Failed"])))
+            else:
+                ext.on_pod_event("DELETED", bound_pod(int(key[1:]), node))
+            assert cache.commitment(key) is None
+        elif op < 0.54:  # the pod watch relists: pods no longer listed release their memory
+            keep = {k: v for k, v in bound.pods.items() if rng.random() < 0.7}
+            ext.on_pod_event("SYNC", {"items": [bound_pod(int(k[1:]), v[0], est=v[1]) for k, v in keep.items()]})
+            bound.pods = keep
+            assert {c.pod for c in cache.all_commitments()} == set(keep)
+        elif op < 0.62:
             clock.t += rng.choice([1, 30, 90, 200, 4000, 0.25])
         else:
             req = rng.choice(shapes)
@@ -152,12 +250,12 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 if rng.random() < 0.6:
                     asked = NodeNames(asked)
                 last_asked = asked
-            check_table(cache)
+            check_table(cache, lambda name: bound.committed(ext, name))
             if rng.random() < 0.15:  # explain: every verdict in full (detail, score, GPUs, validity)
-                assert ext.explain(req, asked) == fresh(ext, req, asked)
+                assert ext.explain(req, asked) == fresh(ext, req, asked, bound)
                 continue
             if rng.random() < 0.3:  # prioritize: same scores and best node as a memo-free evaluation
-                want = fresh(ext, req, asked)
+                want = fresh(ext, req, asked, bound)
                 pout = ext.prioritize_scores(req, asked)
                 memo = ext.verdicts.shape(req)
                 assert memo is not None and set(memo.scores) <= memo.passed  # scores only of passing nodes
@@ -171,7 +269,7 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 if pout.best >= 0:  # the verdict the reservation is made from is the policy's, detail and all
                     assert pout.verdict(asked[pout.best]) == want[pout.best]
                 continue
-            want = fresh_split(ext, req, asked)
+            want = fresh_split(ext, req, asked, bound)
             got = ext.filter(req, asked)
             assert list(dict.fromkeys(got.passed)) == want[0]
             assert got.failed == want[1]
@@ -181,12 +279,15 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 want_tally = Counter({(False, r): n for r, n in Counter(want[1].values()).items()})
                 want_tally.update({(True, r): n for r, n in Counter(want[2].values()).items()})
                 assert +got.tally == want_tally
-            verdicts = dict(zip(asked, fresh(ext, req, asked), strict=True))
+            verdicts = dict(zip(asked, fresh(ext, req, asked, bound), strict=True))
             for name in got.passed:
                 assert got.verdict(name) == verdicts[name]
             # Every node is in exactly one of the three answers.
             assert set(got.passed) | set(got.failed) | set(got.unresolvable) == set(asked)
             assert not (set(got.passed) & (set(got.failed) | set(got.unresolvable)))
+    # a commitment's GPUs, once chosen, are at most as many as the pod asked for (the node may have changed since)
+    for c in cache.all_commitments():
+        assert c.gpus is None or len(c.gpus) <= BOUND_SHAPES[int(c.pod[1:]) % len(BOUND_SHAPES)][2]
 
 
 def test_tables_serve_a_warm_cache_and_follow_changes() -> None:

@@ -133,10 +133,12 @@ def test_tentative_reservations_are_capped_oldest_first() -> None:
     for i in range(5):
         r.reserve(f"p{i}", "n", (0,), 100, 1000.0 + i)
     assert [x.pod for x in r.all()] == ["p2", "p3", "p4"] and r.evicted == 2
-    r.confirm("p2", "n", 1010.0)  # bound reservations do not count against the cap
+    r.release("p2")  # bound: its memory is a commitment in the node cache now, not a reservation
     r.reserve("p5", "n", (0,), 100, 1011.0)
     r.reserve("p6", "n", (0,), 100, 1012.0)
-    assert {x.pod for x in r.all()} == {"p2", "p4", "p5", "p6"} and r.tentative_count() == 3
+    assert [x.pod for x in r.all()] == ["p4", "p5", "p6"] and r.tentative_count() == 3 and r.evicted == 3
+    r.reserve("p4", "n", (0,), 100, 1013.0)  # a retry replaces the pod's own reservation, evicting nobody
+    assert [x.pod for x in r.all()] == ["p5", "p6", "p4"] and r.evicted == 3
 
 
 def test_grpc_filter_and_prioritize_need_a_client_certificate_explain_stays_open(pki) -> None:
