@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import agent_bench, controller_bench, edge_bench, extender_bench, fuzz, proxy_bench, report
+from bench import agent_bench, controller_bench, edge_bench, extender_bench, fuzz, proxy_bench, report, scheduler_bench
 from bench.machine import machine
 from flexinfer.state import rfc3339
 
-SECTIONS = ("extender", "agent", "controller", "proxy", "fuzz", "edge")
+SECTIONS = ("extender", "agent", "controller", "proxy", "fuzz", "edge", "scheduler")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections")
     p.add_argument("--fuzz-examples", type=int, default=0, help="default 1500 (quick: 300); 5000 takes ~13 min here")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile pass on missed extender targets")
+    p.add_argument("--scheduler", action="store_true", help="only the scheduler-throughput section (real "
+                   "kube-scheduler + kwok nodes; builds hack/k8s binaries on first use; ~25 min, --quick ~8 min)")
     a = p.parse_args(argv)
-    only = {s.strip() for s in a.only.split(",") if s.strip()}
+    only = {s.strip() for s in ("scheduler" if a.scheduler else a.only).split(",") if s.strip()}
     unknown = only - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "notes": [],
     }
+    if only != set(SECTIONS):  # a partial run gets its own file: never overwrites a full run's
+        res["suffix"] = "-" + "-".join(s for s in SECTIONS if s in only)
     with tempfile.TemporaryDirectory(prefix="flexinfer-bench-") as d:
         work = Path(d)
         if "extender" in only:
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                 res["notes"] += edge_bench.notes(res["edge"])
             except Exception as e:
                 res["notes"].append(f"edge bench failed: {type(e).__name__}: {e}")
+        if "scheduler" in only:  # real kube-scheduler with and without the extender, kwok nodes
+            try:
+                res["scheduler"] = scheduler_bench.run(progress, quick=a.quick)
+            except Exception as e:
+                res["notes"].append(f"scheduler bench failed: {type(e).__name__}: {e}")
         if "fuzz" in only:
             res["fuzz"] = fuzz.run(a.fuzz_examples or (300 if a.quick else 1500), progress,
                                    timeout_s=120 if a.quick else 300)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import proxy_bench
+from bench import proxy_bench, scheduler_bench
 from bench.machine import machine_line
 
 
@@ -110,6 +110,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         "writes/min", detail=f"{w['writes']} writes in {w['samples']} samples ({w['writes_per_hour']}/h)" if w else "")
     if "proxy" in res:
         for name, measured, limit, unit, detail in proxy_bench.targets(res):
+            add(name, measured, limit, unit, detail=detail)
+    if "scheduler" in res:
+        for name, measured, limit, unit, detail in scheduler_bench.targets(res):
             add(name, measured, limit, unit, detail=detail)
     return out
 
@@ -245,6 +248,7 @@ def markdown(res: dict[str, Any]) -> str:
                       f"pass: {ctl.get('deployments_running_after')} (activated members running: "
                       f"{ctl.get('activated_members_running')})."]
     lines += proxy_bench.markdown_lines(res.get("proxy"))
+    lines += scheduler_bench.markdown_lines(res.get("scheduler"))
     fz = res.get("fuzz")
     if fz:
         lines += ["", "## Fuzz (hypothesis)", "", f"`{fz['command']}` with FLEXINFER_FUZZ_EXAMPLES={fz['examples']}: "
@@ -268,7 +272,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 def write(res: dict[str, Any], outdir: Path) -> tuple[Path, Path]:
     outdir.mkdir(parents=True, exist_ok=True)
-    stem = f"{res['date']}-{res['machine']['host']}" + ("-quick" if res["mode"] == "quick" else "")
+    quick = "-quick" if res["mode"] == "quick" else ""
+    stem = f"{res['date']}-{res['machine']['host']}{res.get('suffix', '')}{quick}"
     j = outdir / f"{stem}.json"
     md = outdir / f"{stem}.md"
     j.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")

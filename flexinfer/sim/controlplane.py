@@ -84,6 +84,20 @@ class ControlPlaneError(RuntimeError):
 # --- binaries ------------------------------------------------------------------------------------------
 
 
+def pinned_versions() -> dict[str, str]:
+    """The component versions hack/k8s/go.mod pins (kubernetes, etcd, kwok)."""
+    mods = {"k8s.io/kubernetes": "kubernetes", "go.etcd.io/etcd/server/v3": "etcd", "sigs.k8s.io/kwok": "kwok"}
+    out: dict[str, str] = {}
+    try:
+        for line in (BUILD_SCRIPT.parent / "go.mod").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] in mods and parts[1].startswith("v"):
+                out[mods[parts[0]]] = parts[1]
+    except OSError:
+        pass
+    return out
+
+
 def ensure_binaries(build: bool = True, timeout_s: float = 3600.0) -> Path:
     """The directory holding the pinned binaries: ``$FLEXINFER_K8S_BIN`` if set, else the build cache,
     building it first with ``hack/k8s/build.sh`` (minutes on a clean machine, instant when cached).
@@ -438,7 +452,8 @@ def extender_tls_files(variant: str) -> dict[str, str]:
 
 
 def scheduler_config(variant: str, extender_url: str | None, kubeconfig: Path, *, tls_dir: Path | None = None,
-                     extender_overrides: Mapping[str, Any] | None = None) -> JSON:
+                     extender_overrides: Mapping[str, Any] | None = None,
+                     client_connection: Mapping[str, Any] | None = None) -> JSON:
     """The shipped KubeSchedulerConfiguration (`default`: the patched default scheduler; `second`: the
     flexinfer-scheduler profile) with only what depends on where it runs changed: the extender's
     `urlPrefix` (-> `extender_url`), the directory of its tlsConfig files (-> `tls_dir`, same file names;
@@ -446,9 +461,11 @@ def scheduler_config(variant: str, extender_url: str | None, kubeconfig: Path, *
     cluster /etc/kubernetes/scheduler.conf or the pod's service account). `serverName`, timeouts,
     weights, managed resources stay as shipped. `extender_url=None` removes the extender (the bench's
     baseline: same scheduler, same profile, no extender). `extender_overrides` changes named extender
-    fields (e.g. ``{"nodeCacheCapable": False}``) for tests of the documented alternatives."""
+    fields (e.g. ``{"nodeCacheCapable": False}``) for tests of the documented alternatives;
+    `client_connection` adds clientConnection fields (the bench's `qps`/`burst` variant)."""
     cfg = shipped_scheduler_config(variant)
     cfg.setdefault("clientConnection", {})["kubeconfig"] = str(kubeconfig)
+    cfg["clientConnection"].update(client_connection or {})
     if extender_url is None:
         cfg.pop("extenders", None)
         return cfg
@@ -497,6 +514,7 @@ class ControlPlane:
         self.ports = Ports()
         self.pki = Pki(self.workdir / "pki")
         self.procs: dict[str, Process] = {}
+        self.scheduler_ports: dict[str, int] = {}  # kube-scheduler process name -> its secure port
         self._api: Any = None
         self._lock = threading.Lock()
         self.started = False
@@ -545,6 +563,16 @@ class ControlPlane:
             return status, json.loads(raw) if raw else {}
         except ValueError:
             return status, raw.decode("utf-8", "replace")
+
+    def component_metrics(self, port: int) -> str:
+        """/metrics of a control-plane component's secure port (kube-scheduler), as admin (the component asks
+        kube-apiserver to authenticate and authorize the client certificate)."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # its self-signed serving certificate, loopback only
+        ctx.load_cert_chain(str(self.pki.cert("admin")), str(self.pki.key("admin")))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=ctx) as r:
+            return r.read().decode()
 
     def binary(self, name: str) -> str:
         assert self.bin_dir is not None
@@ -744,8 +772,10 @@ class ControlPlane:
             "--use-service-account-credentials=true", f"--controllers={self.controllers}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--leader-elect=false",
             f"--cert-dir={self.workdir / 'kcm-certs'}", "--profiling=false",
-            # fast enough for tests, as kind/kwokctl set them
+            # fast enough for tests, as kind/kwokctl set them; the client rate limit (default 20/s per
+            # controller) would take minutes to lift the not-ready taint admission puts on 5000 new Nodes
             "--concurrent-deployment-syncs=5", "--concurrent-replicaset-syncs=5",
+            "--kube-api-qps=200", "--kube-api-burst=400",
             f"--v={self.verbosity}",
         ], supervise=True)
         wait_until("kube-controller-manager /healthz",
@@ -782,6 +812,7 @@ class ControlPlane:
     def start_scheduler(self, variant: str = "default", extender_url: str | None = None, *,
                         name: str = "kube-scheduler", extender_overrides: Mapping[str, Any] | None = None,
                         as_service_account: tuple[str, str] | None = None, tls_dir: Path | None = None,
+                        client_connection: Mapping[str, Any] | None = None,
                         extra_args: Iterable[str] = ()) -> Process:
         """Start (or restart) kube-scheduler with a shipped configuration (see `scheduler_config`). The
         default profile runs with the system:kube-scheduler certificate as on a kubeadm control plane; the
@@ -794,10 +825,12 @@ class ControlPlane:
             kc = self.service_account_kubeconfig(*as_service_account)
         else:
             kc = self.kubeconfig("kube-scheduler")
-        cfg = scheduler_config(variant, extender_url, kc, tls_dir=tls_dir, extender_overrides=extender_overrides)
+        cfg = scheduler_config(variant, extender_url, kc, tls_dir=tls_dir, extender_overrides=extender_overrides,
+                               client_connection=client_connection)
         cfg_path = self.workdir / f"{name}-config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         port = free_port()
+        self.scheduler_ports[name] = port
         argv = [self.binary("kube-scheduler"), f"--config={cfg_path}", "--bind-address=127.0.0.1",
                 f"--secure-port={port}", f"--v={self.verbosity}", *extra_args]
         if as_service_account is None:

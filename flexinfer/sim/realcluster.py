@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -44,7 +45,7 @@ from flexinfer.sim.controlplane import (
     shipped_scheduler_config,
     wait_until,
 )
-from flexinfer.state import decode_state
+from flexinfer.state import decode_state, rfc3339
 
 log = logs.get("flexinfer.sim.realcluster")
 
@@ -53,18 +54,30 @@ NAMESPACE = "flexinfer-system"
 RESOURCE_VENDOR = keys.GPU_RESOURCES
 
 
-def kwok_node_objects(fleet: Fleet, names: Iterable[str] | None = None) -> list[JSON]:
-    """The Node objects a fleet's kubelets (+ device plugins) would register, annotated for kwok. Pure."""
+def kwok_node_objects(fleet: Fleet, names: Iterable[str] | None = None, *, published: bool = False,
+                      now: float | None = None, ready: bool = False) -> list[JSON]:
+    """The Node objects a fleet's kubelets (+ device plugins) would register, annotated for kwok; with
+    `published` also the labels and annotations its agent would write at `now` (the bench, which runs no
+    agents). Pure."""
     wanted = set(names) if names is not None else None
     out = []
-    for obj in fleet_node_objects(fleet, published=False):
+    for obj in fleet_node_objects(fleet, now, published=published):
         if wanted is not None and obj["metadata"]["name"] not in wanted:
             continue
         obj = {"apiVersion": "v1", "kind": "Node", **obj}
         obj["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}),
                                           KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]}
         obj["metadata"]["labels"].setdefault("type", "kwok")
-        obj["status"]["conditions"] = []  # kwok's node-initialize stage makes it Ready
+        if ready:
+            # registered Ready, as a kubelet that is up reports itself: kwok's heartbeat stage (phase Running,
+            # Ready) keeps it so, and thousands of Nodes need no initialization round
+            stamp = rfc3339(time.time() if now is None else now)
+            obj["status"]["phase"] = "Running"
+            obj["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                            "message": "kwok", "lastHeartbeatTime": stamp,
+                                            "lastTransitionTime": stamp}]
+        else:
+            obj["status"]["conditions"] = []  # kwok's node-initialize stage makes it Ready
         out.append(obj)
     return out
 
@@ -256,22 +269,27 @@ class RealCluster:
         self._tls_made = True
 
     def start_scheduler(self, variant: str = "default", *, name: str | None = None,
-                        extender_url: str | None = None, **kwargs: Any) -> Process:
+                        extender_url: str | None = None, extender: bool = True, **kwargs: Any) -> Process:
         """kube-scheduler with the shipped `variant` config pointed at this cluster's extender (or
-        `extender_url`, e.g. a recording proxy that presents the extender's certificate)."""
+        `extender_url`, e.g. a recording proxy that presents the extender's certificate); `extender=False`
+        removes the extender stanza (the bench's baseline)."""
         self.make_extender_tls()
         name = name or ("kube-scheduler" if variant == "default" else "flexinfer-scheduler")
-        return self.cp.start_scheduler(variant, extender_url or self.extender_url, name=name,
-                                       tls_dir=self.tls_dir if self.tls else None, **kwargs)
+        url = (extender_url or self.extender_url) if extender else None
+        return self.cp.start_scheduler(variant, url, name=name, tls_dir=self.tls_dir if self.tls else None,
+                                       **kwargs)
 
     @property
     def extender_grpc(self) -> str:
         return f"127.0.0.1:{self.extender_grpc_port}"
 
     # -- whole cluster --------------------------------------------------------------------------------
-    def start(self, *, agents: bool = True, extender: bool = True) -> RealCluster:
+    def start(self, *, nodes: bool = True, agents: bool = True, extender: bool = True) -> RealCluster:
+        """Install the shipped CRD/RBAC; register the fleet's Nodes, start the load simulator, the agents and
+        the extender (each optional; the bench registers its own Nodes with what agents would publish)."""
         self.cp.install_flexinfer()
-        self.register_nodes()
+        if nodes:
+            self.register_nodes()
         self.load = GpuLoad(self.api, self.fleet, self.fleet_path).start()
         if agents:
             self.start_agents()
@@ -447,8 +465,9 @@ class RealCluster:
         time.sleep(0.3)  # the extender's node watch delivers within milliseconds
 
     # -- extender ----------------------------------------------------------------------------------------------
-    def start_extender(self, port: int | None = None, wait: bool = True) -> Process:
-        """flexinfer-extender as its ServiceAccount on 127.0.0.1 (same port across restarts)."""
+    def start_extender(self, port: int | None = None, wait: bool = True, profile_to: Path | None = None) -> Process:
+        """flexinfer-extender as its ServiceAccount on 127.0.0.1 (same port across restarts); with `profile_to`
+        under cProfile (the stats are written when it is stopped with SIGTERM)."""
         self.extender_port = port or self.extender_port or free_port()
         self.extender_grpc_port = self.extender_grpc_port or free_port()
         self.extender_probe_port = self.extender_probe_port or free_port()
@@ -459,8 +478,11 @@ class RealCluster:
             d = self.tls_dir
             tls = ["--tls-cert", str(d / "extender.crt"), "--tls-key", str(d / "extender.key"),
                    "--client-ca-file", str(d / "client-ca.crt")]
+        entry = python_entry_point("flexinfer-extender")
+        if profile_to is not None:
+            entry = [sys.executable, "-m", "cProfile", "-o", str(profile_to), *entry]
         proc = self.cp.spawn("flexinfer-extender", [
-            *python_entry_point("flexinfer-extender"), "--kubeconfig", str(kc), "--bind-address", "127.0.0.1",
+            *entry, "--kubeconfig", str(kc), "--bind-address", "127.0.0.1",
             "--http-port", str(self.extender_port), "--grpc-port", str(self.extender_grpc_port),
             "--read-only-port", str(self.extender_probe_port), *tls, "--log-format", "json", *self.extender_args,
         ])
