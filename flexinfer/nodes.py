@@ -120,6 +120,20 @@ def view_of(obj: dict[str, Any]) -> NodeView:
 
 
 DEFAULT_MEMO_NODES = 5000  # Kubernetes' largest supported cluster size
+MAX_MEMO_VIEW_BYTES = 64 * 1024  # a real Node's labels + our state: a few KiB; larger views are parsed each time
+DEFAULT_MEMO_BYTES = 64 * 1024 * 1024  # all views together (5000 nodes at ~13 KiB each)
+
+
+def view_bytes(view: NodeView) -> int:
+    """Roughly what a NodeView keeps in memory: its texts (the labels it copied, the agent status, the parse error)
+    plus a fixed cost per label and per GPU. What the memo bounds; exact object sizes do not matter."""
+    labels = view.labels
+    n = 256 + len(view.name) + len(view.error) + len(view.agent_status) + 64 * len(labels)
+    n += sum(map(len, labels)) + sum(map(len, labels.values()))  # in C: the full-Nodes request path calls this
+    if view.state is not None:
+        for g in view.state.gpus:
+            n += 256 + len(g.uuid) + len(g.arch) + len(g.product) + len(g.reason) + sum(64 + len(p) for p in g.pods)
+    return n
 
 
 class NodeViewMemo:
@@ -128,21 +142,27 @@ class NodeViewMemo:
     In full-Nodes mode without an informer, kube-scheduler re-sends the same Node objects every cycle;
     the API server gives every change of a Node a new resourceVersion, so a view parsed from
     (name, rv) is valid for any later request carrying the same pair. One entry per node name (a new
-    rv replaces the old entry), at most `max_nodes` names, least recently used dropped first. An
-    empty resourceVersion is never memoised (nothing proves two such objects are equal).
+    rv replaces the old entry), at most `max_nodes` names and `max_bytes` of views (`view_bytes`), least recently
+    used dropped first. A view over `max_view_bytes` (huge labels or annotation texts: a request can carry
+    anything) is never memoised, nor is an empty resourceVersion (nothing proves two such objects are equal).
 
     Separate from the informer's NodeCache on purpose: `NodeCache.get_if_current` answers only for
     what the watch delivered; this memo only for what requests carried.
     """
 
-    def __init__(self, max_nodes: int = DEFAULT_MEMO_NODES) -> None:
+    def __init__(self, max_nodes: int = DEFAULT_MEMO_NODES, *, max_bytes: int = DEFAULT_MEMO_BYTES,
+                 max_view_bytes: int = MAX_MEMO_VIEW_BYTES) -> None:
         if max_nodes < 1:
             raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
         self.max_nodes = max_nodes
+        self.max_bytes = max_bytes
+        self.max_view_bytes = min(max_view_bytes, max_bytes)
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[str, NodeView]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, NodeView, int]] = OrderedDict()
+        self.bytes = 0  # view_bytes of the entries
         self.hits = 0
         self.misses = 0
+        self.oversized = 0  # views not memoised for their size
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -163,11 +183,18 @@ class NodeViewMemo:
     def put(self, name: str, resource_version: str, view: NodeView) -> None:
         if not resource_version:
             return
+        size = view_bytes(view)
         with self._lock:
-            self._entries[name] = (resource_version, view)
-            self._entries.move_to_end(name)
-            while len(self._entries) > self.max_nodes:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(name, None)
+            if old is not None:
+                self.bytes -= old[2]
+            if size > self.max_view_bytes:
+                self.oversized += 1
+                return
+            self._entries[name] = (resource_version, view, size)
+            self.bytes += size
+            while len(self._entries) > self.max_nodes or self.bytes > self.max_bytes:
+                self.bytes -= self._entries.popitem(last=False)[1][2]
 
 
 def load_node_objects(path: str | Path, now: float | None = None) -> list[dict[str, Any]]:
