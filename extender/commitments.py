@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from .pod import PodRequirements
 
 EMPTY: Mapping[int, int] = {}
+# The pods the extender watches (and `flexinfer explain --cluster` lists): bound, unfinished. A pod leaving the
+# selection (finished) arrives in the watch as DELETED.
+BOUND_PODS_SELECTOR = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 Node sources: `--nodes-from FILE` (static: NodeList/Node JSON or YAML, or a fleet file) or the API
 server (`--kube-server URL` > in-cluster > `--kubeconfig`), watched by flexinfer.kube.Informer.
-With the API server, pods are watched too, to confirm and release VRAM reservations.
+With the API server, bound pods are watched too: their VRAM is committed while they are bound (extender/commitments.py).
 
 In static mode GPU state never refreshes, so staleness is not checked unless
 `--max-state-age-seconds` is given explicitly.
@@ -35,6 +35,7 @@ from flexinfer.errors import ParseError, ValidationError
 from flexinfer.nodes import NodeViewMemo
 
 from .cache import NodeCache
+from .commitments import BOUND_PODS_SELECTOR
 from .http import DEFAULT_LIMITS, ExtenderApp, serve_in_thread, uvicorn_config
 from .listener import Limits
 from .policy import STRATEGIES, PolicyConfig
@@ -101,9 +102,8 @@ def build(
         api = running.api = kube.api_client(kube_server, kubeconfig)
         nodes = kube.Informer(api, "nodes", cache.on_event)
         cache.source_healthy = lambda: bool(nodes.healthy)
-        # Bound, unfinished pods (pods leaving this selection arrive as DELETED).
-        pods = kube.Informer(api, "pods", extender.on_pod_event,
-                             field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")
+        # Bound, unfinished pods (pods leaving this selection arrive as DELETED): their VRAM is committed.
+        pods = kube.Informer(api, "pods", extender.on_pod_event, field_selector=BOUND_PODS_SELECTOR)
         running.informers = [nodes.start(), pods.start()]
     return running
 

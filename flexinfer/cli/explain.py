@@ -59,6 +59,20 @@ def load_pod(target: str, kube_server: str | None, kubeconfig: str | None, names
     return pod_from_model_doc(obj) if not kind.startswith("pod") else obj
 
 
+def bound_pods(kube_server: str | None, kubeconfig: str | None) -> list[dict[str, Any]]:
+    """The cluster's bound, unfinished pods, as the extender watches them; [] (with a note) when they cannot be
+    listed: then only the agents' numbers count."""
+    from flexinfer import kube
+    from flexinfer.extender.commitments import BOUND_PODS_SELECTOR
+
+    try:
+        api = kube.api_client(server=kube_server, kubeconfig=kubeconfig)
+        return kube.list_objects(api, "pods", field_selector=BOUND_PODS_SELECTOR)
+    except kube.KubeError as e:
+        click.echo(f"note: cannot list pods ({e}); VRAM committed to bound pods is not counted", err=True)
+        return []
+
+
 @click.command()
 @click.argument("target")
 @source_options
@@ -102,6 +116,9 @@ def explain(target: str, fleet: str | None, nodes_from: str | None, cluster: boo
         cache = NodeCache()
         cache.replace_all(node_objects(fleet, nodes_from, cluster, kube_server, kubeconfig, now))
         ext = Extender(cache, PolicyConfig(strategy=strategy, max_state_age_seconds=max_state_age_seconds))
+        if not nodes_from and (cluster or kube_server or kubeconfig):
+            # the VRAM the extender commits to bound pods (extender/commitments.py), from the same cluster
+            ext.on_pod_event("SYNC", {"items": bound_pods(kube_server, kubeconfig)})
         try:
             req = requirements_from_dict(pod)
         except (ParseError, ValueError) as e:

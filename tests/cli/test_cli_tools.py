@@ -53,3 +53,30 @@ def test_activate_sets_the_annotation(fake_api):
     assert missing.exit_code == 1 and "not found" in missing.output
     api = kube.api_client(server=fake_api.url)
     assert kube.get_object(api, "models", "m", "ai") is not None
+
+
+@pytest.mark.integration
+def test_explain_from_a_cluster_counts_vram_committed_to_bound_pods(fake_api, tmp_path):
+    """`explain --kube-server` applies the extender's accounting: a bound pod's estimate is committed on its GPU
+    whether or not its model shows in the agent's numbers yet."""
+    import time
+
+    from tests.extender.ext_fixtures import gpu, model_pod, node_obj
+
+    fake_api.put_object({"apiVersion": "v1", "kind": "Node",
+                         **node_obj("ada", [gpu(0, total=24576, free=24000)], time.time())})
+    pod_file = tmp_path / "pod.yaml"
+    pod_file.write_text(json.dumps(model_pod(12000, "llamacpp", 1, uid="next", name="next")))
+
+    def verdict() -> dict:
+        res = CliRunner().invoke(cli, ["explain", str(pod_file), "--kube-server", fake_api.url, "-o", "json"])
+        assert res.exit_code in (0, 20), res.output
+        (row,) = json.loads(res.stdout)
+        return row
+
+    assert verdict()["verdict"] == "pass"
+    fake_api.put_object({"apiVersion": "v1", "kind": "Pod",
+                         **model_pod(16000, "llamacpp", 1, uid="lazy", name="lazy", node_name="ada")})
+    row = verdict()
+    assert row["verdict"] == "failed" and row["reason"] == (
+        "needs 12000 MiB on one GPU; best GPU has 8576 MiB free (16000 MiB committed to bound pods)")
