@@ -9,7 +9,7 @@ which is the race itself. So exactly one replica — the holder of the Lease `fl
 tentative reservations and answers the scheduling verbs; a follower forwards the request body unchanged to
 the holder (mutual TLS, keep-alive connection) and passes its answer back. Every replica stays Ready
 (rolling updates and the PodDisruptionBudget keep working) and keeps its caches and the pod watch warm, so
-bound pods' reservations are already there when it takes over.
+bound pods' commitments (extender/commitments.py) are already there when it takes over.
 
 Failover:
 * graceful (SIGTERM, rollout, drain): the holder stops answering (503, kube-scheduler retries), waits
