@@ -3,10 +3,13 @@
 annotations of `--rate` percent of them every second (free memory moves, a new observation time), as N
 agents publishing would. The extender under test watches these Nodes through its informer.
 
+With `--bound-percent P`, P % of the GPU Nodes also run one bound, Running model pod each (the pods the extender
+watches and commits VRAM for), so most GPU nodes hold a commitment, as in a busy cluster.
+
 Prints `{"url": ...}` on stdout once the Nodes are in; on stdin EOF stops and prints `{"patches": n,
 "seconds": s}`.
 
-    python -m bench.churn_proc --nodes 5000 --rate 5 [--cpu 1]
+    python -m bench.churn_proc --nodes 5000 --rate 5 [--cpu 1] [--bound-percent 60]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--rate", type=float, default=5.0, help="percent of the Nodes patched per second")
     p.add_argument("--cpu", type=int, default=-1)
+    p.add_argument("--bound-percent", type=float, default=0.0, help="percent of the GPU Nodes running a model pod")
     a = p.parse_args(argv)
     if a.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {a.cpu})
@@ -62,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     with FakeApiServer(history_limit=50000) as fake:
         for obj in items:
             fake.put_object({"apiVersion": "v1", "kind": "Node", **obj})
+        gpu_nodes = [i["metadata"]["name"] for i in items if fleet[i["metadata"]["name"]]]
+        for k, name in enumerate(random.Random(2).sample(gpu_nodes, round(len(gpu_nodes) * a.bound_percent / 100))):
+            pod = workload.managed_pod(f"bound-model-{k}-abcde", vram_mib=(4000, 8000, 12000)[k % 3])
+            pod["metadata"]["uid"] = f"bound-{k}"
+            fake.put_object({"apiVersion": "v1", "kind": "Pod", **pod,
+                             "spec": {**pod["spec"], "nodeName": name}, "status": {"phase": "Running"}})
         sys.stdout.write(json.dumps({"url": fake.url}) + "\n")
         sys.stdout.flush()
         started = time.monotonic()

@@ -428,6 +428,9 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
         res["hostile"] = hostile_run(warm, cold, progress, scale=plan.hostile_scale)
         res["server_rss_mib"]["extender-warm-after-hostile"] = res["hostile"]["rss_after_mib"]
     res["churn"] = churn(plan, workdir, progress=progress, client_cpu=s["client_cpu"], server_cpu=s["server_cpu"])
+    # the same with a bound model pod on 60 % of the GPU nodes: their VRAM is committed (no per-request work)
+    res["churn_bound"] = churn(plan, workdir, progress=progress, client_cpu=s["client_cpu"],
+                               server_cpu=s["server_cpu"], bound_percent=60.0)
     res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return res
 
@@ -557,15 +560,30 @@ def churn_shapes() -> list[dict[str, Any]]:
             for k, (v, b, g) in enumerate(specs)]
 
 
-def churn(plan: Plan, workdir: Path, *, progress: Any, client_cpu: int, server_cpu: int) -> dict[str, Any]:
+def _held(srv: Server) -> float:
+    """Bound pods the extender holds VRAM for (its committed-pods gauge; reservations on extenders before it)."""
+    try:
+        with urllib.request.urlopen(srv.base + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    found = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+             if line.startswith(("flexinfer_extender_committed_pods ", "flexinfer_extender_reservations "))}
+    return found.get("flexinfer_extender_committed_pods", found.get("flexinfer_extender_reservations", 0.0))
+
+
+def churn(plan: Plan, workdir: Path, *, progress: Any, client_cpu: int, server_cpu: int,
+          bound_percent: float = 0.0) -> dict[str, Any]:
     """Issue 16 target 2: an agent heartbeat fleet (`plan.churn_rate` % of the Nodes get new GPU annotations every
     second, through the extender's watch on a fake API server), 10 pod shapes in rotation, prioritize (with the
-    nodes filter passed) after each filter as kube-scheduler does; extender and floor interleaved."""
+    nodes filter passed) after each filter as kube-scheduler does; extender and floor interleaved. `bound_percent`:
+    that share of the GPU nodes runs a bound model pod (committed VRAM), waited for before measuring."""
     n = max(plan.sizes)
-    progress(f"churn: fake API server with {n} Nodes, {plan.churn_rate:g} % patched per second")
+    progress(f"churn: fake API server with {n} Nodes, {plan.churn_rate:g} % patched per second"
+             + (f", a bound model pod on {bound_percent:g} % of the GPU nodes" if bound_percent else ""))
     api = subprocess.Popen([sys.executable, "-m", "bench.churn_proc", "--nodes", str(n), "--rate",
-                            str(plan.churn_rate), "--cpu", str(client_cpu)], cwd=ROOT, stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE)
+                            str(plan.churn_rate), "--cpu", str(client_cpu), "--bound-percent", str(bound_percent)],
+                           cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     started: list[Server] = []
     try:
         assert api.stdout is not None and api.stdin is not None
@@ -575,6 +593,13 @@ def churn(plan: Plan, workdir: Path, *, progress: Any, client_cpu: int, server_c
         started.append(ext)
         floor = start_server("floor-churn", "floor", workdir, cpu=server_cpu, log_level=plan.log_level)
         started.append(floor)
+        held = 0.0
+        if bound_percent:
+            deadline = time.monotonic() + 60
+            while (held := _held(ext)) < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.0)  # the rest of the pod list
+            held = _held(ext)
         names = [f"node-{i:05d}" for i in range(n)]
         pods = churn_shapes()
         bodies = [workload.args_nodenames(pod, names) for pod in pods]
@@ -613,6 +638,7 @@ def churn(plan: Plan, workdir: Path, *, progress: Any, client_cpu: int, server_c
         done = json.loads(api.stdout.readline() or "{}")
         inside = server_side_ms(ext.log_path)
         return {"nodes": n, "rate_percent_per_s": plan.churn_rate, "seconds": plan.churn_seconds, "pods": i,
+                "bound_percent": bound_percent, "bound_pods_held": held,
                 "patches": done.get("patches"), "patch_seconds": done.get("seconds"),
                 "extender_cpu_seconds": round(cpu, 2), "rss_mib": round(ext.rss_mib(), 1),
                 **{k: summary_ms(v) for k, v in lat.items()},

@@ -53,6 +53,8 @@ def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     new_shape = rows[("names", "filter")]
     assert sum(new_shape["extender-new-shape"]["verdicts"].values()) == 20 and new_shape["floor-new-shape"]["n"] > 0
     assert res["churn"]["pods"] >= 20 and res["churn"]["filter"]["n"] > 0 and res["churn"]["server-filter"]["n"] > 0
+    bound = res["churn_bound"]  # the same with bound model pods on 60 % of the GPU nodes: their VRAM committed
+    assert bound["bound_pods_held"] > 0 and bound["filter"]["n"] > 0 and bound["server-prioritize"]["n"] > 0
     assert res["rss_shapes"]["shapes"] == 100 and res["rss_shapes"]["rss_after_mib"] > 0
     assert res["hostile"]["gfx_targets"]["verdict_series"] < 20  # 50 invented gfx targets here: a closed set
     assert all(g["floor"]["n"] > 0 for g in res["grpc"])  # grpcio's own cost next to the extender's
