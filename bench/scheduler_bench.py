@@ -220,7 +220,10 @@ def one_run(cp: ControlPlane, cluster: RealCluster, mode: str, variant: str, pod
     """Throughput: `pods` created while no scheduler runs, then kube-scheduler started: pods/s = pods /
     (last binding - first binding). Latency: then `paced_pods` created at `rate_per_s` (below both modes'
     throughput) with the scheduler running: creation -> binding p50/p99."""
+    import os
+
     api = cp.admin_api()
+    load_before = os.getloadavg()[0]
     cp.stop_scheduler()
     with BindWatch(api, run, pods) as watch:
         create_pods(cp, range(pods), run)
@@ -246,6 +249,7 @@ def one_run(cp: ControlPlane, cluster: RealCluster, mode: str, variant: str, pod
     delete_pods(cp, paced_run)
     return {
         "mode": mode, "variant": variant, "pods": pods, "bound": drained,
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # other work on the machine shows here
         "pods_per_s": round((drained - 1) / span, 1) if drained > 1 and span > 0 else 0.0,
         "paced_pods": paced_pods, "paced_rate_per_s": rate_per_s, "paced_bound": len(waits),
         "wait_p50_ms": round(percentile(waits, 50) * 1000, 1), "wait_p99_ms": round(percentile(waits, 99) * 1000, 1),
@@ -359,7 +363,7 @@ def run(progress: Callable[[str], None], quick: bool = False, sizes: tuple[int, 
                           and r["extender_cost"] > TARGET_MAX_COST]
                 if missed:
                     progress(f"scheduler bench: target missed at {n} nodes ({missed[0]['variant']}): one more "
-                             "extender run under cProfile")
+                             "extender run sampled by py-spy")
                     out["profile"] = {"nodes": n, "variant": missed[0]["variant"],
                                       **profile_extender(cp, cluster, missed[0]["variant"], pods, f"profile-{n}")}
         cp.stop_scheduler()
@@ -378,18 +382,19 @@ def summarize(runs: list[JSON]) -> list[JSON]:
                    for m in ("extender", "none")}
         if not all(by_mode.values()):
             continue
-        tput = {m: statistics.median(r["pods_per_s"] for r in rs) for m, rs in by_mode.items()}
-        p99 = {m: statistics.median(r["wait_p99_ms"] for r in rs) for m, rs in by_mode.items()}
+        tput = {m: round(statistics.median(r["pods_per_s"] for r in rs), 1) for m, rs in by_mode.items()}
+        p99 = {m: round(statistics.median(r["wait_p99_ms"] for r in rs), 1) for m, rs in by_mode.items()}
         cost = 1 - tput["extender"] / tput["none"] if tput["none"] else None
         rows.append({"nodes": n, "variant": variant,
                      "pods_per_s_extender": tput["extender"], "pods_per_s_none": tput["none"],
                      "wait_p99_ms_extender": p99["extender"], "wait_p99_ms_none": p99["none"],
                      "extender_cost": round(cost, 3) if cost is not None else None,
-                     "extender_ms_per_pod": statistics.median(r["extender_ms_per_pod"] for r in by_mode["extender"]),
-                     "scheduler_ms_per_attempt_extender": statistics.median(
-                         r["scheduler_ms_per_attempt"] or 0 for r in by_mode["extender"]),
-                     "scheduler_ms_per_attempt_none": statistics.median(
-                         r["scheduler_ms_per_attempt"] or 0 for r in by_mode["none"]),
+                     "extender_ms_per_pod": round(statistics.median(
+                         r["extender_ms_per_pod"] for r in by_mode["extender"]), 2),
+                     "scheduler_ms_per_attempt_extender": round(statistics.median(
+                         r["scheduler_ms_per_attempt"] or 0 for r in by_mode["extender"]), 2),
+                     "scheduler_ms_per_attempt_none": round(statistics.median(
+                         r["scheduler_ms_per_attempt"] or 0 for r in by_mode["none"]), 2),
                      "cpu_ms_per_pod": {m: _median_dicts([r.get("cpu_ms_per_pod") or {} for r in rs])
                                         for m, rs in by_mode.items()}})
     return rows
@@ -441,12 +446,13 @@ def markdown_lines(sc: JSON | None) -> list[str]:
             lines.append(f"| {r['nodes']} | {r['variant']} | {mode} | " + " | ".join(cells)
                          + f" | {round(sum(cpu.values()), 2)} |")
     lines += ["", "Every run:", "", "| nodes | variant | mode | run | pods/s | wait p50 / p99 ms | bound | "
-              "extender filter / prioritize requests | scheduler attempts |", "|---|---|---|---|---|---|---|---|---|"]
+              "extender filter / prioritize requests | scheduler attempts | load avg before / after |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sc.get("runs", []):
         lines.append(f"| {r['nodes']} | {r['variant']} | {r['mode']} | {r['rep'] + 1} | {r['pods_per_s']} "
                      f"| {r['wait_p50_ms']} / {r['wait_p99_ms']} | {r['bound']}/{r['pods']} "
                      f"| {r['extender_filter_requests']} / {r['extender_prioritize_requests']} "
-                     f"| {r['scheduler_attempts']} |")
+                     f"| {r['scheduler_attempts']} | {' / '.join(map(str, r.get('loadavg_1m') or []))} |")
     prof = sc.get("profile")
     if prof and "run" in prof:
         r = prof["run"]
