@@ -98,7 +98,7 @@ t_all=$SECONDS
 for t in "${targets[@]}"; do
   name="${t%%=*}" pkg="${t#*=}"
   t0=$SECONDS
-  go build -trimpath -ldflags="$ldflags" -o "$bin/.$name.tmp" "$pkg"
+  go build -trimpath -buildvcs=false -ldflags="$ldflags" -o "$bin/.$name.tmp" "$pkg"
   mv -f "$bin/.$name.tmp" "$bin/$name"
   echo "  built $name in $((SECONDS - t0)) s"
 done
