@@ -71,7 +71,9 @@ class Reservations:
         with self._lock:
             return len(self._by_pod)
 
-    tentative_count = __len__
+    def tentative_count(self) -> int:
+        """Every reservation is tentative (bound pods hold commitments in the node cache instead)."""
+        return len(self)
 
     def get(self, pod: str) -> Reservation | None:
         with self._lock:
