@@ -7,8 +7,8 @@ the proxy bench.
 - ``GET /v1/models``, ``GET /health``;
 - ``POST /v1/chat/completions`` and ``/v1/completions``: ``stream: true`` answers server-sent events, one
   chunk per token, ``token_delay_s`` apart (``first_token_delay_s`` before the first), then ``data: [DONE]``;
-  otherwise one JSON completion (after the same delays unless ``delay_unstreamed`` is off). The number of tokens is ``max_tokens`` (default ``tokens``), at most
-  ``max_tokens_cap``;
+  otherwise one JSON completion (after the same delays unless ``delay_unstreamed`` is off). The number of
+  tokens is ``max_tokens`` (default ``tokens``), at most ``max_tokens_cap``;
 - ``POST /v1/embeddings``: one small vector per input;
 - ``max_model_len``: like vLLM, a request whose ``max_tokens`` is at or above it is rejected with 400
   (no room left for the prompt).

@@ -1,4 +1,5 @@
-"""flexinfer.compat: every compatibility rule of issue 2 / docs/backend-compatibility.md, plus a full matrix invariant."""
+"""flexinfer.compat: every compatibility rule of issue 2 / docs/backend-compatibility.md, plus a full matrix
+invariant."""
 
 from __future__ import annotations
 

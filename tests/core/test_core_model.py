@@ -1,4 +1,5 @@
-"""flexinfer.model: parsing the documented examples (docs/homelab.md), defaults, and every validation error naming its field."""
+"""flexinfer.model: parsing the documented examples (docs/homelab.md), defaults, and every validation error naming
+its field."""
 
 from __future__ import annotations
 
