@@ -10,11 +10,21 @@ The controller answers two questions with the code kube-scheduler itself runs th
 * **Which vendor for ``spec.gpu.vendor: auto``**: the vendor of the best node the model fits on now
   (:func:`choose_vendor`).
 
-The release is credited to the GPUs the holder's pod uses: the agent lists the pods holding each GPU (from
-the kubelet's PodResources API) in ``flexinfer.ai/gpu-state``; on each of them ``min(in use, the holder's
-per-GPU estimate)`` MiB become free. Where the agent cannot tell (no PodResources access), the release goes
-to the ``count`` GPUs of the holder's vendor with the most memory in use: exact on single-GPU nodes (the
-homelab lanes), an assumption on multi-GPU nodes.
+Free memory is counted as the extender counts it (``policy.effective_free``, Kubernetes-requests semantics):
+min(what the agent sees free, total - MiB committed to bound pods), so a bound pod whose model is not loaded yet
+(or loads on the first request, like Ollama) still holds its estimate. The commitments come from the same code
+as the extender's (``extender.commitments``: ``from_pods`` over the pods the caller lists, ``settle`` for
+their GPUs: the agent's attribution, else the policy's pick; there are no reservations outside the extender).
+The controller passes its model pods (label ``flexinfer.ai/model``, every namespace it watches), the proxy
+those of its namespace: pods of other workloads carrying FlexInfer annotations count only once the agent sees
+their memory used.
+
+The release gives back the holder's commitment (its bound pod) on the GPU(s) it holds, and its memory in use
+on the GPUs the holder's pod uses: the agent lists the pods holding each GPU (from the kubelet's PodResources
+API) in ``flexinfer.ai/gpu-state``; on each of them ``min(in use, the holder's per-GPU estimate)`` MiB become
+free. Where the agent cannot tell (no PodResources access), that memory is given back on the ``count`` GPUs of
+the holder's vendor with the most memory in use: exact on single-GPU nodes (the homelab lanes), an assumption
+on multi-GPU nodes.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flexinfer.extender.commitments import Commitments
 from flexinfer.extender.pod import PodRequirements, requirements_from_dict
-from flexinfer.extender.policy import PolicyConfig, evaluate
+from flexinfer.extender.policy import PolicyConfig, commit_gpus, evaluate
 
 from flexinfer import keys
 from flexinfer.nodefilters import node_filter_reject
@@ -119,11 +130,16 @@ def _resource_reject(req: PodRequirements, pod_spec: JSON, node: JSON) -> str | 
 
 
 def place(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterable[Release] = (),
-          config: PolicyConfig | None = None) -> Fit:
+          config: PolicyConfig | None = None, bound: Commitments | None = None) -> Fit:
     """Would `pod` (a rendered model pod) be placed on one of `nodes` now, after `releases`? The best node by
-    the extender's score (ties: name)."""
+    the extender's score (ties: name). `bound`: the VRAM committed to bound pods (``commitments.from_pods``), as the
+    extender counts it (``policy.effective_free``); a release gives back its pod's commitment too."""
     config = config or PolicyConfig()
     req = requirements_from_dict(pod)
+    binpack = config.strategy == "binpack"
+
+    def placer(r: PodRequirements, v: NodeView, committed: Mapping[int, int]) -> tuple[int, ...]:
+        return commit_gpus(r, v, committed, binpack)
     spec = pod.get("spec") or {}
     by_node: dict[str, list[Release]] = {}
     for r in releases:
@@ -137,9 +153,13 @@ def place(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterab
         why = node_filter_reject(spec, node) or _resource_reject(req, spec, node)
         if why is None:
             view = view_of(node)
-            for r in by_node.get(name, ()):
+            released = by_node.get(name, ())
+            committed = None
+            if bound is not None and name in bound.by_node:  # GPUs picked on the node as published, then released
+                committed = bound.settle(name, view, placer, without={r.pod for r in released if r.pod})
+            for r in released:
                 view = released_view(view, r)
-            verdict = evaluate(req, view, now_unix, config, node=name)
+            verdict = evaluate(req, view, now_unix, config, node=name, committed=committed)
             if verdict.feasible:
                 gpu_vendor = next((g.vendor for g in (view.state.gpus if view.state else ())
                                    if g.index in verdict.gpus), "")

@@ -4,12 +4,13 @@ Flow (one pass over a set of keys): snapshot (Models, Deployments, Services, PVC
 model the observed phase (a preemptor not Ready within its coldStartTimeout counts as Failed: rollback) and
 its cache state (:mod:`controller.cache`) -> per group ``(namespace, spec.gpu.shared)`` the pure decision
 (:mod:`controller.groups`; non-group models: serverless), re-made until the member it would start can be
-placed by the extender's policy with the holder's GPU released (:mod:`controller.placement`) -> the vendor
-of ``auto`` models by where they fit -> render (pure) -> apply only what differs -> status patch only when
-it changed (phase, conditions, resolvedVendor, loadingSubstage/loadingProgressAt, cache) and an Event when
-a model is blocked, rolled back or in conflict. ``reconcile_once()`` lists everything from the API and runs
-one pass synchronously (the demo and tests use it); :class:`ControllerLoop` in ``main`` keeps informer
-caches, a work queue of keys and a periodic resync (idle timeouts are time-based).
+placed by the extender's policy, counting the VRAM committed to bound model pods, with the holder's pod and
+its memory released (:mod:`controller.placement`) -> the vendor of ``auto`` models by where they fit -> render
+(pure) -> apply only what differs -> status patch only when it changed (phase, conditions, resolvedVendor,
+loadingSubstage/loadingProgressAt, cache) and an Event when a model is blocked, rolled back or in conflict.
+``reconcile_once()`` lists everything from the API and runs one pass synchronously (the demo and tests use it);
+:class:`ControllerLoop` in ``main`` keeps informer caches, a work queue of keys and a periodic resync (idle
+timeouts are time-based).
 
 State kept in memory (and why it is safe to lose): the time of the last swap per group (recovered on
 start from the members' ``Ready`` conditions with reason ``Preempted``; losing it at worst allows one
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes.client
+from flexinfer.extender.commitments import Commitments, from_pods
 from flexinfer.extender.policy import PolicyConfig
 
 from flexinfer import keys, kube, logs
@@ -167,6 +169,14 @@ class _Pass:
     nodes: list[JSON] | None
     placed: dict[tuple, _Placed] = field(default_factory=dict)
     _views: dict[str, NodeView] | None = None
+    _bound: Commitments | None = None
+
+    def bound(self) -> Commitments:
+        """The VRAM committed to the model pods bound now (the extender's rule, extender.commitments), for the fit
+        checks: a pod bound but not using its memory yet still holds it."""
+        if self._bound is None:
+            self._bound = from_pods(p for pods in self.pods.values() for p in pods)
+        return self._bound
 
     def view(self, node: str) -> NodeView | None:
         if self.nodes is None:
@@ -450,7 +460,7 @@ class Controller:
         vendors = [fixed[0]] if fixed else ["nvidia", "amd"]
         now = self.policy_clock()
         fits = {v: placement.place(placement.pod_of(render.render_deployment(m, 1, v, self.options)), ctx.nodes,
-                                   now, releases=releases, config=self.policy) for v in vendors}
+                                   now, releases=releases, config=self.policy, bound=ctx.bound()) for v in vendors}
         if fixed:
             f = fits[fixed[0]]
             where = f"fits on {f.node} (GPU {','.join(map(str, f.gpus))}, score {f.score})" if f.ok else f.reason

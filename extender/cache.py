@@ -29,7 +29,7 @@ from flexinfer import logs
 from flexinfer.nodes import load_node_objects, view_of
 from flexinfer.state import NodeView
 
-from .commitments import EMPTY, Commitment, Commitments
+from .commitments import EMPTY, Commitment, Commitments, Placer
 from .pod import PodRequirements
 from .policy import commit_gpus, effective_free, static_class
 
@@ -155,9 +155,6 @@ class NodeTable:
             cls.discard(name)
             if not cls.names:
                 del self.classes[cls.key]
-
-
-Placer = Callable[[PodRequirements, NodeView, Mapping[int, int]], tuple[int, ...]]
 
 
 def _binpack_placer(req: PodRequirements, view: NodeView, committed: Mapping[int, int]) -> tuple[int, ...]:
@@ -303,20 +300,11 @@ class NodeCache:
     def _commit_view(self, name: str, view: NodeView) -> Mapping[int, int]:
         """(lock held) GPU index -> MiB committed on `name` as `view` shows it (its attribution), recorded for the
         node; commitments without GPUs get the placer's pick now that the node's GPU state is known."""
-        state = view.state
-        if name not in self.commitments.by_node or state is None or not state.gpus:
+        out = self.commitments.settle(name, view, self.placer)
+        if not out:
             self._committed.pop(name, None)
             return EMPTY
-        placements = state.placements()
-        for c in self.commitments.on(name):
-            if c.gpus is None and c.name not in placements and c.req is not None:
-                c.gpus = self.placer(c.req, view, self.commitments.per_gpu(name, placements))
-                c.req = None
-        out = self.commitments.per_gpu(name, placements)
-        if out:
-            self._committed[name] = out
-        else:
-            self._committed.pop(name, None)
+        self._committed[name] = out
         return out
 
     def _recommit(self, name: str) -> None:

@@ -18,6 +18,9 @@ Which GPUs a bound pod holds, first match wins:
 3. the policy's pick on that node (`policy.commit_gpus`), made once, when the node's GPU state is known (a pod
    bound elsewhere than reserved, or seen first after a restart).
 
+The controller's and the proxy's fit checks use the same table and rules over the pods they list (`from_pods`,
+`Commitments.settle`: rules 1 and 3, there are no reservations outside the extender; controller/placement.py).
+
 The node cache (`extender.cache.NodeCache`) keeps this table and folds each node's committed MiB into the free
 columns of its class table, through the same change log Node updates use, so a commitment costs one row update when
 a pod is bound or goes away, and nothing per request. Not thread-safe by itself: the node cache's lock guards it.
@@ -25,15 +28,22 @@ a pod is bound or goes away, and nothing per request. Not thread-safe by itself:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from .pod import PodRequirements
+from flexinfer.state import NodeView
+
+from .pod import PodRequirements, requirements_from_dict
 
 EMPTY: Mapping[int, int] = {}
 # The pods the extender watches (and `flexinfer explain --cluster` lists): bound, unfinished. A pod leaving the
 # selection (finished) arrives in the watch as DELETED.
 BOUND_PODS_SELECTOR = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+
+# Picks the GPUs of a bound pod neither the agent's attribution nor a reservation names: (its requirements, the
+# node's view, GPU index -> MiB the other bound pods there hold) -> GPU indexes (`policy.commit_gpus`).
+Placer = Callable[[PodRequirements, NodeView, Mapping[int, int]], tuple[int, ...]]
 
 
 @dataclass(slots=True)
@@ -79,14 +89,70 @@ class Commitments:
     def on(self, node: str) -> Iterable[Commitment]:
         return (self.by_node.get(node) or {}).values()
 
-    def per_gpu(self, node: str, placements: Mapping[str, tuple[int, ...]]) -> dict[int, int]:
+    def per_gpu(self, node: str, placements: Mapping[str, tuple[int, ...]],
+                without: Container[str] = ()) -> dict[int, int]:
         """GPU index -> MiB committed on `node`; `placements` ("namespace/pod" -> GPU indexes) is the agent's
-        attribution in the node's current state. Pods whose GPUs are not chosen yet count nowhere."""
+        attribution in the node's current state. Pods whose GPUs are not chosen yet count nowhere; pods named
+        ("namespace/pod") in `without` are left out (a what-if: released)."""
         out: dict[int, int] = {}
         for c in self.on(node):
+            if without and c.name in without:
+                continue
             gpus = placements.get(c.name) if placements else None
             if gpus is None:
                 gpus = c.gpus or ()
             for i in gpus:
                 out[i] = out.get(i, 0) + c.mib_per_gpu
         return out
+
+    def settle(self, node: str, view: NodeView, placer: Placer, without: Container[str] = ()) -> dict[int, int]:
+        """GPU index -> MiB committed on `node` as `view` (its current state) shows it: the agent's attribution,
+        else the GPUs already chosen; a commitment without either gets the placer's pick now that the node's GPU
+        state is known (once: it keeps them). `without`: pods left out of the sum (`per_gpu`). {} without GPU
+        state."""
+        state = view.state
+        if node not in self.by_node or state is None or not state.gpus:
+            return {}
+        placements = state.placements()
+        for c in self.on(node):
+            if c.gpus is None and c.name not in placements and c.req is not None:
+                c.gpus = placer(c.req, view, self.per_gpu(node, placements))
+                c.req = None
+        return self.per_gpu(node, placements, without)
+
+
+def finished(pod: Mapping[str, Any]) -> bool:
+    """Succeeded, Failed or being deleted: the pod holds nothing (the extender's pod watch uncommits it)."""
+    meta = pod.get("metadata")
+    status = pod.get("status")
+    return ((isinstance(status, dict) and status.get("phase") in ("Succeeded", "Failed"))
+            or (isinstance(meta, dict) and bool(meta.get("deletionTimestamp"))))
+
+
+def commitment_of(pod: Mapping[str, Any], req: PodRequirements) -> Commitment | None:
+    """The commitment the pod object holds, GPUs not chosen yet (`req` kept to pick them); None when it holds
+    none: not one of ours, not bound, finished or being deleted, no GPU or no estimate."""
+    spec = pod.get("spec")
+    node = str(spec.get("nodeName") or "") if isinstance(spec, dict) else ""
+    if not node or not req.needs_gpu or req.vram_estimate_mib <= 0 or finished(pod):
+        return None
+    return Commitment(req.key, f"{req.namespace}/{req.name}", node, req.vram_estimate_mib, None, req)
+
+
+def from_pods(pods: Iterable[object]) -> Commitments:
+    """The commitments a list of pod objects holds, as the extender's pod watch would keep them, for fit checks
+    outside the extender (the controller's preemption and vendor checks, the proxy's): the GPUs come from the
+    agents' attribution or the placer's pick (`settle`); there are no reservations to take them from. Pods that
+    are not Pod-shaped are skipped."""
+    out = Commitments()
+    for pod in pods:
+        if not isinstance(pod, dict):
+            continue
+        try:
+            req = requirements_from_dict(pod)
+        except ValueError:
+            continue
+        c = commitment_of(pod, req)
+        if c is not None:
+            out.put(c)
+    return out

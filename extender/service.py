@@ -17,7 +17,7 @@ from flexinfer.nodes import NodeViewMemo
 from flexinfer.state import NodeView
 
 from .cache import NodeCache
-from .commitments import Commitment
+from .commitments import commitment_of, finished
 from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
 from .metrics import ExtenderMetrics, reason_label
 from .pod import PodRequirements, requirements_from_dict
@@ -354,22 +354,21 @@ class Extender:
         if not req.managed:
             return ""
         key = req.key
-        phase = (pod.get("status") or {}).get("phase")
-        node = (pod.get("spec") or {}).get("nodeName") or ""
-        if deleted or phase in ("Succeeded", "Failed") or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        if deleted or finished(pod):
             with self.reservations.lock:
                 self.reservations.release(key)
                 self.cache.uncommit(key)
             return ""
-        if not node or not req.needs_gpu or req.vram_estimate_mib <= 0:
+        c = commitment_of(pod, req)  # the same rule the controller's and the proxy's fit checks use
+        if c is None:
             return key
-        name = f"{req.namespace}/{req.name}"
         held = self.cache.commitment(key)
-        if held is not None and (held.node, held.mib_per_gpu, held.name) == (node, req.vram_estimate_mib, name):
+        if held is not None and (held.node, held.mib_per_gpu, held.name) == (c.node, c.mib_per_gpu, c.name):
             return key  # already committed (status updates, relists): nothing to do
         with self.reservations.lock:
             r = self.reservations.release(key)
             # the GPUs reserved for it, when it was bound where it was reserved; else the cache's placer picks
-            gpus = r.gpus if r is not None and r.node == node else None
-            self.cache.commit(Commitment(key, name, node, req.vram_estimate_mib, gpus, req if gpus is None else None))
+            if r is not None and r.node == c.node:
+                c.gpus, c.req = r.gpus, None
+            self.cache.commit(c)
         return key

@@ -45,7 +45,8 @@ class Built:
 def build(api: Any, namespace: str, config: ProxyConfig | None = None, *, fit_check: str = "extender",
           activity_interval_s: float = 10.0, metrics: ProxyMetrics | None = None,
           fit: FitChecker | None = None, clock: Callable[[], float] = time.time) -> Built:
-    """Catalog + informers (Models, EndpointSlices, and Nodes for the fit check) + activity writer + Proxy.
+    """Catalog + informers (Models, EndpointSlices, and Nodes and bound model pods for the fit check) + activity
+    writer + Proxy.
     The informers are started; the caller serves ``built.proxy`` (ProxyServer) and stops them at the end."""
     metrics = metrics or ProxyMetrics()
     catalog = Catalog()
@@ -56,8 +57,8 @@ def build(api: Any, namespace: str, config: ProxyConfig | None = None, *, fit_ch
     ]
     if fit is None:
         if fit_check == "extender":
-            fit, nodes = fit_over_informer(api)
-            informers.append(nodes)
+            fit, fit_informers = fit_over_informer(api, namespace)
+            informers.extend(fit_informers)
         else:
             fit = NoFitCheck()
     last_active, activation = kube_writers(api, namespace)
@@ -106,7 +107,8 @@ def read_api_keys(path: str) -> frozenset[str]:
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Path to a kubeconfig.")
 @click.option("--fit-check", type=click.Choice(["extender", "off"]), default="extender",
               help="Before activating an idle Model, check with the extender's policy over the cluster's Nodes "
-                   "that it can be placed (needs list/watch on Nodes); off: let the controller and scheduler decide.")
+                   "and the namespace's bound model pods that it can be placed (needs list/watch on Nodes and on "
+                   "pods in --namespace); off: let the controller and scheduler decide.")
 @click.option("--activate/--no-activate", default=True,
               help="Activate Models that are scaled to zero when a request arrives for them.")
 @click.option("--activity-write-interval-seconds", type=click.FloatRange(1, 3600), default=10.0,

@@ -13,9 +13,11 @@ requested text is the only candidate; otherwise every Model carrying the label i
       cannot preempt the holder (lower or equal priority against a holder that is serving traffic) is
       never picked: this is the case of a reasoning model sharing a label with a busy, higher-priority
       model, which would otherwise be activated and time out;
-   b. it can be placed: the extender's policy over the cluster's nodes (:mod:`flexinfer.proxy.fit`)
-      says it fits now, or fits once the GPU its group holder occupies is released; a Model that fits
-      nowhere is never activated;
+   b. it can be placed: the extender's policy over the cluster's nodes (:mod:`flexinfer.proxy.fit`,
+      counting the VRAM committed to bound model pods as the extender does) says it fits now, or fits once
+      the GPU its group holder occupies is released (the holder's pods and memory given back, as in the
+      controller's preemption check); a Model that fits nowhere, or that would displace its holder and
+      still not fit, is never activated;
    then the best by fit (fits now first), priority (highest first), name. None: 503 with each
    candidate's reason and a ``Retry-After`` (when the blocking holder idles out, if that is known).
 4. **Failed** Models are not activated by traffic (that would restart a crash loop on every request):
@@ -51,6 +53,7 @@ class Fit(enum.IntEnum):
 class FitVerdict:
     fit: Fit
     reason: str = ""
+    released: bool = False  # the check gave back what the group members it would displace hold (pods, memory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class Choose:
     displaces: frozenset[str] = frozenset()  # candidates that would preempt a running holder
     rejected: dict[str, str] = field(default_factory=dict)
     retry_after_s: float | None = None
+    # candidate -> the running members of its group, whose pods the controller releases in its fit check
+    releasing: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,7 @@ class GroupVerdict:
     displaces: bool = False  # it would preempt a member that holds the GPU now
     reason: str = ""
     retry_after_s: float | None = None
+    holders: tuple[str, ...] = ()  # the group's other running members (the controller releases their pods)
 
 
 def group_verdict(m: ModelState, states: Mapping[str, ModelState], now: float,
@@ -146,7 +152,8 @@ def group_verdict(m: ModelState, states: Mapping[str, ModelState], now: float,
     members = [member(s, now, activity, request=s.name == m.name) for s in peers]
     gd = groups.decide_group(members, now, cooldown_seconds=0.0, last_swap_unix=None)
     if gd.active == m.name:
-        return GroupVerdict(True, displaces=bool(gd.preempted))
+        holders = tuple(sorted(x.name for x in members if x.running and x.name != m.name))
+        return GroupVerdict(True, displaces=bool(gd.preempted), holders=holders)
     holder = next((x for x in members if x.name == gd.active), None)
     retry = None
     why = gd.members[m.name].reason if m.name in gd.members else "it does not win its GPU group"
@@ -182,6 +189,7 @@ def route(requested: str, states: Mapping[str, ModelState], now: float,
     retry: list[float] = []
     viable: list[str] = []
     displaces: set[str] = set()
+    releasing: dict[str, tuple[str, ...]] = {}
     for m in sorted(cands, key=lambda m: m.name):
         if m.phase == FAILED:
             rejected[m.name] = f"it failed: {m.message or 'see its status'} (flexinfer activate {m.name} retries it)"
@@ -195,10 +203,12 @@ def route(requested: str, states: Mapping[str, ModelState], now: float,
         viable.append(m.name)
         if gv.displaces:
             displaces.add(m.name)
+        if gv.holders:
+            releasing[m.name] = gv.holders
     retry_after = min(retry) if retry else None
     if not viable:
         return refuse_all(requested, rejected, retry_after)
-    return Choose(requested, tuple(viable), frozenset(displaces), rejected, retry_after)
+    return Choose(requested, tuple(viable), frozenset(displaces), rejected, retry_after, releasing)
 
 
 def choose(plan: Choose, states: Mapping[str, ModelState], fits: Mapping[str, FitVerdict]) -> Wait | Refuse:
@@ -212,6 +222,10 @@ def choose(plan: Choose, states: Mapping[str, ModelState], fits: Mapping[str, Fi
             continue
         rank = v.fit
         if v.fit is Fit.AFTER_RELEASE and name in plan.displaces:
+            if v.released:  # even with its group holder's pod and memory given back: the controller refuses too
+                holders = ", ".join(plan.releasing.get(name, ())) or "its group holder"
+                rejected[name] = f"it fits on no node even with the GPU {holders} holds released: {v.reason}"
+                continue
             rank = Fit.FITS  # the GPU it needs is the one its group holder gives back
         ranked.append((int(rank), -states[name].priority, name))
     if not ranked:

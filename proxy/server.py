@@ -294,7 +294,7 @@ class Proxy:
             for name in decision.candidates:
                 m = states[name].model
                 if m is not None:
-                    fits[name] = await asyncio.to_thread(self.fit.check, m)
+                    fits[name] = await asyncio.to_thread(self.fit.check, m, decision.releasing.get(name, ()))
             decision = routing.choose(decision, states, fits)
         if isinstance(decision, routing.Refuse):
             cands = sorted(c.name for c in routing.candidates(facts.model, states))

@@ -74,7 +74,8 @@ def _pick(states: Any, fit: FitChecker, now: float) -> tuple[str, str] | None:
         plan = routing.route(label, states, now)
         if not isinstance(plan, routing.Choose):
             continue
-        fits = {n: fit.check(states[n].model) for n in plan.candidates if states[n].model is not None}
+        fits = {n: fit.check(states[n].model, plan.releasing.get(n, ())) for n in plan.candidates
+                if states[n].model is not None}
         got = routing.choose(plan, states, fits)
         if isinstance(got, routing.Wait) and got.activate and states[got.model].group is None:
             found.append((0 if states[got.model].context_tokens else 1, label, got.model))

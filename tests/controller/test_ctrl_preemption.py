@@ -172,6 +172,45 @@ def test_preemption_when_the_holders_gpu_is_enough_and_rollback_after_cold_start
     assert replicas(fake, "qwen3-32b-quality") == 1 and replicas(fake, "qwen3-14b-mlc") == 0
 
 
+def ollama(name: str, vram_mib: int) -> dict:
+    """A model outside the group that Ollama loads on its first request: bound and running, no GPU memory used."""
+    return {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"backend": "ollama", "source": "ollama://llama3.1:8b",
+                     "gpu": {"vendor": "amd", "vramEstimateMB": vram_mib},
+                     "nodeSelector": {keys.LABEL_ARCH: "gfx1100"}, "serverless": {"minReplicas": 1}}}
+
+
+def test_no_preemption_while_a_bound_model_has_not_loaded_yet(lane):
+    """An Ollama model (8000 MiB, loads on its first request) is bound to the 14B's card but uses no memory yet:
+    the agent shows the card with only the 14B on it. The 32B (21000 MiB) would fit in what the 14B frees by the
+    agent's numbers (24560 - 520), but not next to the Ollama model's commitment (24560 - 8000): the extender
+    would not place it, so the controller must not scale the 14B down for it."""
+    fake, api, ctl, clock = lane
+    publish_nodes(fake, clock.t, cblevins_5930k=20000)
+    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
+    fake.put_object(mlc("qwen3-32b-quality", 80, 21000))
+    fake.put_object(ollama("llama-ollama", 8000))
+    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
+    run_pod(fake, "llama-ollama", "cblevins-7900xtx", ready=True)  # serving, its model not loaded yet
+    clock.t += 700
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
+    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    r = ctl.reconcile_once()
+    assert not r.errors
+    assert replicas(fake, "qwen3-14b-mlc") == 1 and replicas(fake, "qwen3-32b-quality") == 0
+    cond = ready_condition(fake, "qwen3-32b-quality")
+    assert cond["reason"] == "PreemptionBlocked" and "cannot preempt qwen3-14b-mlc" in cond["message"]
+    assert "Insufficient free GPU memory" in cond["message"] and "8000 MiB committed to bound pods" in cond["message"]
+    # the Ollama model goes away: the same activation now preempts the 14B
+    stop_pod(fake, "llama-ollama")
+    fake.delete_object("models", "llama-ollama", NS)
+    clock.t += 10
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
+    ctl.reconcile_once()
+    assert replicas(fake, "qwen3-14b-mlc") == 0 and replicas(fake, "qwen3-32b-quality") == 1
+
+
 def test_a_preemptor_that_is_never_scheduled_is_rolled_back_too(lane):
     fake, api, ctl, clock = lane
     publish_nodes(fake, clock.t, cblevins_5930k=20000)

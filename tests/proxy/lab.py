@@ -94,7 +94,10 @@ class Lab:
 @contextlib.contextmanager
 def lab(docs: list[dict], *, config: ProxyConfig | None = None, load_s: float | dict[str, float] = 0.2,
         stalled: set[str] | None = None, fit: Any = None, activity_interval_s: float = 1.0,
-        server_opts: dict[str, dict] | None = None) -> Iterator[Lab]:
+        server_opts: dict[str, dict] | None = None, fit_check: str = "off",
+        pods: list[dict] | None = None) -> Iterator[Lab]:
+    """`fit_check="extender"`: the proxy's own fit check over informers (Nodes, the namespace's bound model pods);
+    `pods`: pod objects put into the namespace first (e.g. bound elsewhere than the simulated kubelet's node)."""
     servers = {d["metadata"]["name"]: FakeModelServer(d["metadata"]["name"], **(server_opts or {}).get(
         d["metadata"]["name"], {})) for d in docs}
     with FakeApiServer() as fake, contextlib.ExitStack() as stack:
@@ -106,11 +109,14 @@ def lab(docs: list[dict], *, config: ProxyConfig | None = None, load_s: float | 
             fake.put_object({"apiVersion": "v1", "kind": "Node", **node})
         for d in docs:
             kube.apply_object(api, {**d, "metadata": {**d["metadata"], "namespace": NS}})
+        for pod in pods or ():
+            fake.put_object({"apiVersion": "v1", "kind": "Pod", **pod,
+                             "metadata": {**pod["metadata"], "namespace": NS}})
         sim = SimServing(api, NS, servers, load_s=load_s, stalled=stalled or set(),
                          controller=Controller(api, namespace=NS, cooldown_seconds=0.0))
         sim.start(0.05)
         stack.callback(sim.stop)
-        built = build(api, NS, config or ProxyConfig(), fit_check="off", fit=fit,
+        built = build(api, NS, config or ProxyConfig(), fit_check=fit_check, fit=fit,
                       activity_interval_s=activity_interval_s)
         px = ProxyServer(built.proxy, flush_tick_s=0.05, cleanup=built.informers, grace_s=2.0).start()
         stack.callback(px.stop)

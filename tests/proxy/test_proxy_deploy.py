@@ -23,7 +23,8 @@ def test_proxy_rbac_is_least_privilege() -> None:
     assert _rules("Role", "flexinfer-proxy") == {
         ("ai.flexinfer", "models", "list"), ("ai.flexinfer", "models", "watch"), ("ai.flexinfer", "models", "patch"),
         ("ai.flexinfer", "models/status", "patch"),
-        ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch")}
+        ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "pods", "list"), ("", "pods", "watch")}  # the fit check's bound model pods, this namespace only
     assert _rules("ClusterRole", "flexinfer-proxy-nodes") == {("", "nodes", "list"), ("", "nodes", "watch")}
     assert not any(o["kind"] == "ClusterRole" and o["metadata"]["name"] == "flexinfer-proxy" for o in _objs())
     binding = next(o for o in _objs() if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "flexinfer-proxy")

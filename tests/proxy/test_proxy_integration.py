@@ -9,11 +9,15 @@ import time
 
 import httpx
 import pytest
+from flexinfer.controller import placement
+from flexinfer.controller.render import render_deployment
+from flexinfer.proxy.routing import Fit
 from flexinfer.proxy.server import ProxyConfig
 
 from flexinfer import keys
+from flexinfer.model import parse_model
 
-from .lab import example, homelab_fit, lab, model_doc, wait_for
+from .lab import NS, example, homelab_fit, lab, model_doc, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +107,39 @@ def test_fit_check_activates_the_candidate_that_can_be_placed() -> None:
         r = lb.chat("qwen3-32b-quality")
         err = error_of(r)
         assert r.status_code == 503 and "fits on no node" in err["message"] and "too small" in err["message"]
+
+
+def _lazy_model_pod() -> dict:
+    """The pod of a Model `lazy` (16000 MiB) that Ollama loads on its first request, bound to the quality lane's
+    RX 7900 XTX and running: the node's agent shows no memory used for it yet."""
+    doc = model_doc("lazy")
+    doc["metadata"]["namespace"] = NS
+    doc["spec"].update(backend="ollama", source="ollama://llama3.1:8b", gpu={"vendor": "amd", "vramEstimateMB": 16000})
+    pod = placement.pod_of(render_deployment(parse_model(doc), 1, "amd"))
+    pod["metadata"].update(name="lazy-6f7d8-x2x9z", uid="uid-lazy")
+    pod["spec"] = {**pod["spec"], "nodeName": "cblevins-7900xtx"}
+    pod["status"] = {"phase": "Running"}
+    return pod
+
+
+def test_fit_check_counts_a_bound_model_that_has_not_loaded_yet() -> None:
+    """`big` (20000 MiB, priority 90) fits only on the quality lane's card, by the agent's numbers; but `lazy` is
+    bound there and commits 16000 MiB. The proxy's own fit check (informers over the fake API server: Nodes and
+    the namespace's bound model pods) counts it as the extender does, so `small` is woken, not `big`."""
+    big = model_doc("big", ["chat"], priority=90)
+    big["spec"].update(gpu={"vendor": "amd", "vramEstimateMB": 20000, "priority": 90},
+                       nodeSelector={"flexinfer.ai/lane": "quality"})
+    small = model_doc("small", ["chat"], priority=10)
+    small["spec"].update(gpu={"vendor": "amd", "vramEstimateMB": 8000, "priority": 10})
+    with lab([big, small], fit_check="extender", pods=[_lazy_model_pod()]) as lb:
+        fit = lb.proxy.proxy.fit
+        wait_for(lambda: fit.store.synced and fit.pods.synced, what="the fit check's caches")
+        assert len(fit.pods.pods()) == 1  # the bound model pod of the namespace, nothing else
+        r = lb.chat("chat")
+        assert r.status_code == 200 and r.headers["x-flexinfer-model"] == "small"
+        assert keys.MODEL_ACTIVATE not in lb.annotations("big") and lb.replicas("big") == 0
+        v = fit.check(parse_model({**big, "metadata": {**big["metadata"], "namespace": NS}}))
+        assert v.fit is Fit.AFTER_RELEASE and "16000 MiB committed to bound pods" in v.reason, v
 
 
 def test_stalled_load_answers_503_with_retry_after() -> None:

@@ -280,3 +280,75 @@ def test_fit_respects_taints_and_the_gpu_resource_like_kube_scheduler() -> None:
     doc["metadata"]["generation"] = 2
     assert fit.check(parse_model(doc)).fit is Fit.FITS
     assert set(trim_node(nodes[0])) == {"metadata", "spec", "status"}
+
+
+def _quality_model(name: str, vram_mib: int, generation: int = 1) -> dict:
+    """A Model only the quality lane's RX 7900 XTX (cblevins-7900xtx, 24560 MiB) can take."""
+    return {"apiVersion": "ai.flexinfer/v1alpha2", "kind": "Model",
+            "metadata": {"name": name, "namespace": "ns", "generation": generation},
+            "spec": {"backend": "llamacpp", "source": "HF://org/m",
+                     "gpu": {"vendor": "amd", "vramEstimateMB": vram_mib},
+                     "nodeSelector": {"flexinfer.ai/lane": "quality"}}}
+
+
+def _bound_pod(name: str, vram_mib: int, node: str = "cblevins-7900xtx") -> dict:
+    """The pod of Model `name` as bound by kube-scheduler, before its server uses any GPU memory."""
+    from flexinfer.controller import placement
+    from flexinfer.controller.render import render_deployment
+
+    pod = placement.pod_of(render_deployment(parse_model(_quality_model(name, vram_mib)), 1, "amd"))
+    pod["metadata"].update(name=f"{name}-7d9f-abcde", uid=f"uid-{name}")
+    pod["spec"] = {**pod["spec"], "nodeName": node,
+                   "containers": [{**c, "env": [{"name": "SECRET", "value": "x"}]} for c in pod["spec"]["containers"]]}
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return pod
+
+
+def test_fit_counts_a_bound_model_that_has_not_loaded_yet_and_does_not_wake_for_it() -> None:
+    """Ollama-style lazy loading: the pod of `lazy` is bound to the only node `big` can use, but the agent sees
+    no memory used yet. Counted as the extender counts it, the GPU is full for `big` (AFTER_RELEASE, not FITS),
+    so the proxy wakes `small`, which fits elsewhere, instead of a Model the extender would not place."""
+    from flexinfer.proxy.fit import NodeStore, PlacementFit, PodStore, trim_pod
+    from flexinfer.proxy.routing import Choose, FitVerdict, Wait, choose
+
+    from .test_proxy_routing import st
+
+    nodes = fleet_node_objects(load_fleet(default_fleet_path()))
+    big = parse_model(_quality_model("big", 20000))
+    assert PlacementFit(NodeStore().replace(nodes), pods=PodStore().replace([])).check(big).fit is Fit.FITS
+    lazy = _bound_pod("lazy", 16000)
+    fit = PlacementFit(NodeStore().replace(nodes), pods=PodStore().replace([lazy]))
+    v = fit.check(big)
+    assert v.fit is Fit.AFTER_RELEASE and not v.released and "Insufficient free GPU memory" in v.reason, v
+    assert PlacementFit(NodeStore().replace(nodes)).check(big).fit is Fit.FITS  # agents' numbers only: the old bug
+    assert "env" not in trim_pod(lazy)["spec"]["containers"][0]  # only what the check reads is kept
+    plan = Choose("x", ("big", "small"))
+    states = {"big": st("big", ("x",), priority=90), "small": st("small", ("x",), priority=10)}
+    assert choose(plan, states, {"big": v, "small": FitVerdict(Fit.FITS)}) == Wait("small", True, "activating small")
+
+
+def test_fit_releases_the_group_holders_pods_as_the_controller_does() -> None:
+    """`big` would displace its group holder `holder` (bound, 16000 MiB, still loading). With the holder's pod
+    released it fits; with a second bound model (`lazy`, 8000 MiB, not loaded) on the card it does not, even
+    with the holder gone, and routing refuses it instead of waking it into a preemption the controller refuses."""
+    from flexinfer.proxy.fit import NodeStore, PlacementFit, PodStore
+    from flexinfer.proxy.routing import Choose, Refuse, choose
+
+    from .test_proxy_routing import st
+
+    nodes = fleet_node_objects(load_fleet(default_fleet_path()))
+    big = parse_model(_quality_model("big", 20000))
+    holder = _bound_pod("holder", 16000)
+    fit = PlacementFit(NodeStore().replace(nodes), pods=PodStore().replace([holder]))
+    assert fit.check(big).fit is Fit.AFTER_RELEASE
+    v = fit.check(big, ["holder"])
+    assert v.fit is Fit.FITS and v.released
+    crowded = PlacementFit(NodeStore().replace(nodes), pods=PodStore().replace([holder, _bound_pod("lazy", 8000)]))
+    v = crowded.check(big, ["holder"])
+    assert v.fit is Fit.AFTER_RELEASE and v.released and "8000 MiB committed to bound pods" in v.reason, v
+    states = {"big": st("big", ("x",), group="g", priority=90),
+              "holder": st("holder", ("y",), "Ready", group="g", priority=10)}
+    plan = Choose("big", ("big",), frozenset({"big"}), {}, None, {"big": ("holder",)})
+    r = choose(plan, states, {"big": v})
+    assert isinstance(r, Refuse) and r.status == 503
+    assert "fits on no node even with the GPU holder holds released" in r.message
