@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -11,6 +13,7 @@ from bench import extender_bench, report, workload
 from bench.stats import percentile, summary_ms
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -66,5 +69,11 @@ def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     full["targets"] = report.targets(full)
     assert {t["result"] for t in full["targets"]} == {"NOT MEASURED"}  # no 1000/5000-node rows, no agent
     md, js = report.write(full, tmp_path / "out")
-    assert "| 20 | names | filter |" in md.read_text()
+    text = md.read_text()
+    assert "| 20 | names | filter |" in text
+    assert "### Churn with bound model pods (60 % of the GPU nodes)" in text  # churn_bound rendered, not only in JSON
+    assert f"| filter | {bound['filter']['p50_ms']} / {bound['filter']['p99_ms']} |" in text
+    md.write_text("stale")  # `python -m bench.report FILE.json --write-md` renders the .md again from the JSON
+    subprocess.run([sys.executable, "-m", "bench.report", str(js), "--write-md"], check=True, cwd=ROOT)
+    assert md.read_text() == text
     assert msgspec.json.decode(js.read_bytes())["extender"]["latency"]
