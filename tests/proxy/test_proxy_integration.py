@@ -63,6 +63,9 @@ def test_label_routing_balances_ready_models_and_never_wakes_an_idle_one() -> No
         assert lb.servers["a"].stats.requests + lb.servers["b"].stats.requests == 60
         assert keys.MODEL_ACTIVATE not in lb.annotations("c") and lb.replicas("c") == 0
         assert lb.servers["c"].stats.requests == 0
+        # Endpoints can serve before the controller's next pass writes phase Ready: wait for the status.
+        wait_for(lambda: all(lb.proxy.proxy.catalog.get(n).phase == "Ready" for n in ("a", "b")),
+                 what="a and b Ready in status")
         listing = {e["id"]: e["flexinfer"] for e in lb.client.get("/v1/models").json()["data"]}
         assert listing["fast"] == {"kind": "alias", "models": ["a", "b", "c"], "phase": "Ready", "serving": True}
         assert listing["c"]["phase"] == "Idle" and listing["a"]["contextWindowTokens"] == 4096
