@@ -213,6 +213,7 @@ class RealDemo:
         name = doc["metadata"]["name"]
         before = {p["metadata"]["name"] for p in kube.list_objects(
             self.api, "pods", self.ns, label_selector=f"{keys.LABEL_MODEL}={name}")}
+        self.cluster.wait_settled()  # explain against the state kube-scheduler will meet (watches caught up)
         verdicts = self.explain(model_template_pod(self.api, self.ns, doc))
         self.verdicts[name] = verdicts
         if how == "apply":

@@ -416,23 +416,39 @@ class RealCluster:
                     out.append(f"{meta.get('namespace')}/{meta.get('name')}")
         return out
 
-    def extender_reservations(self) -> float | None:
-        """The extender's live VRAM reservations (its /metrics gauge), None when it does not answer."""
+    def extender_gauge(self, metric: str) -> float | None:
+        """One unlabelled gauge from the extender's /metrics, None when it does not answer."""
         try:
             with urllib.request.urlopen(f"{self.extender_probe_url}/metrics", timeout=2) as r:
                 text = r.read().decode()
         except (OSError, urllib.error.URLError):
             return None
         for line in text.splitlines():
-            if line.startswith("flexinfer_extender_reservations "):
+            if line.startswith(metric + " "):
                 return float(line.split()[1])
         return None
+
+    def extender_reservations(self) -> float | None:
+        """The extender's live VRAM reservations (pods being placed), None when it does not answer."""
+        return self.extender_gauge("flexinfer_extender_reservations")
+
+    def bound_gpu_pods(self) -> int:
+        """Bound, unfinished pods carrying a VRAM estimate and a GPU request (terminating ones too: their memory is
+        in use until they are gone): what the extender should hold commitments for."""
+        count = 0
+        for p in kube.list_objects(self.api, "pods", field_selector="spec.nodeName!="):
+            meta = p.get("metadata") or {}
+            if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if keys.POD_VRAM_ESTIMATE_MB in (meta.get("annotations") or {}) and pod_gpu_request(p)[1]:
+                count += 1
+        return count
 
     def wait_settled(self, timeout_s: float = 30.0, tolerance_mib: int = 1200, reservations: bool = True) -> None:
         """Until the simulated GPU load is what everyone sees: every bound GPU pod's memory applied by the
         load simulator, every running agent's published free memory equal to it (within the agent's write
-        threshold + noise) and, with `reservations`, the extender holding no reservation any more (its
-        numbers are the agents' numbers)."""
+        threshold + noise) and, with `reservations`, the extender holding no reservation any more and a
+        commitment for exactly the bound GPU pods the API server lists (its pod watch has caught up)."""
         state: dict[str, Any] = {}
 
         def settled() -> bool:
@@ -454,6 +470,10 @@ class RealCluster:
                 held = self.extender_reservations()
                 if held:
                     state["extender reservations"] = held
+                    return False
+                committed, bound = self.extender_gauge("flexinfer_extender_committed_pods"), self.bound_gpu_pods()
+                if committed is not None and committed != bound:  # its pod watch has not caught up yet
+                    state["extender commitments vs bound pods"] = (committed, bound)
                     return False
             return True
 
