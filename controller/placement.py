@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flexinfer.extender.commitments import Commitments
+from flexinfer.extender.commitments import Commitments, Release, released_view
 from flexinfer.extender.pod import PodRequirements, requirements_from_dict
 from flexinfer.extender.policy import PolicyConfig, commit_gpus, evaluate
 
@@ -46,17 +46,6 @@ from flexinfer.state import NodeView
 
 JSON = dict[str, Any]
 MAX_REASONS = 3  # distinct rejection reasons named in a summary
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """GPU memory a running pod gives back when it is scaled down."""
-
-    node: str
-    vendor: str  # nvidia | amd | auto
-    per_gpu_mib: int
-    gpu_count: int
-    pod: str = ""  # "namespace/name" of the pod
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,23 +85,6 @@ def release_of(pods: Iterable[JSON]) -> list[Release]:
             out.append(Release(node, req.vendor, req.vram_estimate_mib, max(1, req.gpu_count),
                                f"{meta.get('namespace', '')}/{meta.get('name', '')}"))
     return out
-
-
-def released_view(view: NodeView, release: Release) -> NodeView:
-    """`view` with the holder's memory given back (see the module docstring)."""
-    state = view.state
-    if state is None:
-        return view
-    prefix = release.pod + "/"
-    holding = [g for g in state.gpus if release.pod and any(p.startswith(prefix) for p in g.pods)]
-    if not holding:  # the agent does not say which GPU: the holder's vendor's busiest cards
-        candidates = [g for g in state.gpus if g.healthy and (release.vendor not in ("nvidia", "amd", "intel")
-                                                              or g.vendor == release.vendor)]
-        holding = sorted(candidates, key=lambda g: (-g.used_mib, g.index))[:release.gpu_count]
-    freed = {g.index: min(g.used_mib, release.per_gpu_mib) for g in holding}
-    gpus = tuple(dataclasses.replace(g, free_mib=min(g.total_mib, g.free_mib + freed.get(g.index, 0)))
-                 for g in state.gpus)
-    return dataclasses.replace(view, state=dataclasses.replace(state, gpus=gpus))
 
 
 def _resource_reject(req: PodRequirements, pod_spec: JSON, node: JSON) -> str | None:

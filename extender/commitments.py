@@ -28,6 +28,7 @@ a pod is bound or goes away, and nothing per request. Not thread-safe by itself:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -156,3 +157,34 @@ def from_pods(pods: Iterable[object]) -> Commitments:
         if c is not None:
             out.put(c)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """GPU memory a running pod gives back when it is scaled down."""
+
+    node: str
+    vendor: str  # nvidia | amd | auto
+    per_gpu_mib: int
+    gpu_count: int
+    pod: str = ""  # "namespace/name" of the pod
+
+
+def released_view(view: NodeView, release: Release) -> NodeView:
+    """`view` with a running pod's memory given back on the GPUs it holds: the agent's attribution, else (the
+    agent does not say) the pod's vendor's busiest cards; at most its per-GPU estimate, at most what is in use.
+    Used for what-ifs: the controller's preemption check (the holder scaled down) and `explain` of a bound pod
+    (would it fit where it is, were it not there)."""
+    state = view.state
+    if state is None:
+        return view
+    prefix = release.pod + "/"
+    holding = [g for g in state.gpus if release.pod and any(p.startswith(prefix) for p in g.pods)]
+    if not holding:  # the agent does not say which GPU: the holder's vendor's busiest cards
+        candidates = [g for g in state.gpus if g.healthy and (release.vendor not in ("nvidia", "amd", "intel")
+                                                              or g.vendor == release.vendor)]
+        holding = sorted(candidates, key=lambda g: (-g.used_mib, g.index))[:release.gpu_count]
+    freed = {g.index: min(g.used_mib, release.per_gpu_mib) for g in holding}
+    gpus = tuple(dataclasses.replace(g, free_mib=min(g.total_mib, g.free_mib + freed.get(g.index, 0)))
+                 for g in state.gpus)
+    return dataclasses.replace(view, state=dataclasses.replace(state, gpus=gpus))

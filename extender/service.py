@@ -17,11 +17,11 @@ from flexinfer.nodes import NodeViewMemo
 from flexinfer.state import NodeView
 
 from .cache import NodeCache
-from .commitments import commitment_of, finished
+from .commitments import Commitment, Release, commitment_of, finished, released_view
 from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
 from .metrics import ExtenderMetrics, reason_label
 from .pod import PodRequirements, requirements_from_dict
-from .policy import NodeVerdict, PolicyConfig, commit_gpus
+from .policy import NodeVerdict, PolicyConfig, commit_gpus, evaluate
 from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
@@ -311,10 +311,28 @@ class Extender:
         now = self.clock()
         with self.reservations.lock:
             verdicts = self._evaluate(req, names, views, now)
+            own = self.cache.commitment(req.key) if req.needs_gpu else None
+            if own is not None:  # a bound pod: judge its own node as if its memory were given back
+                verdicts = [self._without_own(req, v, own, views, now) if v.node == own.node else v
+                            for v in verdicts]
         split = self._split(verdicts)
         self._record("explain", req, lambda: verdicts, len(verdicts), time.perf_counter() - t0,
                      len(split.passed), split.tally)
         return verdicts
+
+    def _without_own(self, req: PodRequirements, verdict: NodeVerdict, own: Commitment,
+                     views: Mapping[str, NodeView] | None, now: float) -> NodeVerdict:
+        """`explain` of a bound pod: its node judged as if the pod gave its memory back (its commitment left out,
+        its memory in use returned), so "why is it here" is not answered with "its own memory does not fit"."""
+        view = (views.get if views is not None else self.cache.get)(own.node)
+        if view is None or view.state is None:
+            return verdict
+        with self.cache.lock:
+            committed = self.cache.commitments.per_gpu(own.node, view.state.placements(), without={own.name})
+        gpus = len(own.gpus) if own.gpus else max(1, req.gpu_count)
+        view = released_view(view, Release(own.node, req.vendor, own.mib_per_gpu, gpus, own.name))
+        reserved = self.reservations.reserved_mib(own.node, now, exclude_pod=req.key)
+        return evaluate(req, view, now, self.config, reserved or None, node=own.node, committed=committed)
 
     def refresh_gauges(self) -> None:
         self.metrics.cache_nodes.set(len(self.cache))

@@ -169,6 +169,7 @@ def test_status_updates_of_a_bound_pod_touch_nothing() -> None:
     req = requirements_from_dict(pod("q", 8000))
     shape = ext.verdicts.shape(req)
     assert shape is not None
+    ext.verdicts.answer(shape, names, names.wanted, clock.t)  # a shape's first filter keeps no tables
     first = ext.verdicts.answer(shape, names, names.wanted, clock.t)
     generation, version = ext.cache.generation, shape.version
     for k in range(5):  # the kubelet's status writes: Running, Ready, restarts...
@@ -177,3 +178,22 @@ def test_status_updates_of_a_bound_pod_touch_nothing() -> None:
     assert ext.verdicts.answer(shape, names, names.wanted, clock.t) is first and shape.version == version
     ext.on_pod_event("DELETED", bound(p, "n"))  # a real change is followed
     assert ext.cache.generation == generation + 1 and ext.filter(req, names).passed == ["n"]
+
+
+def test_explain_of_a_bound_pod_does_not_count_the_pod_against_itself() -> None:
+    """`flexinfer explain pod/NAME` for a running pod answers "would it fit where it is, were it not there": its
+    own commitment is left out and its memory in use given back; any other pod still sees the commitment."""
+    clock = Clock(T0)
+    ext = make([node_obj("rtx", [gpu(0, total=TOTAL, free=24057)], T0 - 1)], clock)
+    big = pod("big", 16000)
+    ext.on_pod_event("MODIFIED", bound(big, "rtx", ready_at=T0))
+    assert ext.cache.committed_mib("rtx") == {0: 16000}
+    own = ext.explain(requirements_from_dict(big), ["rtx"])[0]
+    assert own.feasible, own.detail  # not loaded yet: before, min(24057, 24576 - 16000) < 16000 failed
+    other = ext.explain(requirements_from_dict(pod("other", 16000)), ["rtx"])[0]
+    assert not other.feasible and "(16000 MiB committed to bound pods)" in other.detail
+    publish(ext, "rtx", [8057], T0 + 5, 2)  # loaded: its memory is in the agent's numbers
+    own = ext.explain(requirements_from_dict(big), ["rtx"])[0]
+    assert own.feasible, own.detail
+    other = ext.explain(requirements_from_dict(pod("other", 16000)), ["rtx"])[0]
+    assert not other.feasible and "best GPU has 8057 MiB free" in other.detail
