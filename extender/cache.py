@@ -134,6 +134,9 @@ class NodeTable:
     def __init__(self) -> None:
         self.classes: dict[tuple, NodeClass] = {}
         self.where: dict[str, NodeClass] = {}
+        # Bumped whenever a node joins or leaves a class (rows move): what is laid over the rows (a name list's
+        # projection, extender.memo) holds while it stays the same. Live facts changing in place do not bump it.
+        self.layout = 0
 
     def put(self, name: str, view: NodeView, committed: Mapping[int, int] = EMPTY) -> None:
         key = static_class(view)
@@ -148,10 +151,12 @@ class NodeTable:
             cls = self.classes[key] = NodeClass(key, view)
         cls.add(name, view, committed)
         self.where[name] = cls
+        self.layout += 1
 
     def remove(self, name: str) -> None:
         cls = self.where.pop(name, None)
         if cls is not None:
+            self.layout += 1
             cls.discard(name)
             if not cls.names:
                 del self.classes[cls.key]

@@ -27,6 +27,9 @@ per reason every `LOG_EVERY_S` seconds, with the count since the last one.
 
 TLS is started by the protocol itself (`loop.start_tls`) instead of by the server socket, so a connection
 is counted (and evictable, and timed) from accept, not only after its handshake.
+
+A response's head and body leave in one write (`CorkedTransport`): uvicorn writes them separately, which on a
+kept-alive connection meant two TLS records and two send() calls per answer.
 """
 
 from __future__ import annotations
@@ -141,6 +144,72 @@ class Listener:
             self._logged[reason] = (last, suppressed + 1)
 
 
+CORK_JOIN_BYTES = 64 * 1024  # gathered writes up to this size are joined into one (one TLS record)
+
+
+class CorkedTransport:
+    """The connection's transport, with writes gathered until the response is complete (the protocol calls `flush`
+    in `on_response_complete`) or, at the latest, the event loop's next turn; close() flushes first, abort() drops
+    them. Everything else is the transport's."""
+
+    __slots__ = ("_buf", "_loop", "_scheduled", "_t")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._t = transport
+        self._loop = loop
+        self._buf: list[bytes] = []
+        self._scheduled = False
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._t
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._buf.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        buf = self._buf
+        if not buf:
+            return
+        self._buf = []
+        t = self._t
+        if t.is_closing():
+            return
+        if len(buf) == 1:
+            t.write(buf[0])
+        elif sum(map(len, buf)) <= CORK_JOIN_BYTES:
+            t.write(b"".join(buf))
+        else:
+            t.writelines(buf)
+
+    def writelines(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        return self._t.get_write_buffer_size() + sum(map(len, self._buf))
+
+    def close(self) -> None:
+        self.flush()
+        self._t.close()
+
+    def abort(self) -> None:
+        self._buf = []
+        self._t.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+
 def _response(status: int, message: str) -> bytes:
     import json
 
@@ -202,7 +271,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _start(self, transport: asyncio.Transport) -> None:
         self._started = True
-        super().connection_made(transport)
+        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
         early, self._early = self._early, []
         for chunk in early:
             self.data_received(chunk)
@@ -315,6 +384,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]  # the CorkedTransport: head and body in one write
         super().on_response_complete()
         self._in_head = True  # idle (uvicorn's keep-alive timer runs) until the next request's first byte
 

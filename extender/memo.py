@@ -5,7 +5,11 @@ Per pod shape (`ShapeMemo`, at most `shape_limit` of them, least recently used d
   per node; bounded);
 * filter tables for EVERY cached node: the passing names (a set), FailedNodes and FailedAndUnresolvableNodes
   (dicts), built class by class from the node cache's columns (`NodeCache.table`) by `policy.split_class` in
-  C-level passes, so a shape never seen before costs a few comparisons per node, not a Python call;
+  C-level passes, so a shape costs a few comparisons per node, not a Python call. They are built on the shape's
+  SECOND request (or its first prioritize): its first filter is answered for the named nodes alone, from the same
+  columns through the name list's projection onto the classes (`Projection`, kept per name list while no node
+  joins or leaves a class), so a shape seen once (a new Model, a changed estimate) costs what its request names,
+  not what the cache holds, and leaves no tables behind;
 * scores of passing nodes, filled for the names prioritize asks about.
 
 A verdict for (pod shape, node) only changes when
@@ -33,7 +37,7 @@ import msgspec
 
 from flexinfer.state import NodeView
 
-from .cache import NodeCache, NodeClass
+from .cache import NodeCache, NodeClass, NodeTable
 from .pod import PodRequirements
 from .policy import (
     INF,
@@ -92,27 +96,64 @@ def tally_of(failed: dict[str, str], unresolvable: dict[str, str]) -> Counter[tu
     return tally
 
 
+def _fold_rejected(short: list[str], stale: list[str], failed: dict[str, str], unresolvable: dict[str, str],
+                   tally: Counter[tuple[bool, str]]) -> None:
+    """Adds one class's `split_class` rejections (short of free memory, stale) to the filter maps and the tally."""
+    if short:
+        failed.update(dict.fromkeys(short, R_INSUFFICIENT))
+        tally[(False, R_INSUFFICIENT)] += len(short)
+    if stale:
+        unresolvable.update(dict.fromkeys(stale, R_STALE))
+        tally[(True, R_STALE)] += len(stale)
+
+
 @dataclass(slots=True)
 class FilterAnswer:
     """Filter's answer for one name list from the index alone: passed names in request order, FailedNodes,
-    FailedAndUnresolvableNodes, and Counter of (unresolvable, reason) -> nodes."""
+    FailedAndUnresolvableNodes, Counter of (unresolvable, reason) -> nodes, and `passing`: a set holding the
+    passing names (the shape's table, or this answer's own; ask it only about names of the request)."""
 
     passed: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
     tally: Counter[tuple[bool, str]]
+    passing: Names
+
+
+@dataclass(slots=True)
+class Projection:
+    """A name list laid over the node table's classes, valid while the table's `layout` is `layout`: `unique`
+    (the list without repeats), per class the members it names in list order with their rows (`rows` None: the
+    whole class, in row order, so its columns are used as they are), and the names the cache does not hold."""
+
+    layout: int
+    unique: Sequence[str]
+    groups: list[tuple[NodeClass, list[str], list[int] | None]]
+    unknown: list[str]
+
+
+def project(table: NodeTable, unique: Sequence[str]) -> Projection:
+    """`unique`'s Projection onto `table` (node cache lock held): one dict lookup per name."""
+    by_class: dict[NodeClass, list[str]] = {}
+    unknown: list[str] = []
+    for name, cls in zip(unique, map(table.where.get, unique), strict=True):
+        (by_class.setdefault(cls, []) if cls is not None else unknown).append(name)
+    groups = [(cls, members, None if members == cls.names else list(map(cls.rows.__getitem__, members)))
+              for cls, members in by_class.items()]
+    return Projection(table.layout, unique, groups, unknown)
 
 
 class ShapeMemo:
     """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
 
     __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "passed", "req", "score_generation",
-                 "score_until", "scores", "shared", "static", "tally", "unresolvable", "until", "version")
+                 "score_until", "scores", "seen", "shared", "static", "tally", "unresolvable", "until", "version")
 
     def __init__(self, req: PodRequirements) -> None:
         self.req = req  # the first pod of this shape: every field the policy reads is part of the shape key
         self.static: dict[tuple, NodeVerdict | StaticFit] = {}
-        self.generation = -1  # node cache generation the tables were built at
+        self.generation = -1  # node cache generation the tables were built at (-1: never built)
+        self.seen = False  # a filter was answered for this shape (its first one without tables)
         self.until = -INF  # the tables hold while the clock is before this
         self.version = 0  # bumped on every rebuild: derived answers are keyed by it
         self.passed: set[str] = set()
@@ -164,6 +205,7 @@ class VerdictCache:
         self.shape_limit = shape_limit
         self._shapes: OrderedDict[tuple, ShapeMemo] = OrderedDict()
         self._covers: OrderedDict[int, tuple[NodeNames, int, bool, frozenset[str]]] = OrderedDict()
+        self._projections: OrderedDict[int, tuple[NodeNames, Projection]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._shapes)
@@ -251,12 +293,7 @@ class VerdictCache:
             ok, short, stale, valid = split_class(fit, est, cls.names, cls.observed,
                                                   cls.available(fit.positions, fit.count), now, cfg)
             passed.update(ok)
-            if short:
-                failed.update(dict.fromkeys(short, R_INSUFFICIENT))
-                tally[(False, R_INSUFFICIENT)] += len(short)
-            if stale:
-                unresolvable.update(dict.fromkeys(stale, R_STALE))
-                tally[(True, R_STALE)] += len(stale)
+            _fold_rejected(short, stale, failed, unresolvable, tally)
             until = min(until, valid)
         shape.passed, shape.failed, shape.unresolvable, shape.tally = passed, failed, unresolvable, tally
         shape.shared = False
@@ -329,10 +366,63 @@ class VerdictCache:
                 self._covers.popitem(last=False)
         return covers, unknown
 
+    def _projection(self, names: Sequence[str], wanted: Names) -> Projection:
+        """`names` laid over the node classes (node cache lock held), remembered per NodeNames list (8 lists) while
+        the table's layout stays the same."""
+        layout = self.nodes.table.layout
+        keep = isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES
+        if keep:
+            hit = self._projections.get(id(names))
+            if hit is not None and hit[0] is names and hit[1].layout == layout:
+                self._projections.move_to_end(id(names))
+                return hit[1]
+        proj = project(self.nodes.table, names if len(wanted) == len(names) else list(dict.fromkeys(names)))
+        if keep:
+            self._projections[id(names)] = (names, proj)  # type: ignore[assignment]
+            while len(self._projections) > 8:  # least recently used first
+                self._projections.popitem(last=False)
+        return proj
+
+    def _first_answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
+        """(node cache lock held) `_rebuild`'s verdicts for the named nodes only, straight from the class columns
+        through the list's projection, keeping no tables: a shape's first filter (see `answer`)."""
+        proj = self._projection(names, wanted)
+        cfg = self.config
+        est, limit = shape.req.vram_estimate_mib, cfg.max_state_age_seconds
+        passing: set[str] = set()
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        tally: Counter[tuple[bool, str]] = Counter()
+        for cls, members, rows in proj.groups:
+            fit = self._static(shape, cls.key, cls.rep)
+            if isinstance(fit, NodeVerdict):
+                reason = fit.reason
+                unresolvable.update(cls.rejected(reason) if rows is None else dict.fromkeys(members, reason))
+                tally[(True, reason)] += len(members)
+                continue
+            available: list[int] = cls.available(fit.positions, fit.count)
+            observed: list[float] | None = cls.observed
+            if rows is not None:
+                available = list(map(available.__getitem__, rows))
+                # the named members' times only when some member of the class is stale (rare)
+                observed = list(map(cls.observed.__getitem__, rows)) if now - min(cls.observed) > limit else None
+            ok, short, stale, _ = split_class(fit, est, members, observed, available, now, cfg)
+            passing.update(ok)
+            _fold_rejected(short, stale, failed, unresolvable, tally)
+        if proj.unknown:
+            failed.update(dict.fromkeys(proj.unknown, R_NOT_IN_CACHE))
+            tally[(False, R_NOT_IN_CACHE)] += len(proj.unknown)
+        passed = list(filter(passing.__contains__, proj.unique)) if passing else []
+        return FilterAnswer(passed, failed, unresolvable, tally, passing)
+
     def answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
         """Filter's answer for `names` without reservations (shared: copy before changing). A repeat of the
-        same NodeNames object against unchanged tables costs nothing."""
+        same NodeNames object against unchanged tables costs nothing. A shape's first filter is answered for the
+        named nodes alone (`_first_answer`); the tables are built when it comes again."""
         with self.nodes.lock:
+            if shape.generation < 0 and not shape.seen:
+                shape.seen = True
+                return self._first_answer(shape, names, wanted, now)
             self._current(shape, now)
             if shape._answer is not None and shape._answer_key is not None and shape._answer_key[0] is names \
                     and shape._answer_key[1] == shape.version:
@@ -351,7 +441,7 @@ class VerdictCache:
             if unknown:
                 failed.update(dict.fromkeys(unknown, R_NOT_IN_CACHE))
                 tally[(False, R_NOT_IN_CACHE)] += len(unknown)
-            answer = FilterAnswer(passed, failed, unresolvable, tally)
+            answer = FilterAnswer(passed, failed, unresolvable, tally, shape.passed)
             if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
                 shape._answer_key, shape._answer = (names, shape.version), answer
             return answer

@@ -174,7 +174,7 @@ class Extender:
         special = self._evaluate(req, list(held), None, now) if held else []
         failed, unresolvable, tally = _with_specials(base, special)
         out = FilterOutcome(None, base.passed, failed, unresolvable, count=len(names), tally=tally)
-        if any(v.feasible != (v.node in shape.passed) for v in special):  # a reservation changed who passes
+        if any(v.feasible != (v.node in base.passing) for v in special):  # a reservation changed who passes
             passed_set = (set(base.passed) - held) | {v.node for v in special if v.feasible}
             unique = names if len(wanted) == len(names) else dict.fromkeys(names)
             out.passed = list(filter(passed_set.__contains__, unique))

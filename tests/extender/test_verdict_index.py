@@ -2,7 +2,9 @@
 a memo-free evaluation (policy.evaluate per node, with the same reservations and commitments) would, through any mix
 of Node updates (static facts and live state), removals, relists, junk annotations, reservations, pods bound,
 re-annotated, finished, deleted and relisted (their commitments), the agent's attribution of pods to GPUs, clock
-jumps (staleness, Xid windows), unknown and duplicate node names and several pod shapes.
+jumps (staleness, Xid windows), unknown and duplicate node names and several pod shapes, each shape's first filter
+(answered from the class columns for the named nodes alone, through the name list's projection) as well as later
+ones (from the tables).
 
 The reference computes each node's committed MiB itself from the pods the history bound: per pod, the GPUs the
 node's current attribution names, else the GPUs the extender chose (its reservation's when the pod was bound where it
@@ -251,6 +253,8 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                     asked = NodeNames(asked)
                 last_asked = asked
             check_table(cache, lambda name: bound.committed(ext, name))
+            if rng.random() < 0.3:  # forget every shape: the next filter of each is its first, answered without tables
+                ext.verdicts.clear()
             if rng.random() < 0.15:  # explain: every verdict in full (detail, score, GPUs, validity)
                 assert ext.explain(req, asked) == fresh(ext, req, asked, bound)
                 continue
@@ -298,17 +302,22 @@ def test_tables_serve_a_warm_cache_and_follow_changes() -> None:
     ext = Extender(cache, clock=clock)
     names = NodeNames(["a", "b"])
     first = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1")), names)
-    assert first.passed == ["a"]
+    assert first.passed == ["a"] and first.failed == {"b": "Insufficient free GPU memory"}
     shape = next(iter(ext.verdicts._shapes.values()))
-    assert shape.passed == {"a"} and shape.failed == {"b": "Insufficient free GPU memory"}
-    # A second pod of the same shape answers from the tables: nothing rebuilt, the same answer object reused.
-    version = shape.version
+    assert shape.generation == -1 and not shape.passed  # a shape's first filter is answered without tables
     second = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u2", name="p2")), names)
-    assert second.verdicts is None and second.passed == ["a"] and shape.version == version
+    assert second.passed == ["a"]
+    assert shape.passed == {"a"} and shape.failed == {"b": "Insufficient free GPU memory"}  # its second builds them
+    # A third pod of the same shape answers from the tables: nothing rebuilt, the same answer object reused.
+    version = shape.version
+    third = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u3", name="p3")), names)
+    assert third.verdicts is None and third.passed == ["a"] and shape.version == version
+    assert ext.verdicts.answer(shape, names, names.wanted, clock.t) is ext.verdicts.answer(shape, names, names.wanted,
+                                                                                           clock.t)
     # The node changes: the tables follow.
     cache.upsert(node_obj("b", [gpu(0, free=23000)], resource_version="2"))
-    third = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u3", name="p3")), names)
-    assert third.passed == ["a", "b"] and shape.version == version + 1
+    fourth = ext.filter(requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u4", name="p4")), names)
+    assert fourth.passed == ["a", "b"] and shape.version == version + 1
     assert shape.generation == cache.generation
 
 
