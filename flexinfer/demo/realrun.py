@@ -35,6 +35,7 @@ from flexinfer.demo.run import (
     load_example_docs,
     placement_table,
     print_reasons,
+    print_story,
     reclaim_heading,
     status_table,
     swap_heading,
@@ -405,17 +406,8 @@ def run_real_demo(fleet: Fleet, console: Console, err: Console, examples: Path =
     print_reasons(console, started_first)
     console.print()
     console.print(status_table(phase1_status))
-    if story is not None:
-        console.print()
-        console.print(f"[bold]{story.summary()}[/bold]")
-        names_set = {n for n, _, _ in story.members}
-        for title, attempts, st in acts:
-            console.print()
-            console.print(f"[bold]{title}[/bold]")
-            fresh = [a for a in attempts if a.node]
-            if fresh:
-                console.print(placement_table(fresh, None))
-            console.print(status_table({k: v for k, v in st.items() if k in names_set}))
+    console.print()
+    print_story(console, story, acts)
     console.print()
     console.print("Real control plane: models activated one at a time, group cooldown 0 s, the idle timeout "
                   "reached by back-dating the request (no simulated clock).")

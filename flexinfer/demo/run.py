@@ -115,6 +115,25 @@ def status_table(status: dict[str, dict[str, Any]]) -> Any:
     return table(["MODEL", "PHASE", "MESSAGE"], rows)
 
 
+def print_story(console: Console, story: GroupStory | None,
+                acts: list[tuple[str, list[Attempt], dict[str, dict[str, Any]]]]) -> None:
+    """The shared-group story: its summary, then per act its heading, the new placements and the members' phases
+    (or a line saying the examples have no such group)."""
+    if story is None:
+        console.print("[bold]No shared GPU group with an always-on and a scale-to-zero member in the examples: "
+                      "no preemption story to play.[/bold]")
+        return
+    console.print(f"[bold]{story.summary()}[/bold]")
+    names = {n for n, _, _ in story.members}
+    for title, attempts, st in acts:
+        console.print()
+        console.print(f"[bold]{title}[/bold]")
+        fresh = [a for a in attempts if a.node]
+        if fresh:
+            console.print(placement_table(fresh, None))
+        console.print(status_table({k: v for k, v in st.items() if k in names}))
+
+
 def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAMPLES) -> int:
     t0 = time.monotonic()
     docs = load_example_docs(examples)
@@ -162,19 +181,7 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
     console.print()
     console.print(status_table(phase1_status))
     console.print()
-    if story is None:
-        console.print("[bold]No shared GPU group with an always-on and a scale-to-zero member in the examples: "
-                      "no preemption story to play.[/bold]")
-    else:
-        console.print(f"[bold]{story.summary()}[/bold]")
-        names = {n for n, _, _ in story.members}
-        for title, attempts, st in acts:
-            console.print()
-            console.print(f"[bold]{title}[/bold]")
-            fresh = [a for a in attempts if a.node]
-            if fresh:
-                console.print(placement_table(fresh, None))
-            console.print(status_table({k: v for k, v in st.items() if k in names}))
+    print_story(console, story, acts)
     console.print()
     console.print(f"[bold]{served.heading()}[/bold]")
     fresh = [a for a in served.attempts if a.node]
