@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flexinfer.api.v1 import gpu_pb2, node_agent_pb2_grpc
-from flexinfer.state import NodeGpuState, node_annotations, node_labels
+from flexinfer.state import NodeGpuState, node_annotations, state_labels
 
 from .agent import Agent
 
@@ -36,7 +36,7 @@ def to_proto(state: NodeGpuState | None, agent: Agent | None = None, node: str =
             utilization_ratio=(s.utilization_ratio or 0.0) if s else 0.0,
         ))
     return gpu_pb2.NodeGpuState(node=state.node, gpus=gpus, observed_unix=state.observed_unix,
-                                agent_status=state.agent_status, labels=node_labels(state.gpus),
+                                agent_status=state.agent_status, labels=state_labels(state),
                                 annotations=node_annotations(state))
 
 

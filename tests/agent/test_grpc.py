@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flexinfer import keys
 from flexinfer.api.v1 import node_agent_pb2, node_agent_pb2_grpc
+from flexinfer.state import state_labels
 
 from .agent_helpers import node_from, nvidia_gpu
 
@@ -47,6 +48,8 @@ def test_get_state_and_health(served: tuple[Agent, grpc.Channel]) -> None:
     assert (g.arch, g.family, g.total_mib, g.free_mib, g.healthy) == ("sm_86", "ampere", 23028, 22028, True)
     assert g.power_watts == 60.0
     assert st.labels[keys.LABEL_ARCH] == "sm_86" and st.annotations[keys.ANN_FREE_MEMORY] == "22028"
+    # the labels the agent writes to the Node, software versions included
+    assert dict(st.labels) == state_labels(agent.state) and st.labels[keys.LABEL_DRIVER_VERSION] == "580.95.05"
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", SERVICE_NAME):
         resp = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
