@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --namespace) ns=$2; shift 2 ;;
     --days) days=$2; shift 2 ;;
     --no-apply) apply=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
