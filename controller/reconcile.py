@@ -217,7 +217,8 @@ class Controller:
         self.policy = PolicyConfig()
         self._last_swap: dict[Key, float] = {}
         self._swap_started: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, winner) -> (t, group)
-        self._activate_seen: dict[tuple[str, str, str], float] = {}
+        # (ns, model) -> (unparsable flexinfer.ai/activate value, when first seen); one entry per live Model
+        self._activate_seen: dict[tuple[str, str], tuple[str, float]] = {}
         self._known: set[tuple[str, str]] = set()
         self._vram_seen: dict[tuple[str, str], int] = {}  # (ns, model) -> GPU MiB in use on its pod's node
         # Asked before every write (the leader election's is_leader): a replica that lost the lease stops
@@ -273,7 +274,10 @@ class Controller:
                 self.metrics.forget(*ns_name)
                 self._swap_started.pop(ns_name, None)
                 self._vram_seen.pop(ns_name, None)
+                self._activate_seen.pop(ns_name, None)
             self._known = present
+            for gone in set(self._last_swap) - set(by_key):  # groups with no Model left (recovered if they return)
+                del self._last_swap[gone]
         for key in sorted(by_key):
             if only is not None and key not in only:
                 continue
@@ -605,7 +609,10 @@ class Controller:
         if t is not None:
             return min(t, now)
         # "any value = time": an unparsable value counts from when this controller first saw it
-        return self._activate_seen.setdefault((m.namespace, m.name, raw), now)
+        seen = self._activate_seen.get((m.namespace, m.name))
+        if seen is None or seen[0] != raw:
+            seen = self._activate_seen[(m.namespace, m.name)] = (raw, now)
+        return seen[1]
 
     @staticmethod
     def _ready_reason(m: Model) -> str:
