@@ -43,22 +43,23 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 }
 
 
-def _show_envvars(cmd: click.Command) -> click.Command:
-    for p in cmd.params:
-        if isinstance(p, click.Option) and p.name not in ("help", "version"):
-            p.show_envvar = True
-    if isinstance(cmd, click.Group):
-        for sub in cmd.commands.values():
-            _show_envvars(sub)
-    return cmd
-
-
 def show_envvars(cmd: click.Command) -> click.Command:
     """Mark every option of `cmd` (and of a group's subcommands) to show its environment variable in --help.
 
     Call it on a group after all subcommands are added.
     """
-    return _show_envvars(cmd)
+    for p in cmd.params:
+        if isinstance(p, click.Option) and p.name not in ("help", "version"):
+            p.show_envvar = True
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            show_envvars(sub)
+    return cmd
+
+
+def with_exit_codes(help_text: str | None, exit_codes: str) -> str:
+    """`help_text` followed by an "Exit codes:" paragraph (`\\b`: click keeps its line breaks)."""
+    return f"{(help_text or '').rstrip()}\n\n\b\nExit codes:\n{exit_codes}"
 
 
 def component_command(name: str | None = None, exit_codes: str = "") -> Callable[[F], click.Command]:
@@ -70,10 +71,9 @@ def component_command(name: str | None = None, exit_codes: str = "") -> Callable
         f = click.version_option(version(), "--version", prog_name=name or DIST_NAME,
                                  message="%(prog)s %(version)s")(f)
         if exit_codes:
-            doc = (f.__doc__ or "").rstrip()
-            f.__doc__ = f"{doc}\n\n\b\nExit codes:\n{exit_codes}"
+            f.__doc__ = with_exit_codes(f.__doc__, exit_codes)
         cmd = click.command(name=name, context_settings=dict(CONTEXT_SETTINGS))(f)
-        return _show_envvars(cmd)
+        return show_envvars(cmd)
 
     return deco
 

@@ -12,7 +12,7 @@ import yaml
 from flexinfer import freshness, logs
 from flexinfer.cli.output import OUTPUT_OPTION, console, emit, table
 from flexinfer.cli.sources import node_views, source_options
-from flexinfer.cliopts import CONTEXT_SETTINGS, LOG_FORMATS, LOG_LEVELS, show_envvars, version
+from flexinfer.cliopts import CONTEXT_SETTINGS, LOG_FORMATS, LOG_LEVELS, show_envvars, version, with_exit_codes
 from flexinfer.errors import ValidationError
 from flexinfer.model import Model, parse_model
 from flexinfer.state import GpuState
@@ -47,10 +47,6 @@ EXIT_CODES = {
     "demo": "  0  the story ran\n  1  the fleet or examples cannot be read, or a component failed\n  2  usage error",
     "activate": "  0  activation requested\n  1  the Model is not found or the API server refused\n  2  usage error",
 }
-
-
-def exit_codes_help(command: str) -> str:
-    return "\n\n\b\nExit codes:\n" + EXIT_CODES[command]
 
 
 @click.group(context_settings=dict(CONTEXT_SETTINGS))
@@ -184,7 +180,7 @@ from flexinfer.cli.explain import activate, explain  # noqa: E402
 cli.add_command(explain)
 cli.add_command(activate)
 for _name, _cmd in cli.commands.items():
-    _cmd.help = (_cmd.help or "").rstrip() + exit_codes_help(_name)
+    _cmd.help = with_exit_codes(_cmd.help, EXIT_CODES[_name])
 show_envvars(cli)
 
 
