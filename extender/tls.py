@@ -90,66 +90,65 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
 
 
 class ReloadingContext:
-    """An SSLContext rebuilt when its files change. `get()` is cheap (one clock read) between checks."""
+    """A TLS configuration (an SSLContext by default) rebuilt when its files change. `get()` is cheap (one clock
+    read) between checks; a rebuild that fails (a half-written rotation) keeps the old one."""
 
-    def __init__(self, files: TlsFiles, build=server_context, clock=time.monotonic) -> None:
+    def __init__(self, files: TlsFiles, build=server_context, clock=time.monotonic, what: str = "tls") -> None:
         self.files = files
         self._build = build
         self._clock = clock
+        self._what = what
         self._lock = threading.Lock()
         self._mtimes = files._mtimes()
         self._ctx = build(files)
         self._checked = clock()
 
-    def get(self) -> ssl.SSLContext:
+    @property
+    def current(self):
+        return self._ctx
+
+    def refresh(self) -> bool:
+        """Rebuild if the files changed (checked at most every RELOAD_CHECK_S); True when a new one was built."""
         now = self._clock()
         if now - self._checked < RELOAD_CHECK_S:
-            return self._ctx
+            return False
         with self._lock:
+            if now - self._checked < RELOAD_CHECK_S:
+                return False
             self._checked = now
             mtimes = self.files._mtimes()
-            if mtimes != self._mtimes:
-                try:
-                    self._ctx = self._build(self.files)
-                    self._mtimes = mtimes
-                    log.info("extender_tls_reloaded", cert=self.files.cert, client_ca=self.files.client_ca)
-                except (OSError, ssl.SSLError) as e:  # half-written rotation: keep serving the old one
-                    log.warning("extender_tls_reload_failed", error=str(e))
-            return self._ctx
+            if mtimes == self._mtimes:
+                return False
+            try:
+                self._ctx = self._build(self.files)
+            except (OSError, ssl.SSLError) as e:  # half-written rotation: keep serving the old one
+                log.warning(f"extender_{self._what}_reload_failed", error=str(e))
+                return False
+            self._mtimes = mtimes
+            log.info(f"extender_{self._what}_reloaded", cert=self.files.cert, client_ca=self.files.client_ca)
+            return True
+
+    def get(self) -> ssl.SSLContext:
+        self.refresh()
+        return self._ctx
 
 
 def grpc_server_credentials(files: TlsFiles):  # -> grpc.ServerCredentials
     """gRPC server credentials that re-read the files on change; client certificates required with a CA."""
     import grpc
 
-    def config() -> grpc.ServerCertificateConfiguration:
+    def config(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
         assert files.cert and files.key
         ca = Path(files.client_ca).read_bytes() if files.client_ca else None
         return grpc.ssl_server_certificate_configuration(
             [(Path(files.key).read_bytes(), Path(files.cert).read_bytes())], root_certificates=ca)
 
-    state = {"mtimes": files._mtimes(), "checked": time.monotonic()}
-    lock = threading.Lock()
+    reloading = ReloadingContext(files, build=config, what="grpc_tls")
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:  # called by gRPC per handshake
-        now = time.monotonic()
-        with lock:
-            if now - state["checked"] < RELOAD_CHECK_S:
-                return None
-            state["checked"] = now
-            mtimes = files._mtimes()
-            if mtimes == state["mtimes"]:
-                return None
-            try:
-                cfg = config()
-            except OSError as e:
-                log.warning("extender_grpc_tls_reload_failed", error=str(e))
-                return None
-            state["mtimes"] = mtimes
-            log.info("extender_grpc_tls_reloaded", cert=files.cert)
-            return cfg
+        return reloading.current if reloading.refresh() else None
 
-    return grpc.dynamic_ssl_server_credentials(config(), fetch, require_client_authentication=files.mutual)
+    return grpc.dynamic_ssl_server_credentials(reloading.current, fetch, require_client_authentication=files.mutual)
 
 
 def grpc_channel_credentials(files: TlsFiles):  # -> grpc.ChannelCredentials
