@@ -351,8 +351,7 @@ def play_story(cluster: RealCluster, docs: list[JSON], namespace: str = NAMESPAC
             demo.wait_phases({story.challenger: ("Ready", "Failed"), story.holder: ("Preempted", "Ready")})
             second = demo.fresh_attempts({n: by_name[n] for n in names}, before)
             swap_status = demo.model_status()
-            result.acts.append((swap_heading(story, swap_status, 0).replace("0 minutes later a", "A"), second,
-                                swap_status))
+            result.acts.append((swap_heading(story, swap_status, None), second, swap_status))
             idle_min = int(story.challenger_idle_seconds // 60) + 1
             progress(f"that request is now {idle_min} minutes old (back-dated): {story.challenger} is idle")
             before = demo.current_pods(names)

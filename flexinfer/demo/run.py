@@ -55,12 +55,14 @@ def group_story(docs: list[dict[str, Any]]) -> GroupStory | None:
     return None
 
 
-def swap_heading(story: GroupStory, status: dict[str, dict[str, Any]], minutes: int) -> str:
-    """What the activation of the challenger actually did, read back from the Models' status."""
+def swap_heading(story: GroupStory, status: dict[str, dict[str, Any]], minutes: int | None) -> str:
+    """What the activation of the challenger actually did, read back from the Models' status. `minutes`: the
+    simulated time since the first act (None: no clock was advanced, as on the real control plane)."""
     c, h = story.challenger, story.holder
     c_phase = status.get(c, {}).get("phase")
     h_phase = status.get(h, {}).get("phase")
-    head = f"{minutes} minutes later a request for {c} arrives: "
+    head = (f"A request for {c} arrives: " if minutes is None
+            else f"{minutes} minutes later a request for {c} arrives: ")
     if c_phase in ("Ready", "Loading") and h_phase == "Preempted":
         return head + f"it preempts {h} ({c} is {c_phase})"
     if c_phase in ("Ready", "Loading"):

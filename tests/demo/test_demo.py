@@ -142,6 +142,8 @@ def test_swap_heading_says_what_the_statuses_say():
                        challenger_idle_seconds=900)
     assert swap_heading(story, {"big": {"phase": "Ready"}, "small": {"phase": "Preempted"}}, 11) == (
         "11 minutes later a request for big arrives: it preempts small (big is Ready)")
+    assert swap_heading(story, {"big": {"phase": "Ready"}, "small": {"phase": "Preempted"}}, None) == (
+        "A request for big arrives: it preempts small (big is Ready)")  # the real control plane: no clock
     stuck = swap_heading(story, {"big": {"phase": "Pending", "message": "waiting for the pod to be scheduled"},
                                  "small": {"phase": "Ready"}}, 11)
     assert "preempts" not in stuck
