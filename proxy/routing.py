@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from flexinfer.controller import groups
+from flexinfer.controller.phases import FAILED, LOADING, PENDING, READY
 
 from .catalog import ModelState
 
-READY, LOADING, PENDING, FAILED = "Ready", "Loading", "Pending", "Failed"
 NOT_STARTING_REASONS = {"WaitingForGroup", "ScaledToZero", "Preempted"}
 
 
@@ -237,8 +237,3 @@ def choose(plan: Choose, states: Mapping[str, ModelState], fits: Mapping[str, Fi
 def refuse_all(requested: str, rejected: Mapping[str, str], retry_after_s: float | None) -> Refuse:
     reasons = "; ".join(f"{n}: {why}" for n, why in sorted(rejected.items()))
     return Refuse(503, "model_unavailable", f"No model for '{requested}' can start now ({reasons})", retry_after_s)
-
-
-def with_activity(m: ModelState, t: float) -> ModelState:
-    """`m` as if a request arrived at `t` (tests, what-if)."""
-    return replace(m, last_active_unix=t)

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from flexinfer.controller.phases import PHASES
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flexinfer import logs
@@ -173,7 +174,7 @@ class Proxy:
         counts: dict[str, int] = {}
         for st in self.catalog.states.values():
             counts[st.phase] = counts.get(st.phase, 0) + 1
-        for phase in ("Idle", "Pending", "Loading", "Ready", "Preempted", "Failed"):
+        for phase in PHASES:
             self.metrics.models.labels(phase).set(counts.get(phase, 0))
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
