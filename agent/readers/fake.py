@@ -29,15 +29,19 @@ from typing import Any
 
 import pynvml
 
+from flexinfer import logs
+from flexinfer.errors import ParseError
 from flexinfer.fleet import (
     DEFAULT_AMD_DRIVER,
     DEFAULT_CUDA_VERSION,
+    DEFAULT_INTEL_DRIVER,
     DEFAULT_NVIDIA_DRIVER,
     DEFAULT_ROCM_VERSION,
     Fault,
     FleetGpu,
     FleetNode,
     gpu_uuid,
+    load_fleet,
     mig_uuid,
 )
 
@@ -45,6 +49,8 @@ from .amd import AmdSmiReader
 from .base import Backoff, GpuReader, GpuSample, MultiReader, NullReader
 from .intel import IntelSysfsReader
 from .nvml import THROTTLE_REASONS, NvmlReader
+
+log = logs.get("flexinfer.agent.fake")
 
 _THROTTLE_BITS = {name: bit for bit, name in THROTTLE_REASONS}
 SAMPLE_SECONDS = 10.0  # energy counters advance by power x this per sample
@@ -547,7 +553,8 @@ class FakeIntelSysfs(_FleetGpus):
         return self.sys_root / "devices" / "pci0000:00" / "0000:00:01.0" / self.pci(h)
 
     def _build(self) -> None:
-        self._w(self.proc_root / "sys" / "kernel" / "osrelease", self.node.driver_version or "6.12.12-generic")
+        self._w(self.proc_root / "sys" / "kernel" / "osrelease",
+                self.node.driver_version or f"{DEFAULT_INTEL_DRIVER}-generic")
         for h, (_, g, _uuid) in enumerate(self.gpus):
             driver = g.driver or "xe"
             (self.sys_root / "bus" / "pci" / "drivers" / driver).mkdir(parents=True, exist_ok=True)
@@ -665,7 +672,7 @@ def fleet_reader(node: FleetNode, amdsmi_module: Any = None, backoff: Backoff | 
     return readers[0] if len(readers) == 1 else MultiReader(readers)
 
 
-MAX_FLEET_FILE_BYTES = 4 << 20  # a 5000-node generated fleet is ~2 MiB
+MAX_FLEET_FILE_BYTES = 4 << 20  # a 5000-node generated fleet (flexinfer.fleet.generate_fleet) is ~3.6 MiB
 
 
 class FollowFleetFile:
@@ -684,8 +691,6 @@ class FollowFleetFile:
         self.reloads = 0
 
     def _stamp(self) -> tuple[int, int] | None:
-        import os
-
         try:
             st = os.stat(self.path)
         except OSError:
@@ -697,18 +702,13 @@ class FollowFleetFile:
         if stamp is None or stamp == self._seen:
             return
         self._seen = stamp
-        from flexinfer import logs
-        from flexinfer.errors import ParseError
-        from flexinfer.fleet import load_fleet
-
         if stamp[1] > MAX_FLEET_FILE_BYTES:
-            logs.get("flexinfer.agent.fake").warning("fleet_file_ignored", path=self.path, size_bytes=stamp[1],
-                                                     limit_bytes=MAX_FLEET_FILE_BYTES)
+            log.warning("fleet_file_ignored", path=self.path, size_bytes=stamp[1], limit_bytes=MAX_FLEET_FILE_BYTES)
             return
         try:
             fresh = load_fleet(self.path).node(self.node.name)
         except (ParseError, KeyError) as e:
-            logs.get("flexinfer.agent.fake").warning("fleet_file_ignored", path=self.path, error=str(e))
+            log.warning("fleet_file_ignored", path=self.path, error=str(e))
             return
         for gpu, new in zip(self.node.gpus, fresh.gpus, strict=False):
             gpu.used_mi_b = new.used_mi_b
