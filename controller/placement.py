@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,11 +101,22 @@ def _resource_reject(req: PodRequirements, pod_spec: JSON, node: JSON) -> str | 
     return None
 
 
-def place(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterable[Release] = (),
-          config: PolicyConfig | None = None, bound: Commitments | None = None) -> Fit:
-    """Would `pod` (a rendered model pod) be placed on one of `nodes` now, after `releases`? The best node by
-    the extender's score (ties: name). `bound`: the VRAM committed to bound pods (``commitments.from_pods``), as the
-    extender counts it (``policy.effective_free``); a release gives back its pod's commitment too."""
+@dataclass(frozen=True, slots=True)
+class NodeFit:
+    """One node's answer for a pod: `fit` when it takes the pod; else `reason` (kube-scheduler's or the
+    extender's short reason) and `detail` (the extender's, with the node's numbers; "" when a node filter
+    rejected the node before the extender was asked)."""
+
+    node: str
+    fit: Fit | None
+    reason: str = ""
+    detail: str = ""
+
+
+def node_fits(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterable[Release] = (),
+              config: PolicyConfig | None = None, bound: Commitments | None = None) -> Iterator[NodeFit]:
+    """Per node of `nodes`, in order: would it take `pod` (a rendered model pod) now, after `releases`? See
+    :func:`place` for `bound`."""
     config = config or PolicyConfig()
     req = requirements_from_dict(pod)
     binpack = config.strategy == "binpack"
@@ -116,35 +127,45 @@ def place(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterab
     by_node: dict[str, list[Release]] = {}
     for r in releases:
         by_node.setdefault(r.node, []).append(r)
+    for node in nodes:
+        name = str((node.get("metadata") or {}).get("name") or "")
+        why = node_filter_reject(spec, node) or _resource_reject(req, spec, node)
+        if why is not None:
+            yield NodeFit(name, None, why)
+            continue
+        view = view_of(node)
+        released = by_node.get(name, ())
+        committed = None
+        if bound is not None and name in bound.by_node:  # GPUs picked on the node as published, then released
+            committed = bound.settle(name, view, placer, without={r.pod for r in released if r.pod})
+        for r in released:
+            view = released_view(view, r)
+        verdict = evaluate(req, view, now_unix, config, node=name, committed=committed)
+        if not verdict.feasible:
+            yield NodeFit(name, None, verdict.reason, verdict.detail)
+            continue
+        gpu_vendor = next((g.vendor for g in (view.state.gpus if view.state else ()) if g.index in verdict.gpus), "")
+        yield NodeFit(name, Fit(True, name, gpu_vendor, verdict.gpus, verdict.score, verdict.detail))
+
+
+def place(pod: JSON, nodes: Iterable[JSON], now_unix: float, *, releases: Iterable[Release] = (),
+          config: PolicyConfig | None = None, bound: Commitments | None = None) -> Fit:
+    """Would `pod` (a rendered model pod) be placed on one of `nodes` now, after `releases`? The best node by
+    the extender's score (ties: name). `bound`: the VRAM committed to bound pods (``commitments.from_pods``), as the
+    extender counts it (``policy.effective_free``); a release gives back its pod's commitment too."""
     rejections: Counter[str] = Counter()
     example: dict[str, str] = {}
     feasible: Counter[str] = Counter()
     best: Fit | None = None
-    for node in nodes:
-        name = str((node.get("metadata") or {}).get("name") or "")
-        why = node_filter_reject(spec, node) or _resource_reject(req, spec, node)
-        if why is None:
-            view = view_of(node)
-            released = by_node.get(name, ())
-            committed = None
-            if bound is not None and name in bound.by_node:  # GPUs picked on the node as published, then released
-                committed = bound.settle(name, view, placer, without={r.pod for r in released if r.pod})
-            for r in released:
-                view = released_view(view, r)
-            verdict = evaluate(req, view, now_unix, config, node=name, committed=committed)
-            if verdict.feasible:
-                gpu_vendor = next((g.vendor for g in (view.state.gpus if view.state else ())
-                                   if g.index in verdict.gpus), "")
-                feasible[gpu_vendor] += 1
-                cand = Fit(True, name, gpu_vendor, verdict.gpus, verdict.score, verdict.detail)
-                if best is None or (cand.score, best.node) > (best.score, cand.node):
-                    best = cand
-                continue
-            why = verdict.reason
-            example.setdefault(why, f"{name}: {verdict.detail}")
-        else:
-            example.setdefault(why, name)
-        rejections[why] += 1
+    for nf in node_fits(pod, nodes, now_unix, releases=releases, config=config, bound=bound):
+        cand = nf.fit
+        if cand is not None:
+            feasible[cand.vendor] += 1
+            if best is None or (cand.score, best.node) > (best.score, cand.node):
+                best = cand
+            continue
+        example.setdefault(nf.reason, f"{nf.node}: {nf.detail}" if nf.detail else nf.node)
+        rejections[nf.reason] += 1
     if best is not None:
         return dataclasses.replace(best, feasible_by_vendor=dict(feasible))
     if not rejections:

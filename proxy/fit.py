@@ -1,7 +1,7 @@
 """Can a Model be placed? Asked with the code kube-scheduler and the extender run (no second implementation).
 
 :class:`PlacementFit` renders the pod the controller would create for the Model
-(:func:`flexinfer.controller.render.render_deployment`) and asks :func:`flexinfer.controller.placement.place`
+(:func:`flexinfer.controller.render.render_deployment`) and asks :func:`flexinfer.controller.placement.node_fits`
 about every Node: kube-scheduler's own node filters (:mod:`flexinfer.nodefilters`: Ready, schedulable,
 ``nodeSelector``, untolerated taints), the GPU extended resource, then the extender's policy
 (``extender.policy.evaluate``: per-GPU VRAM, vendor, backend/architecture compatibility, health, fresh
@@ -253,14 +253,9 @@ class PlacementFit:
         best: FitVerdict | None = None
         for vendor in vendors:
             pod = placement.pod_of(render_deployment(model, 1, vendor))
-            answers = []
-            for node in nodes:
-                name = str(node["metadata"]["name"])
-                f = placement.place(pod, [node], now, releases=releases, bound=bound)
-                why, _, example = f.reason.partition(" (e.g. ")  # "1x REASON (e.g. NODE[: DETAIL])"
-                detail = example.removesuffix(")").removeprefix(f"{name}: ") if example.startswith(f"{name}: ") else ""
-                answers.append(NodeAnswer(name, f.ok, R_INSUFFICIENT in f.reason, why.removeprefix("1x "), detail))
-            verdict = classify(answers)
+            verdict = classify(NodeAnswer(nf.node, nf.fit is not None, R_INSUFFICIENT in nf.reason, nf.reason,
+                                          nf.detail)
+                               for nf in placement.node_fits(pod, nodes, now, releases=releases, bound=bound))
             if best is None or verdict.fit < best.fit:
                 best = verdict
         assert best is not None
