@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ FORWARDED_HEADER = FORWARDED_KEY  # the same name marks a forwarded HTTP request
 log = logs.get("flexinfer.extender.replicas")
 
 LEASE_NAME = "flexinfer-extender"
+MAX_PEER_CHANNELS = 4  # gRPC channels kept to Lease holders (one per address); the least recently used is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ class Replicas:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http: dict[int, aiohttp.ClientSession] = {}
-        self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
+        self._channels: OrderedDict[str, tuple[grpc.Channel, Any]] = OrderedDict()  # by target, least recent first
         self._mu = threading.Lock()
         self.forwarded = 0
 
@@ -210,17 +212,22 @@ class Replicas:
         try:
             response = call(request, timeout=self.forward_timeout_s, metadata=((FORWARDED_KEY, "1"),))
         except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNAVAILABLE
-            return code, f"forwarded to the extender Lease holder {holder.grpc_target}: {e.details()}"
+            call_error = isinstance(e, grpc.Call)  # a bare RpcError has neither code() nor details()
+            code = e.code() if call_error else grpc.StatusCode.UNAVAILABLE
+            details = e.details() if call_error else repr(e)
+            return code, f"forwarded to the extender Lease holder {holder.grpc_target}: {details}"
         self.forwarded += 1
         return None, response
 
     def _stub_call(self, target: str, method: str) -> Any:
         from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 
+        stale: list[grpc.Channel] = []
         with self._mu:
             entry = self._channels.get(target)
-            if entry is None:
+            if entry is not None:
+                self._channels.move_to_end(target)
+            else:
                 if self.tls is not None:
                     options = [("grpc.ssl_target_name_override", self.peer_server_name)] if self.peer_server_name \
                         else []
@@ -228,5 +235,10 @@ class Replicas:
                 else:
                     channel = grpc.insecure_channel(target)
                 entry = self._channels[target] = (channel, pb_grpc.SchedulerExtenderStub(channel))
+                # Targets come from the Lease (a new pod IP after every rollout): keep only the latest few.
+                while len(self._channels) > MAX_PEER_CHANNELS:
+                    stale.append(self._channels.popitem(last=False)[1][0])
+        for channel in stale:
+            channel.close()
         assert method in RESPONSES
         return getattr(entry[1], method)
