@@ -38,9 +38,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from flexinfer.controller import placement
 from flexinfer.controller.render import render_deployment
@@ -109,36 +109,51 @@ def trim_node(node: JSON) -> JSON:
                                                             for c in ready[:1]]}}
 
 
-class NodeStore:
-    """Trimmed Nodes from informer events (thread-safe)."""
+class TrimmedStore:
+    """Trimmed objects from informer events (thread-safe). `key`: an object's key, None to leave it out."""
 
-    def __init__(self) -> None:
+    def __init__(self, trim: Callable[[JSON], JSON], key: Callable[[JSON], Hashable | None]) -> None:
+        self._trim, self._key = trim, key
         self._lock = threading.Lock()
-        self._nodes: dict[str, JSON] = {}
+        self._items: dict[Hashable, JSON] = {}
         self.synced = False
 
     def on_event(self, etype: str, obj: JSON) -> None:
         with self._lock:
             if etype == "SYNC":
-                self._nodes = {n["metadata"]["name"]: n for n in map(trim_node, obj.get("items") or [])
-                               if n["metadata"]["name"]}
+                items: dict[Hashable, JSON] = {}
+                for item in obj.get("items") or []:
+                    k = self._key(item)
+                    if k is not None:
+                        items[k] = self._trim(item)
+                self._items = items
                 self.synced = True
                 return
-            name = (obj.get("metadata") or {}).get("name")
-            if not name:
+            key = self._key(obj)
+            if key is None:
                 return
             if etype == "DELETED":
-                self._nodes.pop(name, None)
+                self._items.pop(key, None)
             else:
-                self._nodes[name] = trim_node(obj)
+                self._items[key] = self._trim(obj)
 
-    def replace(self, nodes: Iterable[JSON]) -> NodeStore:
-        self.on_event("SYNC", {"items": list(nodes)})
+    def replace(self, objs: Iterable[JSON]) -> Self:
+        self.on_event("SYNC", {"items": list(objs)})
         return self
 
-    def nodes(self) -> list[JSON]:
+    def _values(self) -> list[JSON]:
         with self._lock:
-            return list(self._nodes.values())
+            return list(self._items.values())
+
+
+class NodeStore(TrimmedStore):
+    """Trimmed Nodes from informer events (thread-safe), keyed by name."""
+
+    def __init__(self) -> None:
+        super().__init__(trim_node, lambda obj: (obj.get("metadata") or {}).get("name") or None)
+
+    def nodes(self) -> list[JSON]:
+        return self._values()
 
 
 def trim_pod(pod: JSON) -> JSON:
@@ -161,40 +176,20 @@ def trim_pod(pod: JSON) -> JSON:
             "status": {"phase": phase} if phase else {}}
 
 
-class PodStore:
+def _pod_key(obj: JSON) -> tuple[str, str] | None:
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    return (str(meta.get("namespace") or ""), name) if name else None
+
+
+class PodStore(TrimmedStore):
     """Trimmed bound model pods from informer events (thread-safe), keyed by namespace/name."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pods: dict[tuple[str, str], JSON] = {}
-        self.synced = False
-
-    @staticmethod
-    def _key(obj: JSON) -> tuple[str, str]:
-        meta = obj.get("metadata") or {}
-        return str(meta.get("namespace") or ""), str(meta.get("name") or "")
-
-    def on_event(self, etype: str, obj: JSON) -> None:
-        with self._lock:
-            if etype == "SYNC":
-                self._pods = {self._key(p): p for p in map(trim_pod, obj.get("items") or []) if self._key(p)[1]}
-                self.synced = True
-                return
-            key = self._key(obj)
-            if not key[1]:
-                return
-            if etype == "DELETED":
-                self._pods.pop(key, None)
-            else:
-                self._pods[key] = trim_pod(obj)
-
-    def replace(self, pods: Iterable[JSON]) -> PodStore:
-        self.on_event("SYNC", {"items": list(pods)})
-        return self
+        super().__init__(trim_pod, _pod_key)
 
     def pods(self) -> list[JSON]:
-        with self._lock:
-            return list(self._pods.values())
+        return self._values()
 
 
 class PlacementFit:
