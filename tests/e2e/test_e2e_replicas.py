@@ -19,13 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flexinfer.extender.policy import R_INSUFFICIENT
 
 from flexinfer import kube
 from flexinfer.sim.controlplane import free_port, python_entry_point, shipped_scheduler_config
 
-from .helpers import bound_pods, create, gpu_pod, scheduled_condition
-from .test_e2e_scheduling import GFX1100, assert_no_gpu_over_memory, burst_expectation
+from .helpers import bound_pods, create, gpu_pod
+from .test_e2e_scheduling import GFX1100, assert_no_gpu_over_memory, burst_expectation, burst_settled
 
 NAMESPACE = "flexinfer-system"
 
@@ -150,24 +149,9 @@ def test_two_replicas_behind_one_service_never_bind_more_than_fit(homelab, contr
                 leader["proc"].kill()  # SIGKILL: no hand-over, its tentative reservations are gone
 
             state: dict[str, Any] = {}
-
-            def settled() -> bool:
-                bound = bound_pods(api, ns, "burst=yes")
-                assert len(bound) <= n_fit, f"{len(bound)} bound, only {n_fit} fit: {bound}"
-                state["bound"] = bound
-                if len(bound) < n_fit:
-                    return False
-                for i in range(30):
-                    name = f"rburst-{i:02d}"
-                    if name not in bound:
-                        cond = scheduled_condition(api, ns, name)
-                        state["pending"] = (name, cond.get("message"))
-                        if R_INSUFFICIENT not in (cond.get("message") or ""):
-                            return False
-                return True
-
             try:
-                wait_for(f"exactly {n_fit} of 30 bound, the rest Pending for VRAM", settled, timeout_s=150)
+                wait_for(f"exactly {n_fit} of 30 bound, the rest Pending for VRAM",
+                         burst_settled(api, ns, "rburst", n_fit, state), timeout_s=150)
             except pytest.fail.Exception:
                 pytest.fail(f"the burst did not settle: {state}; balancer {lb.counts}; "
                             f"scheduler: {sched.log_tail(1500)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -139,6 +140,31 @@ def burst_expectation(homelab, mib: int) -> int:
     return n
 
 
+def burst_settled(api: Any, ns: str, prefix: str, n_fit: int, state: dict[str, Any],
+                  n_pods: int = 30) -> Callable[[], bool]:
+    """For wait_for: exactly `n_fit` of the burst's pods `<prefix>-NN` (label burst=yes) bound, more fails at
+    once, and every other one Pending with kube-scheduler's latest verdict naming the VRAM shortage (an extender
+    error while it was down is replaced by that reason). `state` keeps what was seen, for the failure message."""
+
+    def settled() -> bool:
+        bound = bound_pods(api, ns, "burst=yes")
+        assert len(bound) <= n_fit, f"{len(bound)} bound, only {n_fit} fit: {bound}"
+        state["bound"] = bound
+        if len(bound) < n_fit:
+            return False
+        for i in range(n_pods):
+            name = f"{prefix}-{i:02d}"
+            if name in bound:
+                continue
+            cond = scheduled_condition(api, ns, name)
+            state["pending"] = (name, cond.get("message"))
+            if R_INSUFFICIENT not in (cond.get("message") or ""):
+                return False
+        return True
+
+    return settled
+
+
 def assert_no_gpu_over_memory(homelab) -> None:
     for (_ns, pod_name), placed in homelab.load.loads.items():
         for node, gpu, mib in placed:
@@ -168,26 +194,9 @@ def run_burst(homelab, control_plane, api, ns, wait_for, *, kill_extender_after:
         homelab.start_extender()
 
     state: dict[str, Any] = {}
-
-    def settled() -> bool:
-        bound = bound_pods(api, ns, "burst=yes")
-        assert len(bound) <= n_fit, f"{len(bound)} bound, only {n_fit} fit: {bound}"
-        state["bound"] = bound
-        if len(bound) < n_fit:
-            return False
-        for i in range(30):
-            name = f"burst-{i:02d}"
-            if name in bound:
-                continue
-            # the latest verdict (an extender error while it was down is replaced by the VRAM reason)
-            cond = scheduled_condition(api, ns, name)
-            state["pending"] = (name, cond.get("message"))
-            if R_INSUFFICIENT not in (cond.get("message") or ""):
-                return False
-        return True
-
     try:
-        wait_for(f"exactly {n_fit} of 30 bound, the rest Pending for VRAM", settled, timeout_s=120)
+        wait_for(f"exactly {n_fit} of 30 bound, the rest Pending for VRAM",
+                 burst_settled(api, ns, "burst", n_fit, state), timeout_s=120)
     except pytest.fail.Exception:
         pytest.fail(f"the burst did not settle: {state}")
     homelab.wait_settled()
