@@ -46,6 +46,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from flexinfer import logs
 
+from . import wire
 from .tls import ReloadingContext
 
 log = logs.get("flexinfer.extender.listener")
@@ -211,9 +212,7 @@ class CorkedTransport:
 
 
 def _response(status: int, message: str) -> bytes:
-    import json
-
-    body = json.dumps({"Error": message}).encode()
+    body = wire.encoder.encode(wire.ErrorBody(Error=message))
     phrase = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(status, "")
     return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode() + body

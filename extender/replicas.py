@@ -40,6 +40,7 @@ import grpc
 
 from flexinfer import logs
 
+from . import wire
 from .grpc_edge import FORWARDED_KEY, RESPONSES
 from .tls import TlsFiles, client_context, grpc_channel_credentials
 
@@ -70,9 +71,7 @@ def make_identity(http_url: str, grpc_target: str = "") -> str:
 
 
 def _error_body(message: str) -> bytes:
-    import msgspec
-
-    return msgspec.json.encode({"Error": message})
+    return wire.encoder.encode(wire.ErrorBody(Error=message))
 
 
 class Replicas:
