@@ -266,6 +266,19 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float, interval_s
         time.sleep(interval_s)
 
 
+def http_ok(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None) -> Callable[[], bool]:
+    """A `wait_until` check: `url` answers 200 (an HTTP error status means not yet)."""
+
+    def ok() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s, context=context) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    return ok
+
+
 # --- certificates and kubeconfigs --------------------------------------------------------------------
 
 
@@ -723,15 +736,7 @@ class ControlPlane:
     def wait_apiserver_ready(self, procs: Iterable[Process] = (), timeout_s: float = 90.0) -> None:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca))
         ctx.load_cert_chain(str(self.pki.cert("admin")), str(self.pki.key("admin")))
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=3, context=ctx) as r:
-                    return r.status == 200
-            except urllib.error.HTTPError:
-                return False
-
-        wait_until("kube-apiserver /readyz", ready, timeout_s, interval_s=0.2,
+        wait_until("kube-apiserver /readyz", http_ok(f"{self.api_url}/readyz", 3, ctx), timeout_s, interval_s=0.2,
                    procs=procs or [self.procs["kube-apiserver"]])
 
     def restart_apiserver(self, down_seconds: float = 0.0, *, crash: bool = False) -> None:
@@ -752,15 +757,7 @@ class ControlPlane:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the component's self-signed serving cert, loopback only
-
-        def ok() -> bool:
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=2, context=ctx) as r:
-                    return r.status == 200
-            except urllib.error.HTTPError:
-                return False
-
-        return ok
+        return http_ok(f"https://127.0.0.1:{port}{path}", context=ctx)
 
     def _start_controller_manager(self) -> None:
         kc = self.kubeconfig("kube-controller-manager")
@@ -792,15 +789,7 @@ class ControlPlane:
             f"--cidr={POD_CIDR}", "--node-ip=10.0.1.1",
             f"--server-address=127.0.0.1:{self.ports.kwok}",
         ], supervise=True)
-
-        def ok() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.kwok}/healthz", timeout=2) as r:
-                    return r.status == 200
-            except urllib.error.HTTPError:
-                return False
-
-        wait_until("kwok /healthz", ok, 60, procs=[proc])
+        wait_until("kwok /healthz", http_ok(f"http://127.0.0.1:{self.ports.kwok}/healthz"), 60, procs=[proc])
 
     def _wait_bootstrapped(self) -> None:
         api = self.admin_api()

@@ -39,6 +39,7 @@ from flexinfer.sim.controlplane import (
     Process,
     extender_tls_files,
     free_port,
+    http_ok,
     make_ca,
     make_cert,
     python_entry_point,
@@ -511,14 +512,7 @@ class RealCluster:
         return proc
 
     def wait_extender_ready(self, proc: Process | None = None, timeout_s: float = 60.0) -> None:
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.extender_probe_url}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except urllib.error.HTTPError:
-                return False
-
-        wait_until("flexinfer-extender /readyz", ready, timeout_s,
+        wait_until("flexinfer-extender /readyz", http_ok(f"{self.extender_probe_url}/readyz"), timeout_s,
                    procs=[proc or self.cp.procs["flexinfer-extender"]])
 
     def extender_explain(self, pod: JSON, node_names: list[str] | None = None) -> JSON:

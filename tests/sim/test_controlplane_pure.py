@@ -120,3 +120,30 @@ def test_scheduler_bench_summary_and_target() -> None:
     ((name, measured, limit, unit, _detail),) = scheduler_bench.targets({"scheduler": {"summary": [row]}})
     assert "1000 nodes" in name and unit == "%" and limit == 20.0 and measured == round(100 * row["extender_cost"], 1)
     assert scheduler_bench.percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+
+
+def test_http_ok_is_a_readiness_check() -> None:
+    import http.server
+    import threading
+    import urllib.error
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/readyz" else 503)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert cpmod.http_ok(f"{url}/readyz")() is True
+        assert cpmod.http_ok(f"{url}/livez")() is False  # an error status: not ready yet
+        port = cpmod.free_port()
+        with pytest.raises(urllib.error.URLError):  # nobody listening: wait_until keeps the error for its message
+            cpmod.http_ok(f"http://127.0.0.1:{port}/readyz", 1)()
+    finally:
+        server.shutdown()
+        server.server_close()
