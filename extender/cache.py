@@ -31,7 +31,7 @@ from flexinfer.state import NodeView
 
 from .commitments import EMPTY, Commitment, Commitments, Placer
 from .pod import PodRequirements
-from .policy import commit_gpus, effective_free, static_class
+from .policy import INF, commit_gpus, effective_free, static_class
 
 log = logs.get("flexinfer.extender.cache")
 
@@ -44,7 +44,7 @@ class NodeClass:
     verdict is computed once per class; the columns let the policy judge every member in a few C-level passes
     (`policy.split_class`)."""
 
-    __slots__ = ("_derived", "_rejected", "free", "key", "names", "observed", "rep", "rows")
+    __slots__ = ("_derived", "_oldest", "_rejected", "free", "key", "names", "observed", "rep", "rows")
 
     def __init__(self, key: tuple, rep: NodeView) -> None:
         self.key = key
@@ -56,6 +56,7 @@ class NodeClass:
         self.free: list[list[int]] = [[] for _ in gpus]
         self._derived: dict[tuple[tuple[int, ...], int], list[int]] = {}
         self._rejected: dict[str, dict[str, str]] = {}  # reason -> {member: reason}, kept while members stay
+        self._oldest: float | None = None  # min(observed), kept until a member changes
 
     def __len__(self) -> int:
         return len(self.names)
@@ -71,6 +72,7 @@ class NodeClass:
                 for col, g in zip(self.free, state.gpus, strict=True):
                     col[row] = g.available_mib if g.available_mib > 0 else 0  # 0 when no time-slicing replica is left
         self._derived.clear()
+        self._oldest = None
 
     def add(self, name: str, view: NodeView, committed: Mapping[int, int] = EMPTY) -> None:
         self._rejected.clear()
@@ -96,6 +98,13 @@ class NodeClass:
         for col in columns:
             col.pop()
         self._derived.clear()
+        self._oldest = None
+
+    def oldest(self) -> float:
+        """The oldest observation time among the members (inf for an empty class)."""
+        if self._oldest is None:
+            self._oldest = min(self.observed, default=INF)
+        return self._oldest
 
     def rejected(self, reason: str) -> dict[str, str]:
         """Every member mapped to `reason` (a static rejection shared by every pod shape that gets it), kept

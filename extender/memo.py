@@ -30,8 +30,9 @@ from __future__ import annotations
 import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from itertools import repeat
+from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
+from operator import le, not_
 
 import msgspec
 
@@ -117,29 +118,72 @@ class FilterAnswer:
     failed: dict[str, str]
     unresolvable: dict[str, str]
     tally: Counter[tuple[bool, str]]
-    passing: Names
+    table: Names | None = None  # the shape's passing set, when the answer comes from its tables
+
+    @property
+    def passing(self) -> Names:
+        if self.table is None:
+            self.table = set(self.passed)
+        return self.table
+
+
+@dataclass(slots=True)
+class Group:
+    """The members of one node class a name list names, in list order: `rows` their rows in the class's columns
+    (None: the whole class, in row order, so its columns are used as they are), `positions` their places in the
+    list without repeats."""
+
+    cls: NodeClass
+    members: list[str]
+    rows: list[int] | None
+    positions: list[int]
+
+
+MAX_MERGED = 4  # merged static rejection maps kept per projection
 
 
 @dataclass(slots=True)
 class Projection:
     """A name list laid over the node table's classes, valid while the table's `layout` is `layout`: `unique`
-    (the list without repeats), per class the members it names in list order with their rows (`rows` None: the
-    whole class, in row order, so its columns are used as they are), and the names the cache does not hold."""
+    (the list without repeats), its `groups` (one per class it names) and the names the cache does not hold.
+    `merged`: the FailedAndUnresolvableNodes of recent static outcomes (which groups were rejected, and why),
+    shared read-only by the answers that use them (at most MAX_MERGED)."""
 
     layout: int
     unique: Sequence[str]
-    groups: list[tuple[NodeClass, list[str], list[int] | None]]
+    groups: list[Group]
     unknown: list[str]
+    merged: dict[tuple[tuple[int, str], ...], dict[str, str]] = field(default_factory=dict)
+
+    def rejected(self, key: tuple[tuple[int, str], ...]) -> dict[str, str]:
+        """Every member of the groups `key` names (group index, reason) mapped to its reason (read-only)."""
+        found = self.merged.get(key)
+        if found is None:
+            if len(self.merged) >= MAX_MERGED:
+                self.merged.clear()
+            found = {}
+            for index, reason in key:
+                g = self.groups[index]
+                found.update(g.cls.rejected(reason) if g.rows is None else dict.fromkeys(g.members, reason))
+            self.merged[key] = found
+        return found
 
 
 def project(table: NodeTable, unique: Sequence[str]) -> Projection:
     """`unique`'s Projection onto `table` (node cache lock held): one dict lookup per name."""
-    by_class: dict[NodeClass, list[str]] = {}
+    by_class: dict[NodeClass, tuple[list[str], list[int]]] = {}
     unknown: list[str] = []
-    for name, cls in zip(unique, map(table.where.get, unique), strict=True):
-        (by_class.setdefault(cls, []) if cls is not None else unknown).append(name)
-    groups = [(cls, members, None if members == cls.names else list(map(cls.rows.__getitem__, members)))
-              for cls, members in by_class.items()]
+    for pos, (name, cls) in enumerate(zip(unique, map(table.where.get, unique), strict=True)):
+        if cls is None:
+            unknown.append(name)
+            continue
+        entry = by_class.get(cls)
+        if entry is None:
+            entry = by_class[cls] = ([], [])
+        entry[0].append(name)
+        entry[1].append(pos)
+    groups = [Group(cls, members, None if members == cls.names else list(map(cls.rows.__getitem__, members)),
+                    positions) for cls, (members, positions) in by_class.items()]
     return Projection(table.layout, unique, groups, unknown)
 
 
@@ -385,35 +429,48 @@ class VerdictCache:
 
     def _first_answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
         """(node cache lock held) `_rebuild`'s verdicts for the named nodes only, straight from the class columns
-        through the list's projection, keeping no tables: a shape's first filter (see `answer`)."""
+        through the list's projection, keeping no tables: a shape's first filter (see `answer`). Statically
+        rejected groups share the projection's merged map; passing names come back in list order from the
+        groups' positions."""
         proj = self._projection(names, wanted)
         cfg = self.config
         est, limit = shape.req.vram_estimate_mib, cfg.max_state_age_seconds
-        passing: set[str] = set()
         failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
+        stale_map: dict[str, str] = {}
         tally: Counter[tuple[bool, str]] = Counter()
-        for cls, members, rows in proj.groups:
+        rejected: list[tuple[int, str]] = []
+        ok_positions: list[list[int]] = []
+        for index, g in enumerate(proj.groups):
+            cls = g.cls
             fit = self._static(shape, cls.key, cls.rep)
             if isinstance(fit, NodeVerdict):
-                reason = fit.reason
-                unresolvable.update(cls.rejected(reason) if rows is None else dict.fromkeys(members, reason))
-                tally[(True, reason)] += len(members)
+                rejected.append((index, fit.reason))
+                tally[(True, fit.reason)] += len(g.members)
                 continue
             available: list[int] = cls.available(fit.positions, fit.count)
-            observed: list[float] | None = cls.observed
-            if rows is not None:
-                available = list(map(available.__getitem__, rows))
-                # the named members' times only when some member of the class is stale (rare)
-                observed = list(map(cls.observed.__getitem__, rows)) if now - min(cls.observed) > limit else None
-            ok, short, stale, _ = split_class(fit, est, members, observed, available, now, cfg)
-            passing.update(ok)
-            _fold_rejected(short, stale, failed, unresolvable, tally)
+            members, positions = g.members, g.positions
+            if g.rows is not None:
+                available = list(map(available.__getitem__, g.rows))
+            if now - cls.oldest() > limit:  # rare: some member of the class is stale; judge it the long way
+                observed = cls.observed if g.rows is None else list(map(cls.observed.__getitem__, g.rows))
+                ok, short, stale, _ = split_class(fit, est, members, observed, available, now, cfg)
+                fresh = set(ok)
+                ok_positions.append([p for p, n in zip(positions, members, strict=True) if n in fresh])
+                _fold_rejected(short, stale, failed, stale_map, tally)
+                continue
+            fits = list(map(le, repeat(est), available))
+            ok_positions.append(list(compress(positions, fits)))
+            if len(ok_positions[-1]) < len(members):
+                _fold_rejected(list(compress(members, map(not_, fits))), [], failed, stale_map, tally)
         if proj.unknown:
             failed.update(dict.fromkeys(proj.unknown, R_NOT_IN_CACHE))
             tally[(False, R_NOT_IN_CACHE)] += len(proj.unknown)
-        passed = list(filter(passing.__contains__, proj.unique)) if passing else []
-        return FilterAnswer(passed, failed, unresolvable, tally, passing)
+        unresolvable = proj.rejected(tuple(rejected)) if rejected else {}
+        if stale_map:
+            unresolvable = {**unresolvable, **stale_map}
+        order = ok_positions[0] if len(ok_positions) == 1 else sorted(chain.from_iterable(ok_positions))
+        passed = list(map(proj.unique.__getitem__, order))
+        return FilterAnswer(passed, failed, unresolvable, tally)
 
     def answer(self, shape: ShapeMemo, names: Sequence[str], wanted: Names, now: float) -> FilterAnswer:
         """Filter's answer for `names` without reservations (shared: copy before changing). A repeat of the
