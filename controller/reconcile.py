@@ -308,11 +308,12 @@ class Controller:
                 self.metrics.reconcile_errors.labels(kind="invalid").inc()
                 self._write_invalid(obj, str(e), now, result)
                 continue
-            conflict = self._claim(m, ctx)
+            plan = cache_mod.plan(m)
+            conflict = self._claim(m, plan, ctx)
             if conflict:
                 self._write_conflict(obj, m, conflict, now, result)
                 continue
-            entries[m.name] = self._observe(obj, m, ctx)
+            entries[m.name] = self._observe(obj, m, plan, ctx)
         if not entries:
             return
         if in_group:  # rollback: a preemptor that did not become Ready in time gives the GPU back
@@ -346,20 +347,19 @@ class Controller:
         for name, e in entries.items():
             self._finish(e, decisions[name], gate.get(name), releases, ctx, result)
 
-    def _observe(self, obj: JSON, m: Model, ctx: _Pass) -> _Entry:
+    def _observe(self, obj: JSON, m: Model, plan: cache_mod.Plan | None, ctx: _Pass) -> _Entry:
         dep = ctx.deps.get((m.namespace, m.name))
         replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0) if dep else 0
         pods = ctx.pods.get((m.namespace, m.name), [])
         info = phases.pod_info(pods)
-        plan = cache_mod.plan(m)
         cstate = None
         if plan is not None:
             jobs = {n: ctx.jobs.get((m.namespace, n)) for n in self._job_names(m, plan)}
             cstate = cache_mod.evaluate(m, plan, jobs, m.status.get("cache") if isinstance(m.status.get("cache"),
                                                                                       dict) else None,
                                         hf_image=self.hf_prefetch_image)
-        cache_ready = cstate.ready if cstate is not None and plan is not None and plan.key else self._cache_ready(m)
-        obs = phases.derive_phase(replicas, dep, info, cache_ready, preempted=m.status.get("phase") == phases.PREEMPTED)
+        obs = phases.derive_phase(replicas, dep, info, self._cache_ready(m, plan, cstate),
+                                  preempted=m.status.get("phase") == phases.PREEMPTED)
         if replicas == 0 and self._known_failed(m, ctx.now):
             obs = phases.PhaseResult(phases.FAILED, str(m.status.get("message") or "failed"),
                                      self._ready_reason(m) or "Failed")
@@ -518,9 +518,8 @@ class Controller:
         dep = self._apply_model(m, d, e.dep, ctx, vendor, result)
         waiting = d.replicas == 0 and not d.preempted and d.demand > groups.NONE
         blocked = gated[0] if (d.blocked and gated) else ("Unschedulable" if d.blocked else "")
-        cache_ready = e.cache.ready if e.cache is not None and e.plan is not None and e.plan.key \
-            else self._cache_ready(m)
-        ph = phases.derive_phase(d.replicas, dep, e.info, cache_ready, d.preempted, d.reason, waiting, blocked)
+        ph = phases.derive_phase(d.replicas, dep, e.info, self._cache_ready(m, e.plan, e.cache), d.preempted, d.reason,
+                                 waiting, blocked)
         if d.replicas == 0 and blocked == "CacheFailed":
             ph = phases.PhaseResult(phases.FAILED, d.reason, "CacheFailed")
         elif d.replicas == 0 and (e.obs.phase == phases.FAILED or self._known_failed(m, now)):
@@ -570,13 +569,12 @@ class Controller:
         cache.pop(key, None)
         return ownership.conflict_message(kind, obj)
 
-    def _claim(self, m: Model, ctx: _Pass) -> str:
+    def _claim(self, m: Model, plan: cache_mod.Plan | None, ctx: _Pass) -> str:
         """The first object of `m` that exists but is not ours (its conflict message), else ""."""
         checks = [("deployments", "Deployment", m.name, ctx.deps), ("services", "Service", m.name, ctx.svcs)]
         pvc = render.render_pvc(m)
         if pvc is not None:
             checks.append(("persistentvolumeclaims", "PersistentVolumeClaim", pvc["metadata"]["name"], ctx.pvcs))
-        plan = cache_mod.plan(m)
         if plan is not None:
             checks += [("jobs", "Job", name, ctx.jobs) for name in self._job_names(m, plan)]
         for plural, kind, name, cache in checks:
@@ -595,7 +593,10 @@ class Controller:
 
     # -- inputs ----------------------------------------------------------------------------------
     @staticmethod
-    def _cache_ready(m: Model) -> bool | None:
+    def _cache_ready(m: Model, plan: cache_mod.Plan | None, state: cache_mod.CacheState | None) -> bool | None:
+        """The cache's readiness: this pass's evaluation when the plan has something to check, else status.cache."""
+        if state is not None and plan is not None and plan.key:
+            return state.ready
         cache = m.status.get("cache")
         if isinstance(cache, dict) and "ready" in cache:
             return bool(cache["ready"]) if cache.get("ready") is not None else None
