@@ -20,7 +20,7 @@ from .attribution import Assignment, Holding, attribute, replicas_by_vendor
 from .metrics import AgentMetrics
 from .publish import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_THRESHOLD_MIB, Publisher, PublishResult, should_publish
 from .readers.base import GpuReader, GpuSample
-from .sampler import node_state
+from .sampler import add_notes, node_state
 
 log = logs.get("flexinfer.agent")
 
@@ -137,10 +137,8 @@ class Agent:
         replicas = replicas_by_vendor(capacity, devices_by_vendor(samples), gfd_replicas(labels))
         state = node_state(self.node, samples, status, now, holders=holders, replicas=replicas)
         extra.append(mismatch_status(cross_check(labels, state)))
-        notes = [t for t in extra if t]
-        if notes:
-            own = [] if state.agent_status == "ok" else [state.agent_status]
-            state = replace(state, agent_status="; ".join(own + notes))
+        if any(extra):
+            state = replace(state, agent_status=add_notes(state.agent_status, extra))
         self.metrics.observe(samples, duration, type(self.reader).__name__, state.agent_status, holders)
         self.hub.update(state, self.threshold_mib, self.heartbeat_seconds)
         result: PublishResult | None = None

@@ -42,6 +42,12 @@ def mig_state(s: GpuSample, m: MigSample, index: int) -> GpuState:
                    mig_parent=s.index)
 
 
+def add_notes(status: str, notes: list[str]) -> str:
+    """The agent status with `notes` appended ("ok" is replaced, empty notes are dropped); "ok" when none."""
+    parts = ([] if status in ("", "ok") else [status]) + [n for n in notes if n]
+    return "; ".join(parts) or "ok"
+
+
 def _versions(samples: list[GpuSample]) -> tuple[str, str, str]:
     """(driver, CUDA, ROCm) versions for the node: the driver only when every GPU reports the same one."""
     drivers = {s.driver_version for s in samples if s.driver_version}
@@ -91,9 +97,6 @@ def node_state(node: str, samples: list[GpuSample], status: str, now: float, *,
                 # The driver does not say how much memory is used: a GPU someone holds has none to promise.
                 g = replace(g, free_mib=0)
             gpus.append(g)
-    status = status or "ok"
-    if notes:
-        status = "; ".join(([] if status == "ok" else [status]) + notes)
     driver, cuda, rocm = _versions(ordered)
-    return NodeGpuState(node=node, gpus=tuple(gpus), observed_unix=now, agent_status=status,
+    return NodeGpuState(node=node, gpus=tuple(gpus), observed_unix=now, agent_status=add_notes(status, notes),
                         driver_version=driver, cuda_version=cuda, rocm_version=rocm)
