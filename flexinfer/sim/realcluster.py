@@ -46,13 +46,13 @@ from flexinfer.sim.controlplane import (
     shipped_scheduler_config,
     wait_until,
 )
+from flexinfer.sim.intree import pod_gpu_requests
 from flexinfer.state import decode_state, rfc3339
 
 log = logs.get("flexinfer.sim.realcluster")
 
 JSON = dict[str, Any]
 NAMESPACE = "flexinfer-system"
-RESOURCE_VENDOR = keys.GPU_RESOURCES
 
 
 def kwok_node_objects(fleet: Fleet, names: Iterable[str] | None = None, *, published: bool = False,
@@ -84,16 +84,10 @@ def kwok_node_objects(fleet: Fleet, names: Iterable[str] | None = None, *, publi
 
 
 def pod_gpu_request(pod: JSON) -> tuple[str, int]:
-    """(vendor, count) of the GPU resource a pod requests (limits win), ("", 0) for none. Pure."""
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        res = c.get("resources") or {}
-        for source in (res.get("limits") or {}, res.get("requests") or {}):
-            for name, vendor in RESOURCE_VENDOR.items():
-                if name in source:
-                    try:
-                        return vendor, int(str(source[name]))
-                    except ValueError:
-                        return vendor, 0
+    """(vendor, count) of the GPU resource a pod requests, counted as the extender counts it
+    (`flexinfer.sim.intree.pod_gpu_requests`), ("", 0) for none. Pure."""
+    for resource, count in pod_gpu_requests(pod).items():
+        return keys.GPU_RESOURCES[resource], count
     return "", 0
 
 

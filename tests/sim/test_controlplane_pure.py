@@ -147,3 +147,15 @@ def test_http_ok_is_a_readiness_check() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pod_gpu_request_counts_as_the_extender_does() -> None:
+    def pod(*containers: dict, init: tuple[dict, ...] = ()) -> dict:
+        return {"spec": {"containers": [{"name": f"c{i}", "resources": r} for i, r in enumerate(containers)],
+                         "initContainers": [{"name": "init", "resources": r} for r in init]}}
+
+    nv = keys.RESOURCE_NVIDIA
+    assert pod_gpu_request(pod({"limits": {nv: "1"}, "requests": {nv: "1"}}, {"requests": {nv: 2}})) == ("nvidia", 3)
+    assert pod_gpu_request(pod({"limits": {nv: "1"}}, init=({"limits": {nv: "4"}},))) == ("nvidia", 4)
+    assert pod_gpu_request(pod({"limits": {nv: "half"}})) == ("", 0)  # the extender names that pod's error
+    assert pod_gpu_request(pod({"requests": {"cpu": "1"}})) == ("", 0)
