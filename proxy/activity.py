@@ -98,15 +98,12 @@ class ActivityWriter:
             if now > self.pending.get(model, 0.0) and now > self._written_value.get(model, 0.0):
                 self.pending[model] = now  # requests in flight are traffic
             self.last_seen[model] = max(self.last_seen.get(model, 0.0), now)
+        # forget deleted Models (every Model with traffic is in last_seen or pending)
+        for model in [m for m in {*self.last_seen, *self.pending} if not self.known(m)]:
+            for per_model in (self.pending, self.last_seen, self._written, self._written_value, self._activated):
+                per_model.pop(model, None)
         made = 0
         for model, t in sorted(self.pending.items()):
-            if not self.known(model):
-                self.pending.pop(model, None)
-                self.last_seen.pop(model, None)
-                self._written.pop(model, None)
-                self._written_value.pop(model, None)
-                self._activated.pop(model, None)
-                continue
             if not self._due(model, mono):
                 continue
             stored = self.stored_time(model)
