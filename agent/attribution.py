@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from flexinfer import keys
 from flexinfer.arch import AMD, INTEL, NVIDIA
 from flexinfer.state import MAX_PODS, MAX_REPLICAS
 
@@ -27,11 +28,9 @@ from .readers.base import GpuSample
 
 # Resources whose devices are GPUs (MIG resources under NVIDIA's `mixed` strategy: nvidia.com/mig-3g.40gb).
 GPU_RESOURCE_PREFIXES = ("nvidia.com/", "amd.com/", "gpu.intel.com/")
-# Per vendor, the device-plugin resources whose capacity counts its GPUs.
+# Per vendor, the device-plugin resources whose capacity counts its GPUs (flexinfer.keys.GPU_RESOURCES, inverted).
 VENDOR_RESOURCES: Mapping[str, tuple[str, ...]] = {
-    NVIDIA: ("nvidia.com/gpu",),
-    AMD: ("amd.com/gpu",),
-    INTEL: ("gpu.intel.com/i915", "gpu.intel.com/xe"),
+    vendor: tuple(r for r, v in keys.GPU_RESOURCES.items() if v == vendor) for vendor in (NVIDIA, AMD, INTEL)
 }
 
 
