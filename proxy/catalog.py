@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -212,7 +212,7 @@ class Catalog:
                     model = self._put_slice(obj)
                     if model:
                         changed.add(model)
-            self._rebuild(changed)
+            self._rebuild(changed, endpoints_only=True)
         self._notify(changed)
 
     def _put_slice(self, obj: JSON) -> str | None:
@@ -230,11 +230,16 @@ class Catalog:
                 urls.update(u)
         return tuple(sorted(urls))
 
-    def _rebuild(self, names: set[str]) -> None:
+    def _rebuild(self, names: set[str], *, endpoints_only: bool = False) -> None:
+        """New states for `names`; `endpoints_only`: their Model objects are unchanged, so a Model already in the
+        snapshot keeps its parsed state and only gets its new endpoints (no second parse)."""
         if not names:
             return
         snap = dict(self._snapshot)
         for name in names:
+            if endpoints_only and name in snap:
+                snap[name] = replace(snap[name], endpoints=self._endpoints(name))
+                continue
             obj = self._objs.get(name)
             st = state_of(obj, self._endpoints(name)) if obj is not None else None
             if st is None:
