@@ -16,8 +16,9 @@ from flexinfer.cli.output import OUTPUT_OPTION, console, emit, table
 from flexinfer.cli.sources import node_objects, source_options
 from flexinfer.errors import ParseError, ValidationError
 from flexinfer.model import parse_model
+from flexinfer.preflight import Level
 
-EXIT_NOTHING_FITS = 20  # the same number as preflight's BLOCK
+EXIT_NOTHING_FITS = int(Level.BLOCK)  # the same number as preflight's BLOCK
 
 
 def pod_from_model_doc(doc: dict[str, Any]) -> dict[str, Any]:
