@@ -40,6 +40,11 @@ DEFAULT_PAGE_SIZE = 500  # client-go's pager default
 _decoder = msgspec.json.Decoder()
 
 
+def _items_rv(data: JSON) -> tuple[list[Any], str]:
+    """A List's items and its resourceVersion."""
+    return list(data.get("items") or []), (data.get("metadata") or {}).get("resourceVersion") or ""
+
+
 def _obj_key(obj: JSON) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace") or "", meta.get("name") or ""
@@ -172,7 +177,7 @@ class Informer:
         if not self.page_size:
             data = self._get_list(path, base)
             self.list_pages = 1
-            return list(data.get("items") or []), (data.get("metadata") or {}).get("resourceVersion") or ""
+            return _items_rv(data)
         items: list[Any] = []
         token: str | None = None
         pages = 0
@@ -188,7 +193,7 @@ class Informer:
                 self._log.info("informer_list_expired", pages=pages, items=len(items))
                 data = self._get_list(path, base)
                 self.list_pages = pages + 1
-                return list(data.get("items") or []), (data.get("metadata") or {}).get("resourceVersion") or ""
+                return _items_rv(data)
             pages += 1
             items.extend(data.get("items") or [])
             meta = data.get("metadata") or {}
