@@ -51,17 +51,12 @@ from typing import Any
 import kubernetes.client
 
 from flexinfer import kube, logs
-from flexinfer.state import parse_rfc3339
 
 log = logs.get("flexinfer.controller.leader")
 
 
 def micro_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_micro_time(value: Any) -> float | None:
-    return parse_rfc3339(value)
 
 
 def default_identity() -> str:
@@ -129,10 +124,6 @@ class LeaseLock:
         self._collection = kube.resource_path(kube.resource_for("leases"), namespace)
 
     # -- state ---------------------------------------------------------------------------------
-    @property
-    def lease_duration_s(self) -> float:
-        return self.timings.lease_duration_s
-
     @property
     def is_leader(self) -> bool:
         """True while this replica holds the lease and its last renewal started less than the renew deadline
