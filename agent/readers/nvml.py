@@ -445,12 +445,16 @@ class NvmlReader:
             corr, unc, pending, failed = (int(x) for x in rows)
             s.remapped_rows = {"correctable": corr, "uncorrectable": unc}
             s.row_remap_pending, s.row_remap_failed = bool(pending), bool(failed)
-            if failed and not dev.sticky_reason:
-                dev.healthy = False
-                dev.reason = dev.sticky_reason = "row remapping failed"
-                dev.error_events += 1
-                dev.last_error_unix = self.clock()
-                log.warning("nvml_row_remap_failed", uuid=dev.uuid)
+            if failed:
+                with self._lock:  # the event thread updates the same fields (Xid, double-bit ECC) under it
+                    first = not dev.sticky_reason
+                    if first:
+                        dev.healthy = False
+                        dev.reason = dev.sticky_reason = "row remapping failed"
+                        dev.error_events += 1
+                        dev.last_error_unix = self.clock()
+                if first:
+                    log.warning("nvml_row_remap_failed", uuid=dev.uuid)
         fn = self._fn("nvmlDeviceGetRetiredPages")
         single = self._metric(dev, "retired_pages", fn, h, nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
         double = self._metric(dev, "retired_pages", fn, h, nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
