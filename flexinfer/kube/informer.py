@@ -253,8 +253,10 @@ class Informer:
                 if self._stop.is_set():
                     return got
                 buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
+                if b"\n" not in chunk:
+                    continue
+                *lines, buf = buf.split(b"\n")  # one pass per chunk (not one copy of the rest per line)
+                for line in lines:
                     if line.strip():
                         self._handle_line(line, path)
                         got = True
