@@ -48,6 +48,16 @@ def retry_after_header(seconds: float | None) -> dict[str, str]:
 def model_list(states: Mapping[str, ModelState]) -> bytes:
     """``GET /v1/models``: every Model (id = its name) and every serviceLabel (id = the label, an alias of the
     Models carrying it), each with the phase a client would get. Extra facts live under ``flexinfer``."""
+    return _enc.encode({"object": "list", "data": _entries(states)})
+
+
+def model_entry(name: str, states: Mapping[str, ModelState]) -> bytes | None:
+    """``GET /v1/models/{id}`` for a Model name or a label, None when unknown."""
+    entry = next((e for e in _entries(states) if e["id"] == name), None)
+    return None if entry is None else _enc.encode(entry)
+
+
+def _entries(states: Mapping[str, ModelState]) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = []
     aliases: dict[str, list[ModelState]] = {}
     for name in sorted(states):
@@ -66,16 +76,7 @@ def model_list(states: Mapping[str, ModelState]) -> bytes:
         data.append(_entry(lab, min(m.created_unix for m in ms), {
             "kind": "alias", "models": [m.name for m in ms], "phase": best_phase(m.phase for m in ms),
             "serving": any(m.endpoints for m in ms)}))
-    return _enc.encode({"object": "list", "data": data})
-
-
-def model_entry(name: str, states: Mapping[str, ModelState]) -> bytes | None:
-    """``GET /v1/models/{id}`` for a Model name or a label, None when unknown."""
-    listing = msgspec.json.decode(model_list(states))
-    for e in listing["data"]:
-        if e["id"] == name:
-            return _enc.encode(e)
-    return None
+    return data
 
 
 _PHASE_ORDER = ("Ready", "Loading", "Pending", "Preempted", "Idle", "Failed")
