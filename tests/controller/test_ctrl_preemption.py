@@ -92,17 +92,23 @@ def start_14b(fake, api, ctl, clock, used_7900xtx: int):
     assert status(fake, "qwen3-14b-mlc")["phase"] == "Ready"
 
 
+def idle_14b_then_activate_32b(fake, api, ctl, clock, vram_32b_mib: int, cold: str = "10m") -> None:
+    """The always-on 14B (P:100) serves on cblevins-7900xtx and idles past its timeout; then the 32B (P:80) is
+    activated: the next pass decides whether it preempts the 14B."""
+    publish_nodes(fake, clock.t, cblevins_5930k=20000)
+    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
+    fake.put_object(mlc("qwen3-32b-quality", 80, vram_32b_mib, cold=cold))
+    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
+    clock.t += 700
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
+    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+
+
 def test_no_preemption_when_the_preemptor_fits_nowhere(lane):
     """The issue's story: the 32B needs 30000 MiB, more than any gfx1100 card. Activating it must not scale
     the serving always-on 14B down (the group would serve nothing until the 32B idles out)."""
     fake, api, ctl, clock = lane
-    publish_nodes(fake, clock.t, cblevins_5930k=20000)
-    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
-    fake.put_object(mlc("qwen3-32b-quality", 80, 30000))
-    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
-    clock.t += 700  # the 14B idles past its timeout: an activation of the 32B would preempt it
-    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
-    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    idle_14b_then_activate_32b(fake, api, ctl, clock, 30000)
     for _ in range(3):
         r = ctl.reconcile_once()
         assert not r.errors
@@ -125,13 +131,7 @@ def test_preemption_when_the_holders_gpu_is_enough_and_rollback_after_cold_start
     preempted. The 32B is scheduled but never becomes Ready: after its coldStartTimeout the controller rolls
     back and the 14B serves again."""
     fake, api, ctl, clock = lane
-    publish_nodes(fake, clock.t, cblevins_5930k=20000)
-    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
-    fake.put_object(mlc("qwen3-32b-quality", 80, 21000, cold="10m"))
-    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
-    clock.t += 700
-    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
-    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    idle_14b_then_activate_32b(fake, api, ctl, clock, 21000, cold="10m")
     ctl.reconcile_once()
     assert replicas(fake, "qwen3-14b-mlc") == 0 and replicas(fake, "qwen3-32b-quality") == 1
     assert status(fake, "qwen3-14b-mlc")["phase"] == "Preempted"
@@ -213,13 +213,7 @@ def test_no_preemption_while_a_bound_model_has_not_loaded_yet(lane):
 
 def test_a_preemptor_that_is_never_scheduled_is_rolled_back_too(lane):
     fake, api, ctl, clock = lane
-    publish_nodes(fake, clock.t, cblevins_5930k=20000)
-    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
-    fake.put_object(mlc("qwen3-32b-quality", 80, 21000, cold="2m"))
-    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
-    clock.t += 700
-    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
-    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    idle_14b_then_activate_32b(fake, api, ctl, clock, 21000, cold="2m")
     ctl.reconcile_once()
     assert replicas(fake, "qwen3-32b-quality") == 1
     stop_pod(fake, "qwen3-14b-mlc")
@@ -313,13 +307,7 @@ def test_auto_without_node_access_uses_the_flag(fake_api, kube_api):
 def test_a_preemptor_that_was_ready_is_not_rolled_back_later(lane):
     """The swap worked (the 32B became Ready); a later loss of readiness is not a failed cold start."""
     fake, api, ctl, clock = lane
-    publish_nodes(fake, clock.t, cblevins_5930k=20000)
-    fake.put_object(mlc("qwen3-14b-mlc", 100, 12288, min_replicas=1))
-    fake.put_object(mlc("qwen3-32b-quality", 80, 21000, cold="2m"))
-    start_14b(fake, api, ctl, clock, used_7900xtx=520 + 12288)
-    clock.t += 700
-    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
-    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    idle_14b_then_activate_32b(fake, api, ctl, clock, 21000, cold="2m")
     ctl.reconcile_once()
     stop_pod(fake, "qwen3-14b-mlc")
     run_pod(fake, "qwen3-32b-quality", "cblevins-7900xtx", ready=True)
