@@ -480,11 +480,10 @@ class Proxy:
                         model=name) from None
         except TimeoutError:
             self.metrics.upstream_errors.labels(label, "timeout").inc()
+            code = "504"
             if resp is not None and resp.prepared:
-                code = "504"
                 log.warning("upstream stopped sending mid-answer; closing", model=name, endpoint=endpoint)
                 return _abort(request, resp)
-            code = "504"
             raise Reply(504, "upstream_timeout", f"The model server of '{name}' at {endpoint} sent nothing for "
                         f"{cfg.upstream_read_timeout_s:g} s", model=name) from None
         except aiohttp.ClientError as e:
