@@ -71,10 +71,6 @@ class Reservations:
         with self._lock:
             return len(self._by_pod)
 
-    def tentative_count(self) -> int:
-        """Every reservation is tentative (bound pods hold commitments in the node cache instead)."""
-        return len(self)
-
     def get(self, pod: str) -> Reservation | None:
         with self._lock:
             return self._by_pod.get(pod)

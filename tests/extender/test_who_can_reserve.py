@@ -136,7 +136,7 @@ def test_tentative_reservations_are_capped_oldest_first() -> None:
     r.release("p2")  # bound: its memory is a commitment in the node cache now, not a reservation
     r.reserve("p5", "n", (0,), 100, 1011.0)
     r.reserve("p6", "n", (0,), 100, 1012.0)
-    assert [x.pod for x in r.all()] == ["p4", "p5", "p6"] and r.tentative_count() == 3 and r.evicted == 3
+    assert [x.pod for x in r.all()] == ["p4", "p5", "p6"] and len(r) == 3 and r.evicted == 3
     r.reserve("p4", "n", (0,), 100, 1013.0)  # a retry replaces the pod's own reservation, evicting nobody
     assert [x.pod for x in r.all()] == ["p5", "p6", "p4"] and r.evicted == 3
 
