@@ -479,12 +479,8 @@ class Controller:
     @staticmethod
     def _fixed_vendor(m: Model) -> tuple[str, str, str] | None:
         """(vendor, reason, message) when the Model pins its vendor."""
-        if m.vendor in ("nvidia", "amd", "intel", "cpu"):
-            return m.vendor, "Pinned", f"spec.gpu.vendor is {m.vendor}"
-        sel = str(m.spec.node_selector.get(keys.LABEL_VENDOR, "")).lower()
-        if sel in render.VENDOR_RESOURCE:
-            return sel, "Pinned", f"spec.nodeSelector pins {keys.LABEL_VENDOR}={sel}"
-        return None
+        pinned = render.pinned_vendor(m)
+        return (pinned[0], "Pinned", pinned[1]) if pinned else None
 
     def _vendor(self, e: _Entry, d: groups.MemberDecision, releases: list[placement.Release], ctx: _Pass
                 ) -> tuple[str, str, str]:

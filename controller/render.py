@@ -60,14 +60,23 @@ def owner_refs(model: Model) -> list[JSON]:
                              "metadata": {"name": model.name, "uid": model.uid}})]
 
 
-def effective_vendor(model: Model, auto_vendor: str = "nvidia") -> str:
-    """nvidia | amd | intel | cpu: the vendor whose GPU resource the pod requests."""
+def pinned_vendor(model: Model) -> tuple[str, str] | None:
+    """(vendor, what pins it) when the Model fixes its vendor (spec.gpu.vendor, else a vendor nodeSelector);
+    None for ``auto`` without one."""
     v = model.vendor
-    if v in ("nvidia", "amd", "intel", "cpu"):
-        return v
+    if v in backends.IMAGE_VENDORS:
+        return v, f"spec.gpu.vendor is {v}"
     sel = str(model.spec.node_selector.get(keys.LABEL_VENDOR, "")).lower()
     if sel in VENDOR_RESOURCE:
-        return sel
+        return sel, f"spec.nodeSelector pins {keys.LABEL_VENDOR}={sel}"
+    return None
+
+
+def effective_vendor(model: Model, auto_vendor: str = "nvidia") -> str:
+    """nvidia | amd | intel | cpu: the vendor whose GPU resource the pod requests."""
+    pinned = pinned_vendor(model)
+    if pinned:
+        return pinned[0]
     return auto_vendor if auto_vendor in VENDOR_RESOURCE else "nvidia"
 
 
