@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flexinfer import backends, keys
-from flexinfer.backends.recipes import MODELS_DIR, OLLAMA_DIR, cfg, hf_local_dir, pvc_of_source, source_ref
+from flexinfer.backends.recipes import (
+    MODELS_DIR,
+    OLLAMA_DIR,
+    OLLAMA_SERVE,
+    cfg,
+    hf_local_dir,
+    pvc_of_source,
+    source_ref,
+)
 from flexinfer.model import Model
 
 JSON = dict[str, Any]
@@ -245,8 +253,7 @@ def prefetch_job(model: Model, p: Plan, hf_image: str = HF_PREFETCH_IMAGE) -> JS
         container = {"name": "prefetch", "image": hf_image, "command": ["/bin/sh", "-c", script], "env": env}
     elif p.prefetch == "ollama":
         image = backends.REGISTRY["ollama"].image_for("cpu")
-        script = ('ollama serve & pid=$!; until ollama list >/dev/null 2>&1; do sleep 1; done; '
-                  'ollama pull "$FLEXINFER_OLLAMA_REF"; rc=$?; kill $pid; exit $rc')
+        script = OLLAMA_SERVE + 'ollama pull "$FLEXINFER_OLLAMA_REF"; rc=$?; kill $pid; exit $rc'
         container = {"name": "prefetch", "image": image, "command": ["/bin/sh", "-c", script],
                      "env": [{"name": "FLEXINFER_OLLAMA_REF", "value": p.ollama_ref},
                              {"name": "OLLAMA_MODELS", "value": OLLAMA_DIR},

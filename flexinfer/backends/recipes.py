@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # the recipes only read attributes; no import cycle with flex
 MODELS_DIR = "/models"
 HF_LOCAL_DIR = f"{MODELS_DIR}/hf-local"  # prefetched HF repos: <HF_LOCAL_DIR>/<org>/<repo>
 OLLAMA_DIR = f"{MODELS_DIR}/ollama"
+# Shell: start the ollama server in the background ($pid) and wait until it answers (the model server and the
+# controller's prefetch Job both pull through a running server).
+OLLAMA_SERVE = "ollama serve & pid=$!; until ollama list >/dev/null 2>&1; do sleep 1; done; "
 
 Recipe = Callable[["Model", str, "str | None"], tuple[list[str], list[str], dict[str, str]]]
 ReadyCommand = Callable[["Model"], list[str]]
@@ -82,8 +85,7 @@ def vllm(model: Model, vendor: str, local: str | None) -> tuple[list[str], list[
 
 def ollama(model: Model, vendor: str, local: str | None) -> tuple[list[str], list[str], dict[str, str]]:
     _, ref = source_ref(model.spec.source)
-    script = (f"ollama serve & pid=$!; until ollama list >/dev/null 2>&1; do sleep 1; done; "
-              f"ollama pull {json.dumps(ref)} && wait $pid")
+    script = f"{OLLAMA_SERVE}ollama pull {json.dumps(ref)} && wait $pid"
     env = {"OLLAMA_HOST": "0.0.0.0:11434", "OLLAMA_MODELS": OLLAMA_DIR, "OLLAMA_KEEP_ALIVE": "-1"}
     ctx = cfg(model, "contextLength", "ctxSize", "numCtx")
     if ctx is not None:
