@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from flexinfer import keys
 from flexinfer.arch import AMD, AMD_GFX, INTEL, NONE, NVIDIA, ArchInfo, amd_arch, nvidia_arch
-from flexinfer.compat import BACKENDS, Verdict, check
+from flexinfer.compat import BACKENDS, Verdict, check, with_driver
 
 from . import policy
 
@@ -46,6 +46,7 @@ def known_reasons() -> frozenset[str]:
                 c = check(backend, arch, jit_policy=jit)
                 if c.verdict is not Verdict.SUPPORTED:
                     out.add(c.reason)
+                    out.add(with_driver(backend, arch.vendor, c, 0).reason)  # the node's driver too old
     return frozenset(out)
 
 

@@ -45,7 +45,7 @@ import msgspec
 
 from flexinfer import freshness, keys
 from flexinfer.arch import AMD, INTEL, NVIDIA, arch_info
-from flexinfer.compat import Compat, Verdict, check
+from flexinfer.compat import Compat, Verdict, check, driver_major_of, with_driver
 from flexinfer.errors import ParseError
 from flexinfer.state import GpuState, NodeGpuState, NodeView
 
@@ -190,7 +190,8 @@ def static_class(view: NodeView) -> tuple:
     if state is None or not state.gpus:
         status = view.agent_status
         return ("none", view.vendor in ("none", ""), state is None, bool(status), status != "ok")
-    return ("gpus", *[(g.vendor, g.arch, g.total_mib, g.healthy, g.replicas > 1) for g in state.gpus])
+    return ("gpus", driver_major_of(view.labels) if any(g.vendor == NVIDIA for g in state.gpus) else None,
+            *[(g.vendor, g.arch, g.total_mib, g.healthy, g.replicas > 1) for g in state.gpus])
 
 
 def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFit:
@@ -238,9 +239,10 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
     first_no = ""
     if req.backend:
         jit = _jit(req)
+        driver = driver_major_of(view.labels)
         for i in healthy:
             g = gpus[i]
-            c = compat_for(req.backend, g.vendor, g.arch, jit)
+            c = with_driver(req.backend, g.vendor, compat_for(req.backend, g.vendor, g.arch, jit), driver)
             if c.verdict is Verdict.UNSUPPORTED:
                 first_no = first_no or c.reason
             else:

@@ -8,7 +8,9 @@ wheel arch lists for diffusers/ComfyUI).
 Verdicts:
 * SUPPORTED: officially listed.
 * DEGRADED: runs only through a custom build, an override, Vulkan or an older wheel. The extender
-  accepts the node but scores it lower; preflight reports WARN.
+  accepts the node but scores it lower; preflight reports WARN. A caveat that hinges on the NVIDIA driver
+  (the registry's `degraded_min_driver`) is decided by :func:`with_driver` from the node's driver label:
+  met -> SUPPORTED, older -> UNSUPPORTED, not labelled -> DEGRADED.
 * UNSUPPORTED: will not run. The extender puts the node in FailedAndUnresolvableNodes (preemption
   cannot fix an architecture) and preflight reports BLOCK.
 
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from flexinfer import backends
+from flexinfer import backends, keys
 from flexinfer.arch import AMD, INTEL, NONE, NVIDIA, ArchInfo
 from flexinfer.backends.rules import AmdRule, BackendRule, NvidiaRule
 
@@ -126,3 +128,30 @@ VENDOR_CHECKS: Mapping[str, Callable[[str, BackendRule, ArchInfo, str], Compat]]
 
 __all__ = ["ALIASES", "BACKENDS", "RULES", "VENDOR_CHECKS", "AmdRule", "BackendRule", "Compat", "NvidiaRule",
            "Verdict", "canonical_backend", "check"]
+
+
+def driver_major_of(labels: Mapping[str, str]) -> int | None:
+    """The node's NVIDIA driver major version from its `gpu.driver-version.major` label (None: absent or junk)."""
+    raw = labels.get(keys.LABEL_DRIVER_MAJOR, "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else None
+
+
+def min_driver(backend: str, vendor: str) -> int:
+    """The NVIDIA driver a DEGRADED verdict of `backend` hinges on (0: none)."""
+    rule = RULES[canonical_backend(backend)].nvidia if vendor == NVIDIA else None
+    return rule.degraded_min_driver if rule is not None else 0
+
+
+def with_driver(backend: str, vendor: str, verdict: Compat, driver_major: int | None) -> Compat:
+    """`verdict` decided by the node's NVIDIA driver when it is a DEGRADED caveat that hinges on it (the one
+    place of this rule: the extender, the controller's placement and preflight all use it): a driver at or above
+    the registry's `degraded_min_driver` -> SUPPORTED, an older one -> UNSUPPORTED (the reason names the version
+    needed), unknown (None) -> the DEGRADED verdict unchanged. Any other verdict is returned as it is."""
+    if verdict.verdict is not Verdict.DEGRADED:
+        return verdict
+    need = min_driver(backend, vendor)
+    if not need or driver_major is None:
+        return verdict
+    if driver_major >= need:
+        return Compat(Verdict.SUPPORTED, "")
+    return Compat(Verdict.UNSUPPORTED, f"{verdict.reason}; the node's driver is older")

@@ -16,8 +16,7 @@ import enum
 from dataclasses import dataclass, field
 
 from flexinfer import freshness, keys
-from flexinfer.arch import NVIDIA
-from flexinfer.compat import RULES, Compat, Verdict, canonical_backend, check
+from flexinfer.compat import Compat, Verdict, canonical_backend, check, driver_major_of, min_driver, with_driver
 from flexinfer.model import Model, never_runs_reason
 from flexinfer.state import GpuState, NodeView
 from flexinfer.vram_need import vram_need
@@ -76,24 +75,16 @@ def _vendor_ok(model_vendor: str, gpu: GpuState) -> bool:
 
 
 def _with_driver(backend: str, gpu: GpuState, verdict: Compat, view: NodeView) -> Compat:
-    """Decide a DEGRADED verdict that hinges on the NVIDIA driver version (Ollama on compute capability 5.0-6.2
-    needs driver >= 570) from the node's `gpu.driver-version.major` label: met -> SUPPORTED, not met ->
-    UNSUPPORTED, unknown -> DEGRADED as before, saying that the version is unknown."""
-    if verdict.verdict is not Verdict.DEGRADED or gpu.vendor != NVIDIA:
-        return verdict
-    rule = RULES[canonical_backend(backend)].nvidia
-    need = rule.degraded_min_driver if rule is not None else 0
-    if not need:
-        return verdict
-    raw = view.labels.get(keys.LABEL_DRIVER_MAJOR, "")
-    if not (raw.isascii() and raw.isdigit()):
+    """`compat.with_driver` for this node (Ollama on compute capability 5.0-6.2 needs driver >= 570), with
+    preflight's wording: the node's full driver version when it is too old, and a note when it is not labelled."""
+    decided = with_driver(backend, gpu.vendor, verdict, driver_major_of(view.labels))
+    if decided is verdict and verdict.verdict is Verdict.DEGRADED and min_driver(backend, gpu.vendor):
         return Compat(Verdict.DEGRADED, f"{verdict.reason} (node {view.name} does not say its driver version)")
-    have = int(raw)
-    if have >= need:
-        return Compat(Verdict.SUPPORTED, "")
-    version = view.labels.get(keys.LABEL_DRIVER_VERSION, raw)
-    return Compat(Verdict.UNSUPPORTED, f"{canonical_backend(backend)} on {gpu.info.family} {gpu.arch} needs "
-                                       f"NVIDIA driver >= {need}; node has {version}")
+    if decided.verdict is Verdict.UNSUPPORTED and verdict.verdict is Verdict.DEGRADED:
+        version = view.labels.get(keys.LABEL_DRIVER_VERSION) or view.labels.get(keys.LABEL_DRIVER_MAJOR, "")
+        return Compat(Verdict.UNSUPPORTED, f"{canonical_backend(backend)} on {gpu.info.family} {gpu.arch} needs "
+                                           f"NVIDIA driver >= {min_driver(backend, gpu.vendor)}; node has {version}")
+    return decided
 
 
 def run(model: Model, views: list[NodeView], now: float, *, node: str | None = None,

@@ -121,3 +121,21 @@ def test_bad_model_file_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(cli, ["preflight", str(path)])
     assert res.exit_code == 1
     assert "spec.gpu.count: must be omitted when vendor is cpu" in res.output
+
+
+@pytest.mark.parametrize(("driver", "decision", "feasible"), [
+    ("580", Level.PASS, True), ("550", Level.BLOCK, False), (None, Level.WARN, True)])
+def test_preflight_and_the_extender_agree_on_the_driver(driver, decision, feasible):
+    """Ollama on Maxwell hinges on the NVIDIA driver (>= 570): preflight's answer and the extender's verdict for
+    the same node come from one rule (compat.with_driver)."""
+    from flexinfer.extender.pod import PodRequirements
+    from flexinfer.extender.policy import PolicyConfig, evaluate
+
+    labels = {keys.LABEL_FAMILY: "maxwell", **({keys.LABEL_DRIVER_MAJOR: driver} if driver else {})}
+    node = _view("gtx980ti", "nvidia", "sm_52", 6144, 5800, labels=labels)
+    report = run(_model(backend="ollama", mib=3000), [node], NOW)
+    assert report.decision is decision, report.checks
+    pod = PodRequirements(namespace="m", name="p", uid="u", managed=True, backend="ollama", vendor="nvidia",
+                          vram_estimate_mib=3000, gpu_count=1)
+    verdict = evaluate(pod, node, NOW, PolicyConfig())
+    assert verdict.feasible is feasible and bool(verdict.degraded) is (decision is Level.WARN), verdict

@@ -151,3 +151,30 @@ def test_scores_stay_in_range() -> None:
 def test_bad_config(kw) -> None:
     with pytest.raises(ParseError):
         PolicyConfig(**kw)
+
+
+def test_ollama_on_maxwell_is_decided_by_the_node_driver_like_preflight() -> None:
+    """Ollama on compute capability 5.x needs NVIDIA driver >= 570 (the registry's degraded_min_driver): the
+    extender decides it from the node's driver label with the same rule as preflight (compat.with_driver)."""
+    from flexinfer.extender.metrics import reason_label
+
+    from flexinfer.compat import Verdict, with_driver
+
+    maxwell = [gpu(0, "nvidia", "sm_52", 6144, free=6000)]
+    r = req(3000, "ollama")
+    unlabelled = evaluate(r, view(maxwell, extra_labels={keys.LABEL_DRIVER_MAJOR: ""}), NOW, CFG)
+    new = evaluate(r, view(maxwell, extra_labels={keys.LABEL_DRIVER_MAJOR: "580"}), NOW, CFG)
+    old = evaluate(r, view(maxwell, extra_labels={keys.LABEL_DRIVER_MAJOR: "550"}), NOW, CFG)
+    assert unlabelled.feasible and "570" in unlabelled.degraded  # unknown: placed, scored lower
+    assert new.feasible and not new.degraded and new.score == unlabelled.score + P.DEGRADED_PENALTY
+    assert not old.feasible and old.unresolvable and "570" in old.reason and "older" in old.reason
+    assert reason_label(old.reason) == old.reason  # in the metric's closed set
+    # the node's driver is a static fact: nodes differing only in it fall in different classes
+    assert P.static_class(view(maxwell, extra_labels={keys.LABEL_DRIVER_MAJOR: "550"})) != \
+        P.static_class(view(maxwell, extra_labels={keys.LABEL_DRIVER_MAJOR: "580"}))
+    for driver, verdict in ((580, Verdict.SUPPORTED), (570, Verdict.SUPPORTED), (569, Verdict.UNSUPPORTED),
+                            (None, Verdict.DEGRADED)):
+        assert with_driver("ollama", "nvidia", P.compat_for("ollama", "nvidia", "sm_52", ""), driver).verdict is verdict
+    # a caveat that does not hinge on the driver stays as it is
+    mlc = P.compat_for("mlc-llm", "nvidia", "sm_52", "READONLY")
+    assert mlc.verdict is Verdict.DEGRADED and with_driver("mlc-llm", "nvidia", mlc, 100) is mlc
