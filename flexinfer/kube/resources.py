@@ -1,4 +1,5 @@
-"""The resources FlexInfer touches (group, version, plural, scope, Kind) and their URL paths. Pure."""
+"""The resources FlexInfer touches (group, version, plural, scope, Kind; also what the real-control-plane harness
+applies from daemonset/) and their URL paths. Pure."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ RESOURCES: dict[str, Resource] = {
         Resource("batch", "v1", "jobs", True, "Job"),
         Resource("storage.k8s.io", "v1", "storageclasses", False, "StorageClass"),
         Resource("discovery.k8s.io", "v1", "endpointslices", True, "EndpointSlice"),
+        Resource("", "v1", "serviceaccounts", True, "ServiceAccount"),
+        Resource("apps", "v1", "daemonsets", True, "DaemonSet"),
+        Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False, "CustomResourceDefinition"),
+        Resource("rbac.authorization.k8s.io", "v1", "clusterroles", False, "ClusterRole"),
+        Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False, "ClusterRoleBinding"),
+        Resource("rbac.authorization.k8s.io", "v1", "roles", True, "Role"),
+        Resource("rbac.authorization.k8s.io", "v1", "rolebindings", True, "RoleBinding"),
         Resource(keys.MODEL_GROUP, keys.MODEL_VERSION, keys.MODEL_PLURAL, True, keys.MODEL_KIND),
     )
 }

@@ -374,38 +374,23 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, token: str | None = N
 
 # --- manifests ---------------------------------------------------------------------------------------------
 
-# apiVersion/kind -> (plural, namespaced) for what we apply; anything else is refused with its name.
-_KINDS: dict[tuple[str, str], tuple[str, bool]] = {
-    ("v1", "Namespace"): ("namespaces", False),
-    ("v1", "ServiceAccount"): ("serviceaccounts", True),
-    ("v1", "ConfigMap"): ("configmaps", True),
-    ("v1", "Service"): ("services", True),
-    ("v1", "Node"): ("nodes", False),
-    ("v1", "Pod"): ("pods", True),
-    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
-    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
-    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
-    ("rbac.authorization.k8s.io/v1", "Role"): ("roles", True),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True),
-    ("apps/v1", "Deployment"): ("deployments", True),
-    ("apps/v1", "DaemonSet"): ("daemonsets", True),
-    ("coordination.k8s.io/v1", "Lease"): ("leases", True),
-    ("ai.flexinfer/v1alpha2", "Model"): ("models", True),
-}
+def _resource(obj: JSON) -> kube.Resource | None:
+    """The resource of a manifest (kube.RESOURCES, matched on apiVersion and kind), None for kinds we do not
+    know. Pure."""
+    try:
+        res = kube.resource_for(obj.get("kind") or "")
+    except kube.KubeError:
+        return None
+    return res if res.kind == obj.get("kind") and res.api_version == obj.get("apiVersion") else None
 
 
 def object_path(obj: JSON, name: bool = True) -> str:
     """The REST path of a manifest (its collection with name=False). Pure."""
-    api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
-    try:
-        plural, namespaced = _KINDS[(api_version, kind)]
-    except KeyError:
-        raise ControlPlaneError(f"do not know how to apply {api_version} {kind}") from None
-    base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    res = _resource(obj)
+    if res is None:
+        raise ControlPlaneError(f"do not know how to apply {obj.get('apiVersion', '')} {obj.get('kind', '')}")
     meta = obj.get("metadata") or {}
-    if namespaced:
-        base += f"/namespaces/{meta.get('namespace') or 'default'}"
-    return f"{base}/{plural}" + (f"/{meta['name']}" if name else "")
+    return kube.resource_path(res, meta.get("namespace") or "default", meta["name"] if name else None)
 
 
 def render_kustomization(directory: Path) -> list[JSON]:
@@ -428,8 +413,8 @@ def render_kustomization(directory: Path) -> list[JSON]:
     ns = spec.get("namespace")
     if ns:
         for obj in out:
-            key = (obj.get("apiVersion", ""), obj.get("kind", ""))
-            if key in _KINDS and _KINDS[key][1]:
+            res = _resource(obj)
+            if res is not None and res.namespaced:
                 obj.setdefault("metadata", {})["namespace"] = ns
             # kustomize also moves ServiceAccount subjects of bindings into the namespace
             for subj in obj.get("subjects") or []:

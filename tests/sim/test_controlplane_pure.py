@@ -159,3 +159,13 @@ def test_pod_gpu_request_counts_as_the_extender_does() -> None:
     assert pod_gpu_request(pod({"limits": {nv: "1"}}, init=({"limits": {nv: "4"}},))) == ("nvidia", 4)
     assert pod_gpu_request(pod({"limits": {nv: "half"}})) == ("", 0)  # the extender names that pod's error
     assert pod_gpu_request(pod({"requests": {"cpu": "1"}})) == ("", 0)
+
+
+def test_object_path_uses_the_one_resource_table() -> None:
+    from flexinfer import kube
+
+    for res in kube.RESOURCES.values():  # every kind the adapters know can be applied, at its own path
+        obj = {"apiVersion": res.api_version, "kind": res.kind, "metadata": {"name": "x", "namespace": "ns"}}
+        assert cpmod.object_path(obj) == kube.resource_path(res, "ns", "x")
+    with pytest.raises(cpmod.ControlPlaneError, match="extensions/v1beta1 Deployment"):
+        cpmod.object_path({"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": {"name": "d"}})
