@@ -14,6 +14,11 @@ from flexinfer.state import NodeView
 
 def node_objects(fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
                  kubeconfig: str | None, now: float) -> list[dict[str, Any]]:
+    """The Nodes to judge: a NodeList/fleet file, the cluster's, or the embedded fleet. A source that cannot be
+    read (a bad file, an unusable kubeconfig, an API server that does not answer or refuses) is a clear error
+    (exit 1), never a traceback."""
+    from flexinfer.kube.errors import KubeError
+
     try:
         if nodes_from:
             return load_node_objects(nodes_from, now)
@@ -25,6 +30,8 @@ def node_objects(fleet: str | None, nodes_from: str | None, cluster: bool, kube_
         return fleet_node_objects(load_fleet(fleet or default_fleet_path()), now)
     except ParseError as e:
         raise click.ClickException(str(e)) from None
+    except KubeError as e:
+        raise click.ClickException(f"cannot read Nodes from the cluster: {e}") from None
 
 
 def node_views(*args: Any, **kwargs: Any) -> list[NodeView]:

@@ -80,3 +80,17 @@ def test_explain_from_a_cluster_counts_vram_committed_to_bound_pods(fake_api, tm
     row = verdict()
     assert row["verdict"] == "failed" and row["reason"] == (
         "needs 12000 MiB on one GPU; best GPU has 8576 MiB free (16000 MiB committed to bound pods)")
+
+
+def test_nodes_from_a_cluster_that_refuses_is_a_clear_error(fake_api, tmp_path):
+    """An API server that refuses the Node list (403 is not retried) or a kubeconfig that cannot be loaded: exit 1
+    with the reason, not a traceback (README: `flexinfer nodes` exits 1 when the node source cannot be read)."""
+    fake_api.fail("GET", "/api/v1/nodes", status=403, times=-1)
+    res = CliRunner().invoke(cli, ["nodes", "--kube-server", fake_api.url])
+    assert res.exit_code == 1, res.output
+    assert "cannot read Nodes from the cluster" in res.output and "403" in res.output
+    assert "Traceback" not in res.output and not isinstance(res.exception, kube.KubeError)
+    junk = tmp_path / "kubeconfig"
+    junk.write_text("just a string\n")
+    res = CliRunner().invoke(cli, ["nodes", "--kubeconfig", str(junk)])
+    assert res.exit_code == 1 and "cannot load kubeconfig" in res.output, res.output
