@@ -43,6 +43,8 @@ from flexinfer.backends.recipes import (
 )
 from flexinfer.model import Model
 
+from .backends import ImageOverrides, image_for
+
 JSON = dict[str, Any]
 
 # Images of the helper Jobs (pinned; --prefetch-image replaces the HF one, e.g. with an image that already
@@ -237,7 +239,11 @@ def _job(model: Model, name: str, pvc: str, container: JSON, deadline_s: int, ba
                                   "spec": pod_spec}}}
 
 
-def prefetch_job(model: Model, p: Plan, hf_image: str = HF_PREFETCH_IMAGE) -> JSON | None:
+def prefetch_job(model: Model, p: Plan, hf_image: str = HF_PREFETCH_IMAGE,
+                 overrides: ImageOverrides | None = None) -> JSON | None:
+    """The Job that downloads the model into the cache volume (None: nothing to download). Ollama's runs the
+    Model's own CPU image (`spec.image`, else `--backend-image ollama[/cpu]=...`, else the registry's), so an
+    air-gapped cluster's mirror is used for it too."""
     if p.prefetch == "hf":
         env = [{"name": "FLEXINFER_HF_REPO", "value": p.repo},
                {"name": "FLEXINFER_HF_REVISION", "value": p.revision},
@@ -252,7 +258,7 @@ def prefetch_job(model: Model, p: Plan, hf_image: str = HF_PREFETCH_IMAGE) -> JS
                   f'huggingface_hub=={HF_HUB_VERSION} && exec python -c "$FLEXINFER_SCRIPT"')
         container = {"name": "prefetch", "image": hf_image, "command": ["/bin/sh", "-c", script], "env": env}
     elif p.prefetch == "ollama":
-        image = backends.REGISTRY["ollama"].image_for("cpu")
+        image = image_for(model, "cpu", overrides)
         script = OLLAMA_SERVE + 'ollama pull "$FLEXINFER_OLLAMA_REF"; rc=$?; kill $pid; exit $rc'
         container = {"name": "prefetch", "image": image, "command": ["/bin/sh", "-c", script],
                      "env": [{"name": "FLEXINFER_OLLAMA_REF", "value": p.ollama_ref},
@@ -296,7 +302,7 @@ class CacheState:
 
 
 def evaluate(model: Model, p: Plan, jobs: Mapping[str, JSON | None], previous: JSON | None, access: str = "",
-             hf_image: str = HF_PREFETCH_IMAGE) -> CacheState:
+             hf_image: str = HF_PREFETCH_IMAGE, overrides: ImageOverrides | None = None) -> CacheState:
     """status.cache and the Jobs to create, from the plan, the Jobs that exist (by name) and the previous
     status.cache. Ready stays ready for the same key (the Jobs may be gone)."""
     prev = previous or {}
@@ -307,7 +313,7 @@ def evaluate(model: Model, p: Plan, jobs: Mapping[str, JSON | None], previous: J
         return CacheState({**base, "message": p.note} if p.note else base)
     if prev.get("key") == p.key and prev.get("ready") is True:
         return CacheState({**base, "ready": True, "phase": READY, "message": "model files verified in the cache"})
-    pj = prefetch_job(model, p, hf_image)
+    pj = prefetch_job(model, p, hf_image, overrides)
     if pj is not None:
         name = pj["metadata"]["name"]
         state, msg = job_state(jobs.get(name))

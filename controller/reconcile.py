@@ -357,7 +357,8 @@ class Controller:
             jobs = {n: ctx.jobs.get((m.namespace, n)) for n in self._job_names(m, plan)}
             cstate = cache_mod.evaluate(m, plan, jobs, m.status.get("cache") if isinstance(m.status.get("cache"),
                                                                                       dict) else None,
-                                        hf_image=self.hf_prefetch_image)
+                                        hf_image=self.hf_prefetch_image,
+                                        overrides=self.options.image_overrides)
         obs = phases.derive_phase(replicas, dep, info, self._cache_ready(m, plan, cstate),
                                   preempted=m.status.get("phase") == phases.PREEMPTED)
         if replicas == 0 and self._known_failed(m, ctx.now):

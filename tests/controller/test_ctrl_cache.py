@@ -281,3 +281,26 @@ def test_a_member_whose_cache_is_not_ready_does_not_preempt(fake_api, kube_api):
     assert fake_api.get_object("deployments", "small", NS)["spec"]["replicas"] == 1
     assert fake_api.get_object("deployments", "big", NS)["spec"]["replicas"] == 0
     assert fake_api.get_object("models", "big", NS)["status"]["conditions"][0]["reason"] == "CacheNotReady"
+
+
+def test_ollama_prefetch_job_uses_the_operators_image_override():
+    """Air-gapped clusters mirror images: the Ollama prefetch Job runs `--backend-image ollama[/cpu]=...` (or the
+    Model's own spec.image) like the model pod, not the registry's public image."""
+    from controller.backends import parse_image_overrides
+    from flexinfer import backends
+
+    doc = {"backend": "ollama", "source": "ollama://llama3:8b", "cache": {"strategy": "SharedPVC"}}
+    m = parse_model(mk(doc))
+    p = cache.plan(m)
+
+    def image(job: dict) -> str:
+        return job["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    mirror = "registry.local/ollama/ollama@sha256:" + "a" * 64
+    assert image(cache.prefetch_job(m, p)) == backends.REGISTRY["ollama"].image_for("cpu")
+    assert image(cache.prefetch_job(m, p, overrides=parse_image_overrides([f"ollama={mirror}"]))) == mirror
+    assert image(cache.prefetch_job(m, p, overrides=parse_image_overrides([f"ollama/cpu={mirror}"]))) == mirror
+    own = parse_model(mk({**doc, "image": mirror}))
+    assert image(cache.prefetch_job(own, cache.plan(own))) == mirror
+    state = cache.evaluate(m, p, {}, None, overrides=parse_image_overrides([f"ollama={mirror}"]))
+    assert [image(j) for j in state.create] == [mirror]
