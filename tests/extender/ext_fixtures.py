@@ -14,6 +14,16 @@ from flexinfer.state import GpuState, NodeGpuState, node_annotations, node_label
 NOW = 1_764_000_000.0
 
 
+class Clock:
+    """A settable clock for `clock=` parameters: `clock.t` is the time."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def gpu(index: int = 0, vendor: str = "nvidia", arch: str = "sm_89", total: int = 24576, free: int | None = None,
         *, healthy: bool = True, last_error_unix: float = 0.0, reason: str = "") -> GpuState:
     return GpuState(index=index, uuid=f"GPU-{vendor}-{arch}-{index}", vendor=vendor, arch=arch, total_mib=total,

@@ -15,15 +15,7 @@ from flexinfer import keys
 from flexinfer.errors import ParseError
 from flexinfer.fleet import default_fleet_path
 
-from .ext_fixtures import fleet_nodes, gpu, model_pod, node_obj
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .ext_fixtures import Clock, fleet_nodes, gpu, model_pod, node_obj
 
 
 def test_informer_events_build_the_cache() -> None:

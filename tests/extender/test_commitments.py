@@ -17,18 +17,10 @@ from flexinfer.extender.service import Extender
 
 from flexinfer.state import rfc3339
 
-from .ext_fixtures import gpu, model_pod, node_obj
+from .ext_fixtures import Clock, gpu, model_pod, node_obj
 
 T0 = 1_764_000_000.0
 TOTAL = 24576
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make(nodes: list[dict[str, Any]], clock: Clock, strategy: str = "binpack") -> Extender:

@@ -15,17 +15,9 @@ from flexinfer.extender.service import Extender
 
 from flexinfer.state import NodeGpuState
 
-from .ext_fixtures import gpu, model_pod, node_obj
+from .ext_fixtures import Clock, gpu, model_pod, node_obj
 
 T0 = 1000.0
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _extender(nodes: list[dict[str, Any]], clock: Clock) -> Extender:

@@ -15,15 +15,7 @@ from flexinfer.extender.policy import R_INSUFFICIENT, PolicyConfig
 from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
 
-from .ext_fixtures import gpu, model_pod, node_obj
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .ext_fixtures import Clock, gpu, model_pod, node_obj
 
 
 def make(nodes, clock=time.time, **res_kw) -> Extender:

@@ -11,14 +11,7 @@ from flexinfer.extender import tls
 from flexinfer.extender.tls import RELOAD_CHECK_S, ReloadingContext, TlsFiles
 
 from .certs import CA
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .ext_fixtures import Clock
 
 
 def _files(tmp_path: Path) -> TlsFiles:
@@ -36,7 +29,7 @@ def _touch(path: str | None, text: str, bump_s: float) -> None:
 
 
 def test_rebuilds_only_after_a_change_and_the_check_interval(tmp_path: Path) -> None:
-    files, clock = _files(tmp_path), Clock()
+    files, clock = _files(tmp_path), Clock(1000.0)
     built: list[str] = []
 
     def build(f: TlsFiles) -> str:
@@ -46,18 +39,18 @@ def test_rebuilds_only_after_a_change_and_the_check_interval(tmp_path: Path) -> 
 
     r = ReloadingContext(files, build=build, clock=clock)
     assert r.get() == "cert v1" and built == ["cert v1"]
-    clock.now += RELOAD_CHECK_S
+    clock.t += RELOAD_CHECK_S
     assert r.refresh() is False and built == ["cert v1"]  # nothing changed: not rebuilt
     _touch(files.cert, "cert v2", 5)
-    clock.now += RELOAD_CHECK_S / 2
+    clock.t += RELOAD_CHECK_S / 2
     assert r.get() == "cert v1" and built == ["cert v1"]  # changed, but checked too recently
-    clock.now += RELOAD_CHECK_S
+    clock.t += RELOAD_CHECK_S
     assert r.refresh() is True and r.current == "cert v2" and built == ["cert v1", "cert v2"]
     assert r.refresh() is False and r.get() == "cert v2"
 
 
 def test_a_failed_rebuild_keeps_the_old_one_and_retries_on_the_next_change(tmp_path: Path) -> None:
-    files, clock = _files(tmp_path), Clock()
+    files, clock = _files(tmp_path), Clock(1000.0)
     fail = [False]
 
     def build(f: TlsFiles) -> str:
@@ -68,11 +61,11 @@ def test_a_failed_rebuild_keeps_the_old_one_and_retries_on_the_next_change(tmp_p
     r = ReloadingContext(files, build=build, clock=clock)
     fail[0] = True
     _touch(files.cert, "cert v2", 5)
-    clock.now += RELOAD_CHECK_S
+    clock.t += RELOAD_CHECK_S
     assert r.refresh() is False and r.get() == "cert v1"
     fail[0] = False
     _touch(files.key, "key v2", 5)
-    clock.now += RELOAD_CHECK_S
+    clock.t += RELOAD_CHECK_S
     assert r.refresh() is True and r.get() == "cert v2"
 
 
@@ -82,13 +75,13 @@ def test_server_context_follows_a_rotated_certificate(tmp_path: Path) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.write_bytes(Path(first.cert).read_bytes())
     key.write_bytes(Path(first.key).read_bytes())
-    clock = Clock()
+    clock = Clock(1000.0)
     r = ReloadingContext(TlsFiles(str(cert), str(key), ca.path.as_posix()), clock=clock)
     ctx = r.get()
     assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
     cert.write_bytes(Path(second.cert).read_bytes())
     _touch(str(key), Path(second.key).read_text(), 5)
-    clock.now += RELOAD_CHECK_S
+    clock.t += RELOAD_CHECK_S
     assert r.get() is not ctx and r.get().verify_mode == ssl.CERT_REQUIRED
 
 

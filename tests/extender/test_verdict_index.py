@@ -27,17 +27,9 @@ from hypothesis import strategies as st
 
 from flexinfer import keys
 
-from .ext_fixtures import NOW, gpu, model_pod, node_obj
+from .ext_fixtures import NOW, Clock, gpu, model_pod, node_obj
 
 ARCHS = [("nvidia", "sm_89", 24576), ("nvidia", "sm_52", 6144), ("amd", "gfx1100", 24560), ("nvidia", "sm_90", 81559)]
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def random_node(rng: random.Random, name: str, rv: int, now: float, holders: list[str] | None = None) -> dict:

@@ -11,15 +11,7 @@ from flexinfer.extender.policy import R_INSUFFICIENT, R_STALE, PolicyConfig, eva
 from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
 
-from .ext_fixtures import NOW, gpu, model_pod, node_obj
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .ext_fixtures import NOW, Clock, gpu, model_pod, node_obj
 
 
 def make(nodes, clock, **cfg):
