@@ -23,6 +23,9 @@ from .guard import HEAD_TIMEOUT_S, GuardedSite
 from .server import Proxy
 
 log = logs.get("flexinfer.proxy.runner")
+# The final activity flush on shutdown: what the manifest's terminationGracePeriodSeconds (40) leaves after the
+# default drain (25), with room to spare.
+FINAL_FLUSH_TIMEOUT_S = 10.0
 
 # A client connection with no request in progress is closed after this long (aiohttp's default is an hour).
 IDLE_CONNECTION_TIMEOUT_S = 75.0
@@ -94,8 +97,13 @@ class ProxyServer:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            with contextlib.suppress(Exception):
-                await proxy.activity.flush()  # the last traffic times
+            try:  # the last traffic times, within what the pod's termination grace leaves after the drain
+                await asyncio.wait_for(proxy.activity.flush(), FINAL_FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("shutting down: the last activity times were not all written in time",
+                            timeout_seconds=FINAL_FLUSH_TIMEOUT_S)
+            except Exception as e:  # shutting down: report, never block the exit
+                log.warning("shutting down: writing the last activity times failed", error=str(e))
         finally:
             await ops.cleanup()
             with contextlib.suppress(Exception):

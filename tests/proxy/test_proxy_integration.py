@@ -326,3 +326,27 @@ def test_hostile_requests_over_a_socket_get_errors_never_a_crash() -> None:
 
         fuzz()
         assert lb.chat("chat").status_code == 200
+
+
+def test_shutdown_final_activity_flush_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API server that never answers the last lastActiveTime writes cannot hold the proxy past its drain plus
+    FINAL_FLUSH_TIMEOUT_S (the pod's termination grace would kill it mid-write)."""
+    import asyncio
+
+    from flexinfer.proxy import runner
+
+    monkeypatch.setattr(runner, "FINAL_FLUSH_TIMEOUT_S", 0.3)
+    with lab([model_doc("m1", min_replicas=1)]) as lb:
+        wait_for(lambda: lb.serving("m1"), 15, "m1 serving")
+        started = threading.Event()
+
+        async def hung_flush() -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        monkeypatch.setattr(lb.proxy.proxy.activity, "flush", hung_flush)
+        t0 = time.monotonic()
+        lb.proxy.stop(timeout_s=20)
+        took = time.monotonic() - t0
+        assert started.is_set() and lb.proxy._thread is not None and not lb.proxy._thread.is_alive()
+        assert took < 2.0 + 0.3 + 3.0, took  # drain (grace_s=2 in the lab, nothing in flight) + the bound + slack
