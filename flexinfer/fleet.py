@@ -230,12 +230,23 @@ def parse_fleet(data: object, source: str = "fleet") -> Fleet:
     return fleet
 
 
+MAX_FLEET_FILE_BYTES = 16 << 20  # a 5000-node generated fleet (generate_fleet) is ~3.6 MiB
+
+
 def load_fleet(path: str | Path) -> Fleet:
+    """Read and check a fleet file; ParseError when it is unreadable, over MAX_FLEET_FILE_BYTES or invalid."""
     p = Path(path)
     try:
-        text = p.read_text()
+        with p.open("rb") as f:
+            raw = f.read(MAX_FLEET_FILE_BYTES + 1)
     except OSError as e:
         raise ParseError("fleet file", str(p), f"a readable file ({e.strerror})") from None
+    if len(raw) > MAX_FLEET_FILE_BYTES:
+        raise ParseError("fleet file", str(p), f"at most {MAX_FLEET_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParseError("fleet file", str(p), f"UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. an integer with > 4300 digits

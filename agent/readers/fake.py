@@ -37,6 +37,7 @@ from flexinfer.fleet import (
     DEFAULT_INTEL_DRIVER,
     DEFAULT_NVIDIA_DRIVER,
     DEFAULT_ROCM_VERSION,
+    MAX_FLEET_FILE_BYTES,
     Fault,
     FleetGpu,
     FleetNode,
@@ -672,7 +673,6 @@ def fleet_reader(node: FleetNode, amdsmi_module: Any = None, backoff: Backoff | 
     return readers[0] if len(readers) == 1 else MultiReader(readers)
 
 
-MAX_FLEET_FILE_BYTES = 4 << 20  # a 5000-node generated fleet (flexinfer.fleet.generate_fleet) is ~3.6 MiB
 
 
 class FollowFleetFile:

@@ -195,3 +195,22 @@ def test_generate_fleet_seed_and_mix() -> None:
     assert vendors == {"nvidia", "amd"}
     assert any(not node.gpus for node in a.nodes)  # CPU-only nodes too
     assert generate_fleet(3000).nodes[2999].name == "node-02999"
+
+
+def test_load_fleet_bounds_size_and_encoding(tmp_path: Path) -> None:
+    """A fleet file is read up to MAX_FLEET_FILE_BYTES (never whole when it is larger) and must be UTF-8: a
+    clear ParseError otherwise. A generated 5000-node fleet stays well within the bound."""
+    from flexinfer.fleet import MAX_FLEET_FILE_BYTES
+
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.write(b"# " + b"x" * MAX_FLEET_FILE_BYTES + b"\n")
+    with pytest.raises(ParseError, match=f"at most {MAX_FLEET_FILE_BYTES} bytes"):
+        load_fleet(big)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("nodes: [{name: n\xe9}]\n".encode("latin-1"))
+    with pytest.raises(ParseError, match="UTF-8"):
+        load_fleet(latin)
+    generated = tmp_path / "gen.yaml"
+    generated.write_text(dump_fleet(generate_fleet(5000)))
+    assert generated.stat().st_size < MAX_FLEET_FILE_BYTES // 2
