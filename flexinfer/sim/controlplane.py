@@ -214,10 +214,22 @@ class Process:
         return self.start()
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the log, read back from its end in 64 KiB blocks only as far as they need
+        (callers that scan a whole log for "forbidden" ask for 200000 lines and get them, not the last 64 KiB)."""
+        chunks: list[bytes] = []
+        newlines = 0
         try:
-            text = self.log_path.read_bytes()[-65536:].decode("utf-8", "replace")
+            with open(self.log_path, "rb") as f:
+                pos = f.seek(0, os.SEEK_END)
+                while pos > 0 and newlines <= lines:
+                    step = min(pos, 65536)
+                    pos -= step
+                    f.seek(pos)
+                    chunks.append(f.read(step))
+                    newlines += chunks[-1].count(b"\n")
         except OSError:
             return ""
+        text = b"".join(reversed(chunks)).decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
 
 

@@ -169,3 +169,16 @@ def test_object_path_uses_the_one_resource_table() -> None:
         assert cpmod.object_path(obj) == kube.resource_path(res, "ns", "x")
     with pytest.raises(cpmod.ControlPlaneError, match="extensions/v1beta1 Deployment"):
         cpmod.object_path({"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": {"name": "d"}})
+
+
+def test_log_tail_reads_back_as_far_as_the_lines_asked_for(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    proc = cpmod.Process("x", ["true"], log)
+    assert proc.log_tail() == ""  # no log yet
+    lines = [f"line {i} " + "x" * 100 for i in range(5000)]  # ~550 KiB: several read blocks
+    lines[3] = "E0101 lease.go: leases is forbidden"
+    log.write_text("\n".join(lines) + "\n")
+    assert proc.log_tail(2).splitlines() == lines[-2:]
+    assert proc.log_tail(3000).splitlines() == lines[-3000:]
+    whole = proc.log_tail(200000)
+    assert whole.splitlines() == lines and "forbidden" in whole
