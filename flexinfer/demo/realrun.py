@@ -273,12 +273,20 @@ class RealDemo:
             a.free_after_mib = self.free_mib(a.node, [])
         return a
 
-    def wait_phases(self, want: dict[str, tuple[str, ...]], timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    def wait_phases(self, want: dict[str, tuple[str, ...]], timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
+        """Until every named Model is in one of its phases; False (and a warning naming the laggards) when the
+        time runs out: the tables that follow then show the phases as they are."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             st = self.model_status()
-            if all(st.get(n, {}).get("phase") in phases for n, phases in want.items()):
-                return
+            late = {n: st.get(n, {}).get("phase") for n, phases in want.items()
+                    if st.get(n, {}).get("phase") not in phases}
+            if not late:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("demo_phase_wait_timed_out", timeout_seconds=timeout_s, phases=late,
+                            wanted={n: list(want[n]) for n in late})
+                return False
             time.sleep(0.3)
 
 
