@@ -80,7 +80,8 @@ class Informer:
         self.watch_timeout_s = watch_timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
-        self.read_timeout_s = max(read_timeout_s, watch_timeout_s + 5.0)
+        self.list_timeout_s = read_timeout_s  # a list (page) answers at once: a hung server is given up on after this
+        self.read_timeout_s = max(read_timeout_s, watch_timeout_s + 5.0)  # a watch stays open up to watch_timeout_s
         self.page_size = max(0, int(page_size))  # 0 = one unpaged list
         self.synced = False
         self.healthy = False
@@ -168,7 +169,7 @@ class Informer:
             self._log.error("informer_handler_failed", event_type=kind, error=repr(e))
 
     def _get_list(self, path: str, query: dict[str, Any]) -> JSON:
-        return request(self.api, "GET", path, query=query, timeout_s=(5.0, self.read_timeout_s))
+        return request(self.api, "GET", path, query=query, timeout_s=(5.0, self.list_timeout_s))
 
     def _read_list(self) -> tuple[list[Any], str]:
         """All items of the collection and the list's resourceVersion, page by page."""

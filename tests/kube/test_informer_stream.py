@@ -39,3 +39,22 @@ def test_watch_lines_across_and_within_reads(monkeypatch) -> None:
     assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b"), ("DELETED", "a")]
     assert informer.resource_version == "4"
     assert [i["metadata"]["name"] for i in informer.items()] == ["b"]
+
+
+def test_lists_are_bounded_by_the_read_timeout_watches_by_the_watch_timeout(monkeypatch) -> None:
+    timeouts: dict[str, Any] = {}
+
+    def fake_request(_api: Any, _method: str, _path: str, *, query: Any = None, timeout_s: Any = None) -> dict:
+        timeouts["list"] = timeout_s
+        return {"items": [], "metadata": {"resourceVersion": "7"}}
+
+    def fake_open(*_a: Any, timeout_s: Any = None, **_k: Any) -> _Resp:
+        timeouts["watch"] = timeout_s
+        return _Resp([])
+
+    monkeypatch.setattr(inf, "request", fake_request)
+    monkeypatch.setattr(inf, "open_response", fake_open)
+    informer = inf.Informer(None, "nodes", lambda *_: None, read_timeout_s=20.0, watch_timeout_s=300)
+    informer._list()
+    informer._watch()
+    assert timeouts == {"list": (5.0, 20.0), "watch": (5.0, 305.0)}  # a hung list is not waited on for 305 s
