@@ -91,12 +91,9 @@ class ControllerLoop:
             owner = (meta.get("labels") or {}).get(keys.LABEL_MODEL)
             if not owner:
                 return
-            ns = meta.get("namespace") or "default"
-            for m in self.informers["models"].items():
-                mm = m.get("metadata") or {}
-                if mm.get("name") == owner and (mm.get("namespace") or "default") == ns:
-                    self.queue.put(model_key(m))
-                    return
+            m = self.informers["models"].get(meta.get("namespace") or "", owner)  # one lookup, not a scan
+            if m is not None:
+                self.queue.put(model_key(m))
         return on_event
 
     def snapshot(self) -> Snapshot:

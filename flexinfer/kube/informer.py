@@ -124,6 +124,11 @@ class Informer:
         with self._store_lock:
             return list(self._store.values())
 
+    def get(self, namespace: str, name: str) -> JSON | None:
+        """The cached object `namespace`/`name` ("" for cluster-scoped kinds), one dict lookup."""
+        with self._store_lock:
+            return self._store.get((namespace, name))
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

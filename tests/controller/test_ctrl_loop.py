@@ -116,3 +116,28 @@ def test_http_health_metrics_and_nodes_forbidden(fake_api, kube_api):
     finally:
         loop.stop()
         server.stop()
+
+
+def test_child_event_queues_its_model_by_keyed_lookup(fake_api, kube_api):
+    """An event on a pod/Deployment/Job labelled with a Model's name queues that Model (found with one keyed
+    lookup in the Models informer), and nothing for a label naming no Model or a Model in another namespace."""
+    from flexinfer.controller.reconcile import model_key
+
+    fake_api.put_objects([model("m1", 1), {**model("m2", 1), "metadata": {"name": "m2", "namespace": "other"}}])
+    loop = ControllerLoop(Controller(kube_api, namespace=None), watch_nodes=False)
+    models = loop.informers["models"].start()
+    try:
+        assert models.wait_synced(10)
+        loop.queue.get(timeout=1)  # the informer's SYNC queues a full pass
+        on_pod = loop._handler("pods")
+
+        def pod(owner, ns=NS):
+            return {"metadata": {"name": "p", "namespace": ns, "labels": {keys.LABEL_MODEL: owner}}}
+
+        on_pod("MODIFIED", pod("m1"))
+        assert loop.queue.get_nowait() == model_key(model("m1", 1))
+        for other in (pod("nope"), pod("m2"), pod("m1", "other"), {"metadata": {"name": "unlabelled"}}):
+            on_pod("MODIFIED", other)
+        assert loop.queue.empty()
+    finally:
+        models.stop()

@@ -259,6 +259,7 @@ def test_informer_lists_then_watches(fake_api: FakeApiServer, informer_factory) 
     wait_for(lambda: len(rec.snapshot()) == 4)
     assert rec.snapshot()[1:] == [("ADDED", "c"), ("MODIFIED", "a"), ("DELETED", "b")]
     assert sorted(i["metadata"]["name"] for i in inf.items()) == ["a", "c"]
+    assert inf.get("", "a")["metadata"]["labels"]["x"] == "1" and inf.get("", "b") is None  # keyed lookup
     assert inf.resource_version == str(fake_api.resource_version)
 
 
