@@ -232,7 +232,7 @@ def render_options(runtime_classes: tuple[str, ...] | list[str], backend_images:
 
 
 def default_lease_namespace(namespace: str | None) -> str:
-    return os.environ.get("POD_NAMESPACE") or namespace or "flexinfer-system"
+    return os.environ.get("POD_NAMESPACE") or namespace or keys.SYSTEM_NAMESPACE
 
 
 @component_command("flexinfer-controller", exit_codes=(

@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from flexinfer import freshness, logs
+from flexinfer import freshness, keys, logs
 from flexinfer.cliopts import bind_address_option, component_command, logging_options, port_option
 from flexinfer.errors import ParseError, ValidationError
 from flexinfer.nodes import NodeViewMemo
@@ -44,7 +44,7 @@ from .tls import TlsFiles
 
 log = logs.get("flexinfer.extender.main")
 
-DEFAULT_NAMESPACE = "flexinfer-system"
+DEFAULT_NAMESPACE = keys.SYSTEM_NAMESPACE
 
 
 @dataclass

@@ -65,6 +65,7 @@ POD_GROUP = PREFIX + "gpu.shared"  # shared GPU group, informational
 MODEL_ACTIVATE = PREFIX + "activate"  # annotation on a Model: request activation (any value = time)
 LABEL_MODEL = PREFIX + "model"  # label on Deployments/Services/Pods the controller owns
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+SYSTEM_NAMESPACE = "flexinfer-system"  # where the manifests install the components (Leases, Services)
 MANAGED_BY = "flexinfer-controller"
 # spec.serviceLabels projected for routing: label service.flexinfer.ai/<label>="true" on the Service,
 # Deployment and pods (a valid serviceLabel is always a valid label name, so every one fits).

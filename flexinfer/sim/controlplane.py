@@ -53,7 +53,7 @@ from typing import Any
 
 import yaml
 
-from flexinfer import kube, logs
+from flexinfer import keys, kube, logs
 
 log = logs.get("flexinfer.sim.controlplane")
 
@@ -806,7 +806,7 @@ class ControlPlane:
         RBAC `install_flexinfer` applies), as its Deployment would. `tls_dir` holds the files the shipped
         extender tlsConfig names (CA, client certificate and key)."""
         if as_service_account is None and variant == "second":
-            as_service_account = ("flexinfer-system", SECOND_SCHEDULER_NAME)
+            as_service_account = (keys.SYSTEM_NAMESPACE, SECOND_SCHEDULER_NAME)
         if as_service_account is not None:
             kc = self.service_account_kubeconfig(*as_service_account)
         else:

@@ -52,7 +52,7 @@ from flexinfer.state import decode_state, rfc3339
 log = logs.get("flexinfer.sim.realcluster")
 
 JSON = dict[str, Any]
-NAMESPACE = "flexinfer-system"
+NAMESPACE = keys.SYSTEM_NAMESPACE
 
 
 def kwok_node_objects(fleet: Fleet, names: Iterable[str] | None = None, *, published: bool = False,

@@ -21,6 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from flexinfer import keys
+
 try:  # tests/ as packages (tests/deploy/__init__.py) or as rootdir-relative modules
     from .deploy_helpers import DAEMONSET, K8S_VERSION, ROOT, crd_verdict, load_docs, load_kustomization, render
 except ImportError:
@@ -291,7 +293,7 @@ def test_extender_and_controller_shape() -> None:
     for w in _workloads(objs):
         assert w["spec"]["template"]["spec"]["serviceAccountName"] in {
             o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"}
-        assert w["metadata"]["namespace"] == "flexinfer-system"
+        assert w["metadata"]["namespace"] == keys.SYSTEM_NAMESPACE  # the components' default is what ships
 
 
 def test_monitors_select_real_ports() -> None:
