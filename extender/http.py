@@ -201,6 +201,7 @@ class ExtenderApp:
                  max_body_bytes: int | None = None, limits: Limits | None = None, replicas: Any = None) -> None:
         self.extender = extender
         self.name_lists = wire.NameLists()
+        self.shared_json = wire.SharedJson()
         limits = limits or DEFAULT_LIMITS
         if max_body_bytes is not None and max_body_bytes != limits.max_body_bytes:
             from dataclasses import replace
@@ -339,9 +340,10 @@ class ExtenderApp:
         p = self._parse(body, "filter")
         out = self.extender.filter(p.req, p.names, p.views)
         if p.mode == "names":
+            js = self.shared_json.of  # the verdict index's shared parts: encoded once while they stay the same
             result = wire.ExtenderFilterResult(
-                Nodes=None, NodeNames=out.passed, FailedNodes=out.failed,
-                FailedAndUnresolvableNodes=out.unresolvable, Error="")
+                Nodes=None, NodeNames=js(out.passed), FailedNodes=js(out.failed),  # type: ignore[arg-type]
+                FailedAndUnresolvableNodes=js(out.unresolvable), Error="")  # type: ignore[arg-type]
         else:
             items = [raw for raw, v in zip(p.items, out.verdicts, strict=True) if v.feasible]
             result = wire.ExtenderFilterResult(

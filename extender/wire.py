@@ -132,5 +132,49 @@ class NameLists:
         return names
 
 
+class SharedJson:
+    """The JSON of large answer parts the extender hands out read-only and again and again (the verdict index
+    returns the same passed list and rejection maps, by identity, while nothing changed; a shape's first filter
+    shares one merged map of statically rejected nodes), as `msgspec.Raw` to splice into a response: a repeat
+    costs a lookup instead of encoding thousands of entries. Keyed by object identity, holding the object (so its
+    id cannot be reused while kept). Bounded whatever clients send: only objects of `min_len` to `max_entries`
+    entries, at most `max_entries` entries kept in all (least recently used dropped; about 150 bytes each with
+    the JSON). Callers pass only objects nobody changes after handing them out (the verdict index's
+    copy-on-write contract, extender.memo)."""
+
+    def __init__(self, max_entries: int = 50_000, min_len: int = 256) -> None:
+        self.max_entries = max_entries
+        self.min_len = min_len
+        self.entries = 0
+        self._kept: OrderedDict[int, tuple[list[str] | dict[str, str], msgspec.Raw]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def of(self, obj: list[str] | dict[str, str]) -> object:
+        """`obj` itself when small or too large to keep, else its JSON as msgspec.Raw (encoded on first sight)."""
+        n = len(obj)
+        if n < self.min_len or n > self.max_entries:
+            return obj
+        key = id(obj)
+        with self._lock:
+            hit = self._kept.get(key)
+            if hit is not None and hit[0] is obj:
+                self._kept.move_to_end(key)
+                return hit[1]
+        raw = msgspec.Raw(encoder.encode(obj))
+        with self._lock:
+            old = self._kept.pop(key, None)
+            if old is not None:  # another thread encoded and kept it meanwhile
+                self.entries -= len(old[0])
+            self._kept[key] = (obj, raw)
+            self.entries += n
+            while self.entries > self.max_entries:
+                _, (dropped, _) = self._kept.popitem(last=False)
+                self.entries -= len(dropped)
+        return raw
+
+
 node_item_decoder = msgspec.json.Decoder(NodeItem)
 encoder = msgspec.json.Encoder()

@@ -44,3 +44,24 @@ def test_name_lists_reuse_the_same_object_for_the_same_bytes_and_stay_bounded() 
     assert len(lists._lists) == 2
     with pytest.raises(msgspec.ValidationError):
         lists.decode(raw_of(b'{"NodeNames": [1]}'))
+
+
+def test_shared_json_reuses_the_encoding_of_the_same_object_and_stays_bounded() -> None:
+    """SharedJson: the same (never changed) object again -> the same Raw, byte-identical to encoding it; small
+    objects pass through; objects over the budget are never kept; the kept entries never exceed the budget."""
+    import msgspec
+    from flexinfer.extender.wire import SharedJson, encoder
+
+    js = SharedJson(max_entries=1000, min_len=10)
+    small = {"a": "x"}
+    assert js.of(small) is small and len(js) == 0
+    failed = {f"n{i}": "Insufficient free GPU memory" for i in range(400)}
+    raw = js.of(failed)
+    assert isinstance(raw, msgspec.Raw) and bytes(raw) == encoder.encode(failed)
+    assert js.of(failed) is raw  # the same object: no second encoding
+    assert js.of(dict(failed)) is not raw  # an equal but different object is encoded on its own
+    names = [f"n{i}" for i in range(400)]
+    assert bytes(js.of(names)) == encoder.encode(names)
+    assert js.entries <= 1000 and js.of(failed) is not raw  # the oldest were dropped to stay within budget
+    huge = {f"u{i}": "Node not found in the extender's cache" for i in range(5000)}
+    assert js.of(huge) is huge and js.entries <= 1000  # over the budget: never kept
