@@ -38,7 +38,7 @@ METRIC_NAMES = (
     "flexinfer_gpu_energy_joules_total", "flexinfer_gpu_temperature_celsius",
     "flexinfer_gpu_memory_temperature_celsius", "flexinfer_gpu_utilization_ratio",
     "flexinfer_gpu_engine_utilization_ratio", "flexinfer_gpu_clock_hertz", "flexinfer_gpu_pcie_link_generation",
-    "flexinfer_gpu_pcie_link_width", "flexinfer_gpu_pcie_throughput_bytes_per_second",
+    "flexinfer_gpu_pcie_link_width_lanes", "flexinfer_gpu_pcie_throughput_bytes_per_second",
     "flexinfer_gpu_pcie_replay_total", "flexinfer_gpu_xid_errors_total", "flexinfer_gpu_last_xid",
     "flexinfer_gpu_last_xid_timestamp_seconds", "flexinfer_gpu_throttle_reason", "flexinfer_gpu_ecc_errors_total",
     "flexinfer_gpu_remapped_rows_total", "flexinfer_gpu_row_remap_pending", "flexinfer_gpu_row_remap_failed",
@@ -97,7 +97,7 @@ class _GpuCollector(Collector):
                    "video (AMD VCN: encode and decode)", ("engine",))
         clock = g("flexinfer_gpu_clock_hertz", "Current GPU clock in hertz", ("clock",))
         gen = g("flexinfer_gpu_pcie_link_generation", "PCIe link generation", ("state",))
-        width = g("flexinfer_gpu_pcie_link_width", "PCIe link width in lanes", ("state",))
+        width = g("flexinfer_gpu_pcie_link_width_lanes", "PCIe link width in lanes", ("state",))
         pcie_rate = g("flexinfer_gpu_pcie_throughput_bytes_per_second", "PCIe throughput in bytes per second",
                       ("direction",))
         replay = c("flexinfer_gpu_pcie_replay", "PCIe replay counter")

@@ -46,7 +46,7 @@ def test_gpu_series_with_labels_and_base_units() -> None:
     assert len(xid) == 1 and 'xid="79"' in xid[0] and lines[xid[0]] == 1.0
     assert any('reason="hw_slowdown"' in k and v == 1.0 for k, v in lines.items() if "throttle_reason" in k)
     assert any('clock="sm"' in k and v == 1500e6 for k, v in lines.items() if "clock_hertz" in k)
-    assert any('state="max"' in k for k in lines if "pcie_link_width" in k)
+    assert any('state="max"' in k for k in lines if k.startswith("flexinfer_gpu_pcie_link_width_lanes{"))
     assert any(k.startswith("flexinfer_agent_sample_duration_seconds_bucket") for k in lines)
     assert any(k.startswith("flexinfer_agent_info{") for k in lines)
 

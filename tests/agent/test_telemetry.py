@@ -196,3 +196,22 @@ def test_exported_names_units_and_bounded_cardinality() -> None:
         agent.step()
     keys_after = {re.sub(r" \S+$", "", ln) for ln in _series(agent)}
     assert keys_after == {re.sub(r" \S+$", "", ln) for ln in first}  # same series: values change, labels do not
+
+
+# Units a metric name may end in (before a counter's _total); the brief: units in every user-visible number's name.
+UNITS = ("bytes", "watts", "joules", "celsius", "ratio", "hertz", "seconds", "bytes_per_second", "lanes", "errors",
+         "rows", "pages", "replay", "writes")
+# Flags (0/1), info series (always 1), identifiers and ordinals: no unit to name.
+UNITLESS = {"flexinfer_gpu_pcie_link_generation", "flexinfer_gpu_last_xid", "flexinfer_gpu_throttle_reason",
+            "flexinfer_gpu_row_remap_pending", "flexinfer_gpu_row_remap_failed",
+            "flexinfer_gpu_retired_pages_pending", "flexinfer_gpu_mig_enabled", "flexinfer_gpu_healthy",
+            "flexinfer_gpu_pod_info", "flexinfer_agent_info"}
+
+
+def test_every_metric_name_carries_its_unit() -> None:
+    from flexinfer.agent.metrics import METRIC_NAMES
+
+    missing = [n for n in METRIC_NAMES
+               if n not in UNITLESS and not n.removesuffix("_total").endswith(tuple("_" + u for u in UNITS))]
+    assert missing == []
+    assert "flexinfer_gpu_pcie_link_width_lanes" in METRIC_NAMES  # lanes, not a bare number
