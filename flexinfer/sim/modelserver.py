@@ -76,6 +76,7 @@ class FakeModelServer:
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_route("*", "/v1/{tail:.*}", self._other)  # any other OpenAI-style path: echo what came
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -84,6 +85,13 @@ class FakeModelServer:
     async def _models(self, request: web.Request) -> web.Response:
         entry = {"id": self.name, "object": "model", "owned_by": "fake", "max_model_len": self.max_model_len}
         return web.json_response({"object": "list", "data": [entry]})
+
+    async def _other(self, request: web.Request) -> web.Response:
+        """Another /v1 path (the proxy's pass-through): what arrived, so a test can see it was forwarded."""
+        raw = await request.read()
+        self._record(request, raw)
+        return web.json_response({"server": self.name, "method": request.method, "path": request.path,
+                                  "content_type": request.content_type, "body_bytes": len(raw)})
 
     def _record(self, request: web.Request, body: Any) -> None:
         self.stats.requests += 1

@@ -350,3 +350,22 @@ def test_shutdown_final_activity_flush_is_bounded(monkeypatch: pytest.MonkeyPatc
         took = time.monotonic() - t0
         assert started.is_set() and lb.proxy._thread is not None and not lb.proxy._thread.is_alive()
         assert took < 2.0 + 0.3 + 3.0, took  # drain (grace_s=2 in the lab, nothing in flight) + the bound + slack
+
+
+def test_other_v1_paths_pass_through_to_the_routed_model() -> None:
+    """Issue 18: a pass-through for other /v1/* paths, routed like the rest: by the JSON body's `model` (name or
+    service label), or by the X-FlexInfer-Model header when the body is not JSON (audio, files)."""
+    with lab([model_doc("m", ["rerank"], min_replicas=1), model_doc("n", [], min_replicas=1)]) as lb:
+        wait_for(lambda: lb.serving("m") and lb.serving("n"), what="serving")
+        r = lb.client.post("/v1/rerank", json={"model": "rerank", "query": "q", "documents": ["a", "b"]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"server": "m", "method": "POST", "path": "/v1/rerank",
+                            "content_type": "application/json", "body_bytes": len(r.request.content)}
+        r = lb.client.post("/v1/audio/transcriptions", content=b"RIFF",
+                           headers={"Content-Type": "audio/wav", "X-FlexInfer-Model": "n"})
+        assert r.status_code == 200 and r.json()["server"] == "n" and r.json()["body_bytes"] == 4, r.text
+        r = lb.client.get("/v1/files", headers={"X-FlexInfer-Model": "m"})
+        assert r.status_code == 200 and r.json()["server"] == "m" and r.json()["method"] == "GET", r.text
+        assert lb.servers["m"].stats.requests == 2 and lb.servers["n"].stats.requests == 1
+        assert lb.metrics.requests.labels("m", "other", "200")._value.get() == 2
+        assert lb.metrics.requests.labels("n", "other", "200")._value.get() == 1
