@@ -66,7 +66,8 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--node", help="Check only this node.")
 @click.option("--max-state-age-seconds", default=freshness.MAX_STATE_AGE_SECONDS,
               help="GPU state older than this is stale (the extender's rule).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, envvar="FLEXINFER_PREFLIGHT_JSON",  # named after the flag
+              help="Machine-readable output.")
 def preflight(model_file: str, fleet: str | None, nodes_from: str | None, cluster: bool, kube_server: str | None,
               kubeconfig: str | None, node: str | None, max_state_age_seconds: float, as_json: bool) -> None:
     """Fit check before scaling anything down: will MODEL_FILE run, and where?"""

@@ -62,6 +62,8 @@ def test_every_option_has_help_and_a_flexinfer_env_var(name, cmd, prefix):
         assert p.help, f"{name} {p.opts[0]} has no help text"
         envvars = p.envvar if isinstance(p.envvar, list) else [p.envvar or f"{prefix}_{p.name.upper()}"]
         assert any(e.startswith("FLEXINFER_") for e in envvars), (name, p.opts)
+        flag = next(o for o in p.opts if o.startswith("--"))[2:].replace("-", "_").upper()
+        assert f"{prefix}_{flag}" in envvars, f"{name} {p.opts[0]}: env var {envvars} is not named after the flag"
         assert p.show_envvar, f"{name} {p.opts[0]} does not show its environment variable"
         assert envvars[0] in text, f"{name} --help does not show {envvars[0]}"
     assert "Exit codes:" in text, f"{name} --help does not document its exit codes"
