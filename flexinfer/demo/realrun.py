@@ -367,7 +367,7 @@ def play_story(cluster: RealCluster, docs: list[JSON], namespace: str = NAMESPAC
             demo.wait_phases({story.holder: ("Ready",), story.challenger: ("Idle", "Preempted")})
             third = demo.fresh_attempts({n: by_name[n] for n in names}, before)
             final_status = demo.model_status()
-            result.acts.append((reclaim_heading(story, final_status), third, final_status))
+            result.acts.append((reclaim_heading(story, final_status, swap_status), third, final_status))
         return result
     finally:
         controller.stop(5)

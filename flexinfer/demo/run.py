@@ -71,12 +71,18 @@ def swap_heading(story: GroupStory, status: dict[str, dict[str, Any]], minutes: 
     return head + f"it is {c_phase or 'not admitted'} ({why}); {h} stays {h_phase or 'absent'}"
 
 
-def reclaim_heading(story: GroupStory, status: dict[str, dict[str, Any]]) -> str:
+def reclaim_heading(story: GroupStory, status: dict[str, dict[str, Any]],
+                    before: dict[str, dict[str, Any]] | None = None) -> str:
+    """What the challenger's idle timeout did. `before`: the statuses after the swap act; the holder only
+    "reclaims" a GPU it gave up (it was Preempted then), else it kept it all along."""
     c, h = story.challenger, story.holder
     c_phase = status.get(c, {}).get("phase")
     h_phase = status.get(h, {}).get("phase")
+    gave_up = before is None or before.get(h, {}).get("phase") == "Preempted"
     if h_phase in ("Ready", "Loading") and c_phase not in ("Ready", "Loading"):
-        return f"{c} idles out ({c_phase}): {h} reclaims the GPU ({h_phase})"
+        if gave_up:
+            return f"{c} idles out ({c_phase}): {h} reclaims the GPU ({h_phase})"
+        return f"after {c}'s idle timeout: {c} is {c_phase}; {h} kept the GPU throughout ({h_phase})"
     return f"after {c}'s idle timeout: {c} is {c_phase}, {h} is {h_phase}"
 
 
@@ -171,7 +177,7 @@ def run_demo(fleet: Fleet, console: Console, err: Console, examples: Path = EXAM
                          f"{story.challenger}")
                 third = cluster.settle()
                 final_status = cluster.model_status()
-                acts.append((reclaim_heading(story, final_status), third, final_status))
+                acts.append((reclaim_heading(story, final_status, swap_status), third, final_status))
             served = proxystory.play(cluster, progress)
             progress("done")
     console.print()

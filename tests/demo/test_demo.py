@@ -151,3 +151,34 @@ def test_swap_heading_says_what_the_statuses_say():
     assert reclaim_heading(story, {"big": {"phase": "Idle"}, "small": {"phase": "Ready"}}) == (
         "big idles out (Idle): small reclaims the GPU (Ready)")
     assert "reclaims" not in reclaim_heading(story, {"big": {"phase": "Ready"}, "small": {"phase": "Preempted"}})
+
+
+def test_reclaim_heading_only_reclaims_a_gpu_that_was_given_up():
+    from flexinfer.demo.run import GroupStory, reclaim_heading
+
+    story = GroupStory("g", (("big", 80, False), ("small", 100, True)), holder="small", challenger="big",
+                       challenger_idle_seconds=900)
+    final = {"big": {"phase": "Idle"}, "small": {"phase": "Ready"}}
+    swapped = {"big": {"phase": "Ready"}, "small": {"phase": "Preempted"}}
+    stuck = {"big": {"phase": "Pending"}, "small": {"phase": "Ready"}}
+    assert reclaim_heading(story, final, swapped) == "big idles out (Idle): small reclaims the GPU (Ready)"
+    kept = reclaim_heading(story, final, stuck)
+    assert "reclaims" not in kept
+    assert kept == "after big's idle timeout: big is Idle; small kept the GPU throughout (Ready)"
+
+
+def test_a_challenger_that_never_fits_preempts_nobody(tmp_path):
+    """The 32B asks for more VRAM than any GPU has: the demo says it stayed Pending and the 14B kept the GPU,
+    never that it preempted or that the 14B reclaimed anything."""
+
+    def too_big(doc):
+        doc["spec"]["gpu"]["vramEstimateMB"] = 60000
+
+    examples = _examples_without(tmp_path, drop=("deepseek-r1",), patch=("qwen3-32b-quality", too_big))
+    res = CliRunner().invoke(cli, ["demo", "--examples", str(examples)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps long headings
+    assert "a request for qwen3-32b-quality arrives: it is Pending" in text
+    assert "qwen3-14b-mlc stays Ready" in text
+    assert "preempts qwen3-14b-mlc" not in text and "reclaims the GPU" not in text
+    assert "qwen3-14b-mlc kept the GPU throughout (Ready)" in text
