@@ -295,7 +295,10 @@ def main(kube_server: str | None, kubeconfig: str | None, namespace: str, cooldo
     ctl = Controller(api, namespace=namespace or None, cooldown_seconds=cooldown_seconds, metrics=metrics,
                      auto_vendor=auto_vendor or None, options=options, hf_prefetch_image=prefetch_image)
     if once:
-        result = ctl.reconcile_once()
+        try:
+            result = ctl.reconcile_once()
+        except kube.KubeError as e:  # the documented exit 1, as a one-line error rather than a traceback
+            raise click.ClickException(f"cannot read the cluster: {e}") from None
         for w in result.writes:
             log.info("write", what=w)
         for e in result.errors:

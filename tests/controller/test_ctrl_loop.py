@@ -83,6 +83,17 @@ def test_cli_once(fake_api):
     assert fake_api.get_object("models", "big", NS)["status"]["phase"] == "Loading"
 
 
+def test_cli_once_api_error_is_exit_1_with_a_message(fake_api):
+    """--once against an API server that refuses to list Models: exit 1 (--help's contract), 'Error: ...', no
+    traceback."""
+    fake_api.fail("GET", "/apis/ai.flexinfer/v1alpha2/(namespaces/[^/]+/)?models", status=403, times=-1)
+    r = CliRunner().invoke(main, ["--kube-server", fake_api.url, "--namespace", NS, "--once",
+                                  "--metrics-port", "0", "--log-format", "json"])
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), r.exception  # click's error exit, not an escaped KubeError
+    assert "Error: cannot read the cluster: " in r.output and "403" in r.output
+
+
 def test_http_health_metrics_and_nodes_forbidden(fake_api, kube_api):
     import urllib.error
     import urllib.request
