@@ -8,8 +8,14 @@ cluster or a GPU. Nothing here is imported by the agent, the extender or the con
   extender (node readiness, nodeSelector, taints, extended-resource fit);
 - ``cluster``: the embedded demo cluster (fake API server, agents on fake GPU readers, the real extender
   and controller, a scheduling loop talking to the extender as kube-scheduler does);
-- ``controlplane`` (when present): a real local control plane (etcd, kube-apiserver, kube-scheduler,
-  kube-controller-manager, kwok) built from pinned Kubernetes sources.
+- ``controlplane``: a real local control plane (etcd, kube-apiserver, kube-scheduler,
+  kube-controller-manager, kwok) built from pinned Kubernetes sources; ``realcluster``: a simulated GPU fleet
+  on it (the e2e tier, ``flexinfer demo --control-plane real``, the scheduler bench);
+- ``serving`` and ``modelserver``: what kubelets and the EndpointSlice controller do for the Models'
+  Deployments, and an OpenAI-compatible fake model server (the proxy's tests, demo and bench);
+- ``podresources``: a fake kubelet PodResources gRPC server (the agent's attribution tests).
+
+tests/sim/test_sim_boundary.py keeps production modules from importing this package.
 
 The fake GPU readers live with the agent (``flexinfer.agent.readers.fake``), driven by a fleet file.
 """
