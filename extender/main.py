@@ -138,8 +138,8 @@ def check_exposure(bind_address: str, files: TlsFiles, allow_unauthenticated: bo
 @port_option("read-only", 0, "Plain-HTTP port serving only /healthz, /readyz, /metrics and /explain (probes, "
              "Prometheus, flexinfer explain); never filter/prioritize")
 @port_option("grpc", 0, "gRPC SchedulerExtender port (TLS and client certificates like --http-port)")
-@port_option("grpc-read-only", 0, "Plaintext gRPC port: Explain and health; Filter/Prioritize there need mutual TLS "
-             "when --client-ca-file is set")
+@port_option("grpc-read-only", 0, "Plaintext gRPC port of the --grpc-port server (needs it): Explain and health; "
+             "with --client-ca-file, Filter/Prioritize there answer UNAUTHENTICATED")
 @click.option("--nodes-from", type=click.Path(exists=True, dir_okay=False),
               help="Static NodeList/fleet file instead of watching the API server.")
 @click.option("--kube-server", help="API server URL (default: in-cluster, then kubeconfig).")
@@ -190,6 +190,8 @@ def main(bind_address: str, http_port: int, read_only_port: int, grpc_port: int,
          peer_server_name: str | None, log_level: str, log_format: str | None) -> None:
     """Scheduler extender: filter and score pods by per-GPU VRAM and backend/architecture compatibility."""
     logs.configure(log_level, log_format)
+    if grpc_read_only_port and not grpc_port:
+        raise click.UsageError("--grpc-read-only-port is a second port of the gRPC server: it needs --grpc-port")
     limits = replace(DEFAULT_LIMITS, max_body_bytes=max_body_bytes, max_nodes=max_nodes_per_request,
                      max_connections=max_connections, head_timeout_s=request_timeout_seconds,
                      body_timeout_s=request_timeout_seconds)

@@ -244,3 +244,15 @@ def test_certificates_from_hack_extender_certs_work_end_to_end(tmp_path) -> None
         bare = ssl.create_default_context(cafile=str(d / "ca.crt"))
         with pytest.raises(httpx.HTTPError), httpx.Client(verify=bare, timeout=5) as c:
             c.post(f"{h.url}/filter", json=body, extensions=sni)
+
+
+def test_a_grpc_read_only_port_without_the_grpc_server_is_a_usage_error() -> None:
+    """--grpc-read-only-port is a second port of the --grpc-port server: alone it was silently not served."""
+    code, out = run_cli("--grpc-read-only-port", "0")  # 0 = off: fine
+    assert code is None and "extender_started" in out
+    from flexinfer.fleet import default_fleet_path
+
+    res = subprocess.run([sys.executable, "-m", "flexinfer.extender.main", "--nodes-from", str(default_fleet_path()),
+                          "--http-port", "0", "--grpc-read-only-port", "19999"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 2 and "--grpc-read-only-port" in res.stderr and "needs --grpc-port" in res.stderr, res
