@@ -26,3 +26,14 @@ def test_readme_names_both_commands_and_ci_runs_the_test_one() -> None:
     assert "bash hack/demo.sh" in README and "bash hack/test.sh" in README
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert "exec bash hack/test.sh" in ci
+
+
+def test_readme_links_every_docs_page_and_names_every_test_tier() -> None:
+    root = Path(__file__).resolve().parent.parent
+    pages = sorted(p.name for p in (root / "docs").glob("*.md"))
+    assert pages
+    missing = [p for p in pages if f"(docs/{p})" not in README]
+    assert not missing, f"README does not link these docs/ pages: {missing}"
+    layout = README[README.index("## Layout"):]
+    tiers = sorted(d.name for d in (root / "tests").iterdir() if (d / "__init__.py").is_file())
+    assert not [t for t in tiers if f"{t}/" not in layout], "README's Layout misses a tests/ directory"
