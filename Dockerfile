@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for all four entry points: flexinfer (CLI), flexinfer-agent, flexinfer-extender,
-# flexinfer-controller. The manifests pick one with `command:`.
+# One image for all five entry points: flexinfer (CLI), flexinfer-agent, flexinfer-extender,
+# flexinfer-controller, flexinfer-proxy. The manifests pick one with `command:`.
 #
 #   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
 #                -t ghcr.io/flexinfer/flexinfer:0.1.0 .

@@ -89,3 +89,10 @@ def test_license_and_project_metadata():
     assert "Typing :: Typed" in project["classifiers"]
     assert (ROOT / "flexinfer" / "py.typed").is_file()
 
+
+
+def test_image_header_names_every_console_script():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    header = DOCKERFILE.split("\nARG ", 1)[0]
+    assert not [s for s in scripts if not re.search(rf"\b{re.escape(s)}\b(?!-)", header)], \
+        "the Dockerfile's header must name every entry point the image carries"
