@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flexinfer import logs
+from flexinfer import freshness, logs
 from flexinfer.nodes import load_node_objects, view_of
 from flexinfer.state import NodeView
 
@@ -176,7 +176,8 @@ def _binpack_placer(req: PodRequirements, view: NodeView, committed: Mapping[int
 
 
 class NodeCache:
-    def __init__(self, *, stale_after_seconds: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, stale_after_seconds: float = freshness.MAX_STATE_AGE_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._views: dict[str, NodeView] = {}
         self._rv: dict[str, str] = {}

@@ -28,3 +28,7 @@ def test_the_components_use_the_shared_defaults() -> None:
 
     assert DEFAULT_HEARTBEAT_SECONDS == freshness.HEARTBEAT_SECONDS
     assert PolicyConfig().max_state_age_seconds == freshness.MAX_STATE_AGE_SECONDS
+    # a failing Node watch keeps the extender ready for as long as the cached GPU state can still be fresh
+    from flexinfer.extender.cache import NodeCache
+
+    assert NodeCache().stale_after_seconds == freshness.MAX_STATE_AGE_SECONDS
