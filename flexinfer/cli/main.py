@@ -182,6 +182,8 @@ cli.add_command(explain)
 cli.add_command(activate)
 for _name, _cmd in cli.commands.items():
     _cmd.help = with_exit_codes(_cmd.help, EXIT_CODES[_name])
+cli.help = with_exit_codes(cli.help, "  each command's --help lists its own\n"
+                                     "  0  --help, --version\n  2  usage error (no command, or an unknown one)")
 show_envvars(cli)
 
 

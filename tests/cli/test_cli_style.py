@@ -38,7 +38,7 @@ def _command(script: str) -> click.Command:
 
 def _all_commands() -> list[tuple[str, click.Command, str]]:
     """(display name, command, env prefix) for every component and every `flexinfer` subcommand."""
-    out = [(s, _command(s), "FLEXINFER") for s in COMPONENTS]
+    out = [(s, _command(s), "FLEXINFER") for s in SCRIPTS]  # "flexinfer": the group and its own options
     for name, sub in cli.commands.items():
         out.append((f"flexinfer {name}", sub, f"FLEXINFER_{name.upper()}"))
     return out
