@@ -21,9 +21,9 @@ from operator import getitem
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 
 from .memo import MAX_KEPT_NAMES, NodeNames
+from .policy import MAX_SCORE  # kube-scheduler's MaxExtenderPriority: the policy's one number
 
 MAX_PIECES = 50_000  # cached byte pieces per kind; cleared when over
-MAX_SCORE = 10
 
 # FilterResponse: node_names = 1 (repeated string), failed_nodes = 2, failed_and_unresolvable_nodes = 3 (maps)
 _TAG_NAME, _TAG_FAILED, _TAG_UNRESOLVABLE = 0x0A, 0x12, 0x1A

@@ -203,3 +203,24 @@ def test_backend_matrix_matches_compat_cell_by_cell() -> None:
 def test_every_backend_name_and_alias_is_in_the_compatibility_doc(name: str) -> None:
     text = (DOCS / "backend-compatibility.md").read_text(encoding="utf-8").lower()
     assert name.lower() in text or name.replace("_", "-").lower() in text, name
+
+
+# --- docs/extender-protocol.md -------------------------------------------------------------------
+
+
+def test_extender_protocol_page_names_every_wire_field_and_the_score_range() -> None:
+    """The page's field names are the ones our wire structs decode and encode, and its score range is the
+    policy's (one number, also used by the gRPC encoder)."""
+    import msgspec
+    from flexinfer.extender import grpc_wire, policy, wire
+
+    text = (DOCS / "extender-protocol.md").read_text(encoding="utf-8")
+    fields = set()
+    for struct in (wire.ExtenderArgs, wire.ExtenderFilterResult, wire.HostPriority, wire.ErrorBody):
+        fields |= {f.encode_name for f in msgspec.structs.fields(struct) if f.encode_name[0].isupper()}
+    assert {"Pod", "Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error", "Host",
+            "Score"} <= fields
+    missing = sorted(f for f in fields if f'"{f}"' not in text)
+    assert not missing, f"docs/extender-protocol.md does not name wire fields {missing}"
+    m = re.search(r"`MaxExtenderPriority` = (\d+)", text)
+    assert m and int(m.group(1)) == policy.MAX_SCORE == grpc_wire.MAX_SCORE
