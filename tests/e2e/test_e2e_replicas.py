@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import socket
 import threading
 import time
@@ -137,7 +136,11 @@ def test_two_replicas_behind_one_service_never_bind_more_than_fit(homelab, contr
         identity = wait_for("a replica holding the extender Lease", lambda: lease_holder(api), timeout_s=30)
         leader = next(r for r in reps if f":{r['port']} " in f"{identity} ")
         assert [is_leader(r) for r in reps].count(1.0) == 1
-        lb = RoundRobin([r["port"] for r in reps])
+        # kube-scheduler keeps one keep-alive connection to the extender, so the balancer's first backend gets
+        # all of its requests: make that the follower, so every filter/prioritize goes through its forwarding
+        # to the Lease holder (and, with the holder killed, through its take-over)
+        follower = next(r for r in reps if r is not leader)
+        lb = RoundRobin([follower["port"], leader["port"]])
         sched = homelab.start_scheduler("second", name="flexinfer-scheduler", extender_url=f"https://127.0.0.1:{lb.port}")
         try:
             for i in range(30):
@@ -165,7 +168,13 @@ def test_two_replicas_behind_one_service_never_bind_more_than_fit(homelab, contr
                 assert lease_holder(api) != identity  # the survivor took the Lease
             logs = "".join(r["proc"].log_tail(200000) for r in reps)
             assert "forbidden" not in logs.lower(), "the shipped extender Lease Role is missing a rule"
-            assert json.dumps(lb.counts)  # both replicas were reachable through the balancer
+            # the scheduler's requests reached the follower (it forwarded them; the check used to be
+            # `assert json.dumps(lb.counts)`, always true, while all traffic could go to the holder)
+            assert lb.counts[follower["port"]] >= 1, lb.counts
+            if not kill_leader:  # the holder evaluated the burst, the follower only forwarded it
+                pods = f'"pod": "{ns}/rburst-'
+                assert pods in leader["proc"].log_tail(200000), "the Lease holder evaluated no burst pod"
+                assert pods not in follower["proc"].log_tail(200000), "the follower answered itself"
         finally:
             control_plane.stop_scheduler("flexinfer-scheduler")
             lb.close()
