@@ -130,6 +130,8 @@ def pod_annotations(model: Model, vendor: str) -> dict[str, str]:
             ann[keys.POD_VENDOR] = model.vendor
         if model.group:
             ann[keys.POD_GROUP] = model.group
+    else:  # said outright: a pod with a backend annotation and no GPU request would otherwise count as 1 GPU
+        ann[keys.POD_VENDOR] = "cpu"
     if model.jit_policy:
         ann[keys.POD_JIT_POLICY] = model.jit_policy
     archs = preferred_archs(model)

@@ -94,3 +94,19 @@ def test_nodes_from_a_cluster_that_refuses_is_a_clear_error(fake_api, tmp_path):
     junk.write_text("just a string\n")
     res = CliRunner().invoke(cli, ["nodes", "--kubeconfig", str(junk)])
     assert res.exit_code == 1 and "cannot load kubeconfig" in res.output, res.output
+
+
+def test_explain_and_preflight_agree_on_a_cpu_only_model(tmp_path):
+    """A Model without spec.gpu runs on CPU: its pod says vendor cpu (controller.render), so explain does not
+    judge it as a 1-GPU pod (every node accepts it, as preflight says), and it never asks for GPU memory."""
+    doc = {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND, "metadata": {"name": "tiny-cpu"},
+           "spec": {"backend": "llamacpp", "source": "HF://org/tiny-GGUF"}}
+    f = tmp_path / "cpu.yaml"
+    f.write_text(json.dumps(doc))
+    res = CliRunner().invoke(cli, ["explain", str(f), "-o", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert rows and all(r["verdict"] == "pass" for r in rows), rows
+    assert not any("GPU" in (r.get("reason") or "") for r in rows)
+    pre = CliRunner().invoke(cli, ["preflight", str(f)])
+    assert pre.exit_code == 0, pre.output
