@@ -390,6 +390,7 @@ def run_real_demo(fleet: Fleet, console: Console, err: Console, examples: Path =
         except ControlPlaneError as e:
             err.print(f"[red]cannot start the real control plane:[/red] {e}")
             return 1
+        cluster: RealCluster | None = None
         try:
             cluster = RealCluster(cp, fleet)
             progress(f"installing the shipped CRD and RBAC; registering {len(fleet.nodes)} kwok Nodes; one "
@@ -400,6 +401,8 @@ def run_real_demo(fleet: Fleet, console: Console, err: Console, examples: Path =
             result = play_story(cluster, docs, NAMESPACE, progress, examples)
             progress("done; stopping every process")
         finally:
+            if cluster is not None:  # our processes and in-process watches first, then the control plane they use
+                cluster.stop()
             cp.stop()
     started_first, phase1_status, acts, story = result.placements, result.phase1_status, result.acts, result.story
     console.print()
