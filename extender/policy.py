@@ -396,19 +396,14 @@ def evaluate(
     return NodeVerdict(name, True, False, "", detail, final, gpus, degraded, min(until, fresh_until))
 
 
-def split_class(fit: StaticFit, est: int, names: list[str], observed: list[float] | None, available: list[int],
+def split_class(fit: StaticFit, est: int, names: list[str], observed: list[float], available: list[int],
                 now_unix: float, config: PolicyConfig) -> tuple[list[str], list[str], list[str], float]:
     """`evaluate` for every node of one static class at once, without reservations, in C-level passes
     (no Python call per node): `fit` is the class's StaticFit; per node (parallel columns) its observation
     time and the `fit.count`-th largest free MiB among `fit.positions` (`effective_free`: commitments included).
     Returns (passing names, names failing for free memory, stale names, valid until). Feasibility only: scores
-    come from `score`. `observed` None: the caller has checked that every node is fresh (nothing is stale; the
-    validity is then not computed: INF)."""
+    come from `score`."""
     limit = config.max_state_age_seconds
-    if observed is None:
-        fits = list(map(le, repeat(est), available))
-        passed = list(compress(names, fits))
-        return passed, (list(compress(names, map(not_, fits))) if len(passed) < len(names) else []), [], INF
     if not observed:
         return [], [], [], INF
     oldest = min(observed)
