@@ -129,6 +129,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+
+def _churn_table(c: dict[str, Any]) -> list[str]:
+    """A churn run's filter and prioritize latencies beside the floor's (markdown table lines)."""
+    return ["| verb | extender p50 / p99 ms | floor p50 / p99 ms |", "|---|---|---|",
+            f"| filter | {_pp(c['filter'])} | {_pp(c['floor-filter'])} |",
+            f"| prioritize | {_pp(c['prioritize'])} | {_pp(c['floor-prioritize'])} |"]
+
 def _pp(d: dict[str, Any] | None) -> str:
     return f"{d['p50_ms']} / {d['p99_ms']}" if d else "-"
 
@@ -197,9 +204,7 @@ def markdown(res: dict[str, Any]) -> str:
                       f"10 pod shapes in rotation, each filter (every node) followed by prioritize (the nodes that "
                       f"passed), as kube-scheduler does; extender and floor interleaved; {ch['pods']} pods in "
                       f"{ch['seconds']:g} s; extender CPU {ch['extender_cpu_seconds']} s, RSS {ch['rss_mib']} MiB.", "",
-                      "| verb | extender p50 / p99 ms | floor p50 / p99 ms |", "|---|---|---|",
-                      f"| filter | {_pp(ch['filter'])} | {_pp(ch['floor-filter'])} |",
-                      f"| prioritize | {_pp(ch['prioritize'])} | {_pp(ch['floor-prioritize'])} |"]
+                      *_churn_table(ch)]
             if ch.get("server-filter"):
                 lines += ["", f"Inside the extender (its own per-request time, from its log): filter "
                               f"{_pp(ch['server-filter'])} ms, prioritize {_pp(ch.get('server-prioritize'))} ms "
@@ -212,9 +217,7 @@ def markdown(res: dict[str, Any]) -> str:
                       f"committed to bound pods) folded into the free columns it filters on; waited for before "
                       f"measuring. {cb['patches']} Node updates in {cb['patch_seconds']} s; {cb['pods']} pods in "
                       f"{cb['seconds']:g} s; extender CPU {cb['extender_cpu_seconds']} s, RSS {cb['rss_mib']} MiB.", "",
-                      "| verb | extender p50 / p99 ms | floor p50 / p99 ms |", "|---|---|---|",
-                      f"| filter | {_pp(cb['filter'])} | {_pp(cb['floor-filter'])} |",
-                      f"| prioritize | {_pp(cb['prioritize'])} | {_pp(cb['floor-prioritize'])} |"]
+                      *_churn_table(cb)]
             if cb.get("server-filter"):
                 lines += ["", f"Inside the extender: filter {_pp(cb['server-filter'])} ms, prioritize "
                               f"{_pp(cb.get('server-prioritize'))} ms (p50 / p99)."]
