@@ -182,6 +182,9 @@ class NodeCache:
         self._views: dict[str, NodeView] = {}
         self._rv: dict[str, str] = {}
         self.synced = False
+        # False from when a bound-pod watch is set up until its first list arrived: VRAM committed to bound pods is
+        # unknown until then, so the extender places nothing (a restarted replica would see those GPUs as free).
+        self.commitments_synced = True
         self.static = False
         self.last_update_unix = 0.0
         self.stale_after_seconds = stale_after_seconds
@@ -299,6 +302,8 @@ class NodeCache:
         """(ready, reason) for /readyz."""
         if not self.synced:
             return False, "node cache has not synced yet"
+        if not self.commitments_synced:
+            return False, "bound pods have not been listed yet (VRAM committed to them unknown)"
         n = len(self._views)
         if self.static:
             return True, f"static node list: {n} nodes"

@@ -103,6 +103,7 @@ def build(
         nodes = kube.Informer(api, "nodes", cache.on_event)
         cache.source_healthy = lambda: bool(nodes.healthy)
         # Bound, unfinished pods (pods leaving this selection arrive as DELETED): their VRAM is committed.
+        cache.commitments_synced = False  # until the pod watch's first list (Extender.on_pod_event)
         pods = kube.Informer(api, "pods", extender.on_pod_event, field_selector=BOUND_PODS_SELECTOR)
         running.informers = [nodes.start(), pods.start()]
     return running

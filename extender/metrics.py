@@ -33,8 +33,8 @@ def _known_archs() -> list[ArchInfo]:
 def known_reasons() -> frozenset[str]:
     """Every reason the policy can give for a known backend on a known architecture (the label's closed set)."""
     p = policy
-    out = {p.R_NOT_IN_CACHE, p.R_NO_GPU, p.R_TOO_FEW_GPUS, p.R_TIME_SLICED, p.R_UNHEALTHY, p.R_TOO_SMALL,
-           p.R_INSUFFICIENT, p.R_STALE, p.R_NO_STATE, p.R_AGENT,
+    out = {p.R_NOT_IN_CACHE, p.R_PODS_NOT_SYNCED, p.R_NO_GPU, p.R_TOO_FEW_GPUS, p.R_TIME_SLICED, p.R_UNHEALTHY,
+           p.R_TOO_SMALL, p.R_INSUFFICIENT, p.R_STALE, p.R_NO_STATE, p.R_AGENT,
            *(p.R_NO_VENDOR_GPU.format(vendor=v) for v in (NVIDIA, AMD, INTEL))}
     out.update(p.R_BAD_NODE.format(what=w) for w in (f"annotation {keys.ANN_GPU_STATE}", f"label {keys.LABEL_VENDOR}"))
     out.update(p.R_BAD_POD.format(key=k) for k in (

@@ -61,6 +61,7 @@ BASE_MAX = 8
 
 # Short reasons (also metric label values: a closed set plus compat texts / pod errors).
 R_NOT_IN_CACHE = "node not in extender cache"
+R_PODS_NOT_SYNCED = "extender has not listed bound pods yet"  # their committed VRAM is not known
 R_NO_GPU = "node has no GPU"
 R_NO_VENDOR_GPU = "node has no {vendor} GPU"
 R_TOO_FEW_GPUS = "node has fewer GPUs than requested"

@@ -21,7 +21,7 @@ from .commitments import Commitment, Release, commitment_of, finished, released_
 from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
 from .metrics import ExtenderMetrics, reason_label
 from .pod import PodRequirements, requirements_from_dict
-from .policy import NodeVerdict, PolicyConfig, commit_gpus, evaluate
+from .policy import R_PODS_NOT_SYNCED, NodeVerdict, PolicyConfig, commit_gpus, evaluate
 from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
@@ -208,7 +208,9 @@ class Extender:
         """Verdicts for the named nodes. `views` (nodes mode): NodeViews from the request itself."""
         t0 = time.perf_counter()
         now = self.clock()
-        if req.needs_gpu:
+        if req.needs_gpu and not self.cache.commitments_synced:
+            out = self._split(self._not_synced(names))
+        elif req.needs_gpu:
             with self.reservations.lock:
                 shape = self.verdicts.shape(req)
                 if shape is not None and views is None:
@@ -230,6 +232,12 @@ class Extender:
         if self.cache.commitment(req.key) is None:
             self.reservations.reserve(req.key, v.node, v.gpus, req.vram_estimate_mib, now,
                                       name=f"{req.namespace}/{req.name}")
+
+    @staticmethod
+    def _not_synced(names: Sequence[str]) -> list[NodeVerdict]:
+        """Before the bound-pod watch's first list: every node fails, resolvably (kube-scheduler retries the pod),
+        because what bound pods hold on each GPU is not known yet."""
+        return [NodeVerdict(n, False, False, R_PODS_NOT_SYNCED, R_PODS_NOT_SYNCED) for n in names]
 
     @staticmethod
     def _split(verdicts: list[NodeVerdict]) -> FilterOutcome:
@@ -257,7 +265,9 @@ class Extender:
         highest score, in request order)."""
         t0 = time.perf_counter()
         now = self.clock()
-        if req.needs_gpu:
+        if req.needs_gpu and not self.cache.commitments_synced:
+            out = self._priorities(names, self._not_synced(names))  # every score 0: nothing reserved
+        elif req.needs_gpu:
             with self.reservations.lock:
                 shape = self.verdicts.shape(req)
                 if shape is not None and views is None:
@@ -360,6 +370,7 @@ class Extender:
             for c in self.cache.all_commitments():
                 if c.pod not in live:
                     self.cache.uncommit(c.pod)
+            self.cache.commitments_synced = True
             return
         if isinstance(obj, dict):
             self._pod_event(obj, deleted=(kind == "DELETED"))

@@ -144,7 +144,7 @@ def test_api_server_gone_keeps_serving_and_readiness_says_why() -> None:
         fake.put_object({"apiVersion": "v1", "kind": "Node", **n})
     running = build(kube_server=fake.url)
     try:
-        assert running.informers[0].wait_synced(10)
+        assert all(i.wait_synced(10) for i in running.informers)  # Nodes, and the bound pods' commitments
         assert running.extender.cache.readiness()[0]
         fake.stop()
         deadline = time.time() + 15
@@ -158,3 +158,41 @@ def test_api_server_gone_keeps_serving_and_readiness_says_why() -> None:
         assert running.extender.cache.readiness()[0] is False
     finally:
         running.stop()
+
+
+def test_nothing_is_placed_before_the_bound_pods_are_listed() -> None:
+    """A (re)started extender knows nothing of the VRAM bound pods hold until its pod watch's first list: until
+    then every node fails resolvably (kube-scheduler retries), prioritize reserves nothing and /readyz says why.
+    (The e2e burst with the extender killed midway bound 7 pods where 6 fit when filters ran before that list.)"""
+    from flexinfer.extender.policy import R_PODS_NOT_SYNCED
+
+    from flexinfer.sim.fakeapi import FakeApiServer
+
+    fake = FakeApiServer().start()
+    for n in fleet_nodes(time.time())[:2]:
+        fake.put_object({"apiVersion": "v1", "kind": "Node", **n})
+    bound = {"apiVersion": "v1", "kind": "Pod", **model_pod(20000, name="holder", uid="u-holder", node_name="ada-24g"),
+             "status": {"phase": "Running"}}
+    fake.put_object(bound)
+    rule = fake.fail("GET", "/api/v1/pods", status=500, times=-1, watch=False)  # the pod list fails for now
+    running = build(kube_server=fake.url)
+    try:
+        assert running.informers[0].wait_synced(10)
+        ext = running.extender
+        ready, reason = ext.cache.readiness()
+        assert not ready and "bound pods have not been listed" in reason
+        pod = requirements_from_dict(model_pod(10000, name="new", uid="u-new"))
+        out = ext.filter(pod, ["ada-24g", "maxwell-6g"])
+        assert out.passed == [] and out.failed == dict.fromkeys(["ada-24g", "maxwell-6g"], R_PODS_NOT_SYNCED)
+        assert not out.unresolvable
+        assert ext.prioritize_scores(pod, ["ada-24g"]).best == -1 and len(ext.reservations) == 0
+        fake.clear_failures()
+        assert rule is not None and running.informers[1].wait_synced(15)
+        assert ext.cache.readiness()[0]
+        # the holder's 20000 MiB now count: the 24 GiB card has no room for another 10000
+        assert ext.filter(pod, ["ada-24g", "maxwell-6g"]).passed == []
+        assert ext.filter(requirements_from_dict(model_pod(3000, name="small", uid="u-s")), ["ada-24g"]).passed == [
+            "ada-24g"]
+    finally:
+        running.stop()
+        fake.stop()
