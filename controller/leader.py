@@ -45,18 +45,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes.client
 
 from flexinfer import kube, logs
+from flexinfer.state import rfc3339_micro
 
 log = logs.get("flexinfer.controller.leader")
-
-
-def micro_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_identity() -> str:
@@ -147,7 +143,7 @@ class LeaseLock:
         return kube.request(self.api, method, path, body=body, timeout_s=self.timings.api_timeout_s)
 
     def _body(self, current: dict | None, transitions: int, acquire_time: str) -> dict:
-        now = micro_time(self.clock())
+        now = rfc3339_micro(self.clock())
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": math.ceil(self.timings.lease_duration_s),
                 "acquireTime": acquire_time or now, "renewTime": now, "leaseTransitions": transitions}
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}

@@ -263,6 +263,11 @@ def rfc3339(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_micro(unix: float) -> str:
+    """RFC 3339 with microseconds (Kubernetes' MicroTime format: Lease renewals, activation requests)."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_rfc3339(value: object) -> float | None:
     """RFC 3339 (or Unix seconds) -> Unix seconds; None if absent or unparsable. Naive times are UTC."""
     if value is None or value == "":

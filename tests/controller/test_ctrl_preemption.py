@@ -172,6 +172,32 @@ def test_preemption_when_the_holders_gpu_is_enough_and_rollback_after_cold_start
     assert replicas(fake, "qwen3-32b-quality") == 1 and replicas(fake, "qwen3-14b-mlc") == 0
 
 
+def test_a_retry_in_the_same_second_as_the_rollback_is_not_lost(lane):
+    """Condition times are whole seconds (the failure's rounded down); an activation written in the same second,
+    after the failure (a user or the proxy retrying at once; the e2e preemption test did), is a new request and
+    is honoured: activation times carry microseconds."""
+    fake, api, ctl, clock = lane
+    idle_14b_then_activate_32b(fake, api, ctl, clock, 21000, cold="10m")
+    ctl.reconcile_once()
+    stop_pod(fake, "qwen3-14b-mlc")
+    run_pod(fake, "qwen3-32b-quality", "cblevins-7900xtx", ready=False, started=False)
+    clock.t += 20
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 21000, cblevins_5930k=20000)
+    ctl.reconcile_once()
+    clock.t += 601.2  # past coldStartTimeout, at .2 of a second: roll back
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 21000, cblevins_5930k=20000)
+    ctl.reconcile_once()
+    assert status(fake, "qwen3-32b-quality")["phase"] == "Failed"
+    assert replicas(fake, "qwen3-32b-quality") == 0 and replicas(fake, "qwen3-14b-mlc") == 1
+    stop_pod(fake, "qwen3-32b-quality")
+    run_pod(fake, "qwen3-14b-mlc", "cblevins-7900xtx", ready=True)
+    clock.t += 0.5  # the same wall-clock second as the failure
+    publish_nodes(fake, clock.t, cblevins_7900xtx=520 + 12288, cblevins_5930k=20000)
+    activate(api, NS, "qwen3-32b-quality", now=clock.t)
+    ctl.reconcile_once()
+    assert replicas(fake, "qwen3-32b-quality") == 1 and replicas(fake, "qwen3-14b-mlc") == 0
+
+
 def ollama(name: str, vram_mib: int) -> dict:
     """A model outside the group that Ollama loads on its first request: bound and running, no GPU memory used."""
     return {"apiVersion": keys.MODEL_API_VERSION, "kind": keys.MODEL_KIND,
