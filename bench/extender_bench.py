@@ -18,6 +18,7 @@ Servers (one each, started once per run):
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.client
 import json
 import os
@@ -237,36 +238,51 @@ def run_load(port: int, path: str, body: bytes, *, concurrency: int, seconds: fl
 # --- gRPC -------------------------------------------------------------------------------------
 
 def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: int,
-                 verb: str = "Filter", budget_s: float = 1e9) -> tuple[list[float], Any]:
+                 verb: str = "Filter", budget_s: float = 1e9,
+                 http: tuple[int, str, bytes] | None = None) -> tuple[list[float], Any, list[float]]:
+    """Like the HTTP client (a body encoded once, the answer's bytes read, not parsed): the request is serialised
+    once and each call returns the response bytes; the last answer is parsed once afterwards for the checks.
+    With `http` = (port, path, body), every gRPC call is followed by the same question over HTTP (one keep-alive
+    connection), so both see the same machine noise; their latencies come back third."""
     import grpc
 
     from flexinfer.api.v1 import scheduler_extender_pb2 as pb
-    from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pbg
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
-            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-            ("grpc.max_send_message_length", 256 * 1024 * 1024)]) as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
-        stub = pbg.SchedulerExtenderStub(ch)
-        src = pb.PodSource(pod_json=pod_json)
-        if verb == "Filter":
-            req: Any = pb.FilterRequest(pod=src, node_names=names)
-            call = stub.Filter
-        else:
-            req = pb.PrioritizeRequest(pod=src, node_names=names)
-            call = stub.Prioritize
-        resp = None
-        for _ in range(warmup):
-            resp = call(req, timeout=60)
-        out: list[float] = []
-        stop_at = time.perf_counter() + budget_s
-        for _ in range(n):
-            t0 = time.perf_counter()
-            resp = call(req, timeout=60)
-            out.append(time.perf_counter() - t0)
-            if t0 > stop_at and len(out) >= 20:
-                break
-        return out, resp
+    client = Client(http[0]) if http else None
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                ("grpc.max_send_message_length", 256 * 1024 * 1024)]) as ch:
+            grpc.channel_ready_future(ch).result(timeout=30)
+            call = ch.unary_unary(f"/flexinfer.api.v1.SchedulerExtender/{verb}")  # bytes in, bytes out
+            src = pb.PodSource(pod_json=pod_json)
+            message: Any = pb.FilterRequest if verb == "Filter" else pb.PrioritizeRequest
+            req = message(pod=src, node_names=names).SerializeToString()
+            resp = b""
+            for _ in range(warmup):
+                resp = call(req, timeout=60)
+                if client is not None and http is not None:
+                    client.post(http[1], http[2])
+            out: list[float] = []
+            other: list[float] = []
+            stop_at = time.perf_counter() + budget_s
+            for _ in range(n):
+                t0 = time.perf_counter()
+                resp = call(req, timeout=60)
+                out.append(time.perf_counter() - t0)
+                if client is not None and http is not None:
+                    t1 = time.perf_counter()
+                    status, body = client.post(http[1], http[2])
+                    other.append(time.perf_counter() - t1)
+                    if status != 200:
+                        raise RuntimeError(f"POST {http[1]} -> {status}: {body[:300]!r}")
+                if t0 > stop_at and len(out) >= 20:
+                    break
+            answer: Any = pb.FilterResponse if verb == "Filter" else pb.PrioritizeResponse
+            return out, answer.FromString(resp), other
+    finally:
+        if client is not None:
+            client.close()
 
 
 # --- the whole extender section ----------------------------------------------------------------
@@ -306,6 +322,8 @@ def servers(plan: Plan, workdir: Path, progress: Any) -> Iterator[dict[str, Any]
     nodes_file.write_bytes(msgspec.json.encode(workload.node_list(items)))
     empty_file = workdir / "empty.json"
     empty_file.write_bytes(msgspec.json.encode(workload.node_list([])))
+    gc.collect()
+    gc.freeze()  # the client's own 5000 Node dicts: no collector passes over them between timed requests
     started: list[Server] = []
     try:
         progress("starting extender (warm cache), extender (empty cache) and floor servers")
@@ -392,12 +410,14 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                     for verb in ("Filter", "Prioritize"):
                         iters = plan.grpc_iters[n]
                         progress(f"gRPC {verb} {n} nodes ({iters} requests)")
-                        lat, resp = grpc_latency(warm.grpc_port, pod_json, names, iters, max(3, iters // 20), verb,
-                                                 plan.budget_s)
-                        row = {"nodes": n, "verb": verb, **summary_ms(lat)}
+                        # the same question over HTTP after every gRPC call: the gRPC-vs-HTTP target compares these
+                        lat, resp, hlat = grpc_latency(warm.grpc_port, pod_json, names, iters, max(3, iters // 20),
+                                                       verb, plan.budget_s,
+                                                       http=(warm.port, "/" + verb.lower(), bodies["names"]))
+                        row = {"nodes": n, "verb": verb, **summary_ms(lat), "http": summary_ms(hlat)}
                         if floor.grpc_port:  # grpcio's own cost for the same messages (do-nothing servicer)
-                            flat, _ = grpc_latency(floor.grpc_port, pod_json, names, iters, max(3, iters // 20), verb,
-                                                   plan.budget_s)
+                            flat, _, _ = grpc_latency(floor.grpc_port, pod_json, names, iters, max(3, iters // 20),
+                                                      verb, plan.budget_s)
                             row["floor"] = summary_ms(flat)
                         if verb == "Filter":
                             row["verdicts"] = {"passed": len(resp.node_names), "failed": len(resp.failed_nodes),

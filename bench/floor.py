@@ -64,32 +64,32 @@ def create_app() -> Starlette:
 
 
 def serve_grpc_floor(port: int) -> object:
-    """The gRPC do-nothing floor: grpcio's server with the SchedulerExtender service, every named node passing
-    (Filter echoes the names, a C-level copy) and score 0 (Prioritize, joined from cached wire pieces like the
-    extender's answer). Returns the started grpc.Server."""
+    """The gRPC do-nothing floor, served like the extender's Filter and Prioritize (bytes in, the request parsed
+    by protobuf, the answer joined from cached wire pieces and handed to grpcio as bytes): every named node
+    passing (Filter) with score 0 (Prioritize). Returns the started grpc.Server."""
     from concurrent import futures
 
     import grpc
     from flexinfer.extender.grpc_wire import ResponseEncoder
 
     from flexinfer.api.v1 import scheduler_extender_pb2 as pb
-    from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 
     encoder = ResponseEncoder()
 
-    class Floor(pb_grpc.SchedulerExtenderServicer):
-        def Filter(self, request: pb.FilterRequest, context: object) -> pb.FilterResponse:
-            return pb.FilterResponse(node_names=request.node_names)
+    def filter_(raw: bytes, context: object) -> bytes:
+        return encoder.filter_response(list(pb.FilterRequest.FromString(raw).node_names), {}, {})
 
-        def Prioritize(self, request: pb.PrioritizeRequest, context: object) -> pb.PrioritizeResponse:
-            names = list(request.node_names)
-            return pb.PrioritizeResponse.FromString(encoder.prioritize_response(names, [0] * len(names)))
+    def prioritize(raw: bytes, context: object) -> bytes:
+        names = list(pb.PrioritizeRequest.FromString(raw).node_names)
+        return encoder.prioritize_response(names, [0] * len(names))
 
+    handlers = {"Filter": grpc.unary_unary_rpc_method_handler(filter_),
+                "Prioritize": grpc.unary_unary_rpc_method_handler(prioritize)}
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
-    pb_grpc.add_SchedulerExtenderServicer_to_server(Floor(), server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("flexinfer.api.v1.SchedulerExtender",
+                                                                          handlers),))
     if not server.add_insecure_port(f"127.0.0.1:{port}"):
         raise OSError(f"cannot bind gRPC port {port}")
     server.start()
     return server
-

@@ -71,15 +71,18 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for verb, hverb in (("Filter", "filter"), ("Prioritize", "prioritize")):
         big = max((g["nodes"] for g in res.get("extender", {}).get("grpc", [])), default=0)
         g = next((g for g in res.get("extender", {}).get("grpc", []) if g["nodes"] == big and g["verb"] == verb), None)
-        h = _lat(res, big, "names", hverb)
         if big < 5000:  # the target is at 5000 nodes
             g = None
-        worst = round(max(g["p50_ms"] / h["extender"]["p50_ms"], g["p99_ms"] / h["extender"]["p99_ms"]), 2) \
-            if g and h else None
+        # HTTP asked the same question right after every gRPC call (same run, same noise); older results: the
+        # HTTP latency section's row
+        lat_row = _lat(res, big, "names", hverb)
+        h = g.get("http") if g and g.get("http") else (lat_row["extender"] if lat_row else None)
+        worst = round(max(g["p50_ms"] / h["p50_ms"], g["p99_ms"] / h["p99_ms"]), 2) if g and h else None
         gf = g.get("floor") if g else None
+        how = " (interleaved)" if g and g.get("http") else ""
         add(f"gRPC {verb}, 5000 nodes: p50 and p99 no slower than HTTP {hverb}", worst, 1.0001, "x HTTP",
-            detail=(f"gRPC {g['p50_ms']} / {g['p99_ms']} ms, HTTP {h['extender']['p50_ms']} / "
-                    f"{h['extender']['p99_ms']} ms (p50 / p99)" if g and h else "")
+            detail=(f"gRPC {g['p50_ms']} / {g['p99_ms']} ms, HTTP{how} {h['p50_ms']} / {h['p99_ms']} ms "
+                    "(p50 / p99)" if g and h else "")
             + (f"; gRPC do-nothing floor {gf['p50_ms']} / {gf['p99_ms']} ms" if gf else ""))
     for verb in ("filter", "prioritize"):
         r = _lat(res, 1000, "nodes", verb)
@@ -182,13 +185,15 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {r['ratio_p50']} / {r['ratio_p99']} | {_vv(v)} |")
         if ext.get("grpc"):
             lines += ["", "## Extender over gRPC (same policy, same cache; node names in the request)", "",
-                      "| nodes | rpc | p50 ms | p99 ms | do-nothing floor p50 / p99 ms "
-                      "| passed / failed / unresolvable |",
-                      "|---|---|---|---|---|---|"]
+                      "Client: the request serialised once, the answer's bytes read (as the HTTP client reads its "
+                      "body); `HTTP, interleaved` = the same question over HTTP right after each gRPC call.", "",
+                      "| nodes | rpc | p50 ms | p99 ms | HTTP, interleaved p50 / p99 ms "
+                      "| do-nothing floor p50 / p99 ms | passed / failed / unresolvable |",
+                      "|---|---|---|---|---|---|---|"]
             for r in ext["grpc"]:
                 v = r.get("verdicts")
-                lines.append(f"| {r['nodes']} | {r['verb']} | {r['p50_ms']} | {r['p99_ms']} | {_pp(r.get('floor'))} "
-                             f"| {_vv(v)} |")
+                lines.append(f"| {r['nodes']} | {r['verb']} | {r['p50_ms']} | {r['p99_ms']} | {_pp(r.get('http'))} "
+                             f"| {_pp(r.get('floor'))} | {_vv(v)} |")
         lines += ["", "## Throughput (separate load process, aiohttp, keep-alive connections)", "",
                   "| nodes | form | server | connections | requests | errors | req/s | server CPU s | load CPU s |",
                   "|---|---|---|---|---|---|---|---|---|"]

@@ -137,6 +137,22 @@ class NodeClass:
         return col
 
 
+    def available_at(self, positions: tuple[int, ...], count: int, row: int) -> int:
+        """`available(positions, count)[row]`, from the kept column if there is one, else for this row alone (a
+        patch judging one changed node need not rebuild the column the change just invalidated)."""
+        col = self._derived.get((positions, count))
+        if col is not None:
+            return col[row]
+        values = [self.free[p][row] for p in positions]
+        if len(values) == 1:
+            return values[0]
+        if count == 1:
+            return max(values)
+        if count == len(values):
+            return min(values)
+        return sorted(values)[-count]
+
+
 class NodeTable:
     """Every cached node in its static class (see NodeClass). Written under NodeCache's lock; read under it."""
 

@@ -10,7 +10,8 @@
   verified client certificate: on the plaintext read-only port they answer UNAUTHENTICATED, Explain and
   health stay open there. Rejections are counted in `flexinfer_extender_bad_requests_total{verb,status}`
   with the gRPC status name.
-* A follower replica forwards Filter and Prioritize to the Lease holder (extender.replicas).
+* A follower replica forwards Filter and Prioritize to the Lease holder (extender.replicas), the request bytes
+  as they came and the holder's answer bytes back.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ class Guard(grpc.ServerInterceptor):
         method = details.method[len(prefix):]
         inner = handler.unary_unary
 
+        as_bytes = handler.response_serializer is None  # Filter/Prioritize answer wire bytes (grpc_server)
+
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            return self._call(method, inner, request, context, details)
+            return self._call(method, inner, request, context, details, as_bytes)
 
         return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
@@ -83,7 +86,7 @@ class Guard(grpc.ServerInterceptor):
         context.abort(code, message)
 
     def _call(self, method: str, inner: Callable, request: Any, context: grpc.ServicerContext,
-              details: grpc.HandlerCallDetails) -> Any:
+              details: grpc.HandlerCallDetails, as_bytes: bool) -> Any:
         scheduling = method in SCHEDULING
         if scheduling and self.mutual and not context.peer_identities():
             self._reject(method, context, grpc.StatusCode.UNAUTHENTICATED,
@@ -96,7 +99,7 @@ class Guard(grpc.ServerInterceptor):
                          "(--max-nodes-per-request)")
         if scheduling and self.replicas is not None:
             forwarded = any(k == FORWARDED_KEY for k, _ in (details.invocation_metadata or ()))
-            answer = self.replicas.forward_grpc(method, request, forwarded)
+            answer = self.replicas.forward_grpc(method, request.raw, forwarded)
             if answer is not None:
                 code, response = answer
                 if code is not None:
@@ -108,4 +111,5 @@ class Guard(grpc.ServerInterceptor):
             self.metrics.bad_requests.labels(method.lower(), "grpc").inc()
             message = too_deep()
             log.warning("extender_bad_request", verb=method.lower(), status="grpc", error=message)
-            return RESPONSES[method](error=message)
+            response = RESPONSES[method](error=message)
+            return response.SerializeToString() if as_bytes else response

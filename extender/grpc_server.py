@@ -23,7 +23,7 @@ from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
 from flexinfer.errors import ParseError
 
 from .grpc_edge import SERVICE_NAME, Guard, server_options
-from .grpc_wire import NameListMemo, ResponseEncoder
+from .grpc_wire import RequestDecoder, ResponseEncoder, ScheduleRequest
 from .listener import Limits, connection_cap
 from .pod import VENDOR_AUTO, PodFields, PodRequirements, requirements_from_json, validate
 from .policy import NodeVerdict
@@ -64,32 +64,42 @@ def verdict_to_proto(v: NodeVerdict) -> pb.NodeVerdict:
 
 
 class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
+    """Filter and Prioritize take `grpc_wire.ScheduleRequest` and answer wire bytes (see `method_handlers`):
+    repeated node lists are not parsed again and shared answers are not encoded again."""
+
     def __init__(self, extender: Extender) -> None:
         self.extender = extender
-        # Large answers from cached wire pieces, repeated name lists reused (see extender.grpc_wire).
         self.encoder = ResponseEncoder()
-        self.name_lists = NameListMemo()
+        self.requests = RequestDecoder(intern=extender.name_intern)
 
-    def _names(self, names: list[str]) -> Sequence[str]:
-        return self.name_lists.get(names) if names else sorted(self.extender.cache.names())
+    def _names(self, request: ScheduleRequest) -> Sequence[str]:
+        return request.node_names if request.node_names else sorted(self.extender.cache.names())
 
-    def Filter(self, request: pb.FilterRequest, context: grpc.ServicerContext) -> pb.FilterResponse:
-        try:
-            req = requirements_from_source(request.pod)
-        except ParseError as e:
-            self.extender.metrics.bad_requests.labels("filter", "grpc").inc()
-            return pb.FilterResponse(error=str(e))
-        out = self.extender.filter(req, self._names(request.node_names))
-        return self.encoder.filter_message(out.passed, out.failed, out.unresolvable)
+    def _requirements(self, verb: str, request: ScheduleRequest) -> PodRequirements | str:
+        """The pod's requirements, or the error text for the response's `error` field (counted)."""
+        if request.error:
+            error = request.error
+        else:
+            try:
+                return requirements_from_source(request.pod)
+            except ParseError as e:
+                error = str(e)
+        self.extender.metrics.bad_requests.labels(verb, "grpc").inc()
+        return error
 
-    def Prioritize(self, request: pb.PrioritizeRequest, context: grpc.ServicerContext) -> pb.PrioritizeResponse:
-        try:
-            req = requirements_from_source(request.pod)
-        except ParseError as e:
-            self.extender.metrics.bad_requests.labels("prioritize", "grpc").inc()
-            return pb.PrioritizeResponse(error=str(e))
-        out = self.extender.prioritize_scores(req, self._names(request.node_names))
-        return self.encoder.prioritize_message(out.names, out.scores)
+    def Filter(self, request: ScheduleRequest, context: grpc.ServicerContext) -> bytes:
+        req = self._requirements("filter", request)
+        if isinstance(req, str):
+            return pb.FilterResponse(error=req).SerializeToString()
+        out = self.extender.filter(req, self._names(request))
+        return self.encoder.filter_bytes(out.passed, out.failed, out.unresolvable)
+
+    def Prioritize(self, request: ScheduleRequest, context: grpc.ServicerContext) -> bytes:
+        req = self._requirements("prioritize", request)
+        if isinstance(req, str):
+            return pb.PrioritizeResponse(error=req).SerializeToString()
+        out = self.extender.prioritize_scores(req, self._names(request))
+        return self.encoder.prioritize_bytes(out.names, out.scores)
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         try:
@@ -100,6 +110,18 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
         verdicts = self.extender.explain(req, list(request.node_names) or None)
         return pb.ExplainResponse(requirements=requirements_to_proto(req),
                                   verdicts=[verdict_to_proto(v) for v in verdicts])
+
+
+def method_handlers(servicer: SchedulerExtenderServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers: Filter and Prioritize with `RequestDecoder.decode` as the deserializer and no
+    serializer (the servicer answers bytes); Explain with the generated message types."""
+    def scheduling(behavior: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=servicer.requests.decode)
+
+    return {"Filter": scheduling(servicer.Filter), "Prioritize": scheduling(servicer.Prioritize),
+            "Explain": grpc.unary_unary_rpc_method_handler(
+                servicer.Explain, request_deserializer=pb.ExplainRequest.FromString,
+                response_serializer=pb.ExplainResponse.SerializeToString)}
 
 
 class GrpcServer:
@@ -132,7 +154,9 @@ def serve_grpc(extender: Extender, host: str = "127.0.0.1", port: int = 0, *, tl
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="extender-grpc"),
                          interceptors=[guard], maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
                          options=server_options(limits, connection_cap(limits.max_connections, listeners)))
-    pb_grpc.add_SchedulerExtenderServicer_to_server(SchedulerExtenderServicer(extender), server)
+    handlers = method_handlers(SchedulerExtenderServicer(extender))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     addr = f"{host}:{port}"

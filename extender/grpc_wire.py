@@ -1,11 +1,12 @@
 """Protobuf wire bytes of the two large gRPC answers (FilterResponse, PrioritizeResponse), joined in C from
-pieces cached per node name, plus a memo of recently seen node-name lists.
+pieces cached per node name, and the request side: Filter/Prioritize request bytes to what the servicer needs,
+with recently seen node-name lists reused by their bytes.
 
 Building a 5000-entry answer the usual way creates one Python message object per node (about 2 us each)
 and fills map fields through Python-level loops; the pieces here are made once per node name (and per
 reason / score), so an answer is `b"".join(...)` over cached bytes. The bytes are exactly what protobuf
-itself writes for these messages (`tests/extender/test_grpc_wire.py` compares both); the servicer parses
-them back into the message type gRPC serialises (a single pass in C).
+itself writes for these messages (`tests/extender/test_grpc_wire.py` compares both); the servicer hands them
+to gRPC as they are (no serialiser for Filter and Prioritize).
 
 Every memo here is keyed by data from the request and bounded (cleared when full).
 """
@@ -18,9 +19,11 @@ from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import getitem
 
+from google.protobuf.message import DecodeError
+
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 
-from .memo import MAX_KEPT_NAMES, NodeNames
+from .memo import MAX_KEPT_NAMES, NameIntern, NodeNames
 from .policy import MAX_SCORE  # kube-scheduler's MaxExtenderPriority: the policy's one number
 
 MAX_PIECES = 50_000  # cached byte pieces per kind; cleared when over
@@ -69,29 +72,29 @@ class ResponseEncoder:
         self._names: dict[str, bytes] = {}
         self._hosts: dict[str, tuple[bytes, ...]] = {}
         self._entries: dict[tuple[int, str, str], bytes] = {}
-        # The last answers as messages, reused while the same (shared, never changed) answer objects come again.
-        self._last_filter: tuple[object, object, object, pb.FilterResponse] | None = None
-        self._last_priorities: tuple[object, list[int], pb.PrioritizeResponse] | None = None
+        # The last answers' bytes, reused while the same (shared, never changed) answer objects come again.
+        self._last_filter: tuple[object, object, object, bytes] | None = None
+        self._last_priorities: tuple[object, list[int], bytes] | None = None
 
-    def filter_message(self, passed: Sequence[str], failed: Mapping[str, str],
-                       unresolvable: Mapping[str, str]) -> pb.FilterResponse:
-        """FilterResponse for the answer; the same message again for the same answer objects (the extender shares
-        its cached answer while nothing changed)."""
+    def filter_bytes(self, passed: Sequence[str], failed: Mapping[str, str],
+                     unresolvable: Mapping[str, str]) -> bytes:
+        """FilterResponse bytes for the answer; the same bytes again for the same answer objects (the extender
+        shares its cached answer while nothing changed)."""
         last = self._last_filter
         if last is not None and last[0] is passed and last[1] is failed and last[2] is unresolvable:
             return last[3]
-        msg = pb.FilterResponse.FromString(self.filter_response(passed, failed, unresolvable))
-        self._last_filter = (passed, failed, unresolvable, msg)
-        return msg
+        out = self.filter_response(passed, failed, unresolvable)
+        self._last_filter = (passed, failed, unresolvable, out)
+        return out
 
-    def prioritize_message(self, names: Sequence[str], scores: list[int]) -> pb.PrioritizeResponse:
-        """PrioritizeResponse; the same message again for the same name list with equal scores."""
+    def prioritize_bytes(self, names: Sequence[str], scores: list[int]) -> bytes:
+        """PrioritizeResponse bytes; the same bytes again for the same name list with equal scores."""
         last = self._last_priorities
         if last is not None and last[0] is names and last[1] == scores:
             return last[2]
-        msg = pb.PrioritizeResponse.FromString(self.prioritize_response(names, scores))
-        self._last_priorities = (names, scores, msg)
-        return msg
+        out = self.prioritize_response(names, scores)
+        self._last_priorities = (names, scores, out)
+        return out
 
     def _fill(self, memo: dict, keys: Sequence, make: object) -> bool:
         """Make the pieces `keys` lacks; False when they are too many to keep (the caller makes them unkept)."""
@@ -134,30 +137,91 @@ class ResponseEncoder:
             return b"".join(map(getitem, items, scores))
 
 
-class NameListMemo:
-    """Recently seen node-name lists from gRPC requests as `memo.NodeNames` (names + their set, reused by the
-    verdict cache's answer memo), keyed by the list itself. Bounded: `size` lists, and lists longer than
-    `max_names` are never kept."""
+class ScheduleRequest:
+    """A Filter/Prioritize request as the servicer needs it: the bytes as they came (a follower forwards them
+    unchanged), the pod source, the node names (a `memo.NodeNames` shared by every request with the same
+    list), or `error` when the bytes are not a FilterRequest/PrioritizeRequest (the two have one layout)."""
 
-    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES) -> None:
+    __slots__ = ("error", "node_names", "pod", "raw")
+
+    def __init__(self, raw: bytes, pod: pb.PodSource, node_names: Sequence[str], error: str = "") -> None:
+        self.raw = raw
+        self.pod = pod
+        self.node_names = node_names
+        self.error = error
+
+
+def _pod_field_end(raw: bytes) -> tuple[int, int] | None:
+    """(start, end) of the pod field's payload when `raw` begins with field 1 (pod) as length-delimited, as every
+    protobuf library writes a FilterRequest (fields in number order); else None."""
+    if not raw or raw[0] != 0x0A:
+        return None
+    size, shift, i = 0, 0, 1
+    while i < len(raw) and i < 6:
+        b = raw[i]
+        size |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            end = i + size
+            return (i, end) if end <= len(raw) else None
+        shift += 7
+    return None
+
+
+class RequestDecoder:
+    """Filter/Prioritize request bytes -> `ScheduleRequest` (the gRPC request deserializer).
+
+    kube-scheduler-like clients send the same node list for pod after pod. A request written pod first (every
+    protobuf library does) is split there: the pod field is parsed on its own (a few hundred bytes), and the rest
+    (the names) is looked up by its exact bytes, so a repeated list costs one bytes hash and compare instead of
+    parsing and hashing thousands of names. The names of the same bytes after one pod field are the same list
+    whatever the pod (field 1 adds nothing to field 2), and a rest that carries a pod field again (protobuf merges
+    repeated message fields) is parsed whole instead. Bounded whatever clients send: `size` lists (least
+    recently used dropped), only lists of at most `max_names` names kept. A list met for the first time goes
+    through `intern` (the extender's `memo.NameIntern`), so HTTP and gRPC asking about the same nodes share one
+    list object and the verdict index's answer for it.
+
+    Bytes that are not the message give `error` (answered in the `error` field and counted, like a malformed
+    pod) instead of gRPC's INTERNAL "Exception deserializing request"."""
+
+    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES, intern: NameIntern | None = None) -> None:
         self.size = size
         self.max_names = max_names
-        self._lists: OrderedDict[tuple[str, ...], NodeNames] = OrderedDict()
+        self.intern = intern if intern is not None else NameIntern(size)
+        self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._lists)
 
-    def get(self, names: Sequence[str]) -> NodeNames:
-        key = tuple(names)
-        if len(key) > self.max_names:
-            return NodeNames(list(key))
+    def decode(self, raw: bytes) -> ScheduleRequest:
+        try:
+            return self._decode(raw)
+        except DecodeError as e:
+            return ScheduleRequest(raw, pb.PodSource(), (), f"the request is not a {pb.FilterRequest.DESCRIPTOR.name} "
+                                                 f"protobuf message: {e}")
+
+    def _decode(self, raw: bytes) -> ScheduleRequest:
+        span = _pod_field_end(raw)
+        if span is None:
+            return self._whole(raw)
+        rest = raw[span[1]:]
         with self._lock:
-            hit = self._lists.get(key)
-            if hit is not None:
-                self._lists.move_to_end(key)
-                return hit
-            made = self._lists[key] = NodeNames(list(key))
-            while len(self._lists) > self.size:
-                self._lists.popitem(last=False)
-            return made
+            names = self._lists.get(rest)
+            if names is not None:
+                self._lists.move_to_end(rest)
+        if names is None:
+            tail = pb.FilterRequest.FromString(rest)
+            if tail.HasField("pod"):
+                return self._whole(raw)
+            names = self.intern.get(list(tail.node_names))
+            if len(names) <= self.max_names:
+                with self._lock:
+                    self._lists[rest] = names
+                    while len(self._lists) > self.size:
+                        self._lists.popitem(last=False)
+        return ScheduleRequest(raw, pb.PodSource.FromString(raw[span[0]:span[1]]), names)
+
+    def _whole(self, raw: bytes) -> ScheduleRequest:
+        msg = pb.FilterRequest.FromString(raw)
+        return ScheduleRequest(raw, msg.pod, self.intern.get(list(msg.node_names)))

@@ -200,7 +200,7 @@ class ExtenderApp:
     def __init__(self, extender: Extender, *, filter_path: str = "/filter", prioritize_path: str = "/prioritize",
                  max_body_bytes: int | None = None, limits: Limits | None = None, replicas: Any = None) -> None:
         self.extender = extender
-        self.name_lists = wire.NameLists()
+        self.name_lists = wire.NameLists(intern=extender.name_intern)
         self.shared_json = wire.SharedJson()
         limits = limits or DEFAULT_LIMITS
         if max_body_bytes is not None and max_body_bytes != limits.max_body_bytes:

@@ -45,6 +45,7 @@ from .tls import TlsFiles
 log = logs.get("flexinfer.extender.main")
 
 DEFAULT_NAMESPACE = keys.SYSTEM_NAMESPACE
+REQUEST_GIL_WAIT_SECONDS = 0.0005  # sys.setswitchinterval while watch threads run (CPython's default: 0.005)
 
 
 @dataclass
@@ -106,6 +107,9 @@ def build(
         cache.commitments_synced = False  # until the pod watch's first list (Extender.on_pod_event)
         pods = kube.Informer(api, "pods", extender.on_pod_event, field_selector=BOUND_PODS_SELECTOR)
         running.informers = [nodes.start(), pods.start()]
+        # The watch threads handle bursts of Node updates (an agent fleet's heartbeats) while kube-scheduler waits
+        # on filter/prioritize: a request waits for the interpreter lock at most this long, not CPython's 5 ms.
+        sys.setswitchinterval(REQUEST_GIL_WAIT_SECONDS)
     return running
 
 

@@ -28,10 +28,12 @@ calls it under its reservation lock; table reads happen under the node cache's l
 from __future__ import annotations
 
 import heapq
+import threading
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat
+from itertools import chain, compress, filterfalse, repeat
 from operator import le, not_
 
 import msgspec
@@ -71,11 +73,72 @@ class NodeNames(tuple[str, ...]):
     into a set is paid once per list, not once per request."""
 
     wanted: frozenset[str]
+    _positions: dict[str, int] | None
 
     def __new__(cls, names: list[str]) -> NodeNames:
         self = super().__new__(cls, names)
         self.wanted = frozenset(self)
+        self._positions = None
         return self
+
+    def positions(self) -> dict[str, int]:
+        """Name -> its first index in the list (made on first use, then kept with the list)."""
+        if self._positions is None:
+            n = len(self)
+            # the first occurrence wins
+            self._positions = dict(zip(reversed(self), range(n - 1, -1, -1), strict=True))
+        return self._positions
+
+
+MAX_HELD_VERDICTS = 256  # per shape: verdicts of nodes holding reservations, kept while view and memory are the same
+MAX_REPLAYED = 256  # passing-set changes a shape keeps to update an answer's passed list instead of rebuilding it
+
+
+def rejudged(passed: list[str], names: NodeNames, changed: set[str], passing: Names) -> list[str]:
+    """`passed` (passing names of `names`, in list order, no repeats) after the nodes in `changed` were judged
+    again: those of them in `passing` (and named) at their places in the list, the others gone. Costs one pass
+    over `passed` and a binary search per re-added node, instead of a pass over every name of the list."""
+    out = list(filterfalse(changed.__contains__, passed))
+    back = [n for n in changed if n in passing and n in names.wanted]
+    if back:
+        pos = names.positions()
+        key = pos.__getitem__
+        for name in sorted(back, key=key):
+            out.insert(bisect_left(out, key(name), key=key), name)
+    return out
+
+
+class NameIntern:
+    """One `NodeNames` object per distinct name list, whichever transport decoded it (HTTP JSON in wire.NameLists,
+    gRPC protobuf in grpc_wire.RequestDecoder): the verdict index keeps its answers by the list object, so the
+    same list asked over both shares one answer and its encodings instead of rebuilding them turn about.
+    Consulted only when a transport meets bytes it has not seen (one tuple hash). Bounded: `size` lists, least
+    recently used dropped; lists over `MAX_KEPT_NAMES` are never kept."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._lists: OrderedDict[tuple[str, ...], NodeNames] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    def get(self, names: list[str]) -> NodeNames:
+        if len(names) > MAX_KEPT_NAMES:
+            return NodeNames(names)
+        key = tuple(names)
+        with self._lock:
+            hit = self._lists.get(key)
+            if hit is not None:
+                self._lists.move_to_end(key)
+                return hit
+        made = NodeNames(names)
+        with self._lock:
+            hit = self._lists.setdefault(key, made)
+            self._lists.move_to_end(key)
+            while len(self._lists) > self.size:
+                self._lists.popitem(last=False)
+        return hit
 
 
 Names = set[str] | frozenset[str]  # a request's node names as a set
@@ -187,11 +250,16 @@ def project(table: NodeTable, unique: Sequence[str]) -> Projection:
     return Projection(table.layout, unique, groups, unknown)
 
 
+SHARED_FAILED, SHARED_UNRESOLVABLE, SHARED_TALLY = 1, 2, 4  # ShapeMemo.shared: which tables an answer holds
+SHARED_ALL = SHARED_FAILED | SHARED_UNRESOLVABLE | SHARED_TALLY
+
+
 class ShapeMemo:
     """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
 
-    __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "passed", "req", "score_generation",
-                 "score_until", "scores", "seen", "shared", "static", "tally", "unresolvable", "until", "version")
+    __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "held", "moves", "passed",
+                 "passed_version", "req", "score_generation", "score_until", "scores", "seen", "shared", "static",
+                 "tally", "unresolvable", "until", "version")
 
     def __init__(self, req: PodRequirements) -> None:
         self.req = req  # the first pod of this shape: every field the policy reads is part of the shape key
@@ -199,13 +267,17 @@ class ShapeMemo:
         self.generation = -1  # node cache generation the tables were built at (-1: never built)
         self.seen = False  # a filter was answered for this shape (its first one without tables)
         self.until = -INF  # the tables hold while the clock is before this
-        self.version = 0  # bumped on every rebuild: derived answers are keyed by it
+        self.version = 0  # bumped on every change of the tables: derived answers are keyed by it
+        self.passed_version = 0  # bumped per node `passed` gains or loses (an answer's passed list still holds)
+        self.moves: list[str] = []  # those nodes, the last of them the latest (at most MAX_REPLAYED kept)
+        # node -> (view, committed, reserved, verdict): `VerdictCache.evaluate` for nodes holding reservations
+        self.held: dict[str, tuple[NodeView, dict[int, int], dict[int, int], NodeVerdict]] = {}
         self.passed: set[str] = set()
         self.failed: dict[str, str] = {}
         self.unresolvable: dict[str, str] = {}
         self.tally: Counter[tuple[bool, str]] = Counter()  # of failed + unresolvable
-        self.shared = False  # failed, unresolvable and tally are also an answer's: copy before patching
-        self._answer_key: tuple[object, int] | None = None
+        self.shared = 0  # SHARED_* bits: those tables are also an answer's: copy before patching them
+        self._answer_key: tuple[object, int, int] | None = None  # (names, version, passed_version)
         self._answer: FilterAnswer | None = None
         self.score_generation = -1
         self.scores: dict[str, int] = {}  # passing nodes only
@@ -300,9 +372,21 @@ class VerdictCache:
         """The policy's full verdict (with detail) for one node, with the VRAM committed to bound pods there (node
         cache) and `reserved` (pods being placed); `shape` (of `req`, see `shape`): its static part memoised per
         class."""
+        committed = self.nodes.committed_for(name, view)
+        keep = shape is not None and view is not None and reserved is not None
+        if keep:  # a node holding reservations, judged per request: again for its next request only if changed
+            hit = shape.held.get(name)  # type: ignore[union-attr]
+            if hit is not None and hit[0] is view and now < hit[3].valid_until and hit[2] == reserved \
+                    and hit[1] == committed:
+                return hit[3]
         static = self.static_for(shape, view) if shape is not None and view is not None else None
-        return evaluate(req, view, now, self.config, reserved, node=name, static=static,
-                        committed=self.nodes.committed_for(name, view))
+        verdict = evaluate(req, view, now, self.config, reserved, node=name, static=static, committed=committed)
+        if keep and verdict.reason != R_STALE:  # a stale verdict's detail counts the seconds: never kept
+            held = shape.held  # type: ignore[union-attr]
+            if len(held) >= MAX_HELD_VERDICTS:
+                held.clear()
+            held[name] = (view, dict(committed), dict(reserved), verdict)  # type: ignore[arg-type]
+        return verdict
 
     # --- filter tables -----------------------------------------------------------------------
     def _current(self, shape: ShapeMemo, now: float) -> None:
@@ -340,24 +424,24 @@ class VerdictCache:
             _fold_rejected(short, stale, failed, unresolvable, tally)
             until = min(until, valid)
         shape.passed, shape.failed, shape.unresolvable, shape.tally = passed, failed, unresolvable, tally
-        shape.shared = False
+        shape.shared = 0
         shape.generation, shape.until = self.nodes.generation, until
         shape.version += 1
+        shape.passed_version += 1
+        shape.moves = []  # nothing before the rebuild can be replayed
 
     def _patch(self, shape: ShapeMemo, names: set[str], now: float) -> bool:
         """`_rebuild`'s verdicts for just these nodes (the same rules as `policy.split_class`, one node at a time).
         Returns whether any node's verdict changed (a heartbeat that moves free memory on the same side of the
-        estimate changes none)."""
+        estimate changes none). A table an answer holds is copied before its first change, and only then: under
+        a heartbeat fleet free memory moves nodes between passing and FailedNodes, and the (large, static)
+        FailedAndUnresolvableNodes map stays the same object, whose encoding the transports keep."""
         est, limit = shape.req.vram_estimate_mib, self.config.max_state_age_seconds
-        if shape.shared:  # an answer holds these: patch copies
-            shape.failed, shape.unresolvable, shape.tally = dict(shape.failed), dict(shape.unresolvable), \
-                shape.tally.copy()
-            shape.shared = False
-        passed, failed, unresolvable, tally = shape.passed, shape.failed, shape.unresolvable, shape.tally
+        passed = shape.passed
         where = self.nodes.table.where
         changed = False
         for name in names:
-            before = (name in passed, failed.get(name), unresolvable.get(name))
+            before = (name in passed, shape.failed.get(name), shape.unresolvable.get(name))
             cls = where.get(name)
             if cls is None:  # removed from the cache
                 after: tuple[bool, str | None, str | None] = (False, None, None)
@@ -372,26 +456,50 @@ class VerdictCache:
                         after = (False, None, R_STALE)
                     else:
                         shape.until = min(shape.until, stale_after(observed, self.config))
-                        fits = est <= cls.available(fit.positions, fit.count)[row]
+                        fits = est <= cls.available_at(fit.positions, fit.count, row)
                         after = (True, None, None) if fits else (False, R_INSUFFICIENT, None)
             if after == before:
                 continue
             changed = True
-            passed.discard(name)
-            for flag, table, old in ((False, failed, before[1]), (True, unresolvable, before[2])):
+            if after[0] != before[0]:
+                if after[0]:
+                    passed.add(name)
+                else:
+                    passed.discard(name)
+                shape.passed_version += 1
+                shape.moves.append(name)
+            if shape.shared & SHARED_TALLY:
+                shape.tally = shape.tally.copy()
+                shape.shared &= ~SHARED_TALLY
+            tally = shape.tally
+            for flag, old, new in ((False, before[1], after[1]), (True, before[2], after[2])):
+                if old == new:
+                    continue
+                table = self._own(shape, flag)
                 if old is not None:
                     del table[name]
                     key = (flag, old)
                     tally[key] -= 1
                     if not tally[key]:
                         del tally[key]
-            if after[0]:
-                passed.add(name)
-            for flag, table, new in ((False, failed, after[1]), (True, unresolvable, after[2])):
                 if new is not None:
                     table[name] = new
                     tally[(flag, new)] += 1
+        if len(shape.moves) > 2 * MAX_REPLAYED:
+            del shape.moves[:-MAX_REPLAYED]
         return changed
+
+    @staticmethod
+    def _own(shape: ShapeMemo, unresolvable: bool) -> dict[str, str]:
+        """The shape's FailedNodes (or FailedAndUnresolvableNodes) table, copied first if an answer holds it."""
+        bit = SHARED_UNRESOLVABLE if unresolvable else SHARED_FAILED
+        if shape.shared & bit:
+            if unresolvable:
+                shape.unresolvable = dict(shape.unresolvable)
+            else:
+                shape.failed = dict(shape.failed)
+            shape.shared &= ~bit
+        return shape.unresolvable if unresolvable else shape.failed
 
     def _coverage(self, names: Sequence[str], wanted: Names) -> tuple[bool, frozenset[str]]:
         """(every cached node is named, the names the cache does not hold), remembered per NodeNames list while
@@ -481,15 +589,15 @@ class VerdictCache:
                 shape.seen = True
                 return self._first_answer(shape, names, wanted, now)
             self._current(shape, now)
-            if shape._answer is not None and shape._answer_key is not None and shape._answer_key[0] is names \
-                    and shape._answer_key[1] == shape.version:
-                return shape._answer
-            unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
-            passed = list(filter(shape.passed.__contains__, unique))
+            last, key = shape._answer, shape._answer_key
+            same_list = last is not None and key is not None and key[0] is names
+            if same_list and key[1] == shape.version:  # type: ignore[index]
+                return last  # type: ignore[return-value]
+            passed = self._passed(shape, names, wanted, last if same_list else None)
             covers, unknown = self._coverage(names, wanted)
             if covers and not unknown:  # kube-scheduler named exactly the cached nodes: the tables themselves
                 failed, unresolvable, tally = shape.failed, shape.unresolvable, shape.tally
-                shape.shared = True
+                shape.shared = SHARED_ALL
             elif covers:
                 failed, unresolvable, tally = dict(shape.failed), dict(shape.unresolvable), shape.tally.copy()
             else:
@@ -500,8 +608,24 @@ class VerdictCache:
                 tally[(False, R_NOT_IN_CACHE)] += len(unknown)
             answer = FilterAnswer(passed, failed, unresolvable, tally, shape.passed)
             if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
-                shape._answer_key, shape._answer = (names, shape.version), answer
+                shape._answer_key, shape._answer = (names, shape.version, shape.passed_version), answer
             return answer
+
+    @staticmethod
+    def _passed(shape: ShapeMemo, names: Sequence[str], wanted: Names, last: FilterAnswer | None) -> list[str]:
+        """The passing names in request order, without repeats. `last`: the shape's previous answer for the same
+        NodeNames object: its list as it is when the same nodes pass (its encoding is kept too), else updated
+        by the nodes that moved since (`rejudged`) while the shape remembers them."""
+        if last is not None:
+            key = shape._answer_key
+            assert key is not None and isinstance(names, NodeNames)
+            behind = shape.passed_version - key[2]
+            if behind == 0:
+                return last.passed
+            if behind <= len(shape.moves) and behind <= MAX_REPLAYED:
+                return rejudged(last.passed, names, set(shape.moves[-behind:]), shape.passed)
+        unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
+        return list(filter(shape.passed.__contains__, unique))
 
     # --- scores ------------------------------------------------------------------------------
     def _score(self, shape: ShapeMemo, names: Iterable[str], now: float) -> None:

@@ -41,7 +41,7 @@ import grpc
 from flexinfer import logs
 
 from . import wire
-from .grpc_edge import FORWARDED_KEY, RESPONSES
+from .grpc_edge import FORWARDED_KEY, SCHEDULING, SERVICE_NAME
 from .tls import TlsFiles, client_context, grpc_channel_credentials
 
 FORWARDED_HEADER = FORWARDED_KEY  # the same name marks a forwarded HTTP request
@@ -200,8 +200,9 @@ class Replicas:
         self.forwarded += 1
         return res.status, payload
 
-    def forward_grpc(self, method: str, request: Any, forwarded: bool) -> tuple[Any, Any] | None:
-        """None: answer locally. Else (None, response) or (grpc.StatusCode, message) to abort with."""
+    def forward_grpc(self, method: str, request: bytes, forwarded: bool) -> tuple[Any, Any] | None:
+        """None: answer locally. Else (None, the holder's response bytes) or (grpc.StatusCode, message) to abort
+        with. `request`: the request bytes as the caller sent them (forwarded unchanged)."""
         holder, why = self._target(forwarded)
         if holder is None:
             return (grpc.StatusCode.UNAVAILABLE, why) if why else None
@@ -219,8 +220,6 @@ class Replicas:
         return None, response
 
     def _stub_call(self, target: str, method: str) -> Any:
-        from flexinfer.api.v1 import scheduler_extender_pb2_grpc as pb_grpc
-
         stale: list[grpc.Channel] = []
         with self._mu:
             entry = self._channels.get(target)
@@ -233,11 +232,12 @@ class Replicas:
                     channel = grpc.secure_channel(target, grpc_channel_credentials(self.tls), options=options)
                 else:
                     channel = grpc.insecure_channel(target)
-                entry = self._channels[target] = (channel, pb_grpc.SchedulerExtenderStub(channel))
+                # bytes in, bytes out: the request goes on as it came, the answer back as the holder wrote it
+                entry = self._channels[target] = (channel, {m: channel.unary_unary(f"/{SERVICE_NAME}/{m}")
+                                                            for m in SCHEDULING})
                 # Targets come from the Lease (a new pod IP after every rollout): keep only the latest few.
                 while len(self._channels) > MAX_PEER_CHANNELS:
                     stale.append(self._channels.popitem(last=False)[1][0])
         for channel in stale:
             channel.close()
-        assert method in RESPONSES
-        return getattr(entry[1], method)
+        return entry[1][method]

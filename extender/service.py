@@ -18,7 +18,7 @@ from flexinfer.state import NodeView
 
 from .cache import NodeCache
 from .commitments import Commitment, Release, commitment_of, finished, released_view
-from .memo import FilterAnswer, Names, NodeNames, ShapeMemo, VerdictCache, tally_of
+from .memo import FilterAnswer, NameIntern, Names, NodeNames, ShapeMemo, VerdictCache, rejudged, tally_of
 from .metrics import ExtenderMetrics, reason_label
 from .pod import PodRequirements, requirements_from_dict
 from .policy import R_PODS_NOT_SYNCED, NodeVerdict, PolicyConfig, commit_gpus, evaluate
@@ -72,31 +72,47 @@ class PriorityOutcome:
         return [self.lookup(n) for n in self.names]
 
 
+def _as_in(base: FilterAnswer, v: NodeVerdict) -> bool:
+    """The per-request verdict puts its node where the index answer has it already (passing, or rejected with the
+    same reason): e.g. the reservation on it is the asking pod's own (kube-scheduler asking again)."""
+    if v.feasible:
+        return v.node in base.passing
+    return (base.unresolvable if v.unresolvable else base.failed).get(v.node) == v.reason
+
+
 def _with_specials(base: FilterAnswer, special: Iterable[NodeVerdict], *, maps: bool = True,
                    ) -> tuple[dict[str, str], dict[str, str], TallyCounter[tuple[bool, str]]]:
-    """Copies of the index answer's FailedNodes, FailedAndUnresolvableNodes and tally, with the verdicts of
-    nodes holding reservations (evaluated for this request) in place of the index's. `maps=False`: the tally
-    only (the two maps come back empty)."""
-    special = list(special)
+    """The index answer's FailedNodes, FailedAndUnresolvableNodes and tally with the verdicts of nodes holding
+    reservations (evaluated for this request) in place of the index's. A map no such verdict changes is the
+    index answer's own object (shared, never changed by its users; its encoding is kept), a changed one a copy.
+    `maps=False`: the tally only (the two maps come back empty)."""
+    special = [v for v in special if not _as_in(base, v)]
     if not special:  # the cached answer itself (shared: never changed by its users)
         return (base.failed, base.unresolvable, base.tally) if maps else ({}, {}, base.tally)
-    failed, unresolvable = (dict(base.failed), dict(base.unresolvable)) if maps else ({}, {})
+    failed, unresolvable = (base.failed, base.unresolvable) if maps else ({}, {})
     tally = base.tally.copy()
-    changed = False
     for v in special:
-        changed = True
         for flag, table in ((False, base.failed), (True, base.unresolvable)):
             old = table.get(v.node)
             if old is not None:
                 tally[(flag, old)] -= 1
-        if maps:
-            failed.pop(v.node, None)
-            unresolvable.pop(v.node, None)
-            if not v.feasible:
-                (unresolvable if v.unresolvable else failed)[v.node] = v.reason
         if not v.feasible:
             tally[(v.unresolvable, v.reason)] += 1
-    return failed, unresolvable, (+tally if changed else tally)
+        if not maps:
+            continue
+        if v.node in failed or (not v.feasible and not v.unresolvable):
+            if failed is base.failed:
+                failed = dict(failed)
+            failed.pop(v.node, None)
+            if not v.feasible and not v.unresolvable:
+                failed[v.node] = v.reason
+        if v.node in unresolvable or (not v.feasible and v.unresolvable):
+            if unresolvable is base.unresolvable:
+                unresolvable = dict(unresolvable)
+            unresolvable.pop(v.node, None)
+            if not v.feasible and v.unresolvable:
+                unresolvable[v.node] = v.reason
+    return failed, unresolvable, +tally
 
 
 class Extender:
@@ -123,6 +139,8 @@ class Extender:
         # kube-scheduler re-sends the same Node objects each cycle (enabled by main.build; see NodeViewMemo).
         self.request_views: NodeViewMemo | None = None
         self.verdicts = VerdictCache(cache, config or PolicyConfig())
+        # one object per distinct node-name list for every transport (memo.NameIntern)
+        self.name_intern = NameIntern()
         cache.placer = self._place
 
     @property
@@ -175,9 +193,13 @@ class Extender:
         failed, unresolvable, tally = _with_specials(base, special)
         out = FilterOutcome(None, base.passed, failed, unresolvable, count=len(names), tally=tally)
         if any(v.feasible != (v.node in base.passing) for v in special):  # a reservation changed who passes
-            passed_set = (set(base.passed) - held) | {v.node for v in special if v.feasible}
-            unique = names if len(wanted) == len(names) else dict.fromkeys(names)
-            out.passed = list(filter(passed_set.__contains__, unique))
+            feasible = {v.node for v in special if v.feasible}
+            if isinstance(names, NodeNames):
+                out.passed = rejudged(base.passed, names, set(held), feasible)
+            else:
+                passed_set = (set(base.passed) - held) | feasible
+                unique = names if len(wanted) == len(names) else dict.fromkeys(names)
+                out.passed = list(filter(passed_set.__contains__, unique))
         out.lookup = self._lookup(req, shape, {v.node: v for v in special}, now)
         return out
 

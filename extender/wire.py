@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import msgspec
 
-from .memo import MAX_KEPT_NAMES, NodeNames
+from .memo import MAX_KEPT_NAMES, NameIntern, NodeNames
 from .pod import PodWire
 
 
@@ -106,9 +106,10 @@ class NameLists:
     thousands of names again. Bounded whatever clients send: `size` lists (least recently used dropped),
     and only lists of at most `max_names` names are kept."""
 
-    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES) -> None:
+    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES, intern: NameIntern | None = None) -> None:
         self.size = size
         self.max_names = max_names
+        self.intern = intern if intern is not None else NameIntern(size)
         self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -122,7 +123,7 @@ class NameLists:
             if hit is not None:
                 self._lists.move_to_end(key)
                 return hit
-        names = NodeNames(names_of(raw))
+        names = self.intern.get(names_of(raw))
         if len(names) > self.max_names:
             return names
         with self._lock:

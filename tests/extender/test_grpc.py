@@ -95,6 +95,27 @@ def test_malformed_requests_get_error_field_and_server_keeps_serving(servers, sr
     assert list(ok.node_names) == ["ada-24g"]
 
 
+@pytest.mark.parametrize("verb,response", [("Filter", pb.FilterResponse), ("Prioritize", pb.PrioritizeResponse)])
+def test_bytes_that_are_no_request_message_get_the_error_field_and_are_counted(servers, verb, response) -> None:
+    stub, http, channel = servers
+
+    def counted() -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith("flexinfer_extender_bad_requests_total{") and f'verb="{verb.lower()}"' in line \
+                    and 'status="grpc"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = counted()
+    raw = channel.unary_unary(f"/{SERVICE_NAME}/{verb}")  # bytes in, bytes out: no protobuf on the client
+    for junk in (b"\xff\xff\xff", b"\x0a\x7fshort", b"\x12\x80"):
+        out = response.FromString(raw(junk, timeout=5))
+        assert "not a FilterRequest protobuf message" in out.error
+    assert counted() == before + 3
+    ok = stub.Filter(pb.FilterRequest(pod=pb.PodSource(pod_json=json.dumps(model_pod()).encode()), node_names=NAMES))
+    assert list(ok.node_names) == ["ada-24g"]
+
+
 def test_junk_requirements_named(servers) -> None:
     stub, _, _ = servers
     req = pb.PodRequirements(backend="tensorrt", vendor="nvidia", vram_estimate_mib=1, gpu_count=1)

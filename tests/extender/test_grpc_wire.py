@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from flexinfer.extender.grpc_wire import NameListMemo, ResponseEncoder
+from flexinfer.extender.grpc_wire import RequestDecoder, ResponseEncoder
 
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 
@@ -30,12 +30,79 @@ def test_filter_and_prioritize_bytes_parse_to_the_protobuf_messages() -> None:
     assert len(enc._names) <= 64
 
 
-def test_name_lists_reused_and_bounded() -> None:
-    memo = NameListMemo(size=2, max_names=5)
-    a = memo.get(["a", "b"])
-    assert memo.get(("a", "b")) is a and a.wanted == {"a", "b"}
-    memo.get(["c"])
-    memo.get(["d"])
-    assert len(memo) == 2 and memo.get(["a", "b"]) is not a
-    big = memo.get([str(i) for i in range(6)])
-    assert len(big) == 6 and len(memo) == 2
+def _request(pod: bytes, names: list[str]) -> bytes:
+    return pb.FilterRequest(pod=pb.PodSource(pod_json=pod), node_names=names).SerializeToString()
+
+
+def test_decoded_requests_equal_protobufs_parse_whatever_the_field_order() -> None:
+    """The split (pod field alone, names memoised by their bytes) gives what parsing the whole message gives,
+    also for names written before the pod, a pod field repeated after the names (protobuf merges it), no pod,
+    no names, and a length prefix that runs past the end."""
+    rng = random.Random(11)
+    dec = RequestDecoder(size=4)
+    for _ in range(300):
+        names = [rng.choice(["n", "ü-node", "x" * 150]) + str(rng.randrange(50)) for _ in range(rng.randrange(0, 40))]
+        pod = pb.PodSource(pod_json=rng.choice([b"{}", b'{"metadata":{"name":"p"}}', b"x" * 300]))
+        names_only = pb.FilterRequest(node_names=names).SerializeToString()
+        pod_only = pb.FilterRequest(pod=pod).SerializeToString()
+        other = pb.FilterRequest(pod=pb.PodSource(requirements=pb.PodRequirements(name="q"))).SerializeToString()
+        raw = rng.choice([pod_only + names_only, names_only + pod_only, pod_only + names_only + other,
+                          names_only, pod_only, other + names_only])
+        want = pb.FilterRequest.FromString(raw)
+        got = dec.decode(raw)
+        assert not got.error and got.raw is raw
+        assert list(got.node_names) == list(want.node_names) and got.pod == want.pod
+        assert len(dec) <= 4
+    bad = dec.decode(b"\x0a\x05ab")  # pod length past the end
+    assert "not a FilterRequest protobuf message" in bad.error and bad.node_names == ()
+    assert dec.decode(b"\xff\xff\xff").error
+
+
+def test_the_same_names_after_any_pod_are_one_object_and_the_memo_is_bounded() -> None:
+    dec = RequestDecoder(size=2, max_names=5)
+    names = ["a", "b", "c"]
+    first = dec.decode(_request(b'{"a":1}', names))
+    second = dec.decode(_request(b'{"b":2}', names))
+    assert second.node_names is first.node_names and first.node_names.wanted == {"a", "b", "c"}
+    assert second.pod.pod_json == b'{"b":2}'
+    dec.decode(_request(b"{}", ["d"]))
+    dec.decode(_request(b"{}", ["e"]))
+    assert len(dec) == 2 and dec.decode(_request(b"{}", names)).node_names is not first.node_names
+    big = dec.decode(_request(b"{}", [str(i) for i in range(6)]))
+    assert len(big.node_names) == 6 and len(dec) == 2  # longer than max_names: answered, not kept
+
+
+def test_answer_bytes_are_reused_for_the_same_answer_objects_only() -> None:
+    enc = ResponseEncoder()
+    passed, failed, unres = ["a"], {"b": "node has no GPU"}, {}
+    once = enc.filter_bytes(passed, failed, unres)
+    assert enc.filter_bytes(passed, failed, unres) is once
+    assert enc.filter_bytes(list(passed), failed, unres) == once
+    changed = enc.filter_bytes(["a", "c"], failed, unres)
+    assert list(pb.FilterResponse.FromString(changed).node_names) == ["a", "c"]
+    names = ["a", "b"]
+    p1 = enc.prioritize_bytes(names, [3, 0])
+    assert enc.prioritize_bytes(names, [3, 0]) is p1
+    p2 = enc.prioritize_bytes(names, [3, 4])
+    assert [h.score for h in pb.PrioritizeResponse.FromString(p2).priorities] == [3, 4]
+
+
+def test_http_and_grpc_share_one_list_object_through_the_intern_and_it_is_bounded() -> None:
+    import msgspec
+    from flexinfer.extender.memo import NameIntern
+    from flexinfer.extender.wire import NameLists
+
+    intern = NameIntern(size=2)
+    http, grpc_ = NameLists(intern=intern), RequestDecoder(intern=intern)
+    names = ["a", "b", "c"]
+    over_http = http.decode(msgspec.Raw(msgspec.json.encode(names)))
+    over_grpc = grpc_.decode(_request(b"{}", names)).node_names
+    whole = grpc_.decode(pb.FilterRequest(node_names=names).SerializeToString()).node_names  # no pod: parsed whole
+    assert over_grpc is over_http and whole is over_http
+    intern.get(["x"])
+    intern.get(["y"])
+    assert len(intern) == 2 and intern.get(names) is not over_http  # least recently used dropped
+    from flexinfer.extender.memo import MAX_KEPT_NAMES
+
+    many = [str(i) for i in range(MAX_KEPT_NAMES + 1)]
+    assert list(intern.get(many)) == many and len(intern) == 2  # too long to keep

@@ -267,7 +267,7 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 continue
             want = fresh_split(ext, req, asked, bound)
             got = ext.filter(req, asked)
-            assert list(dict.fromkeys(got.passed)) == want[0]
+            assert got.passed == want[0]  # in request order, no repeats
             assert got.failed == want[1]
             assert got.unresolvable == want[2]
             assert got.count == len(asked)
@@ -438,3 +438,49 @@ def test_an_answer_handed_out_is_never_changed_by_later_updates() -> None:
     assert second.passed == ["a", "b", "c"] and not second.failed and not second.unresolvable
     assert (first.passed, first.failed, first.unresolvable, Counter(first.tally)) == kept
     assert kept[1] == {"b": "Insufficient free GPU memory"} and kept[2] == {"c": "node has no nvidia GPU"}
+
+
+def test_rejudged_puts_nodes_back_in_request_order() -> None:
+    """`rejudged` (a passed list updated by the nodes judged again) equals filtering the whole list afresh."""
+    from flexinfer.extender.memo import rejudged
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        pool = [f"n{i}" for i in range(rng.randrange(1, 30))]
+        names = NodeNames([rng.choice(pool) for _ in range(rng.randrange(1, 40))])  # repeats, as clients send
+        before = {n for n in pool if rng.random() < 0.5}
+        changed = {n for n in pool if rng.random() < 0.3} | {"ghost"}  # judged again (ghost: not in the list)
+        after = (before - changed) | {n for n in changed if rng.random() < 0.5} | {"ghost"}
+        unique = list(dict.fromkeys(names))
+        got = rejudged([n for n in unique if n in before], names, changed, after)
+        assert got == [n for n in unique if n in after]
+
+
+def test_heartbeats_keep_the_static_rejections_object_and_update_the_passed_list_in_place() -> None:
+    """Free memory moving nodes across a pod's estimate (a heartbeat fleet) changes the passed list and
+    FailedNodes only: FailedAndUnresolvableNodes stays the object the transports keep the encoding of, the passed
+    list is updated from the nodes that moved (not rebuilt), and a list whose nodes did not move is reused."""
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    names_list = [f"g{i}" for i in range(40)] + [f"amd{i}" for i in range(10)]
+    cache.replace_all([node_obj(f"g{i}", [gpu(0, free=20000 if i % 2 else 2000)]) for i in range(40)]
+                      + [node_obj(f"amd{i}", [gpu(0, "amd", "gfx1100", 24560)]) for i in range(10)])
+    ext = Extender(cache, clock=clock)
+    names = NodeNames(names_list)
+    req = requirements_from_dict(model_pod(10000, "llamacpp", 1, uid="u1", name="p1"))
+    ext.filter(req, names)  # the first filter (no tables), then the tables
+    base = ext.filter(req, names)
+    rng = random.Random(3)
+    rv = 10
+    for _ in range(40):
+        for i in rng.sample(range(40), 3):
+            rv += 1
+            cache.upsert(node_obj(f"g{i}", [gpu(0, free=rng.choice([2000, 20000]))], resource_version=str(rv)))
+        out = ext.filter(req, names)
+        assert out.unresolvable is base.unresolvable  # the same object: nothing static changed
+        want = [n for n in names_list if n.startswith("g") and cache.get(n).state.gpus[0].free_mib >= 10000]
+        assert out.passed == want
+        assert out.failed == {n: "Insufficient free GPU memory" for n in names_list
+                              if n.startswith("g") and n not in want}
+    again = ext.filter(req, names)
+    assert again.passed is out.passed  # nothing moved since: the same list (and its encoding)
