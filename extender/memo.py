@@ -61,9 +61,13 @@ from .policy import (
     static_check,
     static_class,
     static_key,
+    static_size,
+    static_usable,
+    usable_key,
 )
 
 STATIC_MEMO_CLASSES = 1024  # static verdicts kept per shape (classes of cached nodes and of request-borne views)
+MAX_USABLE = 8192  # estimate-free static results kept across shapes (pod compatibility keys x node classes)
 MAX_KEPT_NAMES = 16_384  # longer name lists and their answers are never kept (3x Kubernetes' largest cluster)
 
 
@@ -322,12 +326,15 @@ class VerdictCache:
         self._shapes: OrderedDict[tuple, ShapeMemo] = OrderedDict()
         self._covers: OrderedDict[int, tuple[NodeNames, int, bool, frozenset[str]]] = OrderedDict()
         self._projections: OrderedDict[int, tuple[NodeNames, Projection]] = OrderedDict()
+        # (policy.usable_key, static class) -> policy.static_usable, for every shape (see `_static`)
+        self._usable: dict[tuple, NodeVerdict | tuple[tuple[int, str], ...]] = {}
 
     def __len__(self) -> int:
         return len(self._shapes)
 
     def clear(self) -> None:
         self._shapes.clear()
+        self._usable.clear()
 
     # --- shapes ------------------------------------------------------------------------------
     def shape(self, req: PodRequirements) -> ShapeMemo | None:
@@ -346,11 +353,21 @@ class VerdictCache:
         return memo
 
     def _static(self, shape: ShapeMemo, key: tuple, view: NodeView) -> NodeVerdict | StaticFit:
+        """`static_check` for the class `key` (whose member `view` is), per shape; its estimate-free part
+        (`static_usable`: vendor, count, health, compatibility) is shared by the shapes that differ only in their
+        estimate, so a new estimate costs the size check per class."""
         found = shape.static.get(key)
         if found is None:
             if len(shape.static) >= STATIC_MEMO_CLASSES:
                 shape.static.clear()
-            found = shape.static[key] = static_check(shape.req, view)
+            ukey = (usable_key(shape.req), key)
+            usable = self._usable.get(ukey)
+            if usable is None:
+                if len(self._usable) >= MAX_USABLE:
+                    self._usable.clear()
+                usable = self._usable[ukey] = static_usable(shape.req, view)
+            found = shape.static[key] = usable if isinstance(usable, NodeVerdict) \
+                else static_size(shape.req, view, usable)
         return found
 
     def static_for(self, shape: ShapeMemo, view: NodeView) -> NodeVerdict | StaticFit:

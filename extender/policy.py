@@ -198,6 +198,19 @@ def static_class(view: NodeView) -> tuple:
 def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFit:
     """Vendor, GPU count, health, compatibility and total size: facts that change only when the
     Node object changes (see `static_class`). Returns a rejection, or the candidate GPUs. Pure."""
+    usable = static_usable(req, view)
+    return usable if isinstance(usable, NodeVerdict) else static_size(req, view, usable)
+
+
+def usable_key(req: PodRequirements) -> tuple[str, int, str, str]:
+    """What `static_usable` reads of a pod: `static_key` without the estimate (shapes that differ only in their
+    estimate, as a Model's do when it is re-estimated, share one result per node class)."""
+    return (req.vendor, req.gpu_count, req.backend, _jit(req))
+
+
+def static_usable(req: PodRequirements, view: NodeView) -> NodeVerdict | tuple[tuple[int, str], ...]:
+    """`static_check` but the size: a rejection, or the GPUs the pod could use as (position in `state.gpus`,
+    DEGRADED caveat). Reads only `usable_key(req)` of the pod. Pure."""
     name = view.name
     if view.error:
         return _reject(name, node_parse_reason(view.error), view.error)
@@ -252,7 +265,12 @@ def static_check(req: PodRequirements, view: NodeView) -> NodeVerdict | StaticFi
             return _reject(name, first_no, f"{first_no} ({len(usable)} of {count} GPUs usable)")
     else:
         usable = [(i, "") for i in healthy]
+    return tuple(usable)
 
+
+def static_size(req: PodRequirements, view: NodeView, usable: tuple[tuple[int, str], ...]) -> NodeVerdict | StaticFit:
+    """`static_check`'s last step: the usable GPUs (`static_usable`) big enough for the estimate. Pure."""
+    name, gpus, count = view.name, view.state.gpus, max(1, req.gpu_count)  # type: ignore[union-attr]
     est = req.vram_estimate_mib
     big = [(i, d) for i, d in usable if gpus[i].total_mib >= est]
     if len(big) < count:

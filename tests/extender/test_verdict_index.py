@@ -155,7 +155,9 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
     shapes = [requirements_from_dict(model_pod(est, backend, count, uid=f"u{k}", name=f"p{k}"))
               for k, (est, backend, count) in enumerate([(5000, "llamacpp", 1), (12000, "vllm", 1),
                                                           (20000, "llamacpp", 2), (3000, "diffusers", 1),
-                                                          (4000, "llamacpp", 3), (6000, "vllm", 4)])]
+                                                          (4000, "llamacpp", 3), (6000, "vllm", 4),
+                                                          # estimates only: one static_usable per class for each
+                                                          (9000, "llamacpp", 1), (2000, "vllm", 1)])]
     shapes.append(requirements_from_dict(model_pod(5000, "llamacpp", 1, uid="pref", name="pref",
                                                    extra={keys.POD_PREFERRED_ARCHS: "sm_89,gfx1100"})))
     last_asked = None
