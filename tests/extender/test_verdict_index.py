@@ -486,3 +486,32 @@ def test_heartbeats_keep_the_static_rejections_object_and_update_the_passed_list
                               if n.startswith("g") and n not in want}
     again = ext.filter(req, names)
     assert again.passed is out.passed  # nothing moved since: the same list (and its encoding)
+
+
+def test_estimate_free_static_results_and_held_verdicts_are_bounded(monkeypatch) -> None:
+    """The static results shared across shapes and each shape's verdicts of nodes holding reservations are kept
+    up to a bound (then dropped), and answers stay those of a memo-free evaluation."""
+    from flexinfer.extender import memo as memo_mod
+
+    monkeypatch.setattr(memo_mod, "MAX_USABLE", 3)
+    monkeypatch.setattr(memo_mod, "MAX_HELD_VERDICTS", 2)
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj(f"n{i}", [gpu(0, *ARCHS[i % 4], free=ARCHS[i % 4][2] - 1000)]) for i in range(8)])
+    ext = Extender(cache, clock=clock)
+    names = NodeNames([f"n{i}" for i in range(8)])
+    kept_any = False
+    for i in range(8):
+        ext.reservations.reserve(f"other-{i}", f"n{i}", (0,), 1000 + 500 * i, clock.t)
+    for k, backend in enumerate(["llamacpp", "vllm", "diffusers", "llamacpp", "vllm"]):
+        req = requirements_from_dict(model_pod(3000 + k, backend, 1, uid=f"u{k}", name=f"p{k}"))
+        for _ in range(2):
+            got = ext.filter(req, names)
+            want = [v for v in (evaluate(req, cache.get(n), clock.t, ext.config, ext.reservations.reserved_mib(
+                n, clock.t, exclude_pod=req.key), committed=cache.committed_for(n, cache.get(n))) for n in names)]
+            assert got.passed == [v.node for v in want if v.feasible]
+            assert len(ext.verdicts._usable) <= 3
+            shape = ext.verdicts.shape(req)
+            assert shape is not None and len(shape.held) <= 2
+            kept_any = kept_any or bool(shape.held and ext.verdicts._usable)
+    assert kept_any  # the memos were used, not merely empty
