@@ -25,6 +25,7 @@ from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 
 from .memo import MAX_KEPT_NAMES, NameIntern, NodeNames
 from .policy import MAX_SCORE  # kube-scheduler's MaxExtenderPriority: the policy's one number
+from .wire import MAX_KEY_BYTES
 
 MAX_PIECES = 50_000  # cached byte pieces per kind; cleared when over
 
@@ -177,16 +178,18 @@ class RequestDecoder:
     parsing and hashing thousands of names. The names of the same bytes after one pod field are the same list
     whatever the pod (field 1 adds nothing to field 2), and a rest that carries a pod field again (protobuf merges
     repeated message fields) is parsed whole instead. Bounded whatever clients send: `size` lists (least
-    recently used dropped), only lists of at most `max_names` names kept. A list met for the first time goes
-    through `intern` (the extender's `memo.NameIntern`), so HTTP and gRPC asking about the same nodes share one
-    list object and the verdict index's answer for it.
+    recently used dropped), only lists of at most `max_names` names and `max_key_bytes` bytes kept. A list met
+    for the first time goes through `intern` (the extender's `memo.NameIntern`), so HTTP and gRPC asking about the
+    same nodes share one list object and the verdict index's answer for it.
 
     Bytes that are not the message give `error` (answered in the `error` field and counted, like a malformed
     pod) instead of gRPC's INTERNAL "Exception deserializing request"."""
 
-    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES, intern: NameIntern | None = None) -> None:
+    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES, intern: NameIntern | None = None,
+                 max_key_bytes: int = MAX_KEY_BYTES) -> None:
         self.size = size
         self.max_names = max_names
+        self.max_key_bytes = max_key_bytes
         self.intern = intern if intern is not None else NameIntern(size)
         self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
         self._lock = threading.Lock()
@@ -215,7 +218,7 @@ class RequestDecoder:
             if tail.HasField("pod"):
                 return self._whole(raw)
             names = self.intern.get(list(tail.node_names))
-            if len(names) <= self.max_names:
+            if len(names) <= self.max_names and len(rest) <= self.max_key_bytes:
                 with self._lock:
                     self._lists[rest] = names
                     while len(self._lists) > self.size:

@@ -99,16 +99,21 @@ def names_of(raw: msgspec.Raw) -> list[str]:
 
 
 
+MAX_KEY_BYTES = 4 * 1024 * 1024  # a name list kept by its bytes: at most this long (16384 names of 253 characters)
+
+
 class NameLists:
     """The last few distinct NodeNames lists, keyed by their exact JSON bytes, as `memo.NodeNames`
     (names + their set). kube-scheduler sends the same list (every node that passed its own filters)
     for pod after pod; a repeat costs one bytes hash and compare instead of decoding and hashing
     thousands of names again. Bounded whatever clients send: `size` lists (least recently used dropped),
-    and only lists of at most `max_names` names are kept."""
+    and only lists of at most `max_names` names and `max_key_bytes` bytes are kept."""
 
-    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES, intern: NameIntern | None = None) -> None:
+    def __init__(self, size: int = 8, max_names: int = MAX_KEPT_NAMES, intern: NameIntern | None = None,
+                 max_key_bytes: int = MAX_KEY_BYTES) -> None:
         self.size = size
         self.max_names = max_names
+        self.max_key_bytes = max_key_bytes
         self.intern = intern if intern is not None else NameIntern(size)
         self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
         self._lock = threading.Lock()
@@ -124,7 +129,7 @@ class NameLists:
                 self._lists.move_to_end(key)
                 return hit
         names = self.intern.get(names_of(raw))
-        if len(names) > self.max_names:
+        if len(names) > self.max_names or len(key) > self.max_key_bytes:
             return names
         with self._lock:
             self._lists[key] = names

@@ -65,3 +65,19 @@ def test_shared_json_reuses_the_encoding_of_the_same_object_and_stays_bounded() 
     assert js.entries <= 1000 and js.of(failed) is not raw  # the oldest were dropped to stay within budget
     huge = {f"u{i}": "Node not found in the extender's cache" for i in range(5000)}
     assert js.of(huge) is huge and js.entries <= 1000  # over the budget: never kept
+
+
+def test_name_lists_longer_than_the_byte_bound_are_answered_not_kept() -> None:
+    """A list kept by its bytes is bounded in bytes too (long names), over HTTP and over gRPC."""
+    from flexinfer.extender.grpc_wire import RequestDecoder
+
+    from flexinfer.api.v1 import scheduler_extender_pb2 as pb
+
+    long_names = ["x" * 300 + str(i) for i in range(20)]
+    lists = wire.NameLists(max_key_bytes=1000)
+    got = lists.decode(raw_of(msgspec.json.encode({"NodeNames": long_names})))
+    assert list(got) == long_names and len(lists._lists) == 0
+    assert len(lists.decode(raw_of(b'{"NodeNames": ["a"]}'))) == 1 and len(lists._lists) == 1
+    grpc_lists = RequestDecoder(max_key_bytes=1000)
+    raw = pb.FilterRequest(pod=pb.PodSource(pod_json=b"{}"), node_names=long_names).SerializeToString()
+    assert list(grpc_lists.decode(raw).node_names) == long_names and len(grpc_lists) == 0
