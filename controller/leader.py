@@ -23,6 +23,13 @@ The rules (client-go's ``tools/leaderelection``):
 * Optimistic concurrency: writes carry the resourceVersion they read; of two candidates racing for an
   expired lease one gets 409 and stays follower. ``release()`` on clean shutdown empties
   ``holderIdentity`` so another replica takes over at once.
+* **A takeover is not a fresh start.** Taking the lease from another holder (expired, or released: a Lease
+  with an empty holder exists only after a release) is counted in ``takeovers`` (``takeover()`` gives the
+  count, the monotonic start of the winning attempt and the previous holder), atomically with becoming
+  leader. The previous holder acted until its renew deadline, and the effects of its last actions may not
+  be visible to this replica yet; a user whose decisions depend on them waits before acting (the
+  scheduler extender does: extender/replicas.py). Creating the Lease, and renewing or re-taking one's own,
+  is not a takeover.
 
 Why not ``kubernetes.leaderelection`` from the official Python client (evaluated at 37.0.2): its deadlines
 use the wall clock (``time.time()``), so a clock step moves them; its Lease calls have no request timeout,
@@ -116,6 +123,9 @@ class LeaseLock:
         self._valid_until = 0.0  # monotonic: start of the last successful renewal + renew deadline
         self._observed: Record | None = None
         self._observed_at = 0.0  # monotonic time the observed record last changed
+        self.takeovers = 0  # acquisitions from another holder (see the module doc); read with takeover()
+        self._taken_at = 0.0  # monotonic start of the attempt that made the last takeover
+        self._taken_from = ""  # the holderIdentity it replaced ("" = a released lease)
         self._path = kube.resource_path(kube.resource_for("leases"), namespace, name)
         self._collection = kube.resource_path(kube.resource_for("leases"), namespace)
 
@@ -137,6 +147,11 @@ class LeaseLock:
         replicas that need to know who leads (the extender forwards to the holder)."""
         with self._lock:
             return self._observed[0] if self._observed else ""
+
+    def takeover(self) -> tuple[int, float, str]:
+        """(takeovers so far, monotonic start of the attempt that made the last one, the holder it replaced)."""
+        with self._lock:
+            return self.takeovers, self._taken_at, self._taken_from
 
     # -- one attempt ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -174,32 +189,38 @@ class LeaseLock:
             acquire = seen[2] if mine else ""
             transitions = seen[4] + (0 if mine else 1)
             updated = self._request("PUT", self._path, self._body(current, transitions, acquire))
-            self._won(updated, started)
+            self._won(updated, started, None if mine else holder)
         except kube.KubeError as e:
             # Leadership (if any) lasts until the deadline of the last successful renewal, not longer.
             if not e.conflict:
                 log.warning("lease update failed", error=str(e), identity=self.identity)
         return self.is_leader
 
-    def _won(self, lease: dict, started: float) -> None:
+    def _won(self, lease: dict, started: float, taken_from: str | None = None) -> None:
+        """`taken_from`: the holder this write replaced when it was not this replica ("" = released); None when
+        the Lease was created or this replica's own was renewed."""
         with self._lock:
             self._observed, self._observed_at = _record(lease), started
             self._valid_until = started + self.timings.renew_deadline_s
-            if not self._leader:
-                log.info("leadership acquired", identity=self.identity, lease=f"{self.namespace}/{self.name}")
+            if taken_from is not None:  # counted before _leader is set: a reader never sees one without the other
+                self.takeovers += 1
+                self._taken_at, self._taken_from = started, taken_from
+            if not self._leader or taken_from is not None:
+                log.info("leadership acquired", identity=self.identity, lease=f"{self.namespace}/{self.name}",
+                         previous_holder=taken_from)
             self._leader = True
 
-    def _set(self, leader: bool) -> None:
+    def _set(self, leader: bool, why: str = "another replica holds the lease") -> None:
         with self._lock:
             if self._leader and not leader:
-                log.info("leadership lost: another replica holds the lease", identity=self.identity)
+                log.info(f"leadership lost: {why}", identity=self.identity)
             self._leader = leader
 
     def release(self) -> None:
         """Give the lease up (clean shutdown) so another replica takes over at once."""
         if not self.is_leader:
             return
-        self._set(False)
+        self._set(False, "released on shutdown")
         try:
             cur = self._request("GET", self._path)
             if (cur.get("spec") or {}).get("holderIdentity") == self.identity:

@@ -54,6 +54,7 @@ class Running:
     web: ExtenderApp
     informers: list[Any] = field(default_factory=list)
     api: Any = None  # the API client when watching (leader election uses it)
+    pod_watch: Any = None  # the bound-pod Informer when watching (a new Lease holder waits for it to catch up)
 
     @property
     def app(self) -> Any:
@@ -107,6 +108,7 @@ def build(
         cache.commitments_synced = False  # until the pod watch's first list (Extender.on_pod_event)
         pods = kube.Informer(api, "pods", extender.on_pod_event, field_selector=BOUND_PODS_SELECTOR)
         running.informers = [nodes.start(), pods.start()]
+        running.pod_watch = pods
         # The watch threads handle bursts of Node updates (an agent fleet's heartbeats) while kube-scheduler waits
         # on filter/prioritize: a request waits for the interpreter lock at most this long, not CPython's 5 ms.
         sys.setswitchinterval(REQUEST_GIL_WAIT_SECONDS)
@@ -219,7 +221,7 @@ def main(bind_address: str, http_port: int, read_only_port: int, grpc_port: int,
         raise click.ClickException(str(e)) from None
     replicas = None
     if leader_elect:
-        from .replicas import Replicas
+        from .replicas import BoundPodCatchUp, Replicas
 
         host = advertise_address or bind_address
         scheme = "https" if files.enabled else "http"
@@ -228,7 +230,8 @@ def main(bind_address: str, http_port: int, read_only_port: int, grpc_port: int,
             http_url=f"{scheme}://{_host_port(host, http_port)}",
             grpc_target=_host_port(host, grpc_port) if grpc_port else "", tls=files,
             peer_server_name=peer_server_name, lease_duration_s=leader_lease_seconds,
-            metrics=running.extender.metrics)
+            metrics=running.extender.metrics,
+            catch_up=BoundPodCatchUp(running.api, running.pod_watch, running.extender))
         running.web.replicas = replicas
     grpc_server = None
     if grpc_port:

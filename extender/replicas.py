@@ -16,10 +16,25 @@ Failover:
   `handoff_grace_s` for the binds of pods it answered to reach the watch, then releases the Lease; a
   follower takes it within `retry_s`.
 * hard (SIGKILL, node lost): followers answer 503 until the Lease expires (`lease_duration_s`), then one
-  takes over. By then every pod the old holder answered for is bound or failed.
+  takes over.
 * a holder that cannot renew stops answering at its renew deadline (3/4 of the lease, by its own monotonic
   clock), before any follower may consider the Lease expired: two replicas never answer at once
   (controller.leader implements client-go's rules; this module only adds forwarding).
+* **takeover**: the new holder does not know the old holder's tentative reservations. The pods the old holder
+  answered for last are assumed by kube-scheduler and bound asynchronously; until a pod's bind has reached the
+  new holder's pod watch, its memory looks free there, and the new holder would place another pod onto it. The
+  old holder's last answer can be only `lease - renew deadline` (1/4 of the lease) before the new holder's
+  first, and bind + watch latency on a loaded API server is not bounded by that (the Lease moves precisely
+  when the API server is slow to answer renewals). So a replica that takes the Lease over from another
+  holder (expired or released; not when it creates the Lease or renews or re-takes its own) answers the
+  scheduling verbs with 503 "leader changed, retry" (kube-scheduler retries the pod) until
+  1. `takeover_grace_s` (default the renew deadline, 3/4 of the lease) has passed since it took the Lease, so
+     the old holder's last answer is at least one lease duration old (time for kube-scheduler to bind those pods),
+     and then
+  2. its bound-pod watch has delivered every pod a fresh list of bound pods shows (each listed pod that
+     holds VRAM is committed, or the watch has passed the list's resourceVersion),
+  at most `takeover_timeout_s` (then it answers, with a warning in the log). The normal case (no leader
+  change) pays nothing: one integer comparison per request.
 
 The holder's addresses travel in the Lease's holderIdentity: `<pod>_<random> <http URL> <gRPC host:port|->`.
 """
@@ -74,6 +89,74 @@ def _error_body(message: str) -> bytes:
     return wire.encoder.encode(wire.ErrorBody(Error=message))
 
 
+def _rv(value: Any) -> int | None:
+    """A resourceVersion as an integer (etcd's revision; the API server's are), None when it is not one."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundSnapshot:
+    """A consistent list of bound pods: its resourceVersion and the keys of the listed pods that hold VRAM."""
+
+    resource_version: int | None
+    holding: tuple[str, ...]
+
+
+class BoundPodCatchUp:
+    """Has the extender's bound-pod watch delivered everything a fresh list of bound pods shows? (The takeover
+    rule, module doc.) `informer`: the extender's pod Informer; `extender`: the Extender it feeds."""
+
+    def __init__(self, api: Any, informer: Any, extender: Any, *, page_size: int = 500,
+                 timeout_s: float = 10.0) -> None:
+        self.api = api
+        self.informer = informer
+        self.extender = extender
+        self.page_size = page_size
+        self.timeout_s = timeout_s
+
+    def snapshot(self) -> BoundSnapshot:
+        """List bound pods now (a consistent read, paged). Raises KubeError."""
+        from flexinfer import kube
+
+        from .commitments import BOUND_PODS_SELECTOR, commitment_of
+        from .pod import requirements_from_dict
+
+        path = kube.resource_path(kube.resource_for("pods"))
+        holding: list[str] = []
+        token: str | None = None
+        while True:
+            page = kube.request(self.api, "GET", path, timeout_s=self.timeout_s,
+                                query={"fieldSelector": BOUND_PODS_SELECTOR, "limit": str(self.page_size),
+                                       "continue": token})
+            for pod in page.get("items") or ():
+                if not isinstance(pod, dict):
+                    continue
+                try:
+                    req = requirements_from_dict(pod)
+                except ValueError:
+                    continue
+                if req.managed and commitment_of(pod, req) is not None:
+                    holding.append(req.key)
+            meta = page.get("metadata") or {}
+            if token is None:
+                rv = _rv(meta.get("resourceVersion"))  # every page is served from the first page's snapshot
+            token = meta.get("continue") or None
+            if not token:
+                return BoundSnapshot(rv, tuple(holding))
+
+    def covers(self, snap: BoundSnapshot) -> bool:
+        """True once the watch has passed the snapshot (an event newer than it was handled: the informer hands
+        events on in order, one at a time) or every listed pod holding VRAM is committed."""
+        seen = _rv(self.informer.resource_version)
+        if seen is not None and snap.resource_version is not None and seen > snap.resource_version:
+            return True
+        commitment = self.extender.cache.commitment
+        return all(commitment(key) is not None for key in snap.holding)
+
+
 class Replicas:
     """Lease-based leadership and forwarding (see the module doc). Thread-safe; `forward_http` runs on the
     HTTP event loop, `forward_grpc` on gRPC worker threads."""
@@ -81,7 +164,8 @@ class Replicas:
     def __init__(self, api: Any, namespace: str, *, http_url: str, grpc_target: str = "",
                  tls: TlsFiles | None = None, peer_server_name: str | None = None, name: str = LEASE_NAME,
                  lease_duration_s: float = 8.0, retry_s: float = 1.0, handoff_grace_s: float = 1.0,
-                 forward_timeout_s: float = 1.5, metrics: Any = None) -> None:
+                 forward_timeout_s: float = 1.5, metrics: Any = None, catch_up: BoundPodCatchUp | None = None,
+                 takeover_grace_s: float | None = None, takeover_timeout_s: float | None = None) -> None:
         from flexinfer.controller.leader import LeaseLock, LeaseTimings
 
         self.identity = make_identity(http_url, grpc_target)
@@ -96,6 +180,14 @@ class Replicas:
         self.tls = tls if tls is not None and tls.enabled else None
         self.peer_server_name = peer_server_name
         self.metrics = metrics
+        # takeover rule (module doc): wait this long after taking the Lease over, then for the pod watch
+        self.catch_up = catch_up
+        self.takeover_grace_s = timings.renew_deadline_s if takeover_grace_s is None else takeover_grace_s
+        self.takeover_timeout_s = (self.takeover_grace_s + max(10.0, 2 * lease_duration_s)
+                                   if takeover_timeout_s is None else takeover_timeout_s)
+        self._caught_up = 0  # the last takeover (LeaseLock.takeovers) after which this replica may answer
+        self._catching_up = 0  # the last takeover a catch-up thread was started for
+        self.takeover_waits: list[float] = []  # seconds each completed takeover wait took (bounded: last 16)
         self._holder: Holder | None = None
         self._draining = False
         self._stop = threading.Event()
@@ -114,6 +206,11 @@ class Replicas:
     def holder(self) -> Holder | None:
         return self._holder
 
+    @property
+    def catching_up(self) -> bool:
+        """True between a takeover and the end of its wait (module doc), while this replica does not answer."""
+        return self.lock.takeovers != self._caught_up
+
     def step(self) -> bool:
         """One election round (the loop calls it every `retry_s`): take or renew the Lease, note the holder."""
         if not self._draining:
@@ -123,6 +220,11 @@ class Replicas:
         if holder != self._holder:
             log.info("extender_leader", leader=identity or None, me=identity == self.identity)
             self._holder = holder
+        count, since, previous = self.lock.takeover()
+        if count != self._catching_up:
+            self._catching_up = count
+            threading.Thread(target=self._catch_up, args=(count, since, previous), name="extender-takeover",
+                             daemon=True).start()
         if self.metrics is not None:
             self.metrics.is_leader.set(1 if self.is_leader else 0)
         return self.is_leader
@@ -139,6 +241,46 @@ class Replicas:
                 self.step()
             except Exception as e:  # never let the election thread die; leadership lapses at its deadline
                 log.warning("extender_lease_step_failed", error=repr(e))
+
+    def _catch_up(self, count: int, since: float, previous: str) -> None:
+        """After takeover number `count` (at monotonic `since`, from `previous`): wait `takeover_grace_s`, list
+        the bound pods, wait until the pod watch has delivered them; then let this replica answer (module doc).
+        Bounded by `takeover_timeout_s`; a newer takeover or stop() ends it without effect."""
+        clock = self.lock.monotonic
+        log.info("extender_takeover", previous_holder=previous or None, grace_s=self.takeover_grace_s,
+                 timeout_s=self.takeover_timeout_s)
+
+        def waiting(until: float) -> bool:  # False once the wait is over or pointless
+            if self._stop.is_set() or self.lock.takeovers != count or clock() >= until:
+                return False
+            self._stop.wait(0.05)
+            return True
+
+        deadline = since + self.takeover_timeout_s
+        while waiting(min(since + self.takeover_grace_s, deadline)):
+            pass
+        snap = None
+        while self.catch_up is not None and snap is None and clock() < deadline:
+            try:
+                snap = self.catch_up.snapshot()
+            except Exception as e:  # the API server is slow or away: retry until the deadline
+                log.warning("extender_takeover_list_failed", error=repr(e)[:300])
+                while waiting(min(clock() + 0.5, deadline)):
+                    pass
+            if self._stop.is_set() or self.lock.takeovers != count:
+                return
+        while snap is not None and not self.catch_up.covers(snap) and waiting(deadline):  # type: ignore[union-attr]
+            pass
+        if self._stop.is_set() or self.lock.takeovers != count:
+            return
+        waited = clock() - since
+        if self.catch_up is not None and (snap is None or not self.catch_up.covers(snap)):
+            log.warning("extender_takeover_timeout", waited_s=round(waited, 2),
+                        reason="the bound-pod watch did not catch up with the API server's list in time; answering")
+        else:
+            log.info("extender_takeover_done", waited_s=round(waited, 2), listed=len(snap.holding) if snap else None)
+        self.takeover_waits = [*self.takeover_waits[-15:], waited]
+        self._caught_up = count
 
     def stop(self) -> None:
         """Graceful hand-off: stop answering, let in-flight binds reach the watch, release the Lease."""
@@ -161,6 +303,9 @@ class Replicas:
         if self._draining:
             return None, "this extender replica is shutting down and handing over; retry"
         if self.is_leader:
+            if self.lock.takeovers != self._caught_up:  # the takeover rule (module doc); one int compare otherwise
+                return None, ("this extender replica has just taken the Lease over from another one and waits until "
+                              "that one's last placements are bound and in its pod watch (leader changed); retry")
             return None, ""
         if forwarded:
             return None, "forwarded to a replica that does not hold the extender Lease (leader changed); retry"
