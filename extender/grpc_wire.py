@@ -14,7 +14,6 @@ Every memo here is keyed by data from the request and bounded (cleared when full
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import getitem
@@ -23,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from flexinfer.api.v1 import scheduler_extender_pb2 as pb
 
-from .memo import MAX_KEPT_NAMES, NameIntern, NodeNames
+from .memo import MAX_KEPT_NAMES, Lru, NameIntern, NodeNames
 from .policy import MAX_SCORE  # kube-scheduler's MaxExtenderPriority: the policy's one number
 from .wire import MAX_KEY_BYTES
 
@@ -191,8 +190,7 @@ class RequestDecoder:
         self.max_names = max_names
         self.max_key_bytes = max_key_bytes
         self.intern = intern if intern is not None else NameIntern(size)
-        self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lists: Lru[bytes, NodeNames] = Lru(size)
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -209,20 +207,14 @@ class RequestDecoder:
         if span is None:
             return self._whole(raw)
         rest = raw[span[1]:]
-        with self._lock:
-            names = self._lists.get(rest)
-            if names is not None:
-                self._lists.move_to_end(rest)
+        names = self._lists.get(rest)
         if names is None:
             tail = pb.FilterRequest.FromString(rest)
             if tail.HasField("pod"):
                 return self._whole(raw)
             names = self.intern.get(list(tail.node_names))
             if len(names) <= self.max_names and len(rest) <= self.max_key_bytes:
-                with self._lock:
-                    self._lists[rest] = names
-                    while len(self._lists) > self.size:
-                        self._lists.popitem(last=False)
+                names = self._lists.keep(rest, names)
         return ScheduleRequest(raw, pb.PodSource.FromString(raw[span[0]:span[1]]), names)
 
     def _whole(self, raw: bytes) -> ScheduleRequest:

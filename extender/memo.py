@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, filterfalse, repeat
 from operator import le, not_
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -65,6 +66,9 @@ from .policy import (
     static_usable,
     usable_key,
 )
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 STATIC_MEMO_CLASSES = 1024  # static verdicts kept per shape (classes of cached nodes and of request-borne views)
 MAX_USABLE = 8192  # estimate-free static results kept across shapes (pod compatibility keys x node classes)
@@ -112,6 +116,35 @@ def rejudged(passed: list[str], names: NodeNames, changed: set[str], passing: Na
     return out
 
 
+class Lru(Generic[K, V]):
+    """A thread-safe map of at most `size` entries, the least recently used dropped first: the one shape of the
+    memos keyed by what clients send (name lists by their bytes or their names)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            hit = self._map.get(key)
+            if hit is not None:
+                self._map.move_to_end(key)
+            return hit
+
+    def keep(self, key: K, value: V) -> V:
+        """`value` under `key`, or what another thread kept there first (returned either way)."""
+        with self._lock:
+            kept = self._map.setdefault(key, value)
+            self._map.move_to_end(key)
+            while len(self._map) > self.size:
+                self._map.popitem(last=False)
+            return kept
+
+
 class NameIntern:
     """One `NodeNames` object per distinct name list, whichever transport decoded it (HTTP JSON in wire.NameLists,
     gRPC protobuf in grpc_wire.RequestDecoder): the verdict index keeps its answers by the list object, so the
@@ -120,9 +153,7 @@ class NameIntern:
     recently used dropped; lists over `MAX_KEPT_NAMES` are never kept."""
 
     def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self._lists: OrderedDict[tuple[str, ...], NodeNames] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lists: Lru[tuple[str, ...], NodeNames] = Lru(size)
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -131,18 +162,8 @@ class NameIntern:
         if len(names) > MAX_KEPT_NAMES:
             return NodeNames(names)
         key = tuple(names)
-        with self._lock:
-            hit = self._lists.get(key)
-            if hit is not None:
-                self._lists.move_to_end(key)
-                return hit
-        made = NodeNames(names)
-        with self._lock:
-            hit = self._lists.setdefault(key, made)
-            self._lists.move_to_end(key)
-            while len(self._lists) > self.size:
-                self._lists.popitem(last=False)
-        return hit
+        hit = self._lists.get(key)
+        return hit if hit is not None else self._lists.keep(key, NodeNames(names))
 
 
 Names = set[str] | frozenset[str]  # a request's node names as a set

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import msgspec
 
-from .memo import MAX_KEPT_NAMES, NameIntern, NodeNames
+from .memo import MAX_KEPT_NAMES, Lru, NameIntern, NodeNames
 from .pod import PodWire
 
 
@@ -115,27 +115,20 @@ class NameLists:
         self.max_names = max_names
         self.max_key_bytes = max_key_bytes
         self.intern = intern if intern is not None else NameIntern(size)
-        self._lists: OrderedDict[bytes, NodeNames] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lists: Lru[bytes, NodeNames] = Lru(size)
 
     def __len__(self) -> int:
         return len(self._lists)
 
     def decode(self, raw: msgspec.Raw) -> NodeNames:
         key = bytes(raw)
-        with self._lock:
-            hit = self._lists.get(key)
-            if hit is not None:
-                self._lists.move_to_end(key)
-                return hit
+        hit = self._lists.get(key)
+        if hit is not None:
+            return hit
         names = self.intern.get(names_of(raw))
         if len(names) > self.max_names or len(key) > self.max_key_bytes:
             return names
-        with self._lock:
-            self._lists[key] = names
-            while len(self._lists) > self.size:
-                self._lists.popitem(last=False)
-        return names
+        return self._lists.keep(key, names)
 
 
 class SharedJson:
