@@ -175,12 +175,20 @@ class LeaseLock:
             except kube.KubeError as e:
                 if not e.not_found:
                     raise
-                created = self._request("POST", self._collection, self._body(None, 0, ""))
+                try:
+                    created = self._request("POST", self._collection, self._body(None, 0, ""))
+                except kube.KubeError as lost:
+                    if not lost.conflict:
+                        raise
+                    # another candidate created it first (both started at once): learn who holds it now, not one
+                    # retry period later (the extender forwards to the holder it last observed)
+                    self._observe(_record(self._request("GET", self._path)))
+                    self._set(False)
+                    return False
                 self._won(created, started)
                 return self.is_leader
             seen = _record(current)
-            if seen != self._observed:
-                self._observed, self._observed_at = seen, self.monotonic()
+            self._observe(seen)
             holder, duration = seen[0], seen[1] or self.timings.lease_duration_s
             mine = holder == self.identity
             if holder and not mine and self.monotonic() < self._observed_at + duration:
@@ -195,6 +203,10 @@ class LeaseLock:
             if not e.conflict:
                 log.warning("lease update failed", error=str(e), identity=self.identity)
         return self.is_leader
+
+    def _observe(self, seen: Record) -> None:
+        if seen != self._observed:
+            self._observed, self._observed_at = seen, self.monotonic()
 
     def _won(self, lease: dict, started: float, taken_from: str | None = None) -> None:
         """`taken_from`: the holder this write replaced when it was not this replica ("" = released); None when
@@ -217,8 +229,12 @@ class LeaseLock:
             self._leader = leader
 
     def release(self) -> None:
-        """Give the lease up (clean shutdown) so another replica takes over at once."""
-        if not self.is_leader:
+        """Give the lease up (clean shutdown) so another replica takes over at once. Also when this replica's renew
+        deadline passed meanwhile (a graceful hand-off waits with renewals stopped): the write carries the
+        resourceVersion it read, so it only empties a Lease that still names this replica."""
+        with self._lock:
+            named = self._leader or (self._observed is not None and self._observed[0] == self.identity)
+        if not named:
             return
         self._set(False, "released on shutdown")
         try:

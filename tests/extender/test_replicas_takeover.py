@@ -172,3 +172,32 @@ def test_the_wait_is_bounded_when_the_bound_pod_list_keeps_failing() -> None:
         advance(clock, b, b.replicas.takeover_timeout_s)
         wait("b answers after the timeout", lambda: not b.replicas.catching_up)
         assert b.answer_filter(pod("first")) == [NODE]
+
+
+# --- LeaseLock details the replicas rely on (controller/leader.py) ---------------------------------------------
+
+
+def test_the_candidate_that_loses_the_create_race_learns_the_holder_at_once() -> None:
+    """Both replicas start together and both find no Lease: one POST wins, the other gets 409. The loser used to
+    know no holder until its next attempt (a retry period of 503 'no replica holds the Lease yet')."""
+    with two_replicas() as (fake, _, a, b):
+        assert a.replicas.step()
+        fake.fail("GET", "/apis/coordination.k8s.io/v1/namespaces/flexinfer-system/leases/flexinfer-extender",
+                  status=404, times=1)  # b's read still says "no Lease": it POSTs too
+        assert not b.replicas.step()
+        assert b.replicas.holder is not None and b.replicas.holder.identity == a.replicas.identity
+        assert b.replicas._target(False)[0] == b.replicas.holder  # forwards to a, not 503
+
+
+def test_release_after_the_renew_deadline_still_hands_the_lease_over() -> None:
+    """A graceful hand-off waits with renewals stopped; if the renew deadline passes meanwhile, the Lease (which
+    still names this replica) is released anyway, so the follower need not wait for it to expire."""
+    with two_replicas() as (fake, clock, a, b):
+        assert a.replicas.step() and not b.replicas.step()
+        clock.t += LEASE_S * 0.75 + 0.1
+        assert not a.replicas.lock.is_leader
+        a.replicas.lock.release()
+        lease = fake.get_object("leases", "flexinfer-extender", "flexinfer-system") or {}
+        assert lease["spec"]["holderIdentity"] == ""
+        assert b.replicas.step()  # at once: the Lease was released, not left to expire
+        assert b.replicas.lock.takeover()[2] == ""
