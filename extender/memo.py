@@ -393,16 +393,17 @@ class VerdictCache:
 
     def static_for(self, shape: ShapeMemo, view: NodeView) -> NodeVerdict | StaticFit:
         """`policy.static_check(req, view)`, through the per-class memo: a fit re-targeted at this node's GPUs,
-        a rejection renamed when its detail is the class's (`policy.CLASS_DETAIL`), else checked for this node."""
+        a rejection renamed when its detail is the class's, else (`policy.NODE_DETAIL`, a node that failed to
+        parse) checked for this node: such a detail reads facts outside the class key (a GPU's health reason, MIG
+        or not), which may differ between members and change while a node stays in its class, so the memo's
+        copy is never handed out, not even to the node it was made from."""
         key = static_class(view)
         found = self._static(shape, key, view)
         if isinstance(found, StaticFit):
             return found.on(view.state) if view.state is not None else static_check(shape.req, view)
-        if found.node == view.name:
-            return found
-        if key[0] != "error" and found.reason not in NODE_DETAIL:
-            return msgspec.structs.replace(found, node=view.name)
-        return static_check(shape.req, view)
+        if key[0] == "error" or found.reason in NODE_DETAIL:
+            return static_check(shape.req, view)
+        return found if found.node == view.name else msgspec.structs.replace(found, node=view.name)
 
     # --- single verdicts ---------------------------------------------------------------------
     def evaluate(self, req: PodRequirements, shape: ShapeMemo | None, name: str, view: NodeView | None, now: float,

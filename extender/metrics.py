@@ -8,7 +8,9 @@ sending 50,000 invented architectures adds one series, not 50,000.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -88,6 +90,27 @@ class ExtenderMetrics:
             ["listener", "reason"], registry=r)
         self.open_connections = Gauge("flexinfer_extender_open_connections", "Open client connections, by listener",
                                       ["listener"], registry=r)
+        # Children of the per-request series, by label values (closed sets: a few dozen at most), so a request
+        # does not look each one up again through prometheus_client's locked label path.
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.is_leader = Gauge("flexinfer_extender_is_leader",
                                "1 while this replica holds the extender Lease and answers filter/prioritize itself",
                                registry=r)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def record(self, verb: str, elapsed_s: float, nodes: int, feasible: int,
+               rejected: Iterable[tuple[tuple[bool, str], int]]) -> None:
+        """One request's series: duration, node count, and the verdicts (`rejected`: ((unresolvable, reason),
+        nodes) pairs; reasons outside the closed set count as `other`)."""
+        self._child(self.request_duration, verb).observe(elapsed_s)
+        self._child(self.nodes_per_request, verb).observe(nodes)
+        if feasible:
+            self._child(self.verdicts, verb, "pass", "").inc(feasible)
+        for (unresolvable, reason), n in rejected:
+            self._child(self.verdicts, verb, "unresolvable" if unresolvable else "failed", reason_label(reason)).inc(n)

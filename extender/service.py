@@ -19,7 +19,7 @@ from flexinfer.state import NodeView
 from .cache import NodeCache
 from .commitments import Commitment, Release, commitment_of, finished, released_view
 from .memo import FilterAnswer, NameIntern, Names, NodeNames, ShapeMemo, VerdictCache, rejudged, tally_of
-from .metrics import ExtenderMetrics, reason_label
+from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
 from .policy import R_PODS_NOT_SYNCED, NodeVerdict, PolicyConfig, commit_gpus, evaluate
 from .reservations import Reservations
@@ -208,12 +208,7 @@ class Extender:
         """Metrics and the request's log line; `tally`: rejections by (unresolvable, reason). Per-node
         verdicts (`verdicts()`) are built only for debug logging."""
         m = self.metrics
-        m.request_duration.labels(verb).observe(elapsed)
-        m.nodes_per_request.labels(verb).observe(count)
-        if feasible:
-            m.verdicts.labels(verb, "pass", "").inc(feasible)
-        for (unresolvable, reason), n in tally.items():
-            m.verdicts.labels(verb, "unresolvable" if unresolvable else "failed", reason_label(reason)).inc(n)
+        m.record(verb, elapsed, count, feasible, tally.items())
         m.reservations.set(len(self.reservations))
         reasons = {reason: n for (_, reason), n in tally.items()}
         log.info(f"extender_{verb}", pod=f"{req.namespace}/{req.name}", managed=req.managed,

@@ -515,3 +515,21 @@ def test_estimate_free_static_results_and_held_verdicts_are_bounded(monkeypatch)
             assert shape is not None and len(shape.held) <= 2
             kept_any = kept_any or bool(shape.held and ext.verdicts._usable)
     assert kept_any  # the memos were used, not merely empty
+
+
+def test_a_node_specific_rejection_detail_follows_the_node_while_its_class_stays() -> None:
+    """A GPU's health reason is part of the rejection's detail but not of the node's static class: when it
+    changes, explain (and the verdict a reservation is made from) shows the new one, not the memo's copy made
+    from the same node before."""
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj("a", [gpu(0, healthy=False, reason="Xid 79: fell off the bus")]),
+                       node_obj("b", [gpu(0, healthy=False, reason="ECC errors")])])
+    ext = Extender(cache, clock=clock)
+    req = requirements_from_dict(model_pod(4000, "llamacpp", 1, uid="u1", name="p1"))
+    first = {v.node: v.detail for v in ext.explain(req, ["a", "b"])}
+    assert "Xid 79" in first["a"] and "ECC" in first["b"]
+    cache.upsert(node_obj("a", [gpu(0, healthy=False, reason="thermal shutdown")], resource_version="2"))
+    again = {v.node: v for v in ext.explain(req, ["a", "b"])}
+    assert "thermal shutdown" in again["a"].detail and "Xid 79" not in again["a"].detail
+    assert again["a"] == evaluate(req, cache.get("a"), clock.t, ext.config)
