@@ -247,7 +247,7 @@ class Replicas:
         the bound pods, wait until the pod watch has delivered them; then let this replica answer (module doc).
         Bounded by `takeover_timeout_s`; a newer takeover or stop() ends it without effect."""
         clock = self.lock.monotonic
-        log.info("extender_takeover", previous_holder=previous or None, grace_s=self.takeover_grace_s,
+        log.info("extender_takeover", previous_holder=previous or "(released)", grace_s=self.takeover_grace_s,
                  timeout_s=self.takeover_timeout_s)
 
         def waiting(until: float) -> bool:  # False once the wait is over or pointless
