@@ -24,8 +24,10 @@ policy found free for it), and at most `max_tentative` reservations in all: beyo
 (counted in `evicted`). Who may reserve at all is decided at the edge: with mutual TLS only kube-scheduler (and the
 other replicas forwarding to the leader) reach filter/prioritize.
 
-A reservation on the wrong node (the scheduler picked another one) only makes the extender conservative for at
-most the TTL or until the bind shows up in the watch. Without a pod watch (static `--nodes-from` mode)
+A reservation on the wrong node (the scheduler picked another one) would both block memory the pod does not use
+and leave the node it went to looking emptier than it is until the bind shows up in the watch, so the answer makes
+the reserved node the only best one (`policy.lead`) and the shipped extender weight makes that lead decide.
+Without a pod watch (static `--nodes-from` mode)
 reservations expire by TTL; embedders (the demo) feed pod events to `Extender.on_pod_event` themselves.
 
 Thread-safe: one lock (held by the extender across evaluate-then-reserve); every operation is O(reservations on a

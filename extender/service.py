@@ -21,7 +21,7 @@ from .commitments import Commitment, Release, commitment_of, finished, released_
 from .memo import FilterAnswer, NameIntern, Names, NodeNames, ShapeMemo, VerdictCache, rejudged, tally_of
 from .metrics import ExtenderMetrics
 from .pod import PodRequirements, requirements_from_dict
-from .policy import R_PODS_NOT_SYNCED, NodeVerdict, PolicyConfig, commit_gpus, evaluate
+from .policy import R_PODS_NOT_SYNCED, NodeVerdict, PolicyConfig, commit_gpus, evaluate, lead
 from .reservations import Reservations
 
 log = logs.get("flexinfer.extender")
@@ -279,7 +279,7 @@ class Extender:
     def prioritize_scores(self, req: PodRequirements, names: Sequence[str],
                           views: Mapping[str, NodeView] | None = None) -> PriorityOutcome:
         """Scores for the named nodes (0 for infeasible ones); reserves on the best node (the first of the
-        highest score, in request order)."""
+        highest score, in request order), which the answer makes the only best (`policy.lead`)."""
         t0 = time.perf_counter()
         now = self.clock()
         if req.needs_gpu and not self.cache.commitments_synced:
@@ -293,6 +293,7 @@ class Extender:
                     out = self._priorities(names, self._evaluate(req, names, views, now))
                 if out.best >= 0:
                     self._reserve(req, out.verdict(names[out.best]), now)
+                    out.scores = lead(out.scores, out.best)  # kube-scheduler must pick the reserved node
         else:
             out = self._priorities(names, self._evaluate(req, names, views, now))
         self._record("prioritize", req, out.verdicts, len(names), time.perf_counter() - t0,

@@ -83,3 +83,43 @@ def test_without_attribution_the_reservation_stays_where_it_was_made() -> None:
     second = requirements_from_dict(model_pod(20000, "vllm", 1, uid="uid-b", name="b"))
     verdict = next(v for v in ext.prioritize(second, ["n1"]) if v.node == "n1")
     assert verdict.gpus == (1 - chosen,)
+
+
+def test_lead_makes_the_reserved_node_the_only_best_and_changes_nothing_else() -> None:
+    """policy.lead, exhaustively over small score lists: the best index alone at the top, every other score as it
+    was or (at MAX_SCORE) one less, never a feasible score turned into 0."""
+    from itertools import product
+
+    from flexinfer.extender.policy import MAX_SCORE, lead
+
+    for scores in product([0, 1, 5, 9, 10], repeat=4):
+        scores = list(scores)
+        top = max(scores)
+        if top == 0:
+            continue
+        best = scores.index(top)
+        out = lead(scores, best)
+        assert [i for i, s in enumerate(out) if s == max(out)] == [best]
+        for i, (before, after) in enumerate(zip(scores, out, strict=True)):
+            if i == best:
+                assert after in (before, before + 1) and after <= MAX_SCORE
+            else:
+                assert after in (before, before - 1) and (after > 0) == (before > 0)
+        if scores.count(top) == 1:
+            assert out is scores  # already alone at the top: untouched
+
+
+def test_two_identical_nodes_kube_scheduler_is_told_the_reserved_one() -> None:
+    """The tie kube-scheduler broke at random on the real control plane (the pod went to the node without its
+    reservation, and the burst's next pods into its memory): the reserved node now has the only top score."""
+    clock = Clock(T0)
+    ext = _extender([node_obj("x", [gpu(0, "amd", "gfx1100", 24560, free=24560)], observed=T0),
+                     node_obj("y", [gpu(0, "amd", "gfx1100", 24560, free=24560)], observed=T0)], clock)
+    for k in range(3):
+        req = requirements_from_dict(model_pod(5000, "llamacpp", 1, uid=f"u{k}", name=f"p{k}",
+                                               resource="amd.com/gpu"))
+        out = ext.prioritize_scores(req, ["x", "y"])
+        reserved = ext.reservations.get(req.key)
+        assert reserved is not None
+        winner = ["x", "y"][out.scores.index(max(out.scores))]
+        assert out.scores.count(max(out.scores)) == 1 and winner == reserved.node

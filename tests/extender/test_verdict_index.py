@@ -19,7 +19,7 @@ from dataclasses import replace
 from flexinfer.extender.cache import NodeCache
 from flexinfer.extender.memo import NodeNames
 from flexinfer.extender.pod import requirements_from_dict
-from flexinfer.extender.policy import NodeVerdict, PolicyConfig, effective_free, evaluate, static_class
+from flexinfer.extender.policy import NodeVerdict, PolicyConfig, effective_free, evaluate, lead, static_class
 from flexinfer.extender.reservations import Reservations
 from flexinfer.extender.service import Extender
 from hypothesis import HealthCheck, given, settings
@@ -258,8 +258,12 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                 memo = ext.verdicts.shape(req)
                 assert memo is not None and set(memo.scores) <= memo.passed  # scores only of passing nodes
                 want_scores = [v.score if v.feasible else 0 for v in want]
-                assert pout.scores == want_scores
-                assert pout.best == (want_scores.index(max(want_scores)) if max(want_scores) > 0 else -1)
+                want_best = want_scores.index(max(want_scores)) if max(want_scores) > 0 else -1
+                assert pout.best == want_best
+                # kube-scheduler gets the reserved (best) node as the only top score (policy.lead)
+                assert pout.scores == (lead(want_scores, want_best) if want_best >= 0 else want_scores)
+                if want_best >= 0:
+                    assert [i for i, s in enumerate(pout.scores) if s == max(pout.scores)] == [want_best]
                 split = Extender._split(want)
                 want_tally = Counter({(False, r): n for r, n in Counter(split.failed.values()).items()})
                 want_tally.update({(True, r): n for r, n in Counter(split.unresolvable.values()).items()})
