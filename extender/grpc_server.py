@@ -67,10 +67,10 @@ class SchedulerExtenderServicer(pb_grpc.SchedulerExtenderServicer):
     """Filter and Prioritize take `grpc_wire.ScheduleRequest` and answer wire bytes (see `method_handlers`):
     repeated node lists are not parsed again and shared answers are not encoded again."""
 
-    def __init__(self, extender: Extender) -> None:
+    def __init__(self, extender: Extender, max_nodes: int | None = None) -> None:
         self.extender = extender
         self.encoder = ResponseEncoder()
-        self.requests = RequestDecoder(intern=extender.name_intern)
+        self.requests = RequestDecoder(intern=extender.name_intern, max_request_names=max_nodes)
 
     def _names(self, request: ScheduleRequest) -> Sequence[str]:
         return request.node_names if request.node_names else sorted(self.extender.cache.names())
@@ -154,7 +154,7 @@ def serve_grpc(extender: Extender, host: str = "127.0.0.1", port: int = 0, *, tl
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="extender-grpc"),
                          interceptors=[guard], maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
                          options=server_options(limits, connection_cap(limits.max_connections, listeners)))
-    handlers = method_handlers(SchedulerExtenderServicer(extender))
+    handlers = method_handlers(SchedulerExtenderServicer(extender, limits.max_nodes))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.HealthServicer()

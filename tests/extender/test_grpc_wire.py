@@ -106,3 +106,17 @@ def test_http_and_grpc_share_one_list_object_through_the_intern_and_it_is_bounde
 
     many = [str(i) for i in range(MAX_KEPT_NAMES + 1)]
     assert list(intern.get(many)) == many and len(intern) == 2  # too long to keep
+
+
+def test_more_names_than_a_request_may_carry_stay_protobufs_and_are_not_kept() -> None:
+    """Over the edge's limit the names are not turned into Python strings (the edge refuses the call by their
+    count), and nothing is memoised."""
+    from flexinfer.extender.memo import NodeNames
+
+    dec = RequestDecoder(max_request_names=3)
+    four = ["a", "b", "c", "d"]
+    for raw in (_request(b"{}", four), pb.FilterRequest(node_names=four).SerializeToString()):
+        got = dec.decode(raw)
+        assert len(got.node_names) == 4 and not isinstance(got.node_names, NodeNames)
+        assert len(dec) == 0 and len(dec.intern) == 0
+    assert isinstance(dec.decode(_request(b"{}", ["a", "b", "c"])).node_names, NodeNames)  # at the limit: as usual
