@@ -29,7 +29,7 @@ a pod is bound or goes away, and nothing per request. Not thread-safe by itself:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,12 +140,9 @@ def commitment_of(pod: Mapping[str, Any], req: PodRequirements) -> Commitment | 
     return Commitment(req.key, f"{req.namespace}/{req.name}", node, req.vram_estimate_mib, None, req)
 
 
-def from_pods(pods: Iterable[object]) -> Commitments:
-    """The commitments a list of pod objects holds, as the extender's pod watch would keep them, for fit checks
-    outside the extender (the controller's preemption and vendor checks, the proxy's): the GPUs come from the
-    agents' attribution or the placer's pick (`settle`); there are no reservations to take them from. Pods that
-    are not Pod-shaped are skipped."""
-    out = Commitments()
+def commitments_in(pods: Iterable[object]) -> Iterator[Commitment]:
+    """The commitment each pod object holds (`commitment_of`), GPUs not chosen yet; objects that are not
+    Pod-shaped, and pods holding none, are skipped."""
     for pod in pods:
         if not isinstance(pod, dict):
             continue
@@ -155,7 +152,17 @@ def from_pods(pods: Iterable[object]) -> Commitments:
             continue
         c = commitment_of(pod, req)
         if c is not None:
-            out.put(c)
+            yield c
+
+
+def from_pods(pods: Iterable[object]) -> Commitments:
+    """The commitments a list of pod objects holds, as the extender's pod watch would keep them, for fit checks
+    outside the extender (the controller's preemption and vendor checks, the proxy's): the GPUs come from the
+    agents' attribution or the placer's pick (`settle`); there are no reservations to take them from. Pods that
+    are not Pod-shaped are skipped."""
+    out = Commitments()
+    for c in commitments_in(pods):
+        out.put(c)
     return out
 
 

@@ -121,8 +121,7 @@ class BoundPodCatchUp:
         """List bound pods now (a consistent read, paged). Raises KubeError."""
         from flexinfer import kube
 
-        from .commitments import BOUND_PODS_SELECTOR, commitment_of
-        from .pod import requirements_from_dict
+        from .commitments import BOUND_PODS_SELECTOR, commitments_in
 
         path = kube.resource_path(kube.resource_for("pods"))
         holding: list[str] = []
@@ -131,15 +130,7 @@ class BoundPodCatchUp:
             page = kube.request(self.api, "GET", path, timeout_s=self.timeout_s,
                                 query={"fieldSelector": BOUND_PODS_SELECTOR, "limit": str(self.page_size),
                                        "continue": token})
-            for pod in page.get("items") or ():
-                if not isinstance(pod, dict):
-                    continue
-                try:
-                    req = requirements_from_dict(pod)
-                except ValueError:
-                    continue
-                if req.managed and commitment_of(pod, req) is not None:
-                    holding.append(req.key)
+            holding.extend(c.pod for c in commitments_in(page.get("items") or ()))
             meta = page.get("metadata") or {}
             if token is None:
                 rv = _rv(meta.get("resourceVersion"))  # every page is served from the first page's snapshot
