@@ -239,11 +239,12 @@ def run_load(port: int, path: str, body: bytes, *, concurrency: int, seconds: fl
 
 def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: int,
                  verb: str = "Filter", budget_s: float = 1e9,
-                 http: tuple[int, str, bytes] | None = None) -> tuple[list[float], Any, list[float]]:
+                 http: tuple[int, str, bytes] | None = None) -> tuple[list[float], Any, list[float], bytes]:
     """Like the HTTP client (a body encoded once, the answer's bytes read, not parsed): the request is serialised
     once and each call returns the response bytes; the last answer is parsed once afterwards for the checks.
     With `http` = (port, path, body), every gRPC call is followed by the same question over HTTP (one keep-alive
-    connection), so both see the same machine noise; their latencies come back third."""
+    connection), so both see the same machine noise; their latencies come back third, the last HTTP answer
+    fourth (asked right after the last gRPC call: the two must agree)."""
     import grpc
 
     from flexinfer.api.v1 import scheduler_extender_pb2 as pb
@@ -265,6 +266,7 @@ def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: i
                     client.post(http[1], http[2])
             out: list[float] = []
             other: list[float] = []
+            body = b""
             stop_at = time.perf_counter() + budget_s
             for _ in range(n):
                 t0 = time.perf_counter()
@@ -279,7 +281,7 @@ def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: i
                 if t0 > stop_at and len(out) >= 20:
                     break
             answer: Any = pb.FilterResponse if verb == "Filter" else pb.PrioritizeResponse
-            return out, answer.FromString(resp), other
+            return out, answer.FromString(resp), other, body
     finally:
         if client is not None:
             client.close()
@@ -414,17 +416,18 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                         iters = plan.grpc_iters[n]
                         progress(f"gRPC {verb} {n} nodes ({iters} requests)")
                         # the same question over HTTP after every gRPC call: the gRPC-vs-HTTP target compares these
-                        lat, resp, hlat = grpc_latency(warm.grpc_port, pod_json, names, iters, max(3, iters // 20),
-                                                       verb, plan.budget_s,
-                                                       http=(warm.port, "/" + verb.lower(), bodies["names"]))
+                        lat, resp, hlat, hlast = grpc_latency(
+                            warm.grpc_port, pod_json, names, iters, max(3, iters // 20), verb, plan.budget_s,
+                            http=(warm.port, "/" + verb.lower(), bodies["names"]))
                         row = {"nodes": n, "verb": verb, **summary_ms(lat), "http": summary_ms(hlat)}
                         if floor.grpc_port:  # grpcio's own cost for the same messages (do-nothing servicer)
-                            flat, _, _ = grpc_latency(floor.grpc_port, pod_json, names, iters, max(3, iters // 20),
-                                                      verb, plan.budget_s)
+                            flat, _, _, _ = grpc_latency(floor.grpc_port, pod_json, names, iters,
+                                                         max(3, iters // 20), verb, plan.budget_s)
                             row["floor"] = summary_ms(flat)
                         if verb == "Filter":
                             row["verdicts"] = {"passed": len(resp.node_names), "failed": len(resp.failed_nodes),
                                                "unresolvable": len(resp.failed_and_unresolvable_nodes)}
+                            row["http_verdicts"] = check_filter(hlast, n, "names")  # asked right after
                         res["grpc"].append(row)
                 except Exception as e:  # the gRPC server is someone else's code: report, don't abort
                     res["notes"].append(f"gRPC bench failed at {n} nodes: {type(e).__name__}: {e}")
