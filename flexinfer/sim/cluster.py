@@ -327,16 +327,25 @@ class DemoCluster:
             if r.status_code == 200:  # prioritize errors are ignored, as kube-scheduler does
                 scores.update({h["Host"]: int(h["Score"]) for h in r.json()})
         best = sorted(passed, key=lambda n: (-scores[n], n))[0]
+        def policy_score(name: str) -> int:  # the policy's own score (Explain), before the extender's tie-break
+            v = details.get(name)
+            return v.score if v is not None else scores[name]
+
         for other in passed:
             if other == best:
                 continue
             if scores[other] == scores[best]:
                 attempt.rejections[other] = f"feasible; same score {scores[best]}, tie broken by name"
+            elif policy_score(other) == policy_score(best):
+                # the extender made the node it reserved the pod's memory on the only best one (policy.lead)
+                attempt.rejections[other] = (f"feasible; same score {policy_score(best)}, tie broken toward "
+                                             f"{best} (the pod's GPU memory is reserved there)")
             else:
                 attempt.rejections[other] = f"feasible, lower score {scores[other]} vs {scores[best]}"
         chosen = details.get(best)
         attempt.node = best
-        attempt.score = scores[best] if len(passed) >= 2 else None  # prioritize runs only with >= 2 nodes
+        # prioritize runs only with >= 2 nodes; the policy's score (kube-scheduler may have been told one more)
+        attempt.score = policy_score(best) if len(passed) >= 2 else None
         attempt.gpus = chosen.gpu if chosen else ""
         attempt.free_before_mib = self.best_free_mib(best)
         if attempt.gpus:
