@@ -182,3 +182,14 @@ def test_a_challenger_that_never_fits_preempts_nobody(tmp_path):
     assert "qwen3-14b-mlc stays Ready" in text
     assert "preempts qwen3-14b-mlc" not in text and "reclaims the GPU" not in text
     assert "qwen3-14b-mlc kept the GPU throughout (Ready)" in text
+
+
+def test_a_policy_tie_is_explained_as_a_tie_toward_the_reserved_node(demo_run):
+    """qwen3-14b-mlc pins gfx1100: the two 7900 XTX nodes tie in the policy; the extender breaks the tie toward the
+    node it reserved the pod's memory on (policy.lead), and the demo says so instead of 'lower score 6 vs 7'."""
+    _, _, attempts, _ = demo_run
+    mlc = next(a for a in attempts if a.model == "qwen3-14b-mlc")
+    assert mlc.node is not None
+    ties = [why for why in mlc.rejections.values() if "tie broken toward" in why]
+    assert ties and all(mlc.node in why and f"same score {mlc.score}" in why for why in ties)
+    assert not any(f"vs {mlc.score + 1}" in why for why in mlc.rejections.values())
