@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,18 @@ from .pod import PodRequirements
 from .policy import INF, commit_gpus, effective_free, static_class
 
 log = logs.get("flexinfer.extender.cache")
+
+
+def _nth_largest(values: Sequence[int], count: int) -> int:
+    """The `count`-th largest of `values` (`NodeClass.available`'s rule for one node; its columns take the
+    one-GPU, best-of and worst-of cases in C)."""
+    if len(values) == 1:
+        return values[0]
+    if count == 1:
+        return max(values)
+    if count == len(values):
+        return min(values)
+    return sorted(values)[-count]
 
 
 class NodeClass:
@@ -130,12 +142,11 @@ class NodeClass:
             elif count == len(cols):
                 col = list(map(min, *cols))
             else:
-                col = [sorted(row)[-count] for row in zip(*cols, strict=True)]
+                col = [_nth_largest(row, count) for row in zip(*cols, strict=True)]
             if len(self._derived) >= 16:
                 self._derived.clear()
             self._derived[key] = col
         return col
-
 
     def available_at(self, positions: tuple[int, ...], count: int, row: int) -> int:
         """`available(positions, count)[row]`, from the kept column if there is one, else for this row alone (a
@@ -143,14 +154,7 @@ class NodeClass:
         col = self._derived.get((positions, count))
         if col is not None:
             return col[row]
-        values = [self.free[p][row] for p in positions]
-        if len(values) == 1:
-            return values[0]
-        if count == 1:
-            return max(values)
-        if count == len(values):
-            return min(values)
-        return sorted(values)[-count]
+        return _nth_largest([self.free[p][row] for p in positions], count)
 
 
 class NodeTable:
