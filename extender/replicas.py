@@ -124,19 +124,10 @@ class BoundPodCatchUp:
         from .commitments import BOUND_PODS_SELECTOR, commitments_in
 
         path = kube.resource_path(kube.resource_for("pods"))
-        holding: list[str] = []
-        token: str | None = None
-        while True:
-            page = kube.request(self.api, "GET", path, timeout_s=self.timeout_s,
-                                query={"fieldSelector": BOUND_PODS_SELECTOR, "limit": str(self.page_size),
-                                       "continue": token})
-            holding.extend(c.pod for c in commitments_in(page.get("items") or ()))
-            meta = page.get("metadata") or {}
-            if token is None:
-                rv = _rv(meta.get("resourceVersion"))  # every page is served from the first page's snapshot
-            token = meta.get("continue") or None
-            if not token:
-                return BoundSnapshot(rv, tuple(holding))
+        items, rv, _ = kube.list_pages(
+            lambda query: kube.request(self.api, "GET", path, timeout_s=self.timeout_s, query=query), path,
+            {"fieldSelector": BOUND_PODS_SELECTOR}, self.page_size)  # every page from the first one's snapshot
+        return BoundSnapshot(_rv(rv), tuple(c.pod for c in commitments_in(items)))
 
     def covers(self, snap: BoundSnapshot) -> bool:
         """True once the watch has passed the snapshot (an event newer than it was handled: the informer hands

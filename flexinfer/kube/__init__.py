@@ -38,6 +38,8 @@ API (others code against this):
   escape hatch for anything else (raises KubeError on non-2xx); ``resource_path(resource_for(kind), ...)``.
 - ``Informer(api, kind, on_event, namespace=None, label_selector=None, field_selector=None, *,
   page_size=500)``: see ``flexinfer.kube.informer`` for the event contract.
+- ``list_pages(get, path, query, page_size, *, on_expired=None) -> (items, resourceVersion, requests)``: the
+  informer's pager (continue tokens; a compacted snapshot read whole; a repeated token is an error).
 
 ``kind`` everywhere accepts a plural ("nodes"), a Kind ("Node") or a singular ("node"); see ``RESOURCES``.
 """
@@ -47,7 +49,7 @@ from __future__ import annotations
 from .apply import apply_object, needs_update, owner_reference, prepare_replace
 from .client import DEFAULT_TIMEOUT_S, JSON, MERGE_PATCH, api_client, open_response, request
 from .errors import KubeError, is_retryable
-from .informer import DEFAULT_PAGE_SIZE, EventHandler, Informer
+from .informer import DEFAULT_PAGE_SIZE, EventHandler, Informer, list_pages
 from .objects import (
     bind_pod,
     create_object,
@@ -88,6 +90,7 @@ __all__ = [
     "identify",
     "is_retryable",
     "list_objects",
+    "list_pages",
     "list_raw",
     "merge_patch",
     "needs_update",

@@ -45,6 +45,37 @@ def _items_rv(data: JSON) -> tuple[list[Any], str]:
     return list(data.get("items") or []), (data.get("metadata") or {}).get("resourceVersion") or ""
 
 
+def list_pages(get: Callable[[dict[str, Any]], JSON], path: str, query: dict[str, Any], page_size: int, *,
+               on_expired: Callable[[int, int], None] | None = None) -> tuple[list[Any], str, int]:
+    """Every item of a list, its resourceVersion and the number of requests, `page_size` items a page
+    (0: one unpaged request). `get(query)` makes one request. When the snapshot behind a continue token was
+    compacted (410), the whole list is read in one request instead, like client-go's pager (FullListIfExpired;
+    `on_expired(pages, items)` is told). A server that repeats a continue token is an error, not a loop."""
+    if not page_size:
+        return (*_items_rv(get(query)), 1)
+    items: list[Any] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        try:
+            data = get({**query, "limit": str(page_size), "continue": token})
+        except KubeError as e:
+            if not (e.gone and token):
+                raise
+            if on_expired is not None:
+                on_expired(pages, len(items))
+            return (*_items_rv(get(query)), pages + 1)
+        pages += 1
+        items.extend(data.get("items") or [])
+        meta = data.get("metadata") or {}
+        nxt = meta.get("continue") or None
+        if not nxt:
+            return items, meta.get("resourceVersion") or "", pages
+        if nxt == token:
+            raise KubeError(f"list {path}: the server repeated continue token on page {pages}")
+        token = nxt
+
+
 def _obj_key(obj: JSON) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace") or "", meta.get("name") or ""
@@ -180,36 +211,13 @@ class Informer:
         """All items of the collection and the list's resourceVersion, page by page."""
         path = resource_path(self.resource, self.namespace)
         base = {"labelSelector": self.label_selector, "fieldSelector": self.field_selector}
-        if not self.page_size:
-            data = self._get_list(path, base)
-            self.list_pages = 1
-            return _items_rv(data)
-        items: list[Any] = []
-        token: str | None = None
-        pages = 0
-        while True:
-            query = {**base, "limit": str(self.page_size), "continue": token}
-            try:
-                data = self._get_list(path, query)
-            except KubeError as e:
-                if not (e.gone and token):
-                    raise
-                # The snapshot behind the continue token was compacted: like client-go's pager
-                # (FullListIfExpired), read the whole list in one request instead.
-                self._log.info("informer_list_expired", pages=pages, items=len(items))
-                data = self._get_list(path, base)
-                self.list_pages = pages + 1
-                return _items_rv(data)
-            pages += 1
-            items.extend(data.get("items") or [])
-            meta = data.get("metadata") or {}
-            nxt = meta.get("continue") or None
-            if not nxt:
-                self.list_pages = pages
-                return items, meta.get("resourceVersion") or ""
-            if nxt == token:
-                raise KubeError(f"list {path}: the server repeated continue token on page {pages}")
-            token = nxt
+
+        def expired(pages: int, items: int) -> None:
+            self._log.info("informer_list_expired", pages=pages, items=items)
+
+        items, rv, self.list_pages = list_pages(lambda query: self._get_list(path, query), path, base,
+                                                self.page_size, on_expired=expired)
+        return items, rv
 
     def _list(self) -> None:
         raw_items, rv = self._read_list()
