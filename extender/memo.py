@@ -100,6 +100,7 @@ class NodeNames(tuple[str, ...]):
 
 MAX_HELD_VERDICTS = 256  # per shape: verdicts of nodes holding reservations, kept while view and memory are the same
 MAX_REPLAYED = 256  # passing-set changes a shape keeps to update an answer's passed list instead of rebuilding it
+ANSWERS_PER_SHAPE = 3  # name lists a shape keeps its last answer for (filter's list, prioritize's, one more)
 
 
 def rejudged(passed: list[str], names: NodeNames, changed: set[str], passing: Names) -> list[str]:
@@ -282,7 +283,7 @@ SHARED_ALL = SHARED_FAILED | SHARED_UNRESOLVABLE | SHARED_TALLY
 class ShapeMemo:
     """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
 
-    __slots__ = ("_answer", "_answer_key", "_expiry", "failed", "generation", "held", "moves", "passed",
+    __slots__ = ("_answers", "_expiry", "failed", "generation", "held", "moves", "passed",
                  "passed_version", "req", "score_generation", "score_until", "scores", "seen", "shared", "static",
                  "tally", "unresolvable", "until", "version")
 
@@ -302,8 +303,9 @@ class ShapeMemo:
         self.unresolvable: dict[str, str] = {}
         self.tally: Counter[tuple[bool, str]] = Counter()  # of failed + unresolvable
         self.shared = 0  # SHARED_* bits: those tables are also an answer's: copy before patching them
-        self._answer_key: tuple[object, int, int] | None = None  # (names, version, passed_version)
-        self._answer: FilterAnswer | None = None
+        # id(names) -> (names, version, passed_version, answer): the last answers, one per NodeNames list (a few:
+        # kube-scheduler asks filter with every node and prioritize with the passing ones, turn about)
+        self._answers: OrderedDict[int, tuple[NodeNames, int, int, FilterAnswer]] = OrderedDict()
         self.score_generation = -1
         self.scores: dict[str, int] = {}  # passing nodes only
         self.score_until: dict[str, float] = {}  # finite validities of `scores`
@@ -540,16 +542,18 @@ class VerdictCache:
             shape.shared &= ~bit
         return shape.unresolvable if unresolvable else shape.failed
 
-    def _coverage(self, names: Sequence[str], wanted: Names) -> tuple[bool, frozenset[str]]:
+    def _coverage(self, names: Sequence[str], wanted: Names, outside: Names | None = None,
+                  ) -> tuple[bool, frozenset[str]]:
         """(every cached node is named, the names the cache does not hold), remembered per NodeNames list while
-        the set of cached names stays the same (node cache lock held)."""
+        the set of cached names stays the same (node cache lock held). `outside`: a part of `wanted` known to hold
+        every name the cache lacks (the names a shape does not pass), to look there only."""
         members = self.nodes.members
         if isinstance(names, NodeNames):
             hit = self._covers.get(id(names))
             if hit is not None and hit[0] is names and hit[1] == members:
                 self._covers.move_to_end(id(names))
                 return hit[2], hit[3]
-        unknown = frozenset(wanted.difference(self.nodes.views_dict()))
+        unknown = frozenset((wanted if outside is None else outside).difference(self.nodes.views_dict()))
         covers = len(wanted) - len(unknown) == len(self.nodes)
         if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:
             self._covers[id(names)] = (names, members, covers, unknown)
@@ -628,42 +632,55 @@ class VerdictCache:
                 shape.seen = True
                 return self._first_answer(shape, names, wanted, now)
             self._current(shape, now)
-            last, key = shape._answer, shape._answer_key
-            same_list = last is not None and key is not None and key[0] is names
-            if same_list and key[1] == shape.version:  # type: ignore[index]
-                return last  # type: ignore[return-value]
-            passed = self._passed(shape, names, wanted, last if same_list else None)
-            covers, unknown = self._coverage(names, wanted)
+            kept = shape._answers.get(id(names))  # holds the list: its id is not reused meanwhile
+            if kept is not None and kept[1] == shape.version:
+                shape._answers.move_to_end(id(names))
+                return kept[3]
+            # The named nodes that do not pass (rejected, or unknown to the cache): for a list of the passing nodes
+            # (prioritize's) a few, so both maps and the passed list come from them; not needed for a list of every
+            # node (the tables themselves answer), whose coverage is remembered.
+            known = isinstance(names, NodeNames) and self._covers.get(id(names), (None,))[0] is names
+            rest = None if known else wanted.difference(shape.passed)
+            covers, unknown = self._coverage(names, wanted, rest)
+            passed = self._passed(shape, names, wanted, kept, rest)
             if covers and not unknown:  # kube-scheduler named exactly the cached nodes: the tables themselves
                 failed, unresolvable, tally = shape.failed, shape.unresolvable, shape.tally
                 shape.shared = SHARED_ALL
             elif covers:
                 failed, unresolvable, tally = dict(shape.failed), dict(shape.unresolvable), shape.tally.copy()
             else:
-                failed, unresolvable = subset(shape.failed, wanted), subset(shape.unresolvable, wanted)
+                among = wanted if rest is None else rest  # rejected nodes are never in the passing set
+                failed, unresolvable = subset(shape.failed, among), subset(shape.unresolvable, among)
                 tally = tally_of(failed, unresolvable)
             if unknown:
                 failed.update(dict.fromkeys(unknown, R_NOT_IN_CACHE))
                 tally[(False, R_NOT_IN_CACHE)] += len(unknown)
             answer = FilterAnswer(passed, failed, unresolvable, tally, shape.passed)
             if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
-                shape._answer_key, shape._answer = (names, shape.version, shape.passed_version), answer
+                answers = shape._answers
+                answers[id(names)] = (names, shape.version, shape.passed_version, answer)
+                answers.move_to_end(id(names))
+                while len(answers) > ANSWERS_PER_SHAPE:  # least recently used first
+                    answers.popitem(last=False)
             return answer
 
     @staticmethod
-    def _passed(shape: ShapeMemo, names: Sequence[str], wanted: Names, last: FilterAnswer | None) -> list[str]:
-        """The passing names in request order, without repeats. `last`: the shape's previous answer for the same
-        NodeNames object: its list as it is when the same nodes pass (its encoding is kept too), else updated
-        by the nodes that moved since (`rejudged`) while the shape remembers them."""
-        if last is not None:
-            key = shape._answer_key
-            assert key is not None and isinstance(names, NodeNames)
-            behind = shape.passed_version - key[2]
+    def _passed(shape: ShapeMemo, names: Sequence[str], wanted: Names,
+                kept: tuple[NodeNames, int, int, FilterAnswer] | None, rest: Names | None = None) -> list[str]:
+        """The passing names in request order, without repeats. `kept`: the shape's previous answer for the same
+        NodeNames object (with the versions it was made at): its list as it is when the same nodes pass (its
+        encoding is kept too), else updated by the nodes that moved since (`rejudged`) while the shape remembers
+        them. `rest`: the named nodes that do not pass, when known."""
+        if kept is not None:
+            list_, _, passed_version, last = kept
+            behind = shape.passed_version - passed_version
             if behind == 0:
                 return last.passed
             if behind <= len(shape.moves) and behind <= MAX_REPLAYED:
-                return rejudged(last.passed, names, set(shape.moves[-behind:]), shape.passed)
+                return rejudged(last.passed, list_, set(shape.moves[-behind:]), shape.passed)
         unique = names if len(wanted) == len(names) else list(dict.fromkeys(names))
+        if rest is not None:
+            return list(filterfalse(rest.__contains__, unique)) if rest else list(unique)
         return list(filter(shape.passed.__contains__, unique))
 
     # --- scores ------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
                                                           (9000, "llamacpp", 1), (2000, "vllm", 1)])]
     shapes.append(requirements_from_dict(model_pod(5000, "llamacpp", 1, uid="pref", name="pref",
                                                    extra={keys.POD_PREFERRED_ARCHS: "sm_89,gfx1100"})))
-    last_asked = None
+    recent: list[list[str]] = []  # the last lists asked (NodeNames or plain), newest last
     for _ in range(60):
         op = rng.random()
         if op < 0.14:
@@ -237,15 +237,17 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
             clock.t += rng.choice([1, 30, 90, 200, 4000, 0.25])
         else:
             req = rng.choice(shapes)
-            if last_asked is not None and rng.random() < 0.4:
-                asked = last_asked  # the same list object again, as the HTTP server's NameLists gives it
+            if recent and rng.random() < 0.4:
+                # a list object asked before, as the HTTP server's NameLists gives it; kube-scheduler alternates
+                # filter's list (every node) and prioritize's (the passing ones), so not only the last one
+                asked = recent[-1] if rng.random() < 0.5 else rng.choice(recent)
             else:
                 asked = rng.sample([*names, "ghost"], rng.randrange(1, 14))
                 if rng.random() < 0.2:
                     asked = asked + asked[:2]  # duplicates
                 if rng.random() < 0.6:
                     asked = NodeNames(asked)
-                last_asked = asked
+                recent = [*recent[-3:], asked]
             check_table(cache, lambda name: bound.committed(ext, name))
             if rng.random() < 0.3:  # forget every shape: the next filter of each is its first, answered without tables
                 ext.verdicts.clear()
