@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from bench import workload
+from bench import transport, workload
 from bench.stats import summary_ms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,12 +239,13 @@ def run_load(port: int, path: str, body: bytes, *, concurrency: int, seconds: fl
 
 def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: int,
                  verb: str = "Filter", budget_s: float = 1e9,
-                 http: tuple[int, str, bytes] | None = None) -> tuple[list[float], Any, list[float], bytes]:
+                 http: tuple[int, str, bytes] | None = None) -> tuple[list[float], Any, list[float], bytes, bytes]:
     """Like the HTTP client (a body encoded once, the answer's bytes read, not parsed): the request is serialised
     once and each call returns the response bytes; the last answer is parsed once afterwards for the checks.
     With `http` = (port, path, body), every gRPC call is followed by the same question over HTTP (one keep-alive
     connection), so both see the same machine noise; their latencies come back third, the last HTTP answer
-    fourth (asked right after the last gRPC call: the two must agree)."""
+    fourth (asked right after the last gRPC call: the two must agree), the last gRPC answer's bytes fifth. The
+    method is called as the generated stub calls it (a registered method)."""
     import grpc
 
     from flexinfer.api.v1 import scheduler_extender_pb2 as pb
@@ -255,7 +256,8 @@ def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: i
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
                 ("grpc.max_send_message_length", 256 * 1024 * 1024)]) as ch:
             grpc.channel_ready_future(ch).result(timeout=30)
-            call = ch.unary_unary(f"/flexinfer.api.v1.SchedulerExtender/{verb}")  # bytes in, bytes out
+            call = ch.unary_unary(f"/flexinfer.api.v1.SchedulerExtender/{verb}",  # bytes in, bytes out
+                                  _registered_method=True)
             src = pb.PodSource(pod_json=pod_json)
             message: Any = pb.FilterRequest if verb == "Filter" else pb.PrioritizeRequest
             req = message(pod=src, node_names=names).SerializeToString()
@@ -281,7 +283,7 @@ def grpc_latency(port: int, pod_json: bytes, names: list[str], n: int, warmup: i
                 if t0 > stop_at and len(out) >= 20:
                     break
             answer: Any = pb.FilterResponse if verb == "Filter" else pb.PrioritizeResponse
-            return out, answer.FromString(resp), other, body
+            return out, answer.FromString(resp), other, body, resp
     finally:
         if client is not None:
             client.close()
@@ -303,13 +305,13 @@ class Plan:
     churn_rate: float = 5.0  # percent of the Nodes patched per second
     churn_seconds: float = 20.0
     hostile_scale: float = 1.0  # 12 x 100k unknown names (HTTP), 2 x 1M (gRPC), 50k gfx targets
-
+    transport_iters: int = 1000  # per size and verb: the transports alone (bench.transport); 0 = skip
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(sizes=(100, 1000), names_iters={100: 200, 1000: 100}, nodes_iters={100: 50, 1000: 15},
                    grpc_iters={100: 100, 1000: 50}, load_seconds=2.0, budget_s=4.0, churn_seconds=6.0,
-                   hostile_scale=0.2, new_shape_min_iters=100)
+                   hostile_scale=0.2, new_shape_min_iters=100, transport_iters=200)
 
 
 @contextlib.contextmanager
@@ -346,7 +348,7 @@ def servers(plan: Plan, workdir: Path, progress: Any) -> Iterator[dict[str, Any]
 
 
 def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
-    res: dict[str, Any] = {"latency": [], "throughput": [], "grpc": [], "notes": [],
+    res: dict[str, Any] = {"latency": [], "throughput": [], "grpc": [], "transport": [], "notes": [],
                            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
     pod = workload.managed_pod()
     pod_json = msgspec.json.encode(pod)
@@ -411,24 +413,39 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                     res["latency"].append(row)
             # gRPC Filter (same policy, same node cache) on the warm server
             if warm.grpc_port:
+                echo_answers: dict[str, bytes] = {}
                 try:
                     for verb in ("Filter", "Prioritize"):
                         iters = plan.grpc_iters[n]
                         progress(f"gRPC {verb} {n} nodes ({iters} requests)")
                         # the same question over HTTP after every gRPC call: the gRPC-vs-HTTP target compares these
-                        lat, resp, hlat, hlast = grpc_latency(
+                        lat, resp, hlat, hlast, raw = grpc_latency(
                             warm.grpc_port, pod_json, names, iters, max(3, iters // 20), verb, plan.budget_s,
                             http=(warm.port, "/" + verb.lower(), bodies["names"]))
                         row = {"nodes": n, "verb": verb, **summary_ms(lat), "http": summary_ms(hlat)}
                         if floor.grpc_port:  # grpcio's own cost for the same messages (do-nothing servicer)
-                            flat, _, _, _ = grpc_latency(floor.grpc_port, pod_json, names, iters,
-                                                         max(3, iters // 20), verb, plan.budget_s)
+                            flat, *_ = grpc_latency(floor.grpc_port, pod_json, names, iters,
+                                                    max(3, iters // 20), verb, plan.budget_s)
                             row["floor"] = summary_ms(flat)
                         if verb == "Filter":
                             row["verdicts"] = {"passed": len(resp.node_names), "failed": len(resp.failed_nodes),
                                                "unresolvable": len(resp.failed_and_unresolvable_nodes)}
                             row["http_verdicts"] = check_filter(hlast, n, "names")  # asked right after
                         res["grpc"].append(row)
+                        echo_answers[f"grpc-{verb}"], echo_answers[f"http-{verb.lower()}"] = raw, hlast
+                    if plan.transport_iters:  # the same answers from an echo process: the transports alone
+                        from flexinfer.api.v1 import scheduler_extender_pb2 as pb
+
+                        progress(f"gRPC and HTTP transports alone, {n} nodes (echo of the extender's answers)")
+                        src = pb.PodSource(pod_json=pod_json)
+                        requests = {"Filter": pb.FilterRequest(pod=src, node_names=names).SerializeToString(),
+                                    "Prioritize": pb.PrioritizeRequest(pod=src, node_names=names).SerializeToString()}
+                        echo_dir = workdir / f"transport-{n}"
+                        echo_dir.mkdir(exist_ok=True)
+                        for r in transport.measure(echo_answers, requests, bodies["names"], echo_dir,
+                                                   iters=plan.transport_iters, cpu_iters=plan.transport_iters,
+                                                   server_cpu=s["server_cpu"], free_port=free_port):
+                            res["transport"].append({"nodes": n, **r})
                 except Exception as e:  # the gRPC server is someone else's code: report, don't abort
                     res["notes"].append(f"gRPC bench failed at {n} nodes: {type(e).__name__}: {e}")
                     break

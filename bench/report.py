@@ -80,10 +80,15 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         worst = round(max(g["p50_ms"] / h["p50_ms"], g["p99_ms"] / h["p99_ms"]), 2) if g and h else None
         gf = g.get("floor") if g else None
         how = " (interleaved)" if g and g.get("http") else ""
+        tr = next((t for t in res.get("extender", {}).get("transport", [])
+                   if t["nodes"] == big and t["verb"] == verb), None) if g else None
         add(f"gRPC {verb}, 5000 nodes: p50 and p99 no slower than HTTP {hverb}", worst, 1.0001, "x HTTP",
             detail=(f"gRPC {g['p50_ms']} / {g['p99_ms']} ms, HTTP{how} {h['p50_ms']} / {h['p99_ms']} ms "
                     "(p50 / p99)" if g and h else "")
-            + (f"; gRPC do-nothing floor {gf['p50_ms']} / {gf['p99_ms']} ms" if gf else ""))
+            + (f"; gRPC do-nothing floor {gf['p50_ms']} / {gf['p99_ms']} ms" if gf else "")
+            + (f"; the transports alone (an echo of these answers): gRPC p50 {tr['grpc']['p50_ms']} vs HTTP "
+               f"{tr['http']['p50_ms']} ms, server CPU {tr['grpc_server_cpu_us']:g} vs {tr['http_server_cpu_us']:g} us "
+               "per call" if tr else ""))
     for verb in ("filter", "prioritize"):
         r = _lat(res, 1000, "nodes", verb)
         add(f"full-nodes {verb}, 1000 nodes: p99 < 100 ms (node cache warm)",
@@ -194,6 +199,20 @@ def markdown(res: dict[str, Any]) -> str:
                 v = r.get("verdicts")
                 lines.append(f"| {r['nodes']} | {r['verb']} | {r['p50_ms']} | {r['p99_ms']} | {_pp(r.get('http'))} "
                              f"| {_pp(r.get('floor'))} | {_vv(v)} |")
+        if ext.get("transport"):
+            lines += ["", "## gRPC and HTTP transports alone (bench.transport)", "",
+                      "One echo process answers with the extender's own answer bytes from the rows above: gRPC "
+                      "through grpcio with the extender's server options, HTTP through uvicorn with the extender's "
+                      "configuration; no policy, no parsing. Interleaved like the rows above; CPU per call from "
+                      "each transport alone (/proc, 10 ms ticks).", "",
+                      "| nodes | rpc | answer bytes gRPC / HTTP | gRPC p50 / p99 ms | HTTP p50 / p99 ms "
+                      "| server CPU per call gRPC / HTTP us | client CPU per call gRPC / HTTP us |",
+                      "|---|---|---|---|---|---|---|"]
+            for t in ext["transport"]:
+                b = t["answer_bytes"]
+                lines.append(f"| {t['nodes']} | {t['verb']} | {b['grpc']} / {b['http']} | {_pp(t['grpc'])} "
+                             f"| {_pp(t['http'])} | {t['grpc_server_cpu_us']:g} / {t['http_server_cpu_us']:g} "
+                             f"| {t['grpc_client_cpu_us']:g} / {t['http_client_cpu_us']:g} |")
         lines += ["", "## Throughput (separate load process, aiohttp, keep-alive connections)", "",
                   "| nodes | form | server | connections | requests | errors | req/s | server CPU s | load CPU s |",
                   "|---|---|---|---|---|---|---|---|---|"]

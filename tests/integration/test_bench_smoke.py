@@ -40,7 +40,7 @@ def test_realistic_nodes_are_kubelet_sized_and_keep_our_keys() -> None:
 def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     plan = extender_bench.Plan(sizes=(20,), names_iters={20: 30}, nodes_iters={20: 10}, grpc_iters={20: 20},
                                load_seconds=0.5, load_concurrency=2, budget_s=2.0, churn_seconds=1.0,
-                               hostile_scale=0.001, new_shape_min_iters=30)
+                               hostile_scale=0.001, new_shape_min_iters=30, transport_iters=20)
     res = extender_bench.run(plan, tmp_path, lambda _msg: None)
     assert not res["notes"], res["notes"]
     rows = {(r["mode"], r["verb"]): r for r in res["latency"]}
@@ -65,6 +65,11 @@ def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     assert res["rss_shapes"]["shapes"] == 100 and res["rss_shapes"]["rss_after_mib"] > 0
     assert res["hostile"]["gfx_targets"]["verdict_series"] < 20  # 50 invented gfx targets here: a closed set
     assert all(g["floor"]["n"] > 0 for g in res["grpc"])  # grpcio's own cost next to the extender's
+    # the transports alone: an echo process answered the extender's own answer bytes over both (it checks them)
+    assert {t["verb"] for t in res["transport"]} == {"Filter", "Prioritize"}
+    echo = next(t for t in res["transport"] if t["verb"] == "Filter")
+    assert echo["grpc"]["n"] == echo["http"]["n"] == 20 and echo["grpc_server_cpu_us"] >= 0
+    assert echo["answer_bytes"]["http"] > 20 * len("node-00000")  # the real 20-node answer, not a stand-in
 
     full = {"date": "2026-01-01", "command": "python -m bench", "mode": "quick", "seconds": 1.0, "notes": [],
             "machine": {"host": "h", "nproc": 2, "cpu_model": "cpu", "memory_mib": 1, "kernel": "k", "python": "3",
@@ -75,6 +80,7 @@ def test_tiny_extender_run_measures_everything(tmp_path: Path) -> None:
     md, js = report.write(full, tmp_path / "out")
     text = md.read_text()
     assert "| 20 | names | filter |" in text
+    assert "## gRPC and HTTP transports alone" in text and "| 20 | Filter |" in text
     assert "### Churn with bound model pods (60 % of the GPU nodes)" in text  # churn_bound rendered, not only in JSON
     assert f"| filter | {bound['filter']['p50_ms']} / {bound['filter']['p99_ms']} |" in text
     md.write_text("stale")  # `python -m bench.report FILE.json --write-md` renders the .md again from the JSON
