@@ -102,7 +102,9 @@ def build(
         from flexinfer import kube
 
         api = running.api = kube.api_client(kube_server, kubeconfig)
-        nodes = kube.Informer(api, "nodes", cache.on_event)
+        # A Node's labels and annotations are all the extender reads: metadata only (not the kubelet's ~10 KiB of
+        # status per heartbeat)
+        nodes = kube.Informer(api, "nodes", cache.on_event, metadata_only=True)
         cache.source_healthy = lambda: bool(nodes.healthy)
         # Bound, unfinished pods (pods leaving this selection arrive as DELETED): their VRAM is committed.
         cache.commitments_synced = False  # until the pod watch's first list (Extender.on_pod_event)

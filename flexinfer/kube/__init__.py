@@ -34,10 +34,10 @@ API (others code against this):
   (False when already gone), ``create_object(api, obj) -> dict``, ``replace_object(api, obj) -> dict``.
 - ``owner_reference(owner: dict, controller=True) -> dict`` for ``metadata.ownerReferences``.
 - ``bind_pod(api, namespace, name, node, *, retry=...)``: POST pods/<name>/binding (kube-scheduler's bind).
-- ``request(api, method, path, *, query=None, body=None, content_type=None, timeout_s=...) -> dict``:
+- ``request(api, method, path, *, query=None, body=None, content_type=None, timeout_s=..., accept=None) -> dict``:
   escape hatch for anything else (raises KubeError on non-2xx); ``resource_path(resource_for(kind), ...)``.
 - ``Informer(api, kind, on_event, namespace=None, label_selector=None, field_selector=None, *,
-  page_size=500)``: see ``flexinfer.kube.informer`` for the event contract.
+  page_size=500, metadata_only=False)``: see ``flexinfer.kube.informer`` for the event contract.
 - ``list_pages(get, path, query, page_size, *, on_expired=None) -> (items, resourceVersion, requests)``: the
   informer's pager (continue tokens; a compacted snapshot read whole; a repeated token is an error).
 

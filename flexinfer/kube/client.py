@@ -79,10 +79,12 @@ def open_response(
     body: Any = None,
     content_type: str | None = None,
     timeout_s: float | tuple[float, float] | None = DEFAULT_TIMEOUT_S,
+    accept: str | None = None,
 ) -> Any:
     """Send one request; returns the raw urllib3 response (not read; streams use it). KubeError(status=0)
-    on no response. Query entries whose value is None are left out."""
-    headers = {"Accept": "application/json"}
+    on no response. Query entries whose value is None are left out. `accept`: the Accept header (default
+    application/json), e.g. informer.METADATA_LIST_ACCEPT."""
+    headers = {"Accept": accept or "application/json"}
     if body is not None:
         headers["Content-Type"] = content_type or "application/json"
     q = [(k, v) for k, v in (query or {}).items() if v is not None]
@@ -118,9 +120,11 @@ def request(
     body: Any = None,
     content_type: str | None = None,
     timeout_s: float | tuple[float, float] | None = DEFAULT_TIMEOUT_S,
+    accept: str | None = None,
 ) -> JSON:
     """One API request, JSON in and out. Non-2xx -> KubeError with the server's status and message."""
-    raw = open_response(api, method, path, query=query, body=body, content_type=content_type, timeout_s=timeout_s)
+    raw = open_response(api, method, path, query=query, body=body, content_type=content_type, timeout_s=timeout_s,
+                        accept=accept)
     try:
         data = raw.data
     except (urllib3.exceptions.HTTPError, OSError) as e:

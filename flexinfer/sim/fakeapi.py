@@ -25,6 +25,9 @@ of the API semantics FlexInfer relies on directly on aiohttp instead:
 - watch with resourceVersion (replays retained history), ``timeoutSeconds``, ERROR 410 for compacted
   versions, BOOKMARK on timeout; with selectors, objects moving out of the selection arrive as DELETED
   and objects moving in as ADDED (like the real watch cache);
+- metadata-only lists and watches (``Accept: application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1``,
+  ``as=PartialObjectMetadata`` for a watch), as client-go's metadata informers ask; 406 when no range of the
+  Accept header can be served;
 - failure injection (``fail``), watch cutting (``cut_watches``), history compaction (``compact``), and a
   bounded request log (``requests``).
 
@@ -279,9 +282,40 @@ def _status(code: int, reason: str, message: str, details: JSON | None = None) -
 
 
 _REASONS = {
-    400: "BadRequest", 404: "NotFound", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType",
+    400: "BadRequest", 404: "NotFound", 406: "NotAcceptable", 409: "Conflict", 410: "Expired",
+    415: "UnsupportedMediaType",
     422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
 }
+
+
+PARTIAL = "PartialObjectMetadata"
+PARTIAL_API_VERSION = "meta.k8s.io/v1"
+
+
+def metadata_form(accept: str, as_kind: str) -> bool:
+    """Whether to answer in the `as_kind` form (PartialObjectMetadata for objects and watches,
+    PartialObjectMetadataList for lists) rather than whole objects: the first JSON range of the Accept header the
+    fake can serve decides, as content negotiation does. ApiError(406) when none can be served (another `as=`,
+    e.g. Table, or no JSON at all)."""
+    if not accept.strip():
+        return False
+    for media in accept.split(","):
+        kind, *raw_params = (f.strip() for f in media.split(";"))
+        if kind.lower() not in ("application/json", "application/*", "*/*"):
+            continue
+        params = {k.strip(): v.strip() for k, _, v in (f.partition("=") for f in raw_params)}
+        wanted = params.get("as")
+        if wanted is None:
+            return False
+        if wanted == as_kind and params.get("g") == "meta.k8s.io" and params.get("v") == "v1":
+            return True
+    raise ApiError(406, f"only application/json (whole objects, or as={as_kind};g=meta.k8s.io;v=v1) is served; "
+                        f"Accept: {accept[:200]}")
+
+
+def partial(obj: JSON) -> JSON:
+    """An object as PartialObjectMetadata: its metadata alone."""
+    return {"kind": PARTIAL, "apiVersion": PARTIAL_API_VERSION, "metadata": obj.get("metadata") or {}}
 
 
 class ApiError(Exception):
@@ -328,14 +362,19 @@ class _Event:
     type: str  # ADDED | MODIFIED | DELETED
     obj: JSON
     old: JSON | None = None  # the version before the change (MODIFIED, DELETED)
-    _lines: dict[str, bytes] = field(default_factory=dict)
+    _lines: dict[tuple[str, bool], bytes] = field(default_factory=dict)
 
-    def line(self, etype: str) -> bytes:
-        """The encoded watch line, encoded once per type for all watchers."""
-        got = self._lines.get(etype)
+    def line(self, etype: str, metadata: bool = False) -> bytes:
+        """The encoded watch line, encoded once per type and form (whole object, or metadata only) for all
+        watchers."""
+        got = self._lines.get((etype, metadata))
         if got is None:
-            got = self._lines[etype] = _enc.encode({"type": etype, "object": self.obj}) + b"\n"
+            got = self._lines[(etype, metadata)] = _event_line(etype, self.obj, metadata)
         return got
+
+
+def _event_line(etype: str, obj: JSON, metadata: bool) -> bytes:
+    return _enc.encode({"type": etype, "object": partial(obj) if metadata else obj}) + b"\n"
 
 
 @dataclass
@@ -346,6 +385,7 @@ class _Watcher:
     field_selector: str | None
     queue: asyncio.Queue[Any]
     request: web.Request
+    metadata: bool = False  # PartialObjectMetadata events
 
 
 class FakeApiServer:
@@ -611,7 +651,7 @@ class FakeApiServer:
             etype = "MODIFIED" if before and now else "DELETED" if before else "ADDED" if now else None
         else:
             etype = ev.type if now else None
-        return ev.line(etype) if etype else None
+        return ev.line(etype, w.metadata) if etype else None
 
     @staticmethod
     def _visible(w: _Watcher, obj: JSON) -> bool:
@@ -741,7 +781,11 @@ class FakeApiServer:
             raise ApiError(404, f"the server could not find the requested resource ({path})")
         m = request.method
         if m == "GET" and parsed.name is None:
-            return self._list(parsed, request.query), 200
+            out = self._list(parsed, request.query)
+            if metadata_form(request.headers.get("Accept", ""), PARTIAL + "List"):
+                out = {**out, "kind": PARTIAL + "List", "apiVersion": PARTIAL_API_VERSION,
+                       "items": [partial(o) for o in out["items"]]}
+            return out, 200
         if parsed.name is None:
             if m == "POST":
                 return self._create(parsed, body), 201
@@ -945,8 +989,12 @@ class FakeApiServer:
         if parsed is None or parsed.name is not None:
             return self._json(_status(404, "NotFound", "watch needs a collection path"), 404)
         q = request.query
+        try:
+            metadata = metadata_form(request.headers.get("Accept", ""), PARTIAL)
+        except ApiError as e:
+            return self._json(_status(e.code, e.reason, str(e)), e.code)
         w = _Watcher(parsed.rkey, parsed.namespace, q.get("labelSelector"), q.get("fieldSelector"),
-                     asyncio.Queue(), request)
+                     asyncio.Queue(), request, metadata)
         rv_s = q.get("resourceVersion") or ""
         try:
             timeout_s = float(q.get("timeoutSeconds") or 1800)
@@ -956,7 +1004,7 @@ class FakeApiServer:
         backlog: list[bytes] = []
         gone = False
         if rv_s in ("", "0"):
-            backlog = [_enc.encode({"type": "ADDED", "object": o}) + b"\n" for (rk, _, _), o in self._objects.items()
+            backlog = [_event_line("ADDED", o, metadata) for (rk, _, _), o in self._objects.items()
                        if rk == w.rkey and self._visible(w, o)]
         else:
             try:

@@ -256,3 +256,32 @@ def test_second_scheduler_option(homelab, control_plane, api, ns, wait_for):
         assert "forbidden" not in proc.log_tail(2000).lower(), "the shipped second-scheduler RBAC is missing a rule"
     finally:
         control_plane.stop_scheduler("flexinfer-scheduler")
+
+
+def test_the_extenders_node_informer_gets_metadata_only_from_kube_apiserver(homelab, api, wait_for):
+    """The extender watches Nodes as client-go's metadata informers do (PartialObjectMetadata): the real API
+    server answers the list and the watch with each Node's metadata alone, labels and our annotations intact,
+    and no kubelet status."""
+    events: list[tuple[str, dict]] = []
+    inf = kube.Informer(api, "nodes", lambda kind, obj: events.append((kind, obj)), metadata_only=True, page_size=3)
+    inf.start()
+    try:
+        assert inf.wait_synced(30)
+        items = inf.items()
+        assert len(items) == len(kube.list_objects(api, "nodes")) and inf.list_pages >= 2
+        assert {i["kind"] for i in items} == {"PartialObjectMetadata"}
+        assert all("status" not in i and "spec" not in i for i in items)
+        maxwell = inf.get("", MAXWELL)
+        assert maxwell is not None and maxwell["metadata"]["labels"][keys.LABEL_ARCH] == "sm_52"
+        assert keys.ANN_FREE_MEMORY in maxwell["metadata"]["annotations"]
+        probe = "e2e.flexinfer.ai/metadata-probe"
+        kube.request(api, "PATCH", f"/api/v1/nodes/{MAXWELL}", body={"metadata": {"annotations": {probe: "1"}}},
+                     content_type=kube.MERGE_PATCH)
+        seen = wait_for("the annotation arrives through the metadata watch", lambda: next(
+            (o for k, o in events if k == "MODIFIED" and o["metadata"].get("annotations", {}).get(probe)), None))
+        assert seen["kind"] == "PartialObjectMetadata" and "status" not in seen
+    finally:
+        inf.stop()
+        kube.request(api, "PATCH", f"/api/v1/nodes/{MAXWELL}",
+                     body={"metadata": {"annotations": {"e2e.flexinfer.ai/metadata-probe": None}}},
+                     content_type=kube.MERGE_PATCH)

@@ -44,7 +44,8 @@ def test_watch_lines_across_and_within_reads(monkeypatch) -> None:
 def test_lists_are_bounded_by_the_read_timeout_watches_by_the_watch_timeout(monkeypatch) -> None:
     timeouts: dict[str, Any] = {}
 
-    def fake_request(_api: Any, _method: str, _path: str, *, query: Any = None, timeout_s: Any = None) -> dict:
+    def fake_request(_api: Any, _method: str, _path: str, *, query: Any = None, timeout_s: Any = None,
+                     accept: Any = None) -> dict:
         timeouts["list"] = timeout_s
         return {"items": [], "metadata": {"resourceVersion": "7"}}
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from flexinfer import keys, kube
+from flexinfer.kube.informer import METADATA_LIST_ACCEPT
 from flexinfer.sim.fakeapi import FakeApiServer
 
 pytestmark = pytest.mark.integration
@@ -401,3 +402,50 @@ def test_informer_stop_during_backoff_is_prompt(fake_api: FakeApiServer, kube_ap
     inf.stop()
     assert time.monotonic() - t0 < 1.0
     assert not inf.synced and not inf.healthy
+
+
+def kubelet_node(name: str, free: str) -> dict:
+    """A Node as a kubelet and the agent leave it: status (images, conditions) next to our metadata."""
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {keys.LABEL_VENDOR: "nvidia"},
+                         "annotations": {keys.ANN_FREE_MEMORY: free}},
+            "spec": {"podCIDR": "10.0.0.0/24"},
+            "status": {"images": [{"names": [f"registry.example/img-{i}:v1"], "sizeBytes": 10**8} for i in range(20)],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_metadata_only_informer_gets_labels_and_annotations_without_status(fake_api: FakeApiServer,
+                                                                           informer_factory) -> None:
+    fake_api.put_objects([kubelet_node("a", "1000"), kubelet_node("b", "2000")])
+    inf, rec = informer_factory(metadata_only=True, page_size=1)
+    assert rec.snapshot() == [("SYNC", ["a", "b"])]
+    for item in inf.items():  # what the server sent: PartialObjectMetadata, no spec or status
+        assert item["kind"] == "PartialObjectMetadata" and item["apiVersion"] == "meta.k8s.io/v1"
+        assert set(item) == {"kind", "apiVersion", "metadata"}
+        assert item["metadata"]["labels"] == {keys.LABEL_VENDOR: "nvidia"}
+    wait_for(lambda: fake_api.watch_count("nodes") == 1)
+    fake_api.patch_object("nodes", "a", {"metadata": {"annotations": {keys.ANN_FREE_MEMORY: "512"}}})
+    fake_api.put_object(kubelet_node("c", "64"))
+    wait_for(lambda: inf.get("", "c") is not None)
+    a, c = inf.get("", "a"), inf.get("", "c")
+    assert a["metadata"]["annotations"][keys.ANN_FREE_MEMORY] == "512" and "status" not in a
+    assert c["kind"] == "PartialObjectMetadata" and "status" not in c
+    assert c["metadata"]["resourceVersion"] == fake_api.get_object("nodes", "c")["metadata"]["resourceVersion"]
+    plain, _ = informer_factory()  # without the option: whole objects, as before
+    assert all(i["kind"] == "Node" and i["status"]["images"] for i in plain.items())
+
+
+def test_fake_api_serves_the_accept_ranges_it_can_and_refuses_others(fake_api: FakeApiServer, kube_api) -> None:
+    fake_api.put_object(kubelet_node("a", "1"))
+    table = "application/json;as=Table;g=meta.k8s.io;v=v1"
+    with pytest.raises(kube.KubeError) as e:
+        kube.request(kube_api, "GET", "/api/v1/nodes", accept=table)
+    assert e.value.status == 406
+    whole = kube.request(kube_api, "GET", "/api/v1/nodes", accept=table + ",application/json")  # falls back
+    assert whole["kind"] == "NodeList" and whole["items"][0]["status"]
+    meta = kube.request(kube_api, "GET", "/api/v1/nodes", accept=METADATA_LIST_ACCEPT)
+    assert meta["kind"] == "PartialObjectMetadataList" and set(meta["items"][0]) == {"kind", "apiVersion", "metadata"}
+    with pytest.raises(kube.KubeError) as e:  # a list is not a PartialObjectMetadata: no range served
+        kube.request(kube_api, "GET", "/api/v1/nodes",
+                     accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+    assert e.value.status == 406
