@@ -101,6 +101,7 @@ class NodeNames(tuple[str, ...]):
 MAX_HELD_VERDICTS = 256  # per shape: verdicts of nodes holding reservations, kept while view and memory are the same
 MAX_REPLAYED = 256  # passing-set changes a shape keeps to update an answer's passed list instead of rebuilding it
 ANSWERS_PER_SHAPE = 3  # name lists a shape keeps its last answer for (filter's list, prioritize's, one more)
+CHEAP_COVERAGE = 64  # a list's coverage found among at most this many names is not remembered (VerdictCache)
 
 
 def rejudged(passed: list[str], names: NodeNames, changed: set[str], passing: Names) -> list[str]:
@@ -542,21 +543,26 @@ class VerdictCache:
             shape.shared &= ~bit
         return shape.unresolvable if unresolvable else shape.failed
 
-    def _coverage(self, names: Sequence[str], wanted: Names, outside: Names | None = None,
-                  ) -> tuple[bool, frozenset[str]]:
-        """(every cached node is named, the names the cache does not hold), remembered per NodeNames list while
-        the set of cached names stays the same (node cache lock held). `outside`: a part of `wanted` known to hold
-        every name the cache lacks (the names a shape does not pass), to look there only."""
-        members = self.nodes.members
-        if isinstance(names, NodeNames):
-            hit = self._covers.get(id(names))
-            if hit is not None and hit[0] is names and hit[1] == members:
-                self._covers.move_to_end(id(names))
-                return hit[2], hit[3]
-        unknown = frozenset((wanted if outside is None else outside).difference(self.nodes.views_dict()))
+    def _known_coverage(self, names: Sequence[str]) -> tuple[bool, frozenset[str]] | None:
+        """`_coverage`'s remembered answer for this NodeNames list, if it still holds."""
+        if not isinstance(names, NodeNames):
+            return None
+        hit = self._covers.get(id(names))
+        if hit is None or hit[0] is not names or hit[1] != self.nodes.members:
+            return None
+        self._covers.move_to_end(id(names))
+        return hit[2], hit[3]
+
+    def _coverage(self, names: Sequence[str], wanted: Names, outside: Names) -> tuple[bool, frozenset[str]]:
+        """(every cached node is named, the names the cache does not hold), found among `outside` (a part of
+        `wanted` holding every name the cache lacks: the named nodes a shape does not pass) and remembered per
+        NodeNames list while the set of cached names stays the same (node cache lock held), when finding it
+        took more than a few lookups: a list of every node is remembered, prioritize's lists of passing nodes
+        are cheap to answer again (and would push the first out: 8 lists are kept)."""
+        unknown = frozenset(outside.difference(self.nodes.views_dict()))
         covers = len(wanted) - len(unknown) == len(self.nodes)
-        if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:
-            self._covers[id(names)] = (names, members, covers, unknown)
+        if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES and len(outside) > CHEAP_COVERAGE:
+            self._covers[id(names)] = (names, self.nodes.members, covers, unknown)
             while len(self._covers) > 8:  # least recently used first
                 self._covers.popitem(last=False)
         return covers, unknown
@@ -639,9 +645,12 @@ class VerdictCache:
             # The named nodes that do not pass (rejected, or unknown to the cache): for a list of the passing nodes
             # (prioritize's) a few, so both maps and the passed list come from them; not needed for a list of every
             # node (the tables themselves answer), whose coverage is remembered.
-            known = isinstance(names, NodeNames) and self._covers.get(id(names), (None,))[0] is names
-            rest = None if known else wanted.difference(shape.passed)
-            covers, unknown = self._coverage(names, wanted, rest)
+            rest: Names | None = None
+            coverage = self._known_coverage(names)
+            if coverage is None:
+                rest = wanted.difference(shape.passed)
+                coverage = self._coverage(names, wanted, rest)
+            covers, unknown = coverage
             passed = self._passed(shape, names, wanted, kept, rest)
             if covers and not unknown:  # kube-scheduler named exactly the cached nodes: the tables themselves
                 failed, unresolvable, tally = shape.failed, shape.unresolvable, shape.tally

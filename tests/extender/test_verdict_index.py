@@ -448,6 +448,33 @@ def test_an_answer_handed_out_is_never_changed_by_later_updates() -> None:
     assert kept[1] == {"b": "Insufficient free GPU memory"} and kept[2] == {"c": "node has no nvidia GPU"}
 
 
+def test_filters_list_keeps_its_answer_and_coverage_while_prioritize_lists_come_and_go() -> None:
+    """kube-scheduler alternates filter with every node and prioritize with the passing ones (a new list whenever
+    a node moved), shape after shape: each shape keeps its answer for the filter list, and the list's coverage
+    stays remembered (prioritize lists used to push both out, and every such filter walked all the names again:
+    the churn bench's p99)."""
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    cache.replace_all([node_obj(f"n{i}", [gpu(0, total=100000, free=10 * i)]) for i in range(200)])  # none fit
+    ext = Extender(cache, clock=clock)
+    shapes = [requirements_from_dict(model_pod(3000 + s, "llamacpp", 1, uid=f"u{s}", name=f"p{s}"))
+              for s in range(10)]
+    every = NodeNames([f"n{i}" for i in range(200)])
+    for req in shapes:
+        ext.filter(req, every)  # first sight: answered without tables
+    for k in range(6):
+        cache.upsert(node_obj(f"n{k}", [gpu(0, total=100000, free=90000 + k)], resource_version=f"v{k}"))  # fits now
+        for _ in range(2):  # the second round's filters are answered as they were (the kept answer)
+            for req in shapes:
+                out = ext.filter(req, every)
+                assert out.passed == [f"n{i}" for i in range(k + 1)]
+                ext.prioritize_scores(req, NodeNames(list(out.passed)))  # a new list each time
+        for req in shapes:
+            shape = ext.verdicts.shape(req)
+            assert shape is not None and id(every) in shape._answers  # still kept
+        assert ext.verdicts._known_coverage(every) == (True, frozenset())  # still remembered
+
+
 def test_rejudged_puts_nodes_back_in_request_order() -> None:
     """`rejudged` (a passed list updated by the nodes judged again) equals filtering the whole list afresh."""
     from flexinfer.extender.memo import rejudged
