@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, filterfalse, repeat
 from operator import le, not_
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -169,6 +169,8 @@ class NameIntern:
 
 
 Names = set[str] | frozenset[str]  # a request's node names as a set
+# (every cached node is named, named nodes the cache lacks, cached nodes not named or None: VerdictCache._coverage)
+Coverage = tuple[bool, frozenset[str], frozenset[str] | None]
 
 
 def subset(table: dict[str, str], wanted: Names) -> dict[str, str]:
@@ -178,6 +180,22 @@ def subset(table: dict[str, str], wanted: Names) -> dict[str, str]:
     if len(table) <= len(wanted):
         return {n: r for n, r in table.items() if n in wanted}
     return {n: table[n] for n in wanted if n in table}
+
+
+def _named(table: dict[str, str], wanted: Names, rest: Names | None, missing: frozenset[str] | None,
+           ) -> dict[str, str]:
+    """The entries of a shape's FailedNodes or FailedAndUnresolvableNodes table for the named nodes (a copy), the
+    cheapest way: from `rest` (the named nodes that do not pass: every named entry is among them) when known, by
+    copying the table (in C) without `missing` (the cached nodes the list leaves out) when those are fewer than
+    the names `subset` would go through one by one, else `subset`."""
+    if rest is not None:
+        return subset(table, rest)
+    if missing is not None and len(missing) < min(len(table), len(wanted)):
+        out = dict(table)
+        for name in [n for n in missing if n in out]:
+            del out[name]
+        return out
+    return subset(table, wanted)
 
 
 def tally_of(failed: dict[str, str], unresolvable: dict[str, str]) -> Counter[tuple[bool, str]]:
@@ -215,6 +233,18 @@ class FilterAnswer:
         if self.table is None:
             self.table = set(self.passed)
         return self.table
+
+
+class Kept(NamedTuple):
+    """A shape's last answer for one NodeNames list, with the versions of the shape's tables it was made from."""
+
+    names: NodeNames
+    version: int  # ShapeMemo.version: the whole answer still holds
+    passed_version: int  # ShapeMemo.passed_version: its passed list still holds, or can be updated from the moves
+    answer: FilterAnswer
+    failed_version: int  # its FailedNodes map still holds (when `unknown` is the list's current one)
+    unresolvable_version: int  # its FailedAndUnresolvableNodes map still holds
+    unknown: frozenset[str]  # the named nodes the cache lacked (in FailedNodes)
 
 
 @dataclass(slots=True)
@@ -284,9 +314,9 @@ SHARED_ALL = SHARED_FAILED | SHARED_UNRESOLVABLE | SHARED_TALLY
 class ShapeMemo:
     """One pod shape's verdicts (see the module doc). Built and read only through VerdictCache."""
 
-    __slots__ = ("_answers", "_expiry", "failed", "generation", "held", "moves", "passed",
+    __slots__ = ("_answers", "_expiry", "failed", "failed_version", "generation", "held", "moves", "passed",
                  "passed_version", "req", "score_generation", "score_until", "scores", "seen", "shared", "static",
-                 "tally", "unresolvable", "until", "version")
+                 "tally", "unresolvable", "unresolvable_version", "until", "version")
 
     def __init__(self, req: PodRequirements) -> None:
         self.req = req  # the first pod of this shape: every field the policy reads is part of the shape key
@@ -302,11 +332,13 @@ class ShapeMemo:
         self.passed: set[str] = set()
         self.failed: dict[str, str] = {}
         self.unresolvable: dict[str, str] = {}
+        self.failed_version = 0  # bumped on every change of `failed` (an answer's copy of it still holds)
+        self.unresolvable_version = 0  # the same for `unresolvable`
         self.tally: Counter[tuple[bool, str]] = Counter()  # of failed + unresolvable
         self.shared = 0  # SHARED_* bits: those tables are also an answer's: copy before patching them
-        # id(names) -> (names, version, passed_version, answer): the last answers, one per NodeNames list (a few:
-        # kube-scheduler asks filter with every node and prioritize with the passing ones, turn about)
-        self._answers: OrderedDict[int, tuple[NodeNames, int, int, FilterAnswer]] = OrderedDict()
+        # id(names) -> the last answers, one per NodeNames list (a few: kube-scheduler asks filter with every node
+        # and prioritize with the passing ones, turn about), with the versions they were made at
+        self._answers: OrderedDict[int, Kept] = OrderedDict()
         self.score_generation = -1
         self.scores: dict[str, int] = {}  # passing nodes only
         self.score_until: dict[str, float] = {}  # finite validities of `scores`
@@ -348,7 +380,8 @@ class VerdictCache:
         self.config = config
         self.shape_limit = shape_limit
         self._shapes: OrderedDict[tuple, ShapeMemo] = OrderedDict()
-        self._covers: OrderedDict[int, tuple[NodeNames, int, bool, frozenset[str]]] = OrderedDict()
+        self._covers: OrderedDict[int, tuple[NodeNames, int, Coverage]] = OrderedDict()
+        self.cheap_coverage = CHEAP_COVERAGE
         self._projections: OrderedDict[int, tuple[NodeNames, Projection]] = OrderedDict()
         # (policy.usable_key, static class) -> policy.static_usable, for every shape (see `_static`)
         self._usable: dict[tuple, NodeVerdict | tuple[tuple[int, str], ...]] = {}
@@ -466,6 +499,8 @@ class VerdictCache:
             _fold_rejected(short, stale, failed, unresolvable, tally)
             until = min(until, valid)
         shape.passed, shape.failed, shape.unresolvable, shape.tally = passed, failed, unresolvable, tally
+        shape.failed_version += 1
+        shape.unresolvable_version += 1
         shape.shared = 0
         shape.generation, shape.until = self.nodes.generation, until
         shape.version += 1
@@ -518,6 +553,10 @@ class VerdictCache:
                 if old == new:
                     continue
                 table = self._own(shape, flag)
+                if flag:
+                    shape.unresolvable_version += 1
+                else:
+                    shape.failed_version += 1
                 if old is not None:
                     del table[name]
                     key = (flag, old)
@@ -543,7 +582,7 @@ class VerdictCache:
             shape.shared &= ~bit
         return shape.unresolvable if unresolvable else shape.failed
 
-    def _known_coverage(self, names: Sequence[str]) -> tuple[bool, frozenset[str]] | None:
+    def _known_coverage(self, names: Sequence[str]) -> Coverage | None:
         """`_coverage`'s remembered answer for this NodeNames list, if it still holds."""
         if not isinstance(names, NodeNames):
             return None
@@ -551,21 +590,26 @@ class VerdictCache:
         if hit is None or hit[0] is not names or hit[1] != self.nodes.members:
             return None
         self._covers.move_to_end(id(names))
-        return hit[2], hit[3]
+        return hit[2]
 
-    def _coverage(self, names: Sequence[str], wanted: Names, outside: Names) -> tuple[bool, frozenset[str]]:
-        """(every cached node is named, the names the cache does not hold), found among `outside` (a part of
-        `wanted` holding every name the cache lacks: the named nodes a shape does not pass) and remembered per
-        NodeNames list while the set of cached names stays the same (node cache lock held), when finding it
-        took more than a few lookups: a list of every node is remembered, prioritize's lists of passing nodes
-        are cheap to answer again (and would push the first out: 8 lists are kept)."""
-        unknown = frozenset(outside.difference(self.nodes.views_dict()))
+    def _coverage(self, names: Sequence[str], wanted: Names, outside: Names) -> Coverage:
+        """(every cached node is named, the names the cache does not hold, the cached nodes the list does not name
+        or None), the second found among `outside` (a part of `wanted` holding every name the cache lacks: the
+        named nodes a shape does not pass). Remembered per NodeNames list while the set of cached names stays the
+        same (node cache lock held), when finding it took more than a few lookups: a list of every node, or of
+        nearly every node (kube-scheduler leaves out nodes its own filters reject), is remembered with the cached
+        nodes it leaves out; prioritize's lists of passing nodes are cheap to answer again (and would push the
+        first out: 8 lists are kept)."""
+        views = self.nodes.views_dict()
+        unknown = frozenset(outside.difference(views))
         covers = len(wanted) - len(unknown) == len(self.nodes)
-        if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES and len(outside) > CHEAP_COVERAGE:
-            self._covers[id(names)] = (names, self.nodes.members, covers, unknown)
+        if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES and len(outside) > self.cheap_coverage:
+            coverage = (covers, unknown, frozenset() if covers else frozenset(views.keys() - wanted))
+            self._covers[id(names)] = (names, self.nodes.members, coverage)
             while len(self._covers) > 8:  # least recently used first
                 self._covers.popitem(last=False)
-        return covers, unknown
+            return coverage
+        return covers, unknown, None
 
     def _projection(self, names: Sequence[str], wanted: Names) -> Projection:
         """`names` laid over the node classes (node cache lock held), remembered per NodeNames list (8 lists) while
@@ -639,9 +683,9 @@ class VerdictCache:
                 return self._first_answer(shape, names, wanted, now)
             self._current(shape, now)
             kept = shape._answers.get(id(names))  # holds the list: its id is not reused meanwhile
-            if kept is not None and kept[1] == shape.version:
+            if kept is not None and kept.version == shape.version:
                 shape._answers.move_to_end(id(names))
-                return kept[3]
+                return kept.answer
             # The named nodes that do not pass (rejected, or unknown to the cache): for a list of the passing nodes
             # (prioritize's) a few, so both maps and the passed list come from them; not needed for a list of every
             # node (the tables themselves answer), whose coverage is remembered.
@@ -650,39 +694,47 @@ class VerdictCache:
             if coverage is None:
                 rest = wanted.difference(shape.passed)
                 coverage = self._coverage(names, wanted, rest)
-            covers, unknown = coverage
+            covers, unknown, missing = coverage
             passed = self._passed(shape, names, wanted, kept, rest)
             if covers and not unknown:  # kube-scheduler named exactly the cached nodes: the tables themselves
                 failed, unresolvable, tally = shape.failed, shape.unresolvable, shape.tally
                 shape.shared = SHARED_ALL
-            elif covers:
-                failed, unresolvable, tally = dict(shape.failed), dict(shape.unresolvable), shape.tally.copy()
             else:
-                among = wanted if rest is None else rest  # rejected nodes are never in the passing set
-                failed, unresolvable = subset(shape.failed, among), subset(shape.unresolvable, among)
-                tally = tally_of(failed, unresolvable)
-            if unknown:
-                failed.update(dict.fromkeys(unknown, R_NOT_IN_CACHE))
-                tally[(False, R_NOT_IN_CACHE)] += len(unknown)
+                # The answer's own maps. Those of the list's last answer still hold while their table has not
+                # changed (the same objects again: their encoding is kept too); under heartbeat churn that is
+                # FailedAndUnresolvableNodes, thousands of entries.
+                same = kept is not None and kept.unknown is unknown
+                old_failed = same and kept.failed_version == shape.failed_version  # type: ignore[union-attr]
+                old_unresolvable = same and kept.unresolvable_version == shape.unresolvable_version  # type: ignore[union-attr]
+                if old_failed:
+                    failed = kept.answer.failed  # type: ignore[union-attr]
+                else:
+                    failed = _named(shape.failed, wanted, rest, missing)
+                    failed.update(dict.fromkeys(unknown, R_NOT_IN_CACHE))
+                unresolvable = kept.answer.unresolvable if old_unresolvable else \
+                    _named(shape.unresolvable, wanted, rest, missing)  # type: ignore[union-attr]
+                tally = kept.answer.tally if old_failed and old_unresolvable else \
+                    tally_of(failed, unresolvable)  # type: ignore[union-attr]
             answer = FilterAnswer(passed, failed, unresolvable, tally, shape.passed)
             if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
                 answers = shape._answers
-                answers[id(names)] = (names, shape.version, shape.passed_version, answer)
+                answers[id(names)] = Kept(names, shape.version, shape.passed_version, answer, shape.failed_version,
+                                          shape.unresolvable_version, unknown)
                 answers.move_to_end(id(names))
                 while len(answers) > ANSWERS_PER_SHAPE:  # least recently used first
                     answers.popitem(last=False)
             return answer
 
     @staticmethod
-    def _passed(shape: ShapeMemo, names: Sequence[str], wanted: Names,
-                kept: tuple[NodeNames, int, int, FilterAnswer] | None, rest: Names | None = None) -> list[str]:
+    def _passed(shape: ShapeMemo, names: Sequence[str], wanted: Names, kept: Kept | None,
+                rest: Names | None = None) -> list[str]:
         """The passing names in request order, without repeats. `kept`: the shape's previous answer for the same
         NodeNames object (with the versions it was made at): its list as it is when the same nodes pass (its
         encoding is kept too), else updated by the nodes that moved since (`rejudged`) while the shape remembers
         them. `rest`: the named nodes that do not pass, when known."""
         if kept is not None:
-            list_, _, passed_version, last = kept
-            behind = shape.passed_version - passed_version
+            list_, last = kept.names, kept.answer
+            behind = shape.passed_version - kept.passed_version
             if behind == 0:
                 return last.passed
             if behind <= len(shape.moves) and behind <= MAX_REPLAYED:

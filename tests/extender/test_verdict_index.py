@@ -151,6 +151,8 @@ def test_index_matches_fresh_evaluation_through_any_history(seed: int) -> None:
     cache.replace_all(list(objs.values()))
     cfg = PolicyConfig(strategy=rng.choice(["binpack", "spread"]), max_state_age_seconds=rng.choice([300, 300.5, 150]))
     ext = Extender(cache, cfg, Reservations(), clock=clock)
+    # remember every list's coverage (as for large lists), so kept maps and the cached-nodes-left-out path run here
+    ext.verdicts.cheap_coverage = rng.choice([0, 0, 64])
     bound = Bound()
     shapes = [requirements_from_dict(model_pod(est, backend, count, uid=f"u{k}", name=f"p{k}"))
               for k, (est, backend, count) in enumerate([(5000, "llamacpp", 1), (12000, "vllm", 1),
@@ -472,7 +474,32 @@ def test_filters_list_keeps_its_answer_and_coverage_while_prioritize_lists_come_
         for req in shapes:
             shape = ext.verdicts.shape(req)
             assert shape is not None and id(every) in shape._answers  # still kept
-        assert ext.verdicts._known_coverage(every) == (True, frozenset())  # still remembered
+        assert ext.verdicts._known_coverage(every) == (True, frozenset(), frozenset())  # still remembered
+
+
+def test_a_list_leaving_out_a_few_nodes_keeps_its_unchanged_map_under_heartbeats() -> None:
+    """kube-scheduler names only the nodes its own filters pass (a cordoned node is left out). A heartbeat that
+    moves free memory changes FailedNodes only: the answer's FailedAndUnresolvableNodes stays the same object (its
+    encoding is kept) and neither map names a node the list left out."""
+    clock = Clock(NOW + 1)
+    cache = NodeCache(clock=clock)
+    nvidia = [node_obj(f"g{i}", [gpu(0, free=1000 * (i % 20))]) for i in range(100)]
+    amd = [node_obj(f"a{i}", [gpu(0, "amd", "gfx1100", 24560)]) for i in range(100)]
+    cache.replace_all(nvidia + amd)
+    ext = Extender(cache, clock=clock)
+    req = requirements_from_dict(model_pod(12000, "llamacpp", 1, uid="u1", name="p1",
+                                           extra={keys.POD_VENDOR: "nvidia"}))
+    left_out = {"g3", "a7", "g19"}
+    asked = NodeNames([n["metadata"]["name"] for n in nvidia + amd if n["metadata"]["name"] not in left_out])
+    ext.filter(req, asked)  # first sight
+    first = ext.filter(req, asked)
+    cache.upsert(node_obj("g5", [gpu(0, free=20000)], resource_version="2"))  # now fits
+    second = ext.filter(req, asked)
+    assert "g5" in second.passed and "g5" in first.failed and "g5" not in second.failed
+    assert second.unresolvable is first.unresolvable and len(second.unresolvable) == 99
+    for out in (first, second):
+        assert not left_out & (set(out.failed) | set(out.unresolvable) | set(out.passed))
+        assert set(out.passed) | set(out.failed) | set(out.unresolvable) == set(asked)
 
 
 def test_rejudged_puts_nodes_back_in_request_order() -> None:
