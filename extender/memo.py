@@ -703,18 +703,18 @@ class VerdictCache:
                 # The answer's own maps. Those of the list's last answer still hold while their table has not
                 # changed (the same objects again: their encoding is kept too); under heartbeat churn that is
                 # FailedAndUnresolvableNodes, thousands of entries.
-                same = kept is not None and kept.unknown is unknown
-                old_failed = same and kept.failed_version == shape.failed_version  # type: ignore[union-attr]
-                old_unresolvable = same and kept.unresolvable_version == shape.unresolvable_version  # type: ignore[union-attr]
-                if old_failed:
-                    failed = kept.answer.failed  # type: ignore[union-attr]
+                prev = kept if kept is not None and kept.unknown is unknown else None
+                if prev is not None and prev.failed_version == shape.failed_version:
+                    failed = prev.answer.failed
                 else:
                     failed = _named(shape.failed, wanted, rest, missing)
                     failed.update(dict.fromkeys(unknown, R_NOT_IN_CACHE))
-                unresolvable = kept.answer.unresolvable if old_unresolvable else \
-                    _named(shape.unresolvable, wanted, rest, missing)  # type: ignore[union-attr]
-                tally = kept.answer.tally if old_failed and old_unresolvable else \
-                    tally_of(failed, unresolvable)  # type: ignore[union-attr]
+                if prev is not None and prev.unresolvable_version == shape.unresolvable_version:
+                    unresolvable = prev.answer.unresolvable
+                else:
+                    unresolvable = _named(shape.unresolvable, wanted, rest, missing)
+                tally = prev.answer.tally if prev is not None and failed is prev.answer.failed and \
+                    unresolvable is prev.answer.unresolvable else tally_of(failed, unresolvable)
             answer = FilterAnswer(passed, failed, unresolvable, tally, shape.passed)
             if isinstance(names, NodeNames) and len(names) <= MAX_KEPT_NAMES:  # immutable: keyed by identity
                 answers = shape._answers
