@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.stats import cpu_seconds
 from flexinfer.fleet import Fault, Fleet, FleetGpu, FleetNode, dump_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,12 +123,6 @@ def _status_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _sample_count(metrics: str) -> float:
     for line in metrics.splitlines():
         if line.startswith("flexinfer_agent_sample_duration_seconds_count"):
@@ -169,12 +164,12 @@ def agent_process_rss(workdir: Path, seconds: float = 6.0, interval_s: float = 0
             time.sleep(1.0)
             with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
                 n0 = _sample_count(r.read().decode())
-            c0 = _cpu_seconds(proc.pid)
+            c0 = cpu_seconds(proc.pid)
             time.sleep(seconds)
             with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
                 text = r.read().decode()
             n1 = _sample_count(text)
-            c1 = _cpu_seconds(proc.pid)
+            c1 = cpu_seconds(proc.pid)
             mem = _status_kib(proc.pid)
             node_obj = fake.get_object("nodes", node.name) or {}
         finally:

@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from bench import transport, workload
-from bench.stats import summary_ms
+from bench.stats import cpu_seconds, summary_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = [sys.executable, "-m", "bench.serve"]  # how a bench server process starts (a before/after run may swap it)
@@ -74,10 +74,7 @@ class Server:
     def cpu_seconds(self) -> float:
         """User+system CPU of the server process so far (from /proc)."""
         try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-            tick = os.sysconf("SC_CLK_TCK")
-            return (int(parts[11]) + int(parts[12])) / tick
+            return cpu_seconds(self.proc.pid)
         except (OSError, IndexError, ValueError):
             return float("nan")
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stats import percentile
+from bench.stats import cpu_seconds, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"model": "chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}'
@@ -41,12 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
@@ -248,10 +242,10 @@ def run(progress: Any, *, quick: bool = False, rate: float = 200.0, streams: int
         for name, n_streams in (("requests only", 0), (f"with {streams} concurrent streams", streams)):
             progress(f"proxy: {rate:g} req/s through the proxy, each paired with one direct, {name}, {seconds:g} s")
             load0 = os.getloadavg()[0]
-            cpu0 = _cpu_seconds(proxy_pid)
+            cpu0 = cpu_seconds(proxy_pid)
             stream_tokens = max(1, int(4000 / token_ms))  # ~4 s per stream
             res = uvloop.run(_load(purl, durl, rate, seconds, n_streams, stream_tokens))
-            cpu = _cpu_seconds(proxy_pid) - cpu0
+            cpu = cpu_seconds(proxy_pid) - cpu0
             p, d, added = _summ(res["proxied"]), _summ(res["direct"]), _summ(res["added"])
             phases.append({
                 "phase": name, "streams": n_streams, "seconds": round(res["elapsed_s"], 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 
@@ -24,3 +25,10 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
         "max_ms": round(max(ms), 3) if ms else float("nan"),
         "mean_ms": round(sum(ms) / len(ms), 3) if ms else float("nan"),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc/<pid>/stat, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.stats import summary_ms
+from bench.stats import cpu_seconds, summary_ms
 
 SERVICE = "flexinfer.api.v1.SchedulerExtender"
 VERBS = ("Filter", "Prioritize")
@@ -73,12 +73,6 @@ def serve(answers: Path, port: int, grpc_port: int) -> int:
     web.run()
     server.stop(0)
     return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(answers: dict[str, bytes], grpc_requests: dict[str, bytes], http_body: bytes, workdir: Path, *,
@@ -132,10 +126,10 @@ def measure(answers: dict[str, bytes], grpc_requests: dict[str, bytes], http_bod
                                        "answer_bytes": {"grpc": len(answers[f"grpc-{verb}"]),
                                                         "http": len(answers[f"http-{verb.lower()}"])}}
                 for name, fn in (("grpc", rpc), ("http", post)):
-                    s0, c0 = _cpu_seconds(proc.pid), time.process_time()
+                    s0, c0 = cpu_seconds(proc.pid), time.process_time()
                     for _ in range(cpu_iters):
                         fn()
-                    s1, c1 = _cpu_seconds(proc.pid), time.process_time()
+                    s1, c1 = cpu_seconds(proc.pid), time.process_time()
                     row[f"{name}_server_cpu_us"] = round((s1 - s0) / cpu_iters * 1e6, 1)
                     row[f"{name}_client_cpu_us"] = round((c1 - c0) / cpu_iters * 1e6, 1)
                 rows.append(row)
