@@ -99,7 +99,8 @@ class Server:
 
 
 def start_server(name: str, app: str, workdir: Path, *, nodes_file: Path | None = None, grpc: bool = False,
-                 cpu: int = -1, timeout_s: float = 90.0, log_level: str = "info", kube_server: str = "") -> Server:
+                 cpu: int = -1, timeout_s: float = 90.0, log_level: str = "info", kube_server: str = "",
+                 answers: Path | None = None) -> Server:
     port = free_port()
     grpc_port = free_port() if grpc else 0
     cmd = [*SERVE, "--app", app, "--port", str(port), "--cpu", str(cpu),
@@ -108,6 +109,8 @@ def start_server(name: str, app: str, workdir: Path, *, nodes_file: Path | None 
         cmd += ["--nodes", str(nodes_file)]
     if kube_server:
         cmd += ["--kube-server", kube_server]
+    if answers is not None:
+        cmd += ["--answers", str(answers)]
     if grpc_port:
         cmd += ["--grpc-port", str(grpc_port)]
     log_path = workdir / f"{name}.log"
@@ -439,10 +442,15 @@ def run(plan: Plan, workdir: Path, progress: Any) -> dict[str, Any]:
                                     "Prioritize": pb.PrioritizeRequest(pod=src, node_names=names).SerializeToString()}
                         echo_dir = workdir / f"transport-{n}"
                         echo_dir.mkdir(exist_ok=True)
-                        for r in transport.measure(echo_answers, requests, bodies["names"], echo_dir,
-                                                   iters=plan.transport_iters, cpu_iters=plan.transport_iters,
-                                                   server_cpu=s["server_cpu"], free_port=free_port):
-                            res["transport"].append({"nodes": n, **r})
+                        transport.write_answers(echo_answers, echo_dir)
+                        echo = start_server(f"transport-echo-{n}", "echo", workdir, grpc=True, cpu=s["server_cpu"],
+                                            log_level=plan.log_level, answers=echo_dir)
+                        try:
+                            for r in transport.measure(echo, echo_answers, requests, bodies["names"],
+                                                       iters=plan.transport_iters, cpu_iters=plan.transport_iters):
+                                res["transport"].append({"nodes": n, **r})
+                        finally:
+                            echo.stop()
                 except Exception as e:  # the gRPC server is someone else's code: report, don't abort
                     res["notes"].append(f"gRPC bench failed at {n} nodes: {type(e).__name__}: {e}")
                     break

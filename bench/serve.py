@@ -5,6 +5,7 @@ os.sched_setaffinity when --cpu is given.
 
     python -m bench.serve --app extender --nodes nodes.json --port 18080 [--grpc-port 18081] --cpu 0
     python -m bench.serve --app floor --port 18082 --cpu 0
+    python -m bench.serve --app echo --answers DIR --port 18084 --grpc-port 18085 --cpu 0  (bench.transport)
     python -m bench.serve --app extender --kube-server http://127.0.0.1:8001 --port 18083 --cpu 0
 """
 
@@ -17,7 +18,8 @@ import signal
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--app", choices=("extender", "floor"), required=True)
+    p.add_argument("--app", choices=("extender", "floor", "echo"), required=True)
+    p.add_argument("--answers", help="echo: the directory of answer bytes (bench.transport.write_answers)")
     p.add_argument("--nodes", help="NodeList/fleet file for the extender's static cache")
     p.add_argument("--kube-server", help="watch Nodes and Pods on this API server instead (informer mode)")
     p.add_argument("--port", type=int, required=True)
@@ -37,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure(a.log_level, "json")
     grpc_server = None
-    if a.app == "floor":
+    if a.app == "echo":
+        from pathlib import Path
+
+        from bench.transport import echo_apps
+
+        app, grpc_server = echo_apps(Path(a.answers), a.grpc_port)
+    elif a.app == "floor":
         from bench.floor import create_app, serve_grpc_floor
 
         app = create_app()
